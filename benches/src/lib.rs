@@ -1,0 +1,1 @@
+//! Benchmarks; binaries are added by the kernel and training issues.

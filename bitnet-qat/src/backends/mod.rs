@@ -1,0 +1,7 @@
+//! Implementations of [`QatBackend`](crate::ops::QatBackend), one file per backend.
+
+mod autodiff;
+#[cfg(feature = "flex")]
+mod flex;
+#[cfg(feature = "ndarray")]
+mod ndarray;

@@ -1,0 +1,50 @@
+#![warn(missing_docs)]
+//! # bitnet-qat
+//!
+//! Quantization-aware training (QAT) for [Burn](https://burn.dev): train BitNet b1.58
+//! (ternary, 1.58-bit) models and other extreme low-bit networks with autodiff, on every Burn
+//! backend.
+//!
+//! - [`quant`]: quantizers — binary, ternary, 2 to 8-bit integer formats; absmean, absmax and
+//!   absmedian scales; per-tensor, per-channel, per-group and per-token granularity; and
+//!   [`quant::fake_quantize`].
+//! - [`ste`]: straight-through estimators — standard, clipped, soft (temperature), learned step
+//!   size (LSQ) and adaptive (EWGS).
+//! - [`nn`]: [`nn::BitLinear`], the BitNet b1.58 layer, and [`nn::Quantizer`].
+//! - [`reparam`]: [`reparam::QatReparameterizer`] makes the weights of any Burn model
+//!   quantization-aware in one call.
+//! - [`check`]: NaN/Inf checks; [`data`]: the embedded digits dataset.
+//!
+//! # Example
+//! ```
+//! use bitnet_qat::nn::BitLinearConfig;
+//! use burn::tensor::{Device, Tensor};
+//!
+//! let device = Device::flex().autodiff();
+//! let layer = BitLinearConfig::new(16, 4).init(&device).unwrap();
+//! let x = Tensor::<2>::ones([2, 16], &device).require_grad();
+//! let y = layer.forward(x.clone());
+//! let grads = y.sum().backward();
+//! assert!(layer.weight.val().grad(&grads).is_some()); // the latent weight learns
+//! ```
+
+mod backends;
+pub mod check;
+pub mod data;
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod quant;
+pub mod reparam;
+pub mod ste;
+
+pub use error::{QatError, Result};
+
+/// The types most programs need.
+pub mod prelude {
+    pub use crate::error::{QatError, Result};
+    pub use crate::nn::{BitLinear, BitLinearConfig, Quantizer, QuantizerConfig};
+    pub use crate::quant::{Granularity, QuantConfig, QuantFormat, ScaleStat, fake_quantize};
+    pub use crate::reparam::QatReparameterizer;
+    pub use crate::ste::Ste;
+}

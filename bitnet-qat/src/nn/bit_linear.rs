@@ -1,0 +1,298 @@
+//! `BitLinear`: the BitNet b1.58 linear layer.
+
+use burn::config::Config;
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
+use burn::nn::{Initializer, RmsNorm, RmsNormConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor};
+
+use super::quantizer::{Quantizer, QuantizerConfig};
+use crate::check::check_finite;
+use crate::error::QatError;
+use crate::quant::QuantConfig;
+use crate::ste::Ste;
+
+/// Configuration of a [`BitLinear`] layer. The defaults are the BitNet b1.58 recipe: RMSNorm
+/// (epsilon 1e-5) inside the layer, 8-bit absmax per-token activations, ternary absmean
+/// per-tensor weights, the standard STE, no bias.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::nn::BitLinearConfig;
+/// use bitnet_qat::quant::QuantConfig;
+/// use bitnet_qat::ste::Ste;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex().autodiff();
+/// let layer = BitLinearConfig::new(64, 32).init(&device).unwrap();
+/// let y = layer.forward(Tensor::<2>::ones([8, 64], &device));
+/// assert_eq!(y.dims(), [8, 32]);
+///
+/// // 4-bit weights with one scale per output, learned step size, no norm (SubLN models).
+/// let w4 = BitLinearConfig::new(64, 32)
+///     .with_weight_quant(QuantConfig::int(4).with_granularity(
+///         bitnet_qat::quant::Granularity::PerChannel,
+///     ))
+///     .with_weight_ste(Ste::LearnedStepSize)
+///     .with_norm(false)
+///     .init(&device)
+///     .unwrap();
+/// assert!(w4.weight_quantizer.step.is_some());
+///
+/// // Invalid settings are reported when the layer is built.
+/// assert!(BitLinearConfig::new(64, 32).with_norm_eps(0.0).init(&device).is_err());
+/// ```
+#[derive(Config, Debug)]
+pub struct BitLinearConfig {
+    /// The size of the input features.
+    pub d_input: usize,
+    /// The size of the output features.
+    pub d_output: usize,
+    /// Whether to add a (full-precision) bias. BitNet has none.
+    #[config(default = false)]
+    pub bias: bool,
+    /// Whether to apply RMSNorm to the input inside the layer (the Training Tips recipe).
+    /// Turn it off for SubLN-style models that normalise outside the layer.
+    #[config(default = true)]
+    pub norm: bool,
+    /// The RMSNorm epsilon (BitNet b1.58 2B4T uses 1e-5).
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    /// The weight quantizer. Scales run along the input axis of the `[d_input, d_output]`
+    /// weight, so `PerChannel` is one scale per output.
+    #[config(default = "QuantConfig::ternary()")]
+    pub weight_quant: QuantConfig,
+    /// The weight STE.
+    #[config(default = "Ste::Standard")]
+    pub weight_ste: Ste,
+    /// The activation quantizer (scales along the last axis), or `None` for full-precision
+    /// activations.
+    #[config(default = "Some(QuantConfig::activation_int8())")]
+    pub activation_quant: Option<QuantConfig>,
+    /// The activation STE ([`Ste::LearnedStepSize`] is for weights only).
+    #[config(default = "Ste::Standard")]
+    pub activation_ste: Ste,
+    /// The weight initializer (the same default as Burn's `Linear`).
+    #[config(
+        default = "Initializer::KaimingUniform{gain:1.0/3.0f64.sqrt(), fan_out_only:false}"
+    )]
+    pub initializer: Initializer,
+}
+
+/// The BitNet b1.58 linear layer:
+/// `x_n = RMSNorm(x)`, `x_q = x_n + (act_quant(x_n) - x_n).detach()`,
+/// `w_q = W + (weight_quant(W) - W).detach()`, `y = x_q W_q (+ b)`.
+///
+/// The latent weight is stored `[d_input, d_output]` like Burn's `Linear`, so `Linear` weights
+/// load into it. In training the gradient of the configured STE reaches the latent weight; after
+/// [`Module::valid`] the forward pass is the same quantized computation, without the STE.
+///
+/// # Non-finite values
+/// [`BitLinear::forward`] does not look at the values (that would cost a device sync per call);
+/// a NaN input gives NaN outputs. [`BitLinear::try_forward`] checks the input and returns
+/// [`QatError::NonFinite`]; [`crate::check::check_model_finite`] checks every parameter of a
+/// model.
+#[derive(Module, Debug)]
+#[module(custom_display)]
+pub struct BitLinear {
+    /// The latent (full-precision) weight `[d_input, d_output]`.
+    pub weight: Param<Tensor<2>>,
+    /// The optional bias `[d_output]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The input RMSNorm, when the layer normalises its input.
+    pub norm: Option<RmsNorm>,
+    /// The weight quantizer (and its learned step, if any).
+    pub weight_quantizer: Quantizer,
+    /// The activation quantizer, if activations are quantized.
+    pub activation_quantizer: Option<Quantizer>,
+}
+
+impl BitLinearConfig {
+    /// Checks every setting without building anything.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.d_input == 0 {
+            return Err(QatError::ZeroDim { name: "d_input" });
+        }
+        if self.d_output == 0 {
+            return Err(QatError::ZeroDim { name: "d_output" });
+        }
+        if self.norm && !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(QatError::NormEpsilon(self.norm_eps));
+        }
+        self.weight_ste.validate(&self.weight_quant)?;
+        self.weight_quant.validate_for_dim(self.d_input)?;
+        if let Some(act) = &self.activation_quant {
+            self.activation_config(act).init_activation(self.d_input)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the layer on `device`, or reports the first invalid setting.
+    pub fn init(&self, device: &Device) -> crate::Result<BitLinear> {
+        self.validate()?;
+        let weight = self.initializer.init_with(
+            [self.d_input, self.d_output],
+            Some(self.d_input),
+            Some(self.d_output),
+            device,
+        );
+        let bias = self.bias.then(|| {
+            self.initializer.init_with(
+                [self.d_output],
+                Some(self.d_input),
+                Some(self.d_output),
+                device,
+            )
+        });
+        self.build(weight, bias, device)
+    }
+
+    /// Builds the layer around an existing weight `[d_input, d_output]` (and bias), for example
+    /// the weights of a trained Burn `Linear`.
+    pub fn init_with(
+        &self,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        device: &Device,
+    ) -> crate::Result<BitLinear> {
+        self.validate()?;
+        if weight.dims() != [self.d_input, self.d_output] {
+            return Err(QatError::Shape {
+                what: "BitLinear weight",
+                expected: format!("[{}, {}]", self.d_input, self.d_output),
+                got: weight.dims().to_vec(),
+            });
+        }
+        if let Some(b) = &bias
+            && b.dims() != [self.d_output]
+        {
+            return Err(QatError::Shape {
+                what: "BitLinear bias",
+                expected: format!("[{}]", self.d_output),
+                got: b.dims().to_vec(),
+            });
+        }
+        let weight = Param::from_tensor(weight.to_device(device));
+        let bias = bias.map(|b| Param::from_tensor(b.to_device(device)));
+        self.build(weight, bias, device)
+    }
+
+    fn build(
+        &self,
+        weight: Param<Tensor<2>>,
+        bias: Option<Param<Tensor<1>>>,
+        device: &Device,
+    ) -> crate::Result<BitLinear> {
+        let weight_quantizer = QuantizerConfig::new(self.weight_quant.clone())
+            .with_ste(self.weight_ste)
+            .init_weight(&weight.val())?;
+        let activation_quantizer = match &self.activation_quant {
+            Some(act) => Some(self.activation_config(act).init_activation(self.d_input)?),
+            None => None,
+        };
+        let norm = self.norm.then(|| {
+            RmsNormConfig::new(self.d_input)
+                .with_epsilon(self.norm_eps)
+                .init(device)
+        });
+        Ok(BitLinear {
+            weight,
+            bias,
+            norm,
+            weight_quantizer,
+            activation_quantizer,
+        })
+    }
+
+    fn activation_config(&self, act: &QuantConfig) -> QuantizerConfig {
+        QuantizerConfig::new(act.clone()).with_ste(self.activation_ste)
+    }
+}
+
+impl BitLinear {
+    /// The forward pass.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    ///
+    /// # Panics
+    /// If the last axis of `input` is not `d_input`; [`BitLinear::try_forward`] returns an
+    /// error instead.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        match self.check_input_shape(&input) {
+            Ok(()) => self.forward_unchecked(input),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The forward pass with its input checked: a wrong shape or a NaN/infinite input value is
+    /// a [`QatError`]. The value check reads the input back from the device.
+    pub fn try_forward<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
+        self.check_input_shape(&input)?;
+        check_finite(&input, "BitLinear input")?;
+        Ok(self.forward_unchecked(input))
+    }
+
+    /// The quantized weight the forward pass uses, `[d_input, d_output]` (with the STE's
+    /// gradient path to the latent weight).
+    pub fn quantized_weight(&self) -> Tensor<2> {
+        self.weight_quantizer.forward(self.weight.val())
+    }
+
+    /// Checks the latent weight and bias for NaN and infinite values.
+    pub fn check_finite(&self) -> crate::Result<()> {
+        check_finite(&self.weight.val(), "BitLinear weight")?;
+        if let Some(b) = &self.bias {
+            check_finite(&b.val(), "BitLinear bias")?;
+        }
+        Ok(())
+    }
+
+    fn check_input_shape<const D: usize>(&self, input: &Tensor<D>) -> crate::Result<()> {
+        let [d_input, _] = self.weight.shape().dims();
+        if input.dims()[D - 1] != d_input {
+            return Err(QatError::Shape {
+                what: "BitLinear input",
+                expected: format!("[..., {d_input}]"),
+                got: input.dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn forward_unchecked<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let x = match &self.norm {
+            Some(norm) => norm.forward(input),
+            None => input,
+        };
+        let x = match &self.activation_quantizer {
+            Some(q) => q.forward(x),
+            None => x,
+        };
+        linear(
+            x,
+            self.quantized_weight(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+}
+
+impl ModuleDisplay for BitLinear {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [d_input, d_output] = self.weight.shape().dims();
+        content
+            .add("d_input", &d_input)
+            .add("d_output", &d_output)
+            .add("bias", &self.bias.is_some())
+            .add("norm", &self.norm.is_some())
+            .add("weight", &format!("{:?}", self.weight_quantizer.quant.format))
+            .optional()
+    }
+}

@@ -1,0 +1,175 @@
+//! A quantizer as a Burn module: configuration, STE and the learned step when there is one.
+
+use burn::config::Config;
+use burn::module::{Module, Param, Reparameterization};
+use burn::tensor::Tensor;
+
+use crate::error::QatError;
+use crate::quant::layout::ScaleLayout;
+use crate::quant::{QuantConfig, validate_shape};
+use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
+
+/// Configuration of a [`Quantizer`]: the quantizer and its straight-through estimator.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::nn::QuantizerConfig;
+/// use bitnet_qat::quant::QuantConfig;
+/// use bitnet_qat::ste::Ste;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex().autodiff();
+/// let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], &device);
+/// let q = QuantizerConfig::new(QuantConfig::ternary())
+///     .with_ste(Ste::LearnedStepSize)
+///     .init_weight(&w)
+///     .unwrap();
+/// assert!(q.step.is_some()); // a trainable step, initialised to mean|w|
+/// let wq = q.forward(w);
+/// assert_eq!(wq.dims(), [2, 2]);
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct QuantizerConfig {
+    /// The quantizer.
+    pub quant: QuantConfig,
+    /// The straight-through estimator.
+    #[config(default = "Ste::Standard")]
+    pub ste: Ste,
+}
+
+/// Which axis the scales of a [`Quantizer`] run along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantAxis {
+    /// Axis 0: a Burn weight stored `[d_input, d_output]`.
+    Weight,
+    /// The last axis: activations `[..., features]`.
+    Activation,
+}
+
+/// Fake quantization with a straight-through estimator, as a module.
+///
+/// It holds the learned step of [`Ste::LearnedStepSize`] as a recorded, trainable parameter,
+/// so learned scales are saved and restored with the model. It is also the
+/// [`Reparameterization`] the [`QatReparameterizer`](crate::reparam::QatReparameterizer)
+/// attaches to the weights of any Burn model.
+#[derive(Module, Debug)]
+pub struct Quantizer {
+    /// The learned step `1/s`, one value per scale (only with [`Ste::LearnedStepSize`]).
+    pub step: Option<Param<Tensor<1>>>,
+    /// The quantizer.
+    #[module(skip)]
+    pub quant: QuantConfig,
+    /// The straight-through estimator.
+    #[module(skip)]
+    pub ste: Ste,
+    /// Whether the scales run along axis 0 (weights) or the last axis (activations).
+    #[module(skip)]
+    pub axis: QuantAxis,
+}
+
+impl QuantizerConfig {
+    /// Builds a quantizer for a Burn weight `[d_input, d_output]` (scales along axis 0).
+    /// A learned step is initialised from `weight` so the first forward pass equals the
+    /// non-learned quantizer.
+    pub fn init_weight(&self, weight: &Tensor<2>) -> crate::Result<Quantizer> {
+        self.ste.validate(&self.quant)?;
+        validate_shape(&self.quant, &weight.dims(), 0)?;
+        let step = match self.ste {
+            Ste::LearnedStepSize => Some(Param::from_tensor(initial_step(
+                weight.clone(),
+                &self.quant,
+                0,
+            ))),
+            _ => None,
+        };
+        Ok(Quantizer {
+            step,
+            quant: self.quant.clone(),
+            ste: self.ste,
+            axis: QuantAxis::Weight,
+        })
+    }
+
+    /// Builds a quantizer for activations whose last axis has `d_features` elements.
+    pub fn init_activation(&self, d_features: usize) -> crate::Result<Quantizer> {
+        self.ste.validate(&self.quant)?;
+        self.quant.validate_for_dim(d_features)?;
+        if self.ste == Ste::LearnedStepSize {
+            return Err(QatError::Invalid(
+                "Ste::LearnedStepSize is supported for weights only: activation scales \
+                 depend on the batch"
+                    .into(),
+            ));
+        }
+        Ok(Quantizer {
+            step: None,
+            quant: self.quant.clone(),
+            ste: self.ste,
+            axis: QuantAxis::Activation,
+        })
+    }
+}
+
+/// The initial LSQ step: the non-learned step `max(stat, eps) / Q_p`, one value per scale.
+fn initial_step<const D: usize>(x: Tensor<D>, config: &QuantConfig, axis: usize) -> Tensor<1> {
+    let x = x.detach();
+    let layout = ScaleLayout::new(config.granularity, axis, x.dims());
+    let (_, qp) = config.code_range();
+    layout
+        .reduce_compact(x.abs(), config.stat.into())
+        .clamp_min(config.eps)
+        .div_scalar(qp)
+}
+
+impl Quantizer {
+    /// Fake-quantizes `x` (the forward pass of the configured quantizer, the gradient of the
+    /// configured STE).
+    ///
+    /// # Panics
+    /// If `x`'s shape does not fit the configuration checked when the quantizer was built
+    /// (for example a different group-divisibility); [`Quantizer::try_forward`] returns an error
+    /// instead.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.try_forward(x) {
+            Ok(y) => y,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Quantizer::forward`], with a typed error for a shape that does not fit.
+    pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
+        let axis = self.axis_of::<D>();
+        validate_shape(&self.quant, &x.dims(), axis)?;
+        Ok(match &self.step {
+            Some(step) => {
+                let layout = ScaleLayout::new(self.quant.granularity, axis, x.dims());
+                if step.shape().dims::<1>()[0] != layout.num_scales() {
+                    return Err(QatError::Shape {
+                        what: "learned step",
+                        expected: format!("[{}]", layout.num_scales()),
+                        got: step.shape().dims::<1>().to_vec(),
+                    });
+                }
+                let (qn, qp) = self.quant.code_range();
+                let g = lsq_grad_scale(layout.elems_per_scale(), qp);
+                lsq_quantize(x, layout.broadcast(step.val()), qn, qp, g)
+            }
+            None => apply_ste(x, &self.quant, &self.ste, axis),
+        })
+    }
+
+    fn axis_of<const D: usize>(&self) -> usize {
+        match self.axis {
+            QuantAxis::Weight => 0,
+            QuantAxis::Activation => D - 1,
+        }
+    }
+}
+
+impl Reparameterization for Quantizer {
+    const NAME: &'static str = "qat";
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        self.forward(base)
+    }
+}

@@ -1,0 +1,182 @@
+//! Quantization-aware training for any Burn model in one call.
+//!
+//! [`QatReparameterizer`] attaches a [`Quantizer`] to the weights of an existing model through
+//! Burn's [`Module::apply_reparameterization`]. After that, `param.val()` (what the model's own
+//! layers read) is the fake-quantized weight, and the latent weight (`param.base()`) receives
+//! the STE gradient. No layer code changes.
+//!
+//! # What it does not do
+//! - It quantizes **weights only**. The activations of an arbitrary model are not quantized,
+//!   because a parameter hook cannot see them. For the full BitNet W1.58A8 recipe (RMSNorm,
+//!   8-bit per-token activations, ternary weights) build the model with
+//!   [`BitLinear`](crate::nn::BitLinear).
+//! - Scales assume Burn's `[d_input, d_output]` weight layout (`Linear`): `PerChannel` is one
+//!   scale per output and `PerGroup` groups consecutive inputs. For other 2-D weights, use
+//!   `PerTensor` (the default of [`QuantConfig::ternary`]).
+//! - Embeddings and output heads are quantized unless excluded; keep them in full precision
+//!   with [`QatReparameterizer::exclude`].
+
+use burn::module::{Module, Param, Reparameterizer};
+use burn::tensor::Tensor;
+
+use crate::error::{QatError, Result};
+use crate::nn::{Quantizer, QuantizerConfig};
+
+/// A custom parameter filter: `(path, shape) -> quantize?`.
+pub type ParamFilter = fn(&str, &[usize]) -> bool;
+
+/// Makes the weights of any Burn model quantization-aware.
+///
+/// By default every 2-D parameter whose name is `weight` is quantized.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::quant::QuantConfig;
+/// use bitnet_qat::reparam::QatReparameterizer;
+/// use burn::module::Module;
+/// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+/// use burn::tensor::Device;
+///
+/// #[derive(Module, Debug)]
+/// struct Net {
+///     embedding: Embedding,
+///     hidden: Linear,
+///     head: Linear,
+/// }
+///
+/// let device = Device::flex().autodiff();
+/// let net = Net {
+///     embedding: EmbeddingConfig::new(100, 16).init(&device),
+///     hidden: LinearConfig::new(16, 16).init(&device),
+///     head: LinearConfig::new(16, 100).init(&device),
+/// };
+/// // Ternary hidden layers; embedding and output head stay in full precision.
+/// let net = QatReparameterizer::new(QuantConfig::ternary())
+///     .exclude(["embedding", "head"])
+///     .apply(net)
+///     .unwrap();
+/// assert!(net.hidden.weight.reparameterization::<bitnet_qat::nn::Quantizer>().is_some());
+/// assert!(net.head.weight.reparameterization::<bitnet_qat::nn::Quantizer>().is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct QatReparameterizer {
+    config: QuantizerConfig,
+    exclude: Vec<String>,
+    filter: Option<ParamFilter>,
+    quantized: Vec<String>,
+    error: Option<QatError>,
+}
+
+impl QatReparameterizer {
+    /// Quantizes the selected weights with `quant` and the standard STE.
+    pub fn new(quant: crate::quant::QuantConfig) -> Self {
+        Self::from_config(QuantizerConfig::new(quant))
+    }
+
+    /// Quantizes the selected weights with a quantizer and STE.
+    pub fn from_config(config: QuantizerConfig) -> Self {
+        Self {
+            config,
+            exclude: Vec::new(),
+            filter: None,
+            quantized: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Leaves the parameters under these module paths in full precision. A path matches
+    /// itself and everything below it: `"head"` matches `"head.weight"`, `"layers.0"` matches
+    /// `"layers.0.weight"`, but `"head"` does not match `"header.weight"`.
+    pub fn exclude<I, S>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exclude.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Replaces the default selection (2-D parameters named `weight`) with `filter`.
+    /// Exclusions still apply.
+    pub fn with_filter(mut self, filter: ParamFilter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Applies the reparameterization to `model`.
+    ///
+    /// Returns the first configuration error (an invalid quantizer, a group size that does not
+    /// divide a selected weight's input dimension), or an error if no parameter was selected.
+    pub fn apply<M: Module>(mut self, model: M) -> Result<M> {
+        self.config.ste.validate(&self.config.quant)?;
+        let model = model.apply_reparameterization(&mut self);
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.quantized.is_empty() {
+            return Err(QatError::Invalid(
+                "the reparameterizer selected no parameter: check the filter and exclusions".into(),
+            ));
+        }
+        Ok(model)
+    }
+
+    /// Whether the parameter at `path` with shape `dims` is quantized.
+    pub fn selects(&self, path: &str, dims: &[usize]) -> bool {
+        let excluded = self.exclude.iter().any(|p| {
+            path == p
+                || path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if excluded {
+            return false;
+        }
+        match self.filter {
+            Some(filter) => filter(path, dims),
+            None => dims.len() == 2 && path.rsplit('.').next() == Some("weight"),
+        }
+    }
+}
+
+impl Reparameterizer for &mut QatReparameterizer {
+    type Reparam = Quantizer;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<Quantizer>) {
+        let dims = param.shape().dims::<D>();
+        if self.error.is_some() || !self.selects(path, &dims) {
+            return (param, None);
+        }
+        let built = match D {
+            2 => {
+                let weight: Tensor<2> = param.val().reshape([dims[0], dims[1]]);
+                self.config.init_weight(&weight)
+            }
+            _ => Err(QatError::Shape {
+                what: "reparameterized parameter",
+                expected: "a 2-D weight [d_input, d_output]".into(),
+                got: dims.to_vec(),
+            }),
+        };
+        match built {
+            Ok(quantizer) => {
+                self.quantized.push(path.to_string());
+                (param, Some(quantizer))
+            }
+            Err(e) => {
+                self.error = Some(match e {
+                    QatError::GroupSize { group_size, dim } => QatError::Invalid(format!(
+                        "parameter `{path}`: group size {group_size} does not divide its input \
+                         dimension {dim}"
+                    )),
+                    other => other,
+                });
+                (param, None)
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Straight-through estimators: how the gradient passes the rounding of a quantizer.
+//!
+//! Every STE here runs on every Burn backend through autodiff. `Standard`, `Clipped`, `Soft` and
+//! `LearnedStepSize` are written with plain tensor operations; `Adaptive` (EWGS) needs the sign
+//! of the incoming gradient, which no composition of tensor operations can see, so it uses the
+//! custom backward pass of [`QatBackend::ewgs_ste`](crate::ops::QatBackend::ewgs_ste).
+
+mod lsq;
+mod soft;
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+pub use lsq::{lsq_grad_scale, lsq_quantize};
+pub use soft::soft_staircase;
+
+use crate::error::QatError;
+use crate::ops::QatBackend;
+use crate::quant::{QuantConfig, QuantFormat, quant_grid, validate_shape};
+
+/// A straight-through estimator.
+///
+/// The notation below: `s` is the quantizer's scale (detached), `u = x * s` the input on the
+/// integer grid, `q` the dequantized value and `g` the gradient arriving at `q`.
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum Ste {
+    /// Identity gradient: `x + (q - x).detach()`. The BitNet recipe.
+    Standard,
+    /// Identity inside the representable range (`Q_n <= u <= Q_p`), zero outside
+    /// (the hardtanh STE of BinaryConnect and BNNs).
+    Clipped,
+    /// A differentiable staircase: `q = (Q_n + sum_k sigmoid((u - t_k) / T)) / s` over the
+    /// rounding thresholds `t_k = Q_n + k + 1/2` (binary: `2 sigmoid(u / T) - 1`). The forward
+    /// pass is soft and tends to the hard quantizer as `T -> 0`; anneal `T` with a schedule.
+    /// It costs one sigmoid per threshold: 2 for ternary, 255 for 8 bits.
+    Soft {
+        /// The temperature `T > 0`, in units of one quantization step.
+        temperature: f64,
+    },
+    /// Learned step size quantization (LSQ, Esser et al., ICLR 2020): the step `1/s` is a
+    /// trainable parameter, initialised from the configured statistic (so the first forward pass
+    /// equals the non-learned quantizer), with LSQ's gradient and its `1 / sqrt(N * Q_p)`
+    /// gradient scaling. Weights only; not for the binary format.
+    LearnedStepSize,
+    /// Element-wise gradient scaling (EWGS, Lee et al., CVPR 2021):
+    /// `g_x = g * (1 + delta * sign(g) * (u - round(u)))`, where `u` is clamped to the code
+    /// range (so outside it the gradient is the identity). `delta = 0` is the standard STE.
+    Adaptive {
+        /// The scaling factor `delta >= 0` (the paper uses about 1e-3 to 1e-2).
+        delta: f64,
+    },
+}
+
+impl Ste {
+    /// Checks the STE's own parameters and its fit with the quantizer format.
+    ///
+    /// # Example
+    /// ```
+    /// use bitnet_qat::quant::QuantConfig;
+    /// use bitnet_qat::ste::Ste;
+    ///
+    /// assert!(Ste::Soft { temperature: 0.0 }.validate(&QuantConfig::ternary()).is_err());
+    /// assert!(Ste::LearnedStepSize.validate(&QuantConfig::binary()).is_err());
+    /// assert!(Ste::Adaptive { delta: 1e-3 }.validate(&QuantConfig::int(4)).is_ok());
+    /// ```
+    pub fn validate(&self, config: &QuantConfig) -> crate::Result<()> {
+        config.validate()?;
+        match *self {
+            Ste::Soft { temperature } if !(temperature.is_finite() && temperature > 0.0) => {
+                Err(QatError::Temperature(temperature))
+            }
+            Ste::Adaptive { delta } if !(delta.is_finite() && delta >= 0.0) => {
+                Err(QatError::Delta(delta))
+            }
+            Ste::LearnedStepSize if config.format == QuantFormat::Binary => Err(QatError::Invalid(
+                "the learned step size (LSQ) needs an integer grid; the binary format has none"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Fake-quantizes `x` along its last axis with a straight-through estimator, so gradients reach
+/// `x`. The forward pass equals [`fake_quantize`](crate::quant::fake_quantize) (except for
+/// [`Ste::Soft`], whose forward pass is soft).
+///
+/// [`Ste::LearnedStepSize`] needs a trainable step: use a [`Quantizer`](crate::nn::Quantizer)
+/// or [`lsq_quantize`].
+///
+/// # Example
+/// ```
+/// use bitnet_qat::quant::QuantConfig;
+/// use bitnet_qat::ste::{quantize_ste, Ste};
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex().autodiff();
+/// let x = Tensor::<1>::from_data([0.3, -2.0, 0.9], &device).require_grad();
+/// let y = quantize_ste(x.clone(), &QuantConfig::ternary(), &Ste::Clipped).unwrap();
+/// let grads = y.sum().backward();
+/// let g: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+/// // mean|x| = 1.0666..: -2.0 lies outside [-mean, mean], so its gradient is clipped.
+/// assert_eq!(g, vec![1.0, 0.0, 1.0]);
+/// ```
+pub fn quantize_ste<const D: usize>(
+    x: Tensor<D>,
+    config: &QuantConfig,
+    ste: &Ste,
+) -> crate::Result<Tensor<D>> {
+    ste.validate(config)?;
+    validate_shape(config, &x.dims(), D - 1)?;
+    if *ste == Ste::LearnedStepSize {
+        return Err(QatError::Invalid(
+            "Ste::LearnedStepSize needs a trainable step: use nn::Quantizer or ste::lsq_quantize"
+                .into(),
+        ));
+    }
+    Ok(apply_ste(x, config, ste, D - 1))
+}
+
+/// Applies a non-learned STE along `axis`. The configuration must be valid for `x`.
+pub(crate) fn apply_ste<const D: usize>(
+    x: Tensor<D>,
+    config: &QuantConfig,
+    ste: &Ste,
+    axis: usize,
+) -> Tensor<D> {
+    let grid = quant_grid(x.clone(), config, axis);
+    let tracked = x.is_autodiff();
+    match *ste {
+        Ste::Soft { temperature } => {
+            let u = grid.regrid(x);
+            soft_staircase(u, config.format, temperature) / grid.scale
+        }
+        // Without a gradient to shape, every other STE's forward pass is `q`.
+        _ if !tracked => grid.dequantize(),
+        Ste::Standard | Ste::LearnedStepSize => {
+            // q + (x - x.detach()): the value is exactly q, the gradient the identity.
+            grid.dequantize() + (x.clone() - x.detach())
+        }
+        Ste::Clipped => {
+            let inside = grid
+                .grid
+                .clone()
+                .greater_equal_elem(grid.qn)
+                .bool_and(grid.grid.clone().lower_equal_elem(grid.qp))
+                .float();
+            grid.dequantize() + (x.clone() - x.detach()) * inside
+        }
+        Ste::Adaptive { delta } => {
+            let e = grid.grid.clone().clamp(grid.qn, grid.qp) - grid.codes.clone();
+            ewgs(x, grid.dequantize(), e, delta)
+        }
+    }
+}
+
+/// `q` in the forward pass, the EWGS gradient to `x` in the backward pass.
+fn ewgs<const D: usize>(x: Tensor<D>, q: Tensor<D>, e: Tensor<D>, delta: f64) -> Tensor<D> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as QatBackend>::ewgs_ste(
+        x.into_dispatch(),
+        q.into_dispatch(),
+        e.into_dispatch(),
+        delta,
+    ))
+}

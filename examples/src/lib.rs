@@ -1,0 +1,178 @@
+#![warn(missing_docs)]
+//! Shared code of the bitnet-qat examples: a small MLP in full precision or with
+//! [`BitLinear`] layers, and a plain training loop on the embedded digits.
+
+use std::time::Instant;
+
+use bitnet_qat::check::check_finite;
+use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset};
+use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+use bitnet_qat::Result;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+/// A dense layer: full precision or BitNet.
+#[derive(Module, Debug)]
+pub enum Dense {
+    /// Burn's `Linear`.
+    Fp32(Linear),
+    /// A BitNet b1.58 `BitLinear`.
+    Bit(BitLinear),
+}
+
+impl Dense {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Dense::Fp32(l) => l.forward(x),
+            Dense::Bit(l) => l.forward(x),
+        }
+    }
+}
+
+/// Which layers an [`Mlp`] is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Burn `Linear` layers.
+    Fp32,
+    /// `BitLinear` layers: W1.58 A8 with RMSNorm inside each layer.
+    Ternary,
+}
+
+/// A multi-layer perceptron with ReLU between its layers.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// The layers, input first.
+    pub layers: Vec<Dense>,
+}
+
+impl Mlp {
+    /// Builds `sizes[0] -> sizes[1] -> ... -> sizes[n]` with the given precision.
+    pub fn new(sizes: &[usize], precision: Precision, device: &Device) -> Result<Self> {
+        let layers = sizes
+            .windows(2)
+            .map(|w| {
+                Ok(match precision {
+                    Precision::Fp32 => Dense::Fp32(LinearConfig::new(w[0], w[1]).init(device)),
+                    Precision::Ternary => Dense::Bit(BitLinearConfig::new(w[0], w[1]).init(device)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// The logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
+            let y = layer.forward(x);
+            if i < last { relu(y) } else { y }
+        })
+    }
+}
+
+/// Settings of [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Items per step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Seed of the weight initialisation and of the batch order.
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 64,
+            lr: 3e-3,
+            seed: 42,
+        }
+    }
+}
+
+/// The result of [`train`].
+#[derive(Debug)]
+pub struct Trained {
+    /// The trained model, in inference mode.
+    pub model: Mlp,
+    /// The last epoch's mean training loss.
+    pub final_loss: f64,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Wall time of the training loop in seconds.
+    pub seconds: f64,
+}
+
+/// Builds an MLP `64 -> hidden... -> 10` and trains it on `train` with Adam and cross-entropy.
+///
+/// A NaN or infinite loss stops training with [`bitnet_qat::QatError::NonFinite`].
+pub fn train(
+    hidden: &[usize],
+    precision: Precision,
+    train: &DigitsDataset,
+    settings: &TrainSettings,
+    device: &Device,
+) -> Result<Trained> {
+    let device = device.clone().autodiff();
+    device.seed(settings.seed);
+    let mut sizes = vec![DIGITS_PIXELS];
+    sizes.extend_from_slice(hidden);
+    sizes.push(DIGITS_CLASSES);
+    let mut model = Mlp::new(&sizes, precision, &device)?;
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = settings.seed ^ 0x9E37_79B9_7F4A_7C15;
+    let (mut steps, mut final_loss) = (0, f64::NAN);
+    for _ in 0..settings.epochs {
+        shuffle(&mut order, &mut rng);
+        let (mut sum, mut count) = (0.0, 0);
+        for chunk in order.chunks(settings.batch_size) {
+            let items: Vec<DigitItem> = chunk.iter().map(|&i| train.items()[i].clone()).collect();
+            let (x, y) = DigitsDataset::batch(&items, &device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(settings.lr, model, grads);
+            check_finite(&loss, "training loss")?;
+            sum += loss.into_scalar::<f32>() as f64;
+            count += 1;
+            steps += 1;
+        }
+        final_loss = sum / count as f64;
+    }
+    Ok(Trained {
+        model: model.valid(),
+        final_loss,
+        steps,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Test accuracy in percent of an inference-mode model.
+pub fn accuracy(model: &Mlp, data: &DigitsDataset, device: &Device) -> f64 {
+    let device = device.clone().without_autodiff();
+    let (x, y) = DigitsDataset::batch(data.items(), &device);
+    let predicted = model.forward(x).argmax(1).flatten::<1>(0, 1);
+    let correct = predicted.equal(y).int().sum().into_scalar::<i64>();
+    100.0 * correct as f64 / data.len() as f64
+}
+
+fn shuffle(order: &mut [usize], state: &mut u64) {
+    for i in (1..order.len()).rev() {
+        // xorshift64*: a tiny deterministic generator for the batch order.
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        order.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+}

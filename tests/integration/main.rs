@@ -1,0 +1,35 @@
+//! Cross-crate integration tests: golden values from the published formulas, STE gradients,
+//! BitLinear against the BitNet reference, the reparameterizer, training and bad input.
+
+mod bad_input;
+mod bit_linear;
+mod quantizers;
+mod reference;
+mod reparam;
+mod ste_grads;
+mod training;
+
+use burn::tensor::{Device, Tensor};
+
+/// The CPU devices every test runs on.
+#[allow(deprecated)]
+pub fn devices() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+/// Reads a tensor back as `f32`s.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec().unwrap()
+}
+
+/// Asserts `|a - b| <= tol * max(1, |b|)` element-wise.
+#[track_caller]
+pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= tol * e.abs().max(1.0),
+            "{what}[{i}]: got {a}, expected {e} (tolerance {tol})"
+        );
+    }
+}

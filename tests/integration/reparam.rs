@@ -1,0 +1,174 @@
+//! QAT for an arbitrary Burn model through the reparameterizer.
+
+use bitnet_qat::nn::Quantizer;
+use bitnet_qat::quant::{Granularity, QuantConfig};
+use bitnet_qat::reparam::QatReparameterizer;
+use bitnet_qat::ste::Ste;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::quantizers::pseudo_random;
+use crate::reference as r;
+use crate::{assert_close, devices, values};
+
+#[derive(Module, Debug)]
+struct Mlp {
+    l1: Linear,
+    l2: Linear,
+    head: Linear,
+}
+
+impl Mlp {
+    fn new(device: &Device) -> Self {
+        Self {
+            l1: LinearConfig::new(8, 6).init(device),
+            l2: LinearConfig::new(6, 6).init(device),
+            head: LinearConfig::new(6, 3).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.head.forward(relu(self.l2.forward(relu(self.l1.forward(x)))))
+    }
+}
+
+fn input(device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(pseudo_random(4 * 8, 71), [4, 8]), device)
+}
+
+#[test]
+fn forward_uses_ternary_weights_and_latent_weights_learn() {
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        device.seed(7);
+        let model = Mlp::new(&device);
+        let latent = values(model.l1.weight.val());
+        let model = QatReparameterizer::new(QuantConfig::ternary())
+            .exclude(["head"])
+            .apply(model)
+            .unwrap();
+        assert!(model.l1.weight.reparameterization::<Quantizer>().is_some());
+        assert!(model.head.weight.reparameterization::<Quantizer>().is_none());
+        // Biases are 1-D: untouched.
+        assert!(model.l1.bias.as_ref().unwrap().reparameterization::<Quantizer>().is_none());
+
+        // The effective weight is ternary x scale, the latent one is unchanged.
+        let effective = values(model.l1.weight.val());
+        assert_close(&effective, &r::ternary(&latent, 1e-5), 1e-6, name);
+        let gamma = r::stat(&latent, r::Stat::Mean);
+        assert!(effective.iter().all(|v| *v == 0.0 || (v.abs() - gamma).abs() < 1e-6));
+        assert_eq!(values(model.l1.weight.base()), latent);
+
+        // The forward pass equals a plain MLP built from the quantized weights.
+        let out = model.forward(input(&device));
+        let manual = {
+            let l1 = model.l1.weight.val();
+            let h = relu(input(&device).matmul(l1) + model.l1.bias.as_ref().unwrap().val().unsqueeze());
+            let h = relu(h.matmul(model.l2.weight.val()) + model.l2.bias.as_ref().unwrap().val().unsqueeze());
+            h.matmul(model.head.weight.val()) + model.head.bias.as_ref().unwrap().val().unsqueeze()
+        };
+        assert_close(&values(out.clone()), &values(manual), 1e-6, name);
+
+        // The latent weights receive non-zero gradients through the STE.
+        let grads = out.sum().backward();
+        for (layer, param) in [("l1", &model.l1.weight), ("l2", &model.l2.weight)] {
+            let g = values(param.base().grad(&grads).expect("latent weight grad"));
+            assert!(g.iter().any(|v| *v != 0.0), "{name} {layer}");
+        }
+
+        // valid() still runs quantized.
+        let inference = model.valid();
+        assert_close(
+            &values(inference.l1.weight.val()),
+            &r::ternary(&latent, 1e-5),
+            1e-6,
+            name,
+        );
+    }
+}
+
+#[test]
+fn records_round_trip_in_memory_and_on_disk() {
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let reparam = || {
+        QatReparameterizer::from_config(
+            bitnet_qat::nn::QuantizerConfig::new(
+                QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+            )
+            .with_ste(Ste::LearnedStepSize),
+        )
+    };
+    let model = reparam().apply(Mlp::new(&device)).unwrap();
+    // Move the learned steps away from their initial values so the round trip must carry them.
+    let model = model.map(&mut ScaleSteps(1.5, Vec::new()));
+    let expected = values(model.forward(input(&device)));
+
+    // A fresh, differently initialised model with the same reparameterization.
+    device.seed(2);
+    let target = || reparam().apply(Mlp::new(&device)).unwrap();
+    assert_ne!(values(target().forward(input(&device))), expected);
+
+    let loaded = target().load_record(model.clone().into_record());
+    assert_close(&values(loaded.forward(input(&device))), &expected, 1e-6, "memory");
+
+    let dir = std::env::temp_dir().join(format!("bitnet-qat-reparam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mlp.bpk");
+    model.clone().save_file(&path).unwrap();
+    let loaded = target().try_load_file(&path).unwrap();
+    assert_close(&values(loaded.forward(input(&device))), &expected, 1e-6, "file");
+    let step = loaded.l1.weight.reparameterization::<Quantizer>().unwrap();
+    assert_eq!(step.step.as_ref().unwrap().shape().dims::<1>(), [6]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Multiplies every learned step (a parameter named `step`) by a factor.
+struct ScaleSteps(f64, Vec<String>);
+
+impl burn::module::ModuleMapper for ScaleSteps {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.1.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.1.pop();
+    }
+
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        if self.1.last().map(String::as_str) == Some("step") {
+            let factor = self.0;
+            return param.map(|t| t.mul_scalar(factor));
+        }
+        param
+    }
+}
+
+#[test]
+fn invalid_selections_are_typed_errors() {
+    let device = Device::flex();
+    // Group of 4 does not divide l2's input dimension 6.
+    let err = QatReparameterizer::new(QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 4 }))
+        .apply(Mlp::new(&device))
+        .unwrap_err();
+    assert!(err.to_string().contains("l2.weight"), "{err}");
+    // Excluding everything selects nothing.
+    let err = QatReparameterizer::new(QuantConfig::ternary())
+        .exclude(["l1", "l2", "head"])
+        .apply(Mlp::new(&device))
+        .unwrap_err();
+    assert!(err.to_string().contains("selected no parameter"), "{err}");
+    // A bad STE is rejected before anything is built.
+    assert!(
+        QatReparameterizer::from_config(
+            bitnet_qat::nn::QuantizerConfig::new(QuantConfig::binary()).with_ste(Ste::LearnedStepSize)
+        )
+        .apply(Mlp::new(&device))
+        .is_err()
+    );
+}
