@@ -23,7 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let settings = TrainSettings::default();
     let hidden = [128];
-    for (name, precision) in [("fp32", Precision::Fp32), ("bitnet-1.58", Precision::Ternary)] {
+    for (name, precision) in [
+        ("fp32", Precision::Fp32),
+        ("bitnet-1.58", Precision::Ternary),
+    ] {
         let trained = train(&hidden, precision, &train_set, &settings, &device)?;
         let acc = accuracy(&trained.model, &test_set, &device);
         println!(

@@ -68,7 +68,10 @@ impl ModuleVisitor for FiniteVisitor {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.error.is_none()
-            && let Err(e) = check_finite(&param.base(), &format!("parameter `{}`", self.path.join(".")))
+            && let Err(e) = check_finite(
+                &param.base(),
+                &format!("parameter `{}`", self.path.join(".")),
+            )
         {
             self.error = Some(e);
         }

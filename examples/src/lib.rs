@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
+use bitnet_qat::Result;
 use bitnet_qat::check::check_finite;
 use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
-use bitnet_qat::Result;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
@@ -16,6 +16,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// A dense layer: full precision or BitNet.
+// A handful of layers per model: the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Dense {
     /// Burn's `Linear`.
@@ -57,7 +59,9 @@ impl Mlp {
             .map(|w| {
                 Ok(match precision {
                     Precision::Fp32 => Dense::Fp32(LinearConfig::new(w[0], w[1]).init(device)),
-                    Precision::Ternary => Dense::Bit(BitLinearConfig::new(w[0], w[1]).init(device)?),
+                    Precision::Ternary => {
+                        Dense::Bit(BitLinearConfig::new(w[0], w[1]).init(device)?)
+                    }
                 })
             })
             .collect::<Result<Vec<_>>>()?;

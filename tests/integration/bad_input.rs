@@ -14,7 +14,11 @@ fn nan_and_inf_inputs_are_reported() {
     let layer = BitLinearConfig::new(4, 2).init(&device).unwrap();
     let x = Tensor::<2>::from_data([[1.0, f32::NAN, 2.0, f32::INFINITY]], &device);
     match layer.try_forward(x) {
-        Err(QatError::NonFinite { nan: 1, inf: 1, what }) => assert!(what.contains("input")),
+        Err(QatError::NonFinite {
+            nan: 1,
+            inf: 1,
+            what,
+        }) => assert!(what.contains("input")),
         other => panic!("expected NonFinite, got {other:?}"),
     }
     let ok = Tensor::<2>::from_data([[1.0, -1.0, 2.0, 0.5]], &device);
@@ -27,7 +31,10 @@ fn nan_weights_are_reported_with_their_path() {
     let layer = BitLinearConfig::new(4, 2).init(&device).unwrap();
     assert!(layer.check_finite().is_ok());
     let broken = layer.clone().map(&mut PoisonWeight);
-    assert!(matches!(broken.check_finite(), Err(QatError::NonFinite { nan: 1, .. })));
+    assert!(matches!(
+        broken.check_finite(),
+        Err(QatError::NonFinite { nan: 1, .. })
+    ));
     match check_model_finite(&broken) {
         Err(QatError::NonFinite { what, .. }) => assert!(what.contains("weight"), "{what}"),
         other => panic!("expected NonFinite, got {other:?}"),
@@ -54,15 +61,26 @@ impl burn::module::ModuleMapper for PoisonWeight {
     }
 }
 
+/// Whether an error is the expected one.
+type Expect = fn(&QatError) -> bool;
+
 #[test]
 fn invalid_configurations_are_typed_errors() {
     let device = Device::flex();
-    let cases: Vec<(BitLinearConfig, fn(&QatError) -> bool)> = vec![
+    let cases: Vec<(BitLinearConfig, Expect)> = vec![
         (
             BitLinearConfig::new(10, 4).with_weight_quant(
                 QuantConfig::ternary().with_granularity(Granularity::PerGroup { size: 4 }),
             ),
-            |e| matches!(e, QatError::GroupSize { group_size: 4, dim: 10 }),
+            |e| {
+                matches!(
+                    e,
+                    QatError::GroupSize {
+                        group_size: 4,
+                        dim: 10
+                    }
+                )
+            },
         ),
         (
             BitLinearConfig::new(8, 4).with_weight_quant(QuantConfig::int(3 * 4)),
@@ -84,11 +102,12 @@ fn invalid_configurations_are_typed_errors() {
             BitLinearConfig::new(8, 4).with_activation_ste(Ste::LearnedStepSize),
             |e| matches!(e, QatError::Invalid(_)),
         ),
-        (BitLinearConfig::new(0, 4), |e| matches!(e, QatError::ZeroDim { name: "d_input" })),
-        (
-            BitLinearConfig::new(8, 4).with_norm_eps(-1.0),
-            |e| matches!(e, QatError::NormEpsilon(_)),
-        ),
+        (BitLinearConfig::new(0, 4), |e| {
+            matches!(e, QatError::ZeroDim { name: "d_input" })
+        }),
+        (BitLinearConfig::new(8, 4).with_norm_eps(-1.0), |e| {
+            matches!(e, QatError::NormEpsilon(_))
+        }),
     ];
     for (config, check) in cases {
         let err = config.init(&device).unwrap_err();
@@ -106,10 +125,17 @@ fn shape_mismatches_are_typed_errors() {
     let group = QuantConfig::activation(8).with_granularity(Granularity::PerGroup { size: 3 });
     assert!(matches!(
         fake_quantize(Tensor::<2>::zeros([2, 8], &device), &group),
-        Err(QatError::GroupSize { group_size: 3, dim: 8 })
+        Err(QatError::GroupSize {
+            group_size: 3,
+            dim: 8
+        })
     ));
     assert!(matches!(
-        quantize_ste(Tensor::<1>::zeros([4], &device), &QuantConfig::ternary(), &Ste::LearnedStepSize),
+        quantize_ste(
+            Tensor::<1>::zeros([4], &device),
+            &QuantConfig::ternary(),
+            &Ste::LearnedStepSize
+        ),
         Err(QatError::Invalid(_))
     ));
     let w = Tensor::<2>::zeros([6, 2], &device);

@@ -16,7 +16,10 @@ const EPS: f32 = 1e-5;
 fn forward_and_gradients_equal_the_reference() {
     let (batch, d_in, d_out) = (3, 16, 5);
     let x = pseudo_random(batch * d_in, 41);
-    let w = pseudo_random(d_in * d_out, 42).iter().map(|v| v * 0.3).collect::<Vec<_>>();
+    let w = pseudo_random(d_in * d_out, 42)
+        .iter()
+        .map(|v| v * 0.3)
+        .collect::<Vec<_>>();
     let c = pseudo_random(batch * d_out, 43);
 
     // Reference forward (shared/reference/bitnet.md §1).
@@ -29,7 +32,11 @@ fn forward_and_gradients_equal_the_reference() {
     let g_xq = r::matmul(&c, &r::transpose(&w_q, d_in, d_out), batch, d_out, d_in);
     let g_x = r::rms_norm_backward(&x, &g_xq, d_in, EPS);
     let g_gamma: Vec<f32> = (0..d_in)
-        .map(|j| (0..batch).map(|b| g_xq[b * d_in + j] * x_n[b * d_in + j]).sum())
+        .map(|j| {
+            (0..batch)
+                .map(|b| g_xq[b * d_in + j] * x_n[b * d_in + j])
+                .sum()
+        })
         .collect();
 
     for (name, device) in devices() {
@@ -55,8 +62,16 @@ fn forward_and_gradients_equal_the_reference() {
 
         // valid(): the same quantized computation without autodiff.
         let inference = layer.valid();
-        let xi = Tensor::<2>::from_data(TensorData::new(x.clone(), [batch, d_in]), &device.clone().inner());
-        assert_close(&values(inference.forward(xi)), &y, 1e-6, &format!("{name} valid"));
+        let xi = Tensor::<2>::from_data(
+            TensorData::new(x.clone(), [batch, d_in]),
+            &device.clone().inner(),
+        );
+        assert_close(
+            &values(inference.forward(xi)),
+            &y,
+            1e-6,
+            &format!("{name} valid"),
+        );
     }
 }
 
@@ -88,7 +103,10 @@ fn configured_formats_are_used() {
 fn bias_and_rank_three_inputs() {
     let (d_in, d_out) = (8, 4);
     let device = burn::tensor::Device::flex();
-    let layer = BitLinearConfig::new(d_in, d_out).with_bias(true).init(&device).unwrap();
+    let layer = BitLinearConfig::new(d_in, d_out)
+        .with_bias(true)
+        .init(&device)
+        .unwrap();
     let x = Tensor::<3>::from_data(
         TensorData::new(pseudo_random(2 * 3 * d_in, 61), [2, 3, d_in]),
         &device,

@@ -55,7 +55,10 @@ fn all_zero_tensors_stay_finite() {
         for (config, expected) in [
             (QuantConfig::ternary(), r::ternary(&zeros, 1e-5)),
             (QuantConfig::activation_int8(), r::act8(&zeros)),
-            (QuantConfig::int(4), r::int_quant(&zeros, -8, 7, Stat::Max, 1e-5)),
+            (
+                QuantConfig::int(4),
+                r::int_quant(&zeros, -8, 7, Stat::Max, 1e-5),
+            ),
             (QuantConfig::binary(), r::binary(&zeros)),
         ] {
             let q = fake_quantize(Tensor::<2>::from_data([zeros], &device), &config).unwrap();
@@ -64,7 +67,10 @@ fn all_zero_tensors_stay_finite() {
             assert_close(&q, &expected, 1e-6, name);
         }
         // Ternary and integer formats give exact zeros; binary gives -eps (sign(0) = -1).
-        let t = fake_quantize(Tensor::<1>::from_data(zeros, &device), &QuantConfig::ternary());
+        let t = fake_quantize(
+            Tensor::<1>::from_data(zeros, &device),
+            &QuantConfig::ternary(),
+        );
         assert_eq!(values(t.unwrap()), zeros);
     }
 }
@@ -81,7 +87,12 @@ fn a_single_huge_outlier() {
         assert_eq!(q.iter().filter(|v| **v != 0.0).count(), 1, "{name}");
         // absmax 8-bit: likewise.
         let q = values(fake_quantize(t(), &QuantConfig::int(8)).unwrap());
-        assert_close(&q, &r::int_quant(&w, -128, 127, Stat::Max, 1e-5), 1e-6, name);
+        assert_close(
+            &q,
+            &r::int_quant(&w, -128, 127, Stat::Max, 1e-5),
+            1e-6,
+            name,
+        );
         // absmedian is robust to it: the small weights keep non-zero codes.
         let med = QuantConfig::int(4).with_stat(ScaleStat::AbsMedian);
         let q = values(fake_quantize(t(), &med).unwrap());
@@ -96,9 +107,18 @@ fn every_format_and_statistic_per_tensor() {
     let cases: Vec<(QuantConfig, Vec<f32>)> = vec![
         (QuantConfig::ternary(), r::ternary(&x, 1e-5)),
         (QuantConfig::binary(), r::binary(&x)),
-        (QuantConfig::int(2), r::int_quant(&x, -2, 1, Stat::Max, 1e-5)),
-        (QuantConfig::int(4), r::int_quant(&x, -8, 7, Stat::Max, 1e-5)),
-        (QuantConfig::int(8), r::int_quant(&x, -128, 127, Stat::Max, 1e-5)),
+        (
+            QuantConfig::int(2),
+            r::int_quant(&x, -2, 1, Stat::Max, 1e-5),
+        ),
+        (
+            QuantConfig::int(4),
+            r::int_quant(&x, -8, 7, Stat::Max, 1e-5),
+        ),
+        (
+            QuantConfig::int(8),
+            r::int_quant(&x, -128, 127, Stat::Max, 1e-5),
+        ),
         (
             QuantConfig::int(4).with_stat(ScaleStat::AbsMean),
             r::int_quant(&x, -8, 7, Stat::Mean, 1e-5),
@@ -151,7 +171,9 @@ fn per_token_and_grouped_activations() {
     let (tokens, features) = (5, 8);
     let x = pseudo_random(tokens * features, 9);
     let expected8 = r::per_row(&x, features, r::act8);
-    let expected4 = r::per_row(&x, features, |row| r::int_quant(row, -8, 7, Stat::Max, 1e-5));
+    let expected4 = r::per_row(&x, features, |row| {
+        r::int_quant(row, -8, 7, Stat::Max, 1e-5)
+    });
     let grouped = QuantConfig::activation(8).with_granularity(Granularity::PerGroup { size: 4 });
     let expected_grouped = r::per_row(&x, 4, r::act8);
     for (name, device) in devices() {

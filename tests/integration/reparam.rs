@@ -30,7 +30,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.head.forward(relu(self.l2.forward(relu(self.l1.forward(x)))))
+        self.head
+            .forward(relu(self.l2.forward(relu(self.l1.forward(x)))))
     }
 }
 
@@ -50,23 +51,44 @@ fn forward_uses_ternary_weights_and_latent_weights_learn() {
             .apply(model)
             .unwrap();
         assert!(model.l1.weight.reparameterization::<Quantizer>().is_some());
-        assert!(model.head.weight.reparameterization::<Quantizer>().is_none());
+        assert!(
+            model
+                .head
+                .weight
+                .reparameterization::<Quantizer>()
+                .is_none()
+        );
         // Biases are 1-D: untouched.
-        assert!(model.l1.bias.as_ref().unwrap().reparameterization::<Quantizer>().is_none());
+        assert!(
+            model
+                .l1
+                .bias
+                .as_ref()
+                .unwrap()
+                .reparameterization::<Quantizer>()
+                .is_none()
+        );
 
         // The effective weight is ternary x scale, the latent one is unchanged.
         let effective = values(model.l1.weight.val());
         assert_close(&effective, &r::ternary(&latent, 1e-5), 1e-6, name);
         let gamma = r::stat(&latent, r::Stat::Mean);
-        assert!(effective.iter().all(|v| *v == 0.0 || (v.abs() - gamma).abs() < 1e-6));
+        assert!(
+            effective
+                .iter()
+                .all(|v| *v == 0.0 || (v.abs() - gamma).abs() < 1e-6)
+        );
         assert_eq!(values(model.l1.weight.base()), latent);
 
         // The forward pass equals a plain MLP built from the quantized weights.
         let out = model.forward(input(&device));
         let manual = {
             let l1 = model.l1.weight.val();
-            let h = relu(input(&device).matmul(l1) + model.l1.bias.as_ref().unwrap().val().unsqueeze());
-            let h = relu(h.matmul(model.l2.weight.val()) + model.l2.bias.as_ref().unwrap().val().unsqueeze());
+            let h =
+                relu(input(&device).matmul(l1) + model.l1.bias.as_ref().unwrap().val().unsqueeze());
+            let h = relu(
+                h.matmul(model.l2.weight.val()) + model.l2.bias.as_ref().unwrap().val().unsqueeze(),
+            );
             h.matmul(model.head.weight.val()) + model.head.bias.as_ref().unwrap().val().unsqueeze()
         };
         assert_close(&values(out.clone()), &values(manual), 1e-6, name);
@@ -112,14 +134,24 @@ fn records_round_trip_in_memory_and_on_disk() {
     assert_ne!(values(target().forward(input(&device))), expected);
 
     let loaded = target().load_record(model.clone().into_record());
-    assert_close(&values(loaded.forward(input(&device))), &expected, 1e-6, "memory");
+    assert_close(
+        &values(loaded.forward(input(&device))),
+        &expected,
+        1e-6,
+        "memory",
+    );
 
     let dir = std::env::temp_dir().join(format!("bitnet-qat-reparam-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mlp.bpk");
     model.clone().save_file(&path).unwrap();
     let loaded = target().try_load_file(&path).unwrap();
-    assert_close(&values(loaded.forward(input(&device))), &expected, 1e-6, "file");
+    assert_close(
+        &values(loaded.forward(input(&device))),
+        &expected,
+        1e-6,
+        "file",
+    );
     let step = loaded.l1.weight.reparameterization::<Quantizer>().unwrap();
     assert_eq!(step.step.as_ref().unwrap().shape().dims::<1>(), [6]);
     std::fs::remove_dir_all(&dir).ok();
@@ -153,9 +185,11 @@ impl burn::module::ModuleMapper for ScaleSteps {
 fn invalid_selections_are_typed_errors() {
     let device = Device::flex();
     // Group of 4 does not divide l2's input dimension 6.
-    let err = QatReparameterizer::new(QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 4 }))
-        .apply(Mlp::new(&device))
-        .unwrap_err();
+    let err = QatReparameterizer::new(
+        QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 4 }),
+    )
+    .apply(Mlp::new(&device))
+    .unwrap_err();
     assert!(err.to_string().contains("l2.weight"), "{err}");
     // Excluding everything selects nothing.
     let err = QatReparameterizer::new(QuantConfig::ternary())
@@ -166,7 +200,8 @@ fn invalid_selections_are_typed_errors() {
     // A bad STE is rejected before anything is built.
     assert!(
         QatReparameterizer::from_config(
-            bitnet_qat::nn::QuantizerConfig::new(QuantConfig::binary()).with_ste(Ste::LearnedStepSize)
+            bitnet_qat::nn::QuantizerConfig::new(QuantConfig::binary())
+                .with_ste(Ste::LearnedStepSize)
         )
         .apply(Mlp::new(&device))
         .is_err()

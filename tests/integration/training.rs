@@ -18,6 +18,14 @@ fn bitlinear_mlp_learns_digits() {
     let acc = accuracy(&trained.model, &test_set, &device);
     assert_eq!(trained.steps, 8 * train_set.len().div_ceil(64));
     // Chance is 10 %; see the quickstart for the full run.
-    assert!(acc >= 90.0, "ternary MLP test accuracy {acc:.2} % after {} steps", trained.steps);
-    assert!(trained.final_loss < 0.5, "final loss {}", trained.final_loss);
+    assert!(
+        acc >= 90.0,
+        "ternary MLP test accuracy {acc:.2} % after {} steps",
+        trained.steps
+    );
+    assert!(
+        trained.final_loss < 0.5,
+        "final loss {}",
+        trained.final_loss
+    );
 }

@@ -73,9 +73,7 @@ pub struct BitLinearConfig {
     #[config(default = "Ste::Standard")]
     pub activation_ste: Ste,
     /// The weight initializer (the same default as Burn's `Linear`).
-    #[config(
-        default = "Initializer::KaimingUniform{gain:1.0/3.0f64.sqrt(), fan_out_only:false}"
-    )]
+    #[config(default = "Initializer::KaimingUniform{gain:1.0/3.0f64.sqrt(), fan_out_only:false}")]
     pub initializer: Initializer,
 }
 
@@ -292,7 +290,10 @@ impl ModuleDisplay for BitLinear {
             .add("d_output", &d_output)
             .add("bias", &self.bias.is_some())
             .add("norm", &self.norm.is_some())
-            .add("weight", &format!("{:?}", self.weight_quantizer.quant.format))
+            .add(
+                "weight",
+                &format!("{:?}", self.weight_quantizer.quant.format),
+            )
             .optional()
     }
 }

@@ -112,13 +112,16 @@ impl QuantizerConfig {
 
 /// The initial LSQ step: the non-learned step `max(stat, eps) / Q_p`, one value per scale.
 fn initial_step<const D: usize>(x: Tensor<D>, config: &QuantConfig, axis: usize) -> Tensor<1> {
-    let x = x.detach();
+    // Computed without autodiff: a parameter must start as a leaf of the graph.
+    let autodiff = x.is_autodiff();
+    let x = if autodiff { x.inner() } else { x };
     let layout = ScaleLayout::new(config.granularity, axis, x.dims());
     let (_, qp) = config.code_range();
-    layout
+    let step = layout
         .reduce_compact(x.abs(), config.stat.into())
         .clamp_min(config.eps)
-        .div_scalar(qp)
+        .div_scalar(qp);
+    if autodiff { step.autodiff() } else { step }
 }
 
 impl Quantizer {

@@ -65,7 +65,12 @@ pub(crate) fn quant_grid<const D: usize>(
             let center = layout.reduce(x.clone(), Reduce::Mean);
             let grid = (x - center.clone()) * scale.clone();
             // sign with sign(0) = -1 (BitNet eq. 2).
-            let codes = grid.clone().greater_elem(0.0).float().mul_scalar(2.0).sub_scalar(1.0);
+            let codes = grid
+                .clone()
+                .greater_elem(0.0)
+                .float()
+                .mul_scalar(2.0)
+                .sub_scalar(1.0);
             QuantGrid {
                 grid,
                 codes,

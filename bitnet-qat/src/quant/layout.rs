@@ -139,7 +139,10 @@ mod tests {
     #[test]
     fn group_reduce_runs_along_axis_zero() {
         // [4, 2]: column 0 = 1,2,3,4 ; column 1 = 10,20,30,40; groups of 2 along axis 0.
-        let t = Tensor::<2>::from_data([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]], &device());
+        let t = Tensor::<2>::from_data(
+            [[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]],
+            &device(),
+        );
         let layout = ScaleLayout::new(Granularity::PerGroup { size: 2 }, 0, [4, 2]);
         assert_eq!(layout.num_scales(), 4);
         let m = layout.reduce(t, Reduce::Mean);
