@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example quickstart
+//! cargo run --release --example quickstart -- --epochs 60 --hidden 256 --hidden 128
 //! ```
 
 use std::time::Instant;
@@ -11,23 +12,55 @@ use std::time::Instant;
 use bitnet_qat::data::DigitsDataset;
 use bitnet_qat_examples::{Precision, TrainSettings, accuracy, train};
 use burn::tensor::Device;
+use clap::Parser;
+
+/// Train FP32 and BitNet b1.58 MLPs on the embedded digits and compare their test accuracy.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Hidden layer sizes (repeat the flag for more layers).
+    #[arg(long = "hidden", default_values_t = [256])]
+    hidden: Vec<usize>,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Items per training step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Seed of the initialisation, the batch order and the train/test split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
     let start = Instant::now();
     let device = Device::flex();
-    let (train_set, test_set) = DigitsDataset::load()?.split(0.2, 42);
+    let (train_set, test_set) = DigitsDataset::load()?.split(0.2, args.seed);
     println!(
-        "digits: {} train / {} test images (8x8, 10 classes)",
+        "digits: {} train / {} test images (8x8, 10 classes), MLP 64-{}-10, {} epochs",
         train_set.len(),
-        test_set.len()
+        test_set.len(),
+        args.hidden
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("-"),
+        args.epochs
     );
-    let settings = TrainSettings::default();
-    let hidden = [128];
+    let settings = TrainSettings {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+    };
     for (name, precision) in [
         ("fp32", Precision::Fp32),
         ("bitnet-1.58", Precision::Ternary),
     ] {
-        let trained = train(&hidden, precision, &train_set, &settings, &device)?;
+        let trained = train(&args.hidden, precision, &train_set, &settings, &device)?;
         let acc = accuracy(&trained.model, &test_set, &device);
         println!(
             "{name} accuracy: {acc:.2} %  ({} steps, final loss {:.4}, {:.1} s)",

@@ -180,3 +180,25 @@ impl Reparameterizer for &mut QatReparameterizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::QuantConfig;
+
+    #[test]
+    fn default_selection_and_exclusions() {
+        let r = QatReparameterizer::new(QuantConfig::ternary()).exclude(["head", "layers.0"]);
+        assert!(r.selects("fc.weight", &[4, 4]));
+        assert!(!r.selects("fc.bias", &[4]));
+        assert!(!r.selects("conv.weight", &[4, 4, 3, 3]));
+        assert!(!r.selects("head.weight", &[4, 4]));
+        assert!(r.selects("header.weight", &[4, 4]));
+        assert!(!r.selects("layers.0.weight", &[4, 4]));
+        assert!(r.selects("layers.01.weight", &[4, 4]));
+        let custom = QatReparameterizer::new(QuantConfig::ternary())
+            .with_filter(|path, dims| path.starts_with("attn") && dims.len() == 2);
+        assert!(custom.selects("attn.q.weight", &[4, 4]));
+        assert!(!custom.selects("mlp.weight", &[4, 4]));
+    }
+}

@@ -176,3 +176,52 @@ impl Reparameterization for Quantizer {
         self.forward(base)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{Granularity, fake_quantize_weight};
+    use burn::tensor::{Device, TensorData};
+
+    fn weight(device: &Device) -> Tensor<2> {
+        let data: Vec<f32> = (0..48)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        Tensor::from_data(TensorData::new(data, [8, 6]), device)
+    }
+
+    #[test]
+    fn learned_step_starts_at_the_fixed_quantizer() {
+        let device = Device::flex().autodiff();
+        for quant in [
+            QuantConfig::ternary(),
+            QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+            QuantConfig::int(8).with_granularity(Granularity::PerGroup { size: 4 }),
+        ] {
+            let w = weight(&device);
+            let fixed = fake_quantize_weight(w.clone(), &quant).unwrap();
+            let lsq = QuantizerConfig::new(quant.clone())
+                .with_ste(Ste::LearnedStepSize)
+                .init_weight(&w)
+                .unwrap();
+            let learned = lsq.forward(w);
+            let (a, b) = (learned.into_data(), fixed.into_data());
+            a.assert_approx_eq::<f32>(&b, burn::tensor::Tolerance::absolute(1e-6));
+        }
+    }
+
+    #[test]
+    fn activation_quantizers_reject_learned_steps() {
+        let config =
+            QuantizerConfig::new(QuantConfig::activation_int8()).with_ste(Ste::LearnedStepSize);
+        assert!(matches!(
+            config.init_activation(16),
+            Err(QatError::Invalid(_))
+        ));
+        let config = QuantizerConfig::new(QuantConfig::activation_int8());
+        assert_eq!(
+            config.init_activation(16).unwrap().axis,
+            QuantAxis::Activation
+        );
+    }
+}

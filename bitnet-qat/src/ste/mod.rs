@@ -164,3 +164,64 @@ fn ewgs<const D: usize>(x: Tensor<D>, q: Tensor<D>, e: Tensor<D>, delta: f64) ->
         delta,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::fake_quantize;
+    use burn::tensor::Device;
+
+    fn x(device: &Device) -> Tensor<2> {
+        Tensor::from_data([[0.3, -1.7, 0.05, 2.2], [-0.4, 0.9, -0.6, 0.0]], device)
+    }
+
+    #[test]
+    fn without_autodiff_every_hard_ste_returns_q_exactly() {
+        let device = Device::flex();
+        let q = fake_quantize(x(&device), &QuantConfig::ternary())
+            .unwrap()
+            .into_data();
+        for ste in [Ste::Standard, Ste::Clipped, Ste::Adaptive { delta: 0.1 }] {
+            let y = quantize_ste(x(&device), &QuantConfig::ternary(), &ste).unwrap();
+            y.into_data().assert_eq(&q, true);
+        }
+    }
+
+    #[test]
+    fn with_autodiff_the_forward_value_is_still_q() {
+        let device = Device::flex().autodiff();
+        let q = fake_quantize(x(&device), &QuantConfig::int(4))
+            .unwrap()
+            .into_data();
+        for ste in [Ste::Standard, Ste::Clipped, Ste::Adaptive { delta: 0.1 }] {
+            let input = x(&device).require_grad();
+            let y = quantize_ste(input, &QuantConfig::int(4), &ste).unwrap();
+            y.into_data().assert_eq(&q, true);
+        }
+    }
+
+    #[test]
+    fn soft_ste_is_hard_at_a_tiny_temperature_and_smooth_at_a_large_one() {
+        let device = Device::flex();
+        let hard = fake_quantize(x(&device), &QuantConfig::ternary()).unwrap();
+        let cold = quantize_ste(
+            x(&device),
+            &QuantConfig::ternary(),
+            &Ste::Soft { temperature: 1e-4 },
+        );
+        cold.unwrap().into_data().assert_approx_eq::<f32>(
+            &hard.clone().into_data(),
+            burn::tensor::Tolerance::absolute(1e-6),
+        );
+        let warm = quantize_ste(
+            x(&device),
+            &QuantConfig::ternary(),
+            &Ste::Soft { temperature: 1.0 },
+        );
+        let diff = (warm.unwrap() - hard).abs().max().into_scalar::<f32>();
+        assert!(
+            diff > 0.05,
+            "a warm soft STE differs from the hard quantizer ({diff})"
+        );
+    }
+}
