@@ -1,0 +1,99 @@
+//! The portable tensor-op ternary matmul, for every device without the CPU kernels.
+
+use burn::tensor::{Int, Tensor};
+
+use super::ScaleKind;
+use crate::activation::ACT_EPS;
+use crate::packed::{BLOCK, BLOCK_WORDS};
+
+/// Unpacks `codes [rows, words_per_row(cols)]` into the ternary values `[rows, cols]` as
+/// floats (`-1.0`, `0.0`, `1.0`), with Burn tensor operations only.
+pub fn unpack_codes(codes: Tensor<2, Int>, cols: usize) -> Tensor<2> {
+    let [rows, words] = codes.dims();
+    let blocks = words / BLOCK_WORDS;
+    // Word i of block b, byte t, quarter q holds weight k = 256 b + 64 q + 4 i + t at bit
+    // 8 t + 6 - 2 q: gather the codes in (b, q, i, t) order, which is k order.
+    let codes = codes.reshape([rows, blocks, BLOCK_WORDS]);
+    let quarters: Vec<Tensor<4, Int>> = (0..4)
+        .map(|q| {
+            let bytes: Vec<Tensor<3, Int>> = (0..4)
+                .map(|t| {
+                    codes
+                        .clone()
+                        .bitwise_right_shift_scalar((8 * t + 6 - 2 * q) as u32)
+                        .bitwise_and_scalar(3u32)
+                })
+                .collect();
+            Tensor::stack(bytes, 3)
+        })
+        .collect();
+    let all: Tensor<5, Int> = Tensor::stack(quarters, 2);
+    all.reshape([rows, blocks * BLOCK])
+        .narrow(1, 0, cols)
+        .float()
+        .sub_scalar(1.0)
+}
+
+/// `y = x · Wᵀ` with Burn tensor operations only: the codes are unpacked with shifts and masks,
+/// the activations quantized to int8 per row with BitNet's formula, the integer-valued product
+/// formed with `matmul` (exact below 2^24) and scaled back as the CPU kernels do.
+///
+/// # Example
+/// ```
+/// use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_fallback};
+/// use bitnet_kernels::packed::{PackedTernary, TernaryScales};
+/// use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
+///
+/// let device = Device::flex();
+/// let p = PackedTernary::pack(&[1, 0, -1, 1, 1, 1], 2, 3, TernaryScales::PerTensor(2.0)).unwrap();
+/// let words = p.words().to_vec();
+/// let codes = Tensor::<2, Int>::from_data(
+///     TensorData::new(words, [2, 16]),
+///     TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+/// );
+/// let scales = Tensor::<1>::from_data([2.0], &device);
+/// let x = Tensor::<2>::from_data([[1.0, 2.0, -1.0]], &device);
+/// let a = ternary_matmul(x.clone(), codes.clone(), scales.clone(), 3, ScaleKind::PerTensor);
+/// let b = ternary_matmul_fallback(x, codes, scales, 3, ScaleKind::PerTensor);
+/// a.into_data().assert_eq(&b.into_data(), true);
+/// ```
+pub fn ternary_matmul_fallback(
+    x: Tensor<2>,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+    cols: usize,
+    kind: ScaleKind,
+) -> Tensor<2> {
+    let [m, _] = x.dims();
+    let [rows, _] = codes.dims();
+    let weights = unpack_codes(codes, cols);
+
+    // BitNet's activation quantizer: s = 127 / max(max|x|, eps).
+    let x = x.cast(burn::tensor::DType::F32);
+    let max = x.clone().abs().max_dim(1).clamp_min(ACT_EPS);
+    let sx = max.ones_like().mul_scalar(127.0) / max;
+    let xq = (x * sx.clone()).round().clamp(-128.0, 127.0);
+
+    match kind {
+        ScaleKind::PerTensor | ScaleKind::PerRow => {
+            let dots = xq.matmul(weights.transpose());
+            let sw: Tensor<2> = match kind {
+                ScaleKind::PerTensor => scales.reshape([1, 1]),
+                _ => scales.reshape([1, rows]),
+            };
+            dots / (sx * sw)
+        }
+        ScaleKind::PerGroup(group) => {
+            let groups = cols / group;
+            let xg = xq.reshape([m, groups, group]).swap_dims(0, 1);
+            let wg = weights.reshape([rows, groups, group]).swap_dims(0, 1);
+            let dots = xg.matmul(wg.swap_dims(1, 2)); // [groups, m, rows]
+            let sw: Tensor<3> = scales
+                .reshape([rows, groups])
+                .transpose()
+                .reshape([groups, 1, rows]);
+            let sx: Tensor<3> = sx.reshape([1, m, 1]);
+            (dots / (sx * sw)).sum_dim(0).reshape([m, rows])
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Flex: the CPU kernels read the tensors' storage in place.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::TensorData;
+
+use super::ops::TernaryOps;
+
+impl TernaryOps for Flex {
+    fn ternary_matmul(
+        x: FlexTensor,
+        codes: FlexTensor,
+        scales: FlexTensor,
+        cols: usize,
+        kind: usize,
+    ) -> FlexTensor {
+        let (x, codes, scales) = (contiguous(x), contiguous(codes), contiguous(scales));
+        let m = x.layout().shape().num_elements() / cols.max(1);
+        let rows = codes.layout().shape()[0];
+        let y = super::run_cpu(
+            x.storage::<f32>(),
+            m,
+            codes.storage::<u32>(),
+            rows,
+            cols,
+            scales.storage::<f32>(),
+            kind,
+        );
+        FlexTensor::from_data(TensorData::new(y, [m, rows]))
+    }
+}
+
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}

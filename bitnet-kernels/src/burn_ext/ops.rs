@@ -1,0 +1,68 @@
+//! The `ternary_matmul` backend extension and its `Tensor` API.
+// NdArray is deprecated in Burn 0.22 but still supported; the macro expands to code naming it.
+#![allow(deprecated)]
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, DispatchDevice, backend_extension};
+use burn::tensor::{Int, Tensor};
+
+use super::ScaleKind;
+use super::fallback::ternary_matmul_fallback;
+
+/// Ternary matmul supplied by a backend extension.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Autodiff,
+)]
+pub trait TernaryOps: Backend {
+    /// `y = x · Wᵀ`: `x [m, cols]` floats, `codes [rows, words_per_row(cols)]` u32 packed
+    /// codes, `scales` f32 laid out as `kind` says ([`ScaleKind::encode`]). Returns `[m, rows]`.
+    fn ternary_matmul(
+        x: FloatTensor<Self>,
+        codes: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        cols: usize,
+        kind: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// `y = x · Wᵀ` for `x [m, cols]` against a packed ternary matrix held in tensors:
+/// `codes [rows, words_per_row(cols)]` (u32 words of [`crate::packed`]) and its scales.
+///
+/// On Flex and NdArray devices this runs the SIMD CPU kernels in place; elsewhere it runs
+/// [`ternary_matmul_fallback`]. No gradient flows through it: it is for inference.
+/// The shapes are not checked here; `bitnet_qat::infer::TernaryLinear` checks them.
+pub fn ternary_matmul(
+    x: Tensor<2>,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+    cols: usize,
+    kind: ScaleKind,
+) -> Tensor<2> {
+    if runs_cpu_kernel(&x.device()) {
+        use burn::backend::Dispatch;
+        let x = x.cast(burn::tensor::DType::F32);
+        Tensor::from_dispatch(<Dispatch as TernaryOps>::ternary_matmul(
+            x.into_dispatch(),
+            codes.into_dispatch(),
+            scales.into_dispatch(),
+            cols,
+            kind.encode(),
+        ))
+    } else {
+        ternary_matmul_fallback(x, codes, scales, cols, kind)
+    }
+}
+
+/// Whether the device's backend has the CPU kernels.
+fn runs_cpu_kernel(device: &burn::tensor::Device) -> bool {
+    #[allow(unreachable_patterns)]
+    match device.clone().inner().as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        _ => false,
+    }
+}

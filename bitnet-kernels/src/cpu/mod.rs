@@ -1,0 +1,567 @@
+//! CPU ternary matmul: `y = x · Wᵀ` with int8 per-token activations and packed ternary weights.
+//!
+//! Every variant computes the exact integer `Σ_k code(w_nk)·x_mk` per output and scale group;
+//! the true ternary dot product is that minus `Σ_k x_mk` (codes are `w + 1`). The variants are
+//! chosen at run time ([`Kernel::best`]): AVX-512 VNNI, AVX2, NEON, and the portable scalar
+//! reference, which always exists.
+//!
+//! # No overflow
+//! `|code·x| ≤ 2·128`, so `|Σ code·x| ≤ 256·K ≤ 2^30` for `K ≤` [`MAX_K`]` = 2^22`, and the
+//! i32 accumulators cannot overflow. AVX2 adds four `vpmaddubsw` pair sums (each `≤ 512` in
+//! magnitude) in i16 before widening: `≤ 2048`, far from the i16 limit.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+pub mod scalar;
+
+use std::borrow::Cow;
+
+use crate::activation::{QuantizedRows, quantize_rows};
+use crate::error::{KernelError, Result};
+use crate::packed::{BLOCK, BLOCK_BYTES, MAX_K, PackedRef, ScalesRef, words_per_row};
+#[cfg(test)]
+use crate::packed::{PackedTernary, TernaryScales};
+
+/// A CPU kernel variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, one weight at a time: the reference.
+    Scalar,
+    /// x86-64 AVX2 (`vpmaddubsw`).
+    Avx2,
+    /// x86-64 AVX-512 VNNI (`vpdpbusd`).
+    Avx512Vnni,
+    /// aarch64 NEON.
+    Neon,
+}
+
+impl Kernel {
+    /// Every variant, fastest first.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Avx512Vnni,
+        Kernel::Avx2,
+        Kernel::Neon,
+        Kernel::Scalar,
+    ];
+
+    /// Whether this CPU can run the variant.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            _ => false,
+        }
+    }
+
+    /// The fastest variant this CPU runs.
+    pub fn best() -> Kernel {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(Kernel::Scalar)
+    }
+
+    /// Every variant this CPU runs.
+    pub fn available() -> Vec<Kernel> {
+        Self::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Neon => "neon",
+        }
+    }
+}
+
+/// How to run a ternary matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulOptions {
+    /// The kernel variant.
+    pub kernel: Kernel,
+    /// Threads to split the outputs over (1 = the calling thread only).
+    pub threads: usize,
+}
+
+impl Default for MatmulOptions {
+    /// The best kernel; two threads when there is enough work for them.
+    fn default() -> Self {
+        Self {
+            kernel: Kernel::best(),
+            threads: 0,
+        }
+    }
+}
+
+/// Below this many multiply-accumulates one thread is faster than two.
+const PARALLEL_MACS: usize = 1 << 20;
+
+impl MatmulOptions {
+    fn threads_for(&self, macs: usize, n: usize) -> usize {
+        let wanted = match self.threads {
+            0 if macs >= PARALLEL_MACS => std::thread::available_parallelism()
+                .map(|p| p.get())
+                .unwrap_or(1),
+            0 => 1,
+            t => t,
+        };
+        wanted.clamp(1, n.max(1))
+    }
+}
+
+/// Exact integer products `Σ_k w_nk · x_mk` for every row `m`, output `n` and scale group
+/// `g`, laid out `[m, n, groups]`.
+pub fn int_matmul(
+    acts: &QuantizedRows,
+    w: PackedRef<'_>,
+    options: &MatmulOptions,
+) -> Result<Vec<i32>> {
+    check(acts, w, options)?;
+    let (m, n) = (acts.rows, w.rows());
+    let (groups, bpg) = group_blocks(w);
+    let threads = options.threads_for(m * n * acts.padded, n);
+    let bytes = le_bytes(w.words());
+    let row_bytes = words_per_row(w.cols()) * 4;
+    let run = |n0: usize, n1: usize| -> Vec<i32> {
+        let mut out = vec![0i32; m * (n1 - n0) * groups];
+        compute(
+            options.kernel,
+            acts,
+            &bytes,
+            row_bytes,
+            n0..n1,
+            groups,
+            bpg,
+            &mut out,
+        );
+        out
+    };
+    let mut out = vec![0i32; m * n * groups];
+    if threads <= 1 {
+        out = run(0, n);
+    } else {
+        let chunk = n.div_ceil(threads);
+        let parts: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|n0| {
+                    let n1 = (n0 + chunk).min(n);
+                    let run = &run;
+                    (n0, s.spawn(move || run(n0, n1)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(n0, h)| (n0, h.join().expect("kernel thread panicked")))
+                .collect()
+        });
+        for (n0, part) in parts {
+            let width = part.len() / (m * groups).max(1);
+            for r in 0..m {
+                let src = &part[r * width * groups..(r + 1) * width * groups];
+                out[(r * n + n0) * groups..(r * n + n0 + width) * groups].copy_from_slice(src);
+            }
+        }
+    }
+    // Codes are w + 1: subtract Σ x over each group.
+    let glen = group_len(w);
+    for r in 0..m {
+        for g in 0..groups {
+            let sx = acts.sum(r, g * glen, ((g + 1) * glen).min(acts.cols));
+            for j in 0..n {
+                out[(r * n + j) * groups + g] -= sx;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `y = x · Wᵀ` for row-major `x [m, K]`: quantizes `x` per row to int8, multiplies in
+/// integers and scales back: `y_mn = Σ_g dot_mng / (s_x,m · s_w,ng)`. Returns `[m, N]`.
+///
+/// # Example
+/// ```
+/// use bitnet_kernels::cpu::{MatmulOptions, ternary_matmul};
+/// use bitnet_kernels::packed::{PackedTernary, TernaryScales};
+///
+/// // W = [[1, 0, -1], [1, 1, 1]] with s_w = 2 (weights ±0.5).
+/// let w = PackedTernary::pack(&[1, 0, -1, 1, 1, 1], 2, 3, TernaryScales::PerTensor(2.0)).unwrap();
+/// let y = ternary_matmul(&[1.0, 2.0, -1.0], 1, w.view(), &MatmulOptions::default()).unwrap();
+/// assert!((y[0] - 1.0).abs() < 1e-2 && (y[1] - 1.0).abs() < 1e-2);
+/// ```
+pub fn ternary_matmul(
+    x: &[f32],
+    m: usize,
+    w: PackedRef<'_>,
+    options: &MatmulOptions,
+) -> Result<Vec<f32>> {
+    if x.len() != m * w.cols() {
+        return Err(KernelError::Size {
+            what: "activations [m, K]",
+            expected: m * w.cols(),
+            got: x.len(),
+        });
+    }
+    let acts = quantize_rows(x, m, w.cols());
+    let dots = int_matmul(&acts, w, options)?;
+    Ok(dequantize(&dots, &acts, w))
+}
+
+/// Scales integer products `[m, n, groups]` back to floats `[m, n]`.
+pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f32> {
+    let (m, n) = (acts.rows, w.rows());
+    let (groups, _) = group_blocks(w);
+    let scales = w.scales();
+    let mut y = vec![0f32; m * n];
+    for r in 0..m {
+        let sx = acts.scales[r];
+        for j in 0..n {
+            let base = (r * n + j) * groups;
+            y[r * n + j] = match scales {
+                ScalesRef::PerGroup { .. } => (0..groups)
+                    .map(|g| dots[base + g] as f32 / (sx * scales.get(j, g, groups)))
+                    .sum(),
+                _ => dots[base] as f32 / (sx * scales.get(j, 0, 1)),
+            };
+        }
+    }
+    y
+}
+
+fn check(acts: &QuantizedRows, w: PackedRef<'_>, options: &MatmulOptions) -> Result<()> {
+    if acts.cols != w.cols() {
+        return Err(KernelError::Size {
+            what: "activation row length (K)",
+            expected: w.cols(),
+            got: acts.cols,
+        });
+    }
+    if w.cols() > MAX_K {
+        return Err(KernelError::KTooLarge {
+            k: w.cols(),
+            max: MAX_K,
+        });
+    }
+    if !options.kernel.is_available() {
+        return Err(KernelError::Inconsistent(format!(
+            "kernel {} is not available on this CPU",
+            options.kernel.name()
+        )));
+    }
+    Ok(())
+}
+
+fn group_len(w: PackedRef<'_>) -> usize {
+    w.scales().group_len(w.cols())
+}
+
+/// `(groups per row, blocks per group)`.
+fn group_blocks(w: PackedRef<'_>) -> (usize, usize) {
+    match w.scales() {
+        ScalesRef::PerGroup { group, .. } => (w.cols() / group, group / BLOCK),
+        _ => (1, words_per_row(w.cols()) * 16 / BLOCK),
+    }
+}
+
+/// The words as little-endian bytes (borrowed on little-endian targets).
+fn le_bytes(words: &[u32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: u32 has no padding and any byte pattern is a valid u8; the length is exact.
+        Cow::Borrowed(unsafe {
+            core::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4)
+        })
+    } else {
+        Cow::Owned(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+}
+
+/// Fills `out [m, n1 - n0, groups]` with `Σ code·x`.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    kernel: Kernel,
+    acts: &QuantizedRows,
+    bytes: &[u8],
+    row_bytes: usize,
+    ns: core::ops::Range<usize>,
+    groups: usize,
+    bpg: usize,
+    out: &mut [i32],
+) {
+    let m = acts.rows;
+    let width = ns.len();
+    let xrow = |r: usize, g: usize| &acts.codes[r * acts.padded + g * bpg * BLOCK..];
+    let wrow = |j: usize, g: usize| &bytes[j * row_bytes + g * bpg * BLOCK_BYTES..];
+    let prefetch = m == 1;
+    let mut put =
+        |r: usize, j: usize, g: usize, v: i32| out[(r * width + (j - ns.start)) * groups + g] = v;
+    for g in 0..groups {
+        let mut j = ns.start;
+        while j < ns.end {
+            let nt = if kernel == Kernel::Avx512Vnni && j + 1 < ns.end {
+                2
+            } else {
+                1
+            };
+            let mut r = 0;
+            while r < m {
+                let mt = if m - r >= 4 { 4 } else { 1 };
+                let tile = tile(kernel, &wrow, &xrow, j, nt, r, mt, g, bpg, prefetch);
+                for (i, row) in tile.iter().enumerate().take(mt) {
+                    for (k, v) in row.iter().enumerate().take(nt) {
+                        put(r + i, j + k, g, *v);
+                    }
+                }
+                r += mt;
+            }
+            j += nt;
+        }
+    }
+}
+
+/// One tile of `mt ∈ {1, 4}` activation rows by `nt ∈ {1, 2}` weight rows.
+#[allow(clippy::too_many_arguments)]
+fn tile<'a>(
+    kernel: Kernel,
+    wrow: &impl Fn(usize, usize) -> &'a [u8],
+    xrow: &impl Fn(usize, usize) -> &'a [i8],
+    j: usize,
+    nt: usize,
+    r: usize,
+    mt: usize,
+    g: usize,
+    bpg: usize,
+    prefetch: bool,
+) -> [[i32; 2]; 4] {
+    let mut out = [[0i32; 2]; 4];
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => {
+            // SAFETY: availability was checked; rows hold `bpg` whole blocks from the offset.
+            unsafe {
+                match (mt, nt) {
+                    (4, 2) => {
+                        let t = avx512::code_dot::<4, 2>(
+                            [wrow(j, g), wrow(j + 1, g)],
+                            [xrow(r, g), xrow(r + 1, g), xrow(r + 2, g), xrow(r + 3, g)],
+                            bpg,
+                            prefetch,
+                        );
+                        for i in 0..4 {
+                            out[i] = t[i];
+                        }
+                    }
+                    (4, _) => {
+                        let t = avx512::code_dot::<4, 1>(
+                            [wrow(j, g)],
+                            [xrow(r, g), xrow(r + 1, g), xrow(r + 2, g), xrow(r + 3, g)],
+                            bpg,
+                            prefetch,
+                        );
+                        for i in 0..4 {
+                            out[i][0] = t[i][0];
+                        }
+                    }
+                    (_, 2) => {
+                        out[0] = avx512::code_dot::<1, 2>(
+                            [wrow(j, g), wrow(j + 1, g)],
+                            [xrow(r, g)],
+                            bpg,
+                            prefetch,
+                        )[0]
+                    }
+                    _ => {
+                        out[0][0] =
+                            avx512::code_dot::<1, 1>([wrow(j, g)], [xrow(r, g)], bpg, prefetch)[0]
+                                [0]
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe {
+            // SAFETY: as above.
+            if mt == 4 {
+                let t = avx2::code_dot::<4>(
+                    wrow(j, g),
+                    [xrow(r, g), xrow(r + 1, g), xrow(r + 2, g), xrow(r + 3, g)],
+                    bpg,
+                    prefetch,
+                );
+                for i in 0..4 {
+                    out[i][0] = t[i];
+                }
+            } else {
+                out[0][0] = avx2::code_dot::<1>(wrow(j, g), [xrow(r, g)], bpg, prefetch)[0];
+            }
+        },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => {
+            for i in 0..mt {
+                // SAFETY: as above.
+                out[i][0] = unsafe { neon::code_dot(wrow(j, g), xrow(r + i, g), bpg) };
+            }
+        }
+        _ => {
+            for i in 0..mt {
+                out[i][0] = scalar::code_dot(wrow(j, g), xrow(r + i, g), bpg);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    /// The naive product from unpacked values: no layout, no SIMD.
+    fn naive(acts: &QuantizedRows, values: &[i8], n: usize, k: usize, glen: usize) -> Vec<i32> {
+        let groups = k / glen;
+        let mut out = vec![0; acts.rows * n * groups];
+        for r in 0..acts.rows {
+            for j in 0..n {
+                for kk in 0..k {
+                    let v = values[j * k + kk] as i32 * acts.codes[r * acts.padded + kk] as i32;
+                    out[(r * n + j) * groups + kk / glen] += v;
+                }
+            }
+        }
+        out
+    }
+
+    fn random_case(m: usize, n: usize, k: usize, seed: u64) -> (QuantizedRows, Vec<i8>) {
+        let mut next = lcg(seed);
+        let values: Vec<i8> = (0..n * k).map(|_| (next() % 3) as i8 - 1).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|_| (next() % 20001) as f32 / 1000.0 - 10.0)
+            .collect();
+        (quantize_rows(&x, m, k), values)
+    }
+
+    #[test]
+    fn every_available_kernel_gives_the_reference_integers() {
+        let kernels = Kernel::available();
+        assert!(kernels.contains(&Kernel::Scalar));
+        let shapes = [
+            (1, 1, 1),
+            (1, 7, 100),
+            (3, 5, 256),
+            (4, 3, 257),
+            (5, 9, 700),
+            (9, 4, 1024),
+            (1, 33, 4099),
+        ];
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            let (acts, values) = random_case(m, n, k, i as u64);
+            let w = PackedTernary::pack(&values, n, k, TernaryScales::PerTensor(1.0)).unwrap();
+            let expected = naive(&acts, &values, n, k, k);
+            for &kernel in &kernels {
+                for threads in [1, 2] {
+                    let got =
+                        int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads }).unwrap();
+                    assert_eq!(
+                        got,
+                        expected,
+                        "{} {m}x{n}x{k} threads {threads}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_scales_give_per_group_integers() {
+        let (m, n, k, group) = (5, 6, 1024, 256);
+        let (acts, values) = random_case(m, n, k, 99);
+        let scales = TernaryScales::PerGroup {
+            group,
+            scales: vec![1.0; n * k / group],
+        };
+        let w = PackedTernary::pack(&values, n, k, scales).unwrap();
+        let expected = naive(&acts, &values, n, k, group);
+        for kernel in Kernel::available() {
+            let got = int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 2 }).unwrap();
+            assert_eq!(got, expected, "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn extreme_activations_do_not_overflow() {
+        // All codes -127 against all +1 weights.
+        let k = 8192;
+        let acts = quantize_rows(&vec![-1.0; k], 1, k);
+        assert!(acts.codes[..k].iter().all(|c| *c == -127));
+        let w = PackedTernary::pack(&vec![1; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
+        for kernel in Kernel::available() {
+            let got = int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 1 }).unwrap();
+            assert_eq!(got, vec![-127 * k as i32], "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn float_result_matches_dequantized_reference() {
+        let (m, n, k) = (3, 10, 300);
+        let mut next = lcg(5);
+        let values: Vec<i8> = (0..n * k).map(|_| (next() % 3) as i8 - 1).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let sw: Vec<f32> = (0..n).map(|j| 1.0 + j as f32 * 0.1).collect();
+        let w = PackedTernary::pack(&values, n, k, TernaryScales::PerRow(sw.clone())).unwrap();
+        let y = ternary_matmul(&x, m, w.view(), &MatmulOptions::default()).unwrap();
+        let acts = quantize_rows(&x, m, k);
+        for r in 0..m {
+            for j in 0..n {
+                let expected: f64 = (0..k)
+                    .map(|kk| {
+                        (acts.codes[r * acts.padded + kk] as f64 / acts.scales[r] as f64)
+                            * (values[j * k + kk] as f64 / sw[j] as f64)
+                    })
+                    .sum();
+                let got = y[r * n + j] as f64;
+                assert!(
+                    (got - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+                    "{got} vs {expected}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let w = PackedTernary::pack(&[0; 8], 2, 4, TernaryScales::PerTensor(1.0)).unwrap();
+        assert!(matches!(
+            ternary_matmul(&[0.0; 5], 1, w.view(), &MatmulOptions::default()),
+            Err(KernelError::Size { .. })
+        ));
+    }
+}

@@ -1,0 +1,299 @@
+//! The packed-weights file: one ternary matrix, its scales, 2-bit or base-3 codes.
+//!
+//! # Format (version 1, little-endian)
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `BTQ1` |
+//! | 4 | 4 | version `u32` = 1 |
+//! | 8 | 8 | rows `u64` (N) |
+//! | 16 | 8 | cols `u64` (K) |
+//! | 24 | 1 | encoding: 0 = 2-bit words as in memory, 1 = base-3 (5 weights per byte) |
+//! | 25 | 1 | scale kind: 0 per tensor, 1 per row, 2 per group |
+//! | 26 | 2 | reserved, 0 |
+//! | 28 | 8 | group size `u64` (0 unless per group) |
+//! | 36 | 8 | scale count `u64` |
+//! | 44 | 4 × count | scales `f32` (the multipliers `s`, `w = code_value / s`) |
+//! | … | 8 | payload length `u64` |
+//! | … | length | payload: the words (`u32` LE) or the base-3 bytes of the row-major values |
+//!
+//! Nothing may follow the payload. Every field is checked on reading: a truncated or
+//! inconsistent file is a [`KernelError`], never a panic or an out-of-bounds read.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::base3;
+use crate::error::{KernelError, Result};
+use crate::packed::{PackedTernary, TernaryScales, words_per_row};
+
+const MAGIC: [u8; 4] = *b"BTQ1";
+const VERSION: u32 = 1;
+
+/// How the codes are stored in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The in-memory 2-bit words (2 bits per weight plus row padding); loads without decoding.
+    Words,
+    /// Base-3, 5 weights per byte (1.6 bits per weight).
+    Base3,
+}
+
+/// Serializes a packed matrix.
+pub fn to_bytes(packed: &PackedTernary, encoding: Encoding) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(packed.rows() as u64).to_le_bytes());
+    out.extend_from_slice(&(packed.cols() as u64).to_le_bytes());
+    out.push(match encoding {
+        Encoding::Words => 0,
+        Encoding::Base3 => 1,
+    });
+    let (kind, group) = match packed.scales() {
+        TernaryScales::PerTensor(_) => (0u8, 0u64),
+        TernaryScales::PerRow(_) => (1, 0),
+        TernaryScales::PerGroup { group, .. } => (2, *group as u64),
+    };
+    out.push(kind);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&group.to_le_bytes());
+    let scales = packed.scales().values();
+    out.extend_from_slice(&(scales.len() as u64).to_le_bytes());
+    for s in scales {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    let payload = match encoding {
+        Encoding::Words => packed
+            .words()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect(),
+        Encoding::Base3 => base3::encode(&packed.unpack())?,
+    };
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Parses a packed matrix, checking every field.
+pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
+    let mut r = Reader { bytes, pos: 0 };
+    let magic: [u8; 4] = r.take(4, "magic")?.try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(KernelError::BadMagic(magic));
+    }
+    let version = r.u32("version")?;
+    if version != VERSION {
+        return Err(KernelError::Version(version));
+    }
+    let rows = r.usize("rows")?;
+    let cols = r.usize("cols")?;
+    let encoding = match r.take(1, "encoding")?[0] {
+        0 => Encoding::Words,
+        1 => Encoding::Base3,
+        e => return Err(KernelError::Inconsistent(format!("unknown encoding {e}"))),
+    };
+    let kind = r.take(1, "scale kind")?[0];
+    r.take(2, "reserved")?;
+    let group = r.usize("group size")?;
+    let count = r.usize("scale count")?;
+    let numel = rows
+        .checked_mul(cols)
+        .ok_or_else(|| KernelError::Inconsistent(format!("{rows} x {cols} overflows")))?;
+    let expected_count = match kind {
+        0 => 1,
+        1 => rows,
+        2 if group > 0 && cols % group == 0 => numel / group,
+        2 => {
+            return Err(KernelError::Inconsistent(format!(
+                "group {group} for {cols} cols"
+            )));
+        }
+        k => return Err(KernelError::Inconsistent(format!("unknown scale kind {k}"))),
+    };
+    if count != expected_count {
+        return Err(KernelError::Inconsistent(format!(
+            "{count} scales, expected {expected_count}"
+        )));
+    }
+    let scale_bytes = r.take(count.saturating_mul(4), "scales")?;
+    let values: Vec<f32> = scale_bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let scales = match kind {
+        0 => TernaryScales::PerTensor(values[0]),
+        1 => TernaryScales::PerRow(values),
+        _ => TernaryScales::PerGroup {
+            group,
+            scales: values,
+        },
+    };
+    let len = r.usize("payload length")?;
+    let payload = r.take(len, "payload")?;
+    if r.pos != bytes.len() {
+        return Err(KernelError::Inconsistent(format!(
+            "{} bytes after the payload",
+            bytes.len() - r.pos
+        )));
+    }
+    match encoding {
+        Encoding::Words => {
+            let expected = rows.saturating_mul(words_per_row(cols)).saturating_mul(4);
+            if len != expected {
+                return Err(KernelError::Inconsistent(format!(
+                    "payload of {len} bytes, expected {expected}"
+                )));
+            }
+            let words = payload
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            PackedTernary::from_parts(rows, cols, words, scales)
+        }
+        Encoding::Base3 => {
+            let values = base3::decode(payload, numel)?;
+            PackedTernary::pack(&values, rows, cols, scales)
+        }
+    }
+}
+
+/// Writes a packed matrix to `path` atomically (a temporary file in the same folder, then a
+/// rename), so a crash never leaves a half-written file under the final name.
+pub fn write_file(path: &Path, packed: &PackedTernary, encoding: Encoding) -> Result<()> {
+    let io = |e: std::io::Error| KernelError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let bytes = to_bytes(packed, encoding)?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        std::fs::remove_file(&tmp).ok();
+        io(e)
+    })
+}
+
+/// Reads a packed matrix from `path`.
+pub fn read_file(path: &Path) -> Result<PackedTernary> {
+    let bytes = std::fs::read(path).map_err(|e| KernelError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    from_bytes(&bytes)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
+        let available = self.bytes.len() - self.pos;
+        if n > available {
+            return Err(KernelError::Truncated {
+                what,
+                needed: n,
+                available,
+            });
+        }
+        let out = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn usize(&mut self, what: &'static str) -> Result<usize> {
+        let v = u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes"));
+        usize::try_from(v).map_err(|_| KernelError::Inconsistent(format!("{what} {v} too large")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PackedTernary {
+        let w: Vec<i8> = (0..3 * 512).map(|i| ((i * 7 % 3) as i8) - 1).collect();
+        let scales = TernaryScales::PerGroup {
+            group: 256,
+            scales: (0..6).map(|i| 1.0 + i as f32).collect(),
+        };
+        PackedTernary::pack(&w, 3, 512, scales).unwrap()
+    }
+
+    #[test]
+    fn both_encodings_round_trip_and_base3_is_denser() {
+        let p = sample();
+        let words = to_bytes(&p, Encoding::Words).unwrap();
+        let base3 = to_bytes(&p, Encoding::Base3).unwrap();
+        assert_eq!(from_bytes(&words).unwrap(), p);
+        assert_eq!(from_bytes(&base3).unwrap(), p);
+        assert!(base3.len() < words.len() * 85 / 100);
+        let dir = std::env::temp_dir().join(format!("btq-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.btq");
+        write_file(&path, &p, Encoding::Base3).unwrap();
+        assert_eq!(read_file(&path).unwrap(), p);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn every_truncation_is_a_typed_error() {
+        for encoding in [Encoding::Words, Encoding::Base3] {
+            let bytes = to_bytes(&sample(), encoding).unwrap();
+            for len in 0..bytes.len() {
+                assert!(
+                    from_bytes(&bytes[..len]).is_err(),
+                    "{encoding:?} cut at {len}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(matches!(
+                from_bytes(&longer),
+                Err(KernelError::Inconsistent(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn corrupt_headers_are_typed_errors() {
+        let bytes = to_bytes(&sample(), Encoding::Words).unwrap();
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert!(matches!(from_bytes(&bad), Err(KernelError::BadMagic(_))));
+        let mut bad = bytes.clone();
+        bad[4] = 9;
+        assert!(matches!(from_bytes(&bad), Err(KernelError::Version(9))));
+        // A huge row count must not allocate or read out of bounds.
+        let mut bad = bytes.clone();
+        bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(from_bytes(&bad).is_err());
+        // A scale count that disagrees with the shape.
+        let mut bad = bytes.clone();
+        bad[36..44].copy_from_slice(&5u64.to_le_bytes());
+        assert!(matches!(
+            from_bytes(&bad),
+            Err(KernelError::Inconsistent(_))
+        ));
+        // A zero scale.
+        let mut bad = bytes;
+        bad[44..48].copy_from_slice(&0f32.to_le_bytes());
+        assert!(matches!(
+            from_bytes(&bad),
+            Err(KernelError::BadScale { .. })
+        ));
+    }
+}

@@ -1,0 +1,220 @@
+//! Conversion of trained QAT layers into packed [`TernaryLinear`] layers.
+
+use bitnet_kernels::packed::{BLOCK, PackedTernary, TernaryScales};
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+
+use super::TernaryLinear;
+use crate::error::{QatError, Result};
+use crate::nn::{BitLinear, Quantizer};
+use crate::quant::layout::ScaleLayout;
+use crate::quant::{Granularity, QuantConfig, QuantFormat, quant_grid};
+use crate::ste::Ste;
+
+/// Conversion of a trained QAT module into its packed inference form.
+///
+/// Implemented for [`BitLinear`], for Burn's `Linear` reparameterized by
+/// [`QatReparameterizer`](crate::reparam::QatReparameterizer), and for `Vec` and `Option` of
+/// those. For a model of your own, implement it by converting each field — a few lines — and
+/// the whole model converts with one call:
+///
+/// ```
+/// use bitnet_qat::infer::{IntoTernary, TernaryLinear};
+/// use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+/// use bitnet_qat::Result;
+/// use burn::module::Module;
+///
+/// #[derive(Module, Debug)]
+/// struct Mlp { fc1: BitLinear, fc2: BitLinear }
+/// #[derive(Module, Debug)]
+/// struct PackedMlp { fc1: TernaryLinear, fc2: TernaryLinear }
+///
+/// impl IntoTernary for Mlp {
+///     type Output = PackedMlp;
+///     fn into_ternary(&self) -> Result<PackedMlp> {
+///         Ok(PackedMlp { fc1: self.fc1.into_ternary()?, fc2: self.fc2.into_ternary()? })
+///     }
+/// }
+///
+/// let device = burn::tensor::Device::flex();
+/// let mlp = Mlp {
+///     fc1: BitLinearConfig::new(8, 8).init(&device)?,
+///     fc2: BitLinearConfig::new(8, 2).init(&device)?,
+/// };
+/// let packed = mlp.into_ternary()?;
+/// assert_eq!(packed.fc2.d_output(), 2);
+/// # Ok::<(), bitnet_qat::QatError>(())
+/// ```
+pub trait IntoTernary {
+    /// The packed inference module.
+    type Output;
+
+    /// Packs the trained weights. The result's outputs equal those of the QAT module after
+    /// `valid()` (to float rounding).
+    fn into_ternary(&self) -> Result<Self::Output>;
+}
+
+impl IntoTernary for BitLinear {
+    type Output = TernaryLinear;
+
+    fn into_ternary(&self) -> Result<TernaryLinear> {
+        let int8_activations = match &self.activation_quantizer {
+            None => false,
+            Some(q) if q.quant == QuantConfig::activation_int8() && q.ste != soft(q.ste) => true,
+            Some(q) => {
+                return Err(QatError::Invalid(format!(
+                    "the packed kernels quantize activations to 8-bit absmax per token \
+                     (QuantConfig::activation_int8() with a hard STE); this layer uses {:?} \
+                     with {:?}",
+                    q.quant, q.ste
+                )));
+            }
+        };
+        let weight = self.weight.val();
+        let packed = pack_weight(weight.clone(), &self.weight_quantizer)?;
+        let norm = self.norm.as_ref().map(|n| burn::module::Module::valid(n));
+        TernaryLinear::from_packed(
+            &packed,
+            self.bias.as_ref().map(|b| b.val().inner_if_autodiff()),
+            norm,
+            int8_activations,
+            &weight.device().inner(),
+        )
+    }
+}
+
+impl IntoTernary for Linear {
+    type Output = TernaryLinear;
+
+    fn into_ternary(&self) -> Result<TernaryLinear> {
+        let quantizer = self
+            .weight
+            .reparameterization::<Quantizer>()
+            .ok_or_else(|| {
+                QatError::Invalid(
+                    "this Linear has no QAT quantizer: apply a QatReparameterizer first".into(),
+                )
+            })?;
+        let weight = self.weight.base();
+        let packed = pack_weight(weight.clone(), &quantizer)?;
+        TernaryLinear::from_packed(
+            &packed,
+            self.bias.as_ref().map(|b| b.val().inner_if_autodiff()),
+            None,
+            false,
+            &weight.device().inner(),
+        )
+    }
+}
+
+impl<T: IntoTernary> IntoTernary for Vec<T> {
+    type Output = Vec<T::Output>;
+
+    fn into_ternary(&self) -> Result<Self::Output> {
+        self.iter().map(IntoTernary::into_ternary).collect()
+    }
+}
+
+impl<T: IntoTernary> IntoTernary for Option<T> {
+    type Output = Option<T::Output>;
+
+    fn into_ternary(&self) -> Result<Self::Output> {
+        self.as_ref().map(IntoTernary::into_ternary).transpose()
+    }
+}
+
+/// `ste` if it is the soft STE, something else otherwise (the soft forward pass is not the
+/// hard quantizer, so it has no packed equivalent).
+fn soft(ste: Ste) -> Ste {
+    match ste {
+        Ste::Soft { .. } => ste,
+        _ => Ste::Soft {
+            temperature: f64::NAN,
+        },
+    }
+}
+
+/// Packs a latent weight `[d_input, d_output]` with its quantizer: rows of the packed matrix
+/// are outputs.
+pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<PackedTernary> {
+    let config = &quantizer.quant;
+    if !matches!(config.format, QuantFormat::Ternary | QuantFormat::Binary) {
+        return Err(QatError::Invalid(format!(
+            "only ternary and binary weights have a packed form; this layer uses {:?}",
+            config.format
+        )));
+    }
+    if let Ste::Soft { .. } = quantizer.ste {
+        return Err(QatError::Invalid(
+            "the soft STE's forward pass is not the hard quantizer: finish annealing and \
+             switch to a hard STE before converting"
+                .into(),
+        ));
+    }
+    let weight = weight.inner_if_autodiff();
+    let [d_in, d_out] = weight.dims();
+    let layout = ScaleLayout::new(config.granularity, 0, [d_in, d_out]);
+    // Codes [d_in, d_out] and the multiplier of every element, as the QAT forward pass has them.
+    let (codes, scale): (Tensor<2>, Tensor<2>) = match &quantizer.step {
+        Some(step) => {
+            let (qn, qp) = config.code_range();
+            let step = layout.broadcast(step.val().inner_if_autodiff());
+            let codes = (weight.clone() / step.clone()).clamp(qn, qp).round();
+            (codes, step.recip())
+        }
+        None => {
+            let grid = quant_grid(weight.clone(), config, 0);
+            (grid.codes, grid.scale)
+        }
+    };
+    let scale = scale + weight.zeros_like(); // expand to [d_in, d_out]
+    let codes: Vec<f32> = to_vec(codes.transpose());
+    let scale: Vec<f32> = to_vec(scale.transpose()); // [d_out, d_in]
+    let values: Vec<i8> = codes.iter().map(|c| *c as i8).collect();
+    let scales = match config.granularity {
+        Granularity::PerTensor => TernaryScales::PerTensor(scale[0]),
+        Granularity::PerChannel | Granularity::PerToken => {
+            TernaryScales::PerRow((0..d_out).map(|n| scale[n * d_in]).collect())
+        }
+        Granularity::PerGroup { size } => {
+            if size % BLOCK != 0 {
+                return Err(QatError::Invalid(format!(
+                    "packed per-group scales need groups that are a multiple of {BLOCK} \
+                     inputs; this layer uses groups of {size}"
+                )));
+            }
+            let groups = d_in / size;
+            TernaryScales::PerGroup {
+                group: size,
+                scales: (0..d_out)
+                    .flat_map(|n| (0..groups).map(move |g| (n, g)))
+                    .map(|(n, g)| scale[n * d_in + g * size])
+                    .collect(),
+            }
+        }
+    };
+    PackedTernary::pack(&values, d_out, d_in, scales)
+        .map_err(|e| QatError::Invalid(format!("packing failed: {e}")))
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 tensor data")
+}
+
+/// Drops autodiff from a tensor if it has it.
+trait InnerIfAutodiff {
+    fn inner_if_autodiff(self) -> Self;
+}
+
+impl<const D: usize> InnerIfAutodiff for Tensor<D> {
+    fn inner_if_autodiff(self) -> Self {
+        if self.is_autodiff() {
+            self.inner()
+        } else {
+            self
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Inference with packed ternary weights: [`TernaryLinear`] and conversion from QAT layers.
+
+mod convert;
+mod ternary_linear;
+
+pub use convert::IntoTernary;
+pub use ternary_linear::TernaryLinear;
