@@ -1,6 +1,6 @@
 //! Quickstart: train the same small MLP on the embedded 8×8 digits twice, in full precision
-//! and as a BitNet b1.58 model (ternary weights, 8-bit activations), and print both test
-//! accuracies.
+//! and as a BitNet b1.58 model (ternary weights, 8-bit activations), print both test
+//! accuracies, then convert the BitNet model to packed ternary weights and run it.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -10,7 +10,8 @@
 use std::time::Instant;
 
 use bitnet_qat::data::DigitsDataset;
-use bitnet_qat_examples::{Precision, TrainSettings, accuracy, train};
+use bitnet_qat::infer::ToTernary;
+use bitnet_qat_examples::{Precision, TrainSettings, accuracy, accuracy_of, train};
 use burn::tensor::Device;
 use clap::Parser;
 
@@ -56,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lr: args.lr,
         seed: args.seed,
     };
+    let mut qat = None;
     for (name, precision) in [
         ("fp32", Precision::Fp32),
         ("bitnet-1.58", Precision::Ternary),
@@ -66,6 +68,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{name} accuracy: {acc:.2} %  ({} steps, final loss {:.4}, {:.1} s)",
             trained.steps, trained.final_loss, trained.seconds
         );
+        qat = Some((trained.model, acc));
+    }
+    // Convert the trained BitNet model to packed ternary weights and run it.
+    let (model, qat_acc) = qat.expect("the BitNet model was trained");
+    let packed = model.to_ternary()?;
+    let packed_acc = accuracy_of(|x| packed.forward(x), &test_set, &device);
+    println!(
+        "packed ternary accuracy: {packed_acc:.2} % ({} the QAT model); weights {} bytes packed vs {} bytes in f32 ({:.1}x smaller)",
+        if packed_acc == qat_acc {
+            "equal to"
+        } else {
+            "DIFFERENT from"
+        },
+        packed.size_bytes(),
+        model.size_bytes(),
+        model.size_bytes() as f64 / packed.size_bytes() as f64
+    );
+    if packed_acc != qat_acc {
+        return Err("the packed model's accuracy differs from the QAT model's".into());
     }
     println!("total wall time: {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

@@ -1,1 +1,94 @@
-//! Benchmarks; binaries are added by the kernel and training issues.
+#![warn(missing_docs)]
+//! Measuring helpers shared by the benchmark binaries, following
+//! `shared/reference/benchmarking.md`: variants interleaved in one process, at least 21
+//! samples each, medians and spreads, load average before and after.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Summary of one variant's samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Median seconds.
+    pub median_s: f64,
+    /// 10th percentile seconds.
+    pub p10_s: f64,
+    /// 90th percentile seconds.
+    pub p90_s: f64,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+impl Stats {
+    /// Summarises raw sample times.
+    pub fn from_samples(mut times: Vec<f64>) -> Self {
+        times.sort_by(|a, b| a.partial_cmp(b).expect("finite times"));
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        Self {
+            median_s: at(0.5),
+            p10_s: at(0.1),
+            p90_s: at(0.9),
+            samples: times.len(),
+        }
+    }
+}
+
+/// Runs every variant `samples` times, interleaved (A, B, C, A, B, C, ...), after one warm-up
+/// call each, and returns their statistics in order.
+pub fn interleaved(samples: usize, variants: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
+    for v in variants.iter_mut() {
+        v();
+    }
+    let mut times = vec![Vec::with_capacity(samples); variants.len()];
+    for _ in 0..samples {
+        for (v, t) in variants.iter_mut().zip(times.iter_mut()) {
+            let start = Instant::now();
+            v();
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.into_iter().map(Stats::from_samples).collect()
+}
+
+/// The 1-minute load average (Linux), or NaN where it cannot be read.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename).
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_samples() {
+        let s = Stats::from_samples((1..=21).rev().map(|v| v as f64).collect());
+        assert_eq!(
+            (s.median_s, s.p10_s, s.p90_s, s.samples),
+            (11.0, 3.0, 19.0, 21)
+        );
+    }
+
+    #[test]
+    fn interleaving_calls_each_variant_samples_plus_one_times() {
+        let (mut a, mut b) = (0, 0);
+        let stats = interleaved(5, &mut [&mut || a += 1, &mut || b += 1]);
+        assert_eq!((a, b, stats.len()), (6, 6, 2));
+    }
+}

@@ -1,5 +1,6 @@
 //! 8-bit per-token activation quantization, exactly as BitNet's `activation_quant`.
 
+use crate::aligned::AlignedBuf;
 use crate::packed::padded_cols;
 
 /// Activations quantized per row: `codes = clamp(round_half_even(x * s), -128, 127)` with
@@ -12,8 +13,8 @@ pub struct QuantizedRows {
     pub cols: usize,
     /// Padded row length (a multiple of 256).
     pub padded: usize,
-    /// `[rows, padded]` int8 codes.
-    pub codes: Vec<i8>,
+    /// `[rows, padded]` int8 codes, 64-byte aligned.
+    codes: AlignedBuf<i8>,
     /// The multiplier `s` of each row.
     pub scales: Vec<f32>,
 }
@@ -27,18 +28,21 @@ pub const ACT_EPS: f32 = 1e-5;
 /// ```
 /// use bitnet_kernels::activation::quantize_rows;
 /// let q = quantize_rows(&[0.5, -1.0, 0.25], 1, 3);
-/// assert_eq!(&q.codes[..3], &[64, -127, 32]); // 63.5 rounds to even
+/// assert_eq!(&q.codes()[..3], &[64, -127, 32]); // 63.5 rounds to even
 /// assert_eq!(q.scales[0], 127.0);
 /// ```
 pub fn quantize_rows(x: &[f32], rows: usize, cols: usize) -> QuantizedRows {
     assert_eq!(x.len(), rows * cols, "activations [rows, cols]");
     let padded = padded_cols(cols);
-    let mut codes = vec![0i8; rows * padded];
+    let mut codes = AlignedBuf::filled(0i8, rows * padded);
     let mut scales = Vec::with_capacity(rows);
     for (r, row) in x.chunks(cols.max(1)).enumerate().take(rows) {
         let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
         let s = 127.0 / max.max(ACT_EPS);
-        for (c, v) in codes[r * padded..r * padded + cols].iter_mut().zip(row) {
+        for (c, v) in codes.as_mut_slice()[r * padded..r * padded + cols]
+            .iter_mut()
+            .zip(row)
+        {
             *c = (v * s).round_ties_even().clamp(-128.0, 127.0) as i8;
         }
         scales.push(s);
@@ -53,9 +57,14 @@ pub fn quantize_rows(x: &[f32], rows: usize, cols: usize) -> QuantizedRows {
 }
 
 impl QuantizedRows {
+    /// The `[rows, padded]` int8 codes.
+    pub fn codes(&self) -> &[i8] {
+        self.codes.as_slice()
+    }
+
     /// Sum of the codes of row `r` over inputs `[start, end)`.
     pub fn sum(&self, r: usize, start: usize, end: usize) -> i32 {
-        self.codes[r * self.padded + start..r * self.padded + end]
+        self.codes()[r * self.padded + start..r * self.padded + end]
             .iter()
             .map(|&c| c as i32)
             .sum()

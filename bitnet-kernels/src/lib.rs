@@ -14,6 +14,7 @@
 //!   backend extension over packed weights held in ordinary tensors, with a tensor-op fallback.
 
 pub mod activation;
+mod aligned;
 pub mod base3;
 #[cfg(feature = "burn")]
 pub mod burn_ext;

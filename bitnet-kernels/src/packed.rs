@@ -22,6 +22,7 @@
 //! (`s = 1 / max(mean|W|, eps)` for BitNet b1.58): one per tensor, one per row (output
 //! channel), or one per group of `G` consecutive inputs of a row (`G` a multiple of 256).
 
+use crate::aligned::AlignedBuf;
 use crate::error::{KernelError, Result};
 
 /// Weights per packing block.
@@ -30,8 +31,9 @@ pub const BLOCK: usize = 256;
 pub const BLOCK_BYTES: usize = BLOCK / 4;
 /// Words per packing block.
 pub const BLOCK_WORDS: usize = BLOCK / 16;
-/// The largest reduction dimension accepted: `|Σ code·x| ≤ 2·128·K` must fit an `i32`.
-pub const MAX_K: usize = 1 << 22;
+/// The largest reduction dimension accepted (262,144): the kernels' i32 accumulators hold
+/// `Σ 64·code·x ≤ 2^12·K` (see [`crate::cpu`]).
+pub const MAX_K: usize = 1 << 18;
 
 /// `K` rounded up to whole blocks.
 pub fn padded_cols(cols: usize) -> usize {
@@ -136,7 +138,7 @@ impl<'a> ScalesRef<'a> {
             }
             ScalesRef::PerRow(_) => rows,
             ScalesRef::PerGroup { group, .. } => {
-                if group == 0 || group % BLOCK != 0 || cols % group != 0 {
+                if group == 0 || !group.is_multiple_of(BLOCK) || !cols.is_multiple_of(group) {
                     return Err(KernelError::GroupSize {
                         group,
                         block: BLOCK,
@@ -232,7 +234,8 @@ impl<'a> PackedRef<'a> {
 pub struct PackedTernary {
     rows: usize,
     cols: usize,
-    words: Vec<u32>,
+    /// 64-byte aligned, so block loads never straddle cache lines.
+    words: AlignedBuf<u32>,
     scales: TernaryScales,
 }
 
@@ -257,9 +260,9 @@ impl PackedTernary {
         scales.as_ref().validate(rows, cols)?;
         let wpr = words_per_row(cols);
         // Every code starts as 1 (the weight 0): 0b01 in each 2-bit field.
-        let mut words = vec![0x5555_5555u32; rows * wpr];
+        let mut words = AlignedBuf::filled(0x5555_5555u32, rows * wpr);
         for (n, row) in values.chunks(cols.max(1)).enumerate().take(rows) {
-            let row_words = &mut words[n * wpr..(n + 1) * wpr];
+            let row_words = &mut words.as_mut_slice()[n * wpr..(n + 1) * wpr];
             for (k, &v) in row.iter().enumerate() {
                 if !(-1..=1).contains(&v) {
                     return Err(KernelError::NotTernary {
@@ -304,7 +307,7 @@ impl PackedTernary {
         let packed = Self {
             rows,
             cols,
-            words,
+            words: AlignedBuf::from_slice(&words),
             scales,
         };
         for n in 0..rows {
@@ -333,7 +336,7 @@ impl PackedTernary {
     /// The code (`w + 1`) of weight `(n, k)`; `k` may index the padding.
     #[inline]
     pub fn code(&self, n: usize, k: usize) -> u32 {
-        let row = &self.words[n * words_per_row(self.cols)..];
+        let row = &self.words.as_slice()[n * words_per_row(self.cols)..];
         get_code(row, k)
     }
 
@@ -349,7 +352,7 @@ impl PackedTernary {
 
     /// The packed words, `rows * words_per_row(cols)`.
     pub fn words(&self) -> &[u32] {
-        &self.words
+        self.words.as_slice()
     }
 
     /// The scales.
@@ -362,19 +365,20 @@ impl PackedTernary {
         PackedRef {
             rows: self.rows,
             cols: self.cols,
-            words: &self.words,
+            words: self.words.as_slice(),
             scales: self.scales.as_ref(),
         }
     }
 
     /// Bytes of codes plus scales held in memory.
     pub fn size_bytes(&self) -> usize {
-        self.words.len() * 4 + self.scales.values().len() * 4
+        self.words().len() * 4 + self.scales.values().len() * 4
     }
 
     /// Splits into `(rows, cols, words, scales)`.
     pub fn into_parts(self) -> (usize, usize, Vec<u32>, TernaryScales) {
-        (self.rows, self.cols, self.words, self.scales)
+        let words = self.words().to_vec();
+        (self.rows, self.cols, words, self.scales)
     }
 }
 

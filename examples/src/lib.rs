@@ -4,10 +4,11 @@
 
 use std::time::Instant;
 
-use bitnet_qat::Result;
 use bitnet_qat::check::check_finite;
 use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset};
+use bitnet_qat::infer::{TernaryLinear, ToTernary};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+use bitnet_qat::{QatError, Result};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
@@ -75,6 +76,63 @@ impl Mlp {
             let y = layer.forward(x);
             if i < last { relu(y) } else { y }
         })
+    }
+}
+
+/// The packed inference form of a ternary [`Mlp`].
+#[derive(Module, Debug)]
+pub struct PackedMlp {
+    /// The packed layers, input first.
+    pub layers: Vec<TernaryLinear>,
+}
+
+impl PackedMlp {
+    /// The logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
+            let y = layer.forward(x);
+            if i < last { relu(y) } else { y }
+        })
+    }
+
+    /// Bytes of packed weights, scales and norms.
+    pub fn size_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.packed_bytes()
+                    + 4 * l
+                        .norm
+                        .as_ref()
+                        .map_or(0, |n| n.gamma.shape().num_elements())
+            })
+            .sum()
+    }
+}
+
+impl ToTernary for Mlp {
+    type Output = PackedMlp;
+
+    fn to_ternary(&self) -> Result<PackedMlp> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Dense::Bit(l) => l.to_ternary(),
+                Dense::Fp32(_) => Err(QatError::Invalid(
+                    "a full-precision layer has no packed ternary form".into(),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PackedMlp { layers })
+    }
+}
+
+impl Mlp {
+    /// Bytes of all parameters stored as f32.
+    pub fn size_bytes(&self) -> usize {
+        4 * self.num_params()
     }
 }
 
@@ -163,9 +221,18 @@ pub fn train(
 
 /// Test accuracy in percent of an inference-mode model.
 pub fn accuracy(model: &Mlp, data: &DigitsDataset, device: &Device) -> f64 {
+    accuracy_of(|x| model.forward(x), data, device)
+}
+
+/// Test accuracy in percent of any classifier `forward: images -> logits`.
+pub fn accuracy_of(
+    forward: impl Fn(Tensor<2>) -> Tensor<2>,
+    data: &DigitsDataset,
+    device: &Device,
+) -> f64 {
     let device = device.clone().without_autodiff();
     let (x, y) = DigitsDataset::batch(data.items(), &device);
-    let predicted = model.forward(x).argmax(1).flatten::<1>(0, 1);
+    let predicted = forward(x).argmax(1).flatten::<1>(0, 1);
     let correct = predicted.equal(y).int().sum().into_scalar::<i64>();
     100.0 * correct as f64 / data.len() as f64
 }

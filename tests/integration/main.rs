@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bit_linear;
+mod convert;
 mod quantizers;
 mod reference;
 mod reparam;

@@ -6,9 +6,10 @@
 //! reference, which always exists.
 //!
 //! # No overflow
-//! `|code·x| ≤ 2·128`, so `|Σ code·x| ≤ 256·K ≤ 2^30` for `K ≤` [`MAX_K`]` = 2^22`, and the
+//! `|code·x| ≤ 2·128`, so `|Σ code·x| ≤ 256·K ≤ 2^26` for `K ≤` [`MAX_K`]` = 2^18`, and the
 //! i32 accumulators cannot overflow. AVX2 adds four `vpmaddubsw` pair sums (each `≤ 512` in
-//! magnitude) in i16 before widening: `≤ 2048`, far from the i16 limit.
+//! magnitude) in i16 before widening: `≤ 2048`, far from the i16 limit. The AVX-512 GEMV
+//! form keeps codes scaled by up to 64 (see `avx512::gemv_dot`): `≤ 2^12·K ≤ 2^30`.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -110,7 +111,7 @@ impl Default for MatmulOptions {
 }
 
 /// Below this many multiply-accumulates one thread is faster than two.
-const PARALLEL_MACS: usize = 1 << 20;
+const PARALLEL_MACS: usize = 1 << 22;
 
 impl MatmulOptions {
     fn threads_for(&self, macs: usize, n: usize) -> usize {
@@ -156,21 +157,14 @@ pub fn int_matmul(
     if threads <= 1 {
         out = run(0, n);
     } else {
+        // Rayon's pool stays alive between calls: no thread start per matmul.
+        use rayon::prelude::*;
         let chunk = n.div_ceil(threads);
-        let parts: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .step_by(chunk)
-                .map(|n0| {
-                    let n1 = (n0 + chunk).min(n);
-                    let run = &run;
-                    (n0, s.spawn(move || run(n0, n1)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(n0, h)| (n0, h.join().expect("kernel thread panicked")))
-                .collect()
-        });
+        let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+        let parts: Vec<(usize, Vec<i32>)> = starts
+            .into_par_iter()
+            .map(|n0| (n0, run(n0, (n0 + chunk).min(n))))
+            .collect();
         for (n0, part) in parts {
             let width = part.len() / (m * groups).max(1);
             for r in 0..m {
@@ -305,90 +299,106 @@ fn compute(
 ) {
     let m = acts.rows;
     let width = ns.len();
-    let xrow = |r: usize, g: usize| &acts.codes[r * acts.padded + g * bpg * BLOCK..];
-    let wrow = |j: usize, g: usize| &bytes[j * row_bytes + g * bpg * BLOCK_BYTES..];
+    let codes = acts.codes();
     let prefetch = m == 1;
-    let mut put =
-        |r: usize, j: usize, g: usize, v: i32| out[(r * width + (j - ns.start)) * groups + g] = v;
+    let mut put = |r: usize, j: usize, g: usize, v: i32| {
+        out[(r * width + (j - ns.start)) * groups + g] += v;
+    };
+    // GEMV streams the weights once, row after row. GEMM is cache-blocked: a chunk of
+    // `K_CHUNK` blocks of 4 activation rows stays in L1 while it meets `N_CHUNK` weight rows,
+    // which stay in L2 while every activation tile passes.
+    let (k_chunk, n_chunk) = if m >= 4 {
+        (K_CHUNK, N_CHUNK)
+    } else {
+        (bpg, width.max(1))
+    };
     for g in 0..groups {
-        let mut j = ns.start;
-        while j < ns.end {
-            let nt = if kernel == Kernel::Avx512Vnni && j + 1 < ns.end {
-                2
-            } else {
-                1
-            };
-            let mut r = 0;
-            while r < m {
-                let mt = if m - r >= 4 { 4 } else { 1 };
-                let tile = tile(kernel, &wrow, &xrow, j, nt, r, mt, g, bpg, prefetch);
-                for (i, row) in tile.iter().enumerate().take(mt) {
-                    for (k, v) in row.iter().enumerate().take(nt) {
-                        put(r + i, j + k, g, *v);
+        for kb in (0..bpg).step_by(k_chunk.max(1)) {
+            let nb = k_chunk.min(bpg - kb);
+            let wrow = |j: usize| &bytes[j * row_bytes + (g * bpg + kb) * BLOCK_BYTES..];
+            let xrow = |r: usize| &codes[r * acts.padded + (g * bpg + kb) * BLOCK..];
+            for j0 in (ns.start..ns.end).step_by(n_chunk) {
+                let j_end = (j0 + n_chunk).min(ns.end);
+                let mut r = 0;
+                while r < m {
+                    let mt = if m - r >= 4 { 4 } else { 1 };
+                    let mut j = j0;
+                    while j < j_end {
+                        let nt = if kernel == Kernel::Avx512Vnni && j + 1 < j_end {
+                            2
+                        } else {
+                            1
+                        };
+                        let tile = tile(kernel, &wrow, &xrow, j, nt, r, mt, nb, prefetch);
+                        for (i, row) in tile.iter().enumerate().take(mt) {
+                            for (k, v) in row.iter().enumerate().take(nt) {
+                                put(r + i, j + k, g, *v);
+                            }
+                        }
+                        j += nt;
                     }
+                    r += mt;
                 }
-                r += mt;
             }
-            j += nt;
         }
     }
 }
+
+/// Blocks per K chunk of the cache-blocked GEMM (4,096 weights: 16 KiB of 4 activation rows).
+const K_CHUNK: usize = 16;
+/// Weight rows per N chunk of the cache-blocked GEMM (128 KiB of packed K chunks).
+const N_CHUNK: usize = 128;
 
 /// One tile of `mt ∈ {1, 4}` activation rows by `nt ∈ {1, 2}` weight rows.
 #[allow(clippy::too_many_arguments)]
 fn tile<'a>(
     kernel: Kernel,
-    wrow: &impl Fn(usize, usize) -> &'a [u8],
-    xrow: &impl Fn(usize, usize) -> &'a [i8],
+    wrow: &impl Fn(usize) -> &'a [u8],
+    xrow: &impl Fn(usize) -> &'a [i8],
     j: usize,
     nt: usize,
     r: usize,
     mt: usize,
-    g: usize,
-    bpg: usize,
+    nblocks: usize,
     prefetch: bool,
 ) -> [[i32; 2]; 4] {
     let mut out = [[0i32; 2]; 4];
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => {
-            // SAFETY: availability was checked; rows hold `bpg` whole blocks from the offset.
+            // SAFETY: availability was checked; rows hold `nblocks` whole blocks from the offset.
             unsafe {
                 match (mt, nt) {
                     (4, 2) => {
                         let t = avx512::code_dot::<4, 2>(
-                            [wrow(j, g), wrow(j + 1, g)],
-                            [xrow(r, g), xrow(r + 1, g), xrow(r + 2, g), xrow(r + 3, g)],
-                            bpg,
+                            [wrow(j), wrow(j + 1)],
+                            [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
+                            nblocks,
                             prefetch,
                         );
-                        for i in 0..4 {
-                            out[i] = t[i];
-                        }
+                        out = t;
                     }
                     (4, _) => {
                         let t = avx512::code_dot::<4, 1>(
-                            [wrow(j, g)],
-                            [xrow(r, g), xrow(r + 1, g), xrow(r + 2, g), xrow(r + 3, g)],
-                            bpg,
+                            [wrow(j)],
+                            [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
+                            nblocks,
                             prefetch,
                         );
-                        for i in 0..4 {
-                            out[i][0] = t[i][0];
+                        for (o, ti) in out.iter_mut().zip(t) {
+                            o[0] = ti[0];
                         }
                     }
                     (_, 2) => {
-                        out[0] = avx512::code_dot::<1, 2>(
-                            [wrow(j, g), wrow(j + 1, g)],
-                            [xrow(r, g)],
-                            bpg,
+                        out[0] = avx512::gemv_dot::<2>(
+                            [wrow(j), wrow(j + 1)],
+                            xrow(r),
+                            nblocks,
                             prefetch,
-                        )[0]
+                        )
                     }
                     _ => {
-                        out[0][0] =
-                            avx512::code_dot::<1, 1>([wrow(j, g)], [xrow(r, g)], bpg, prefetch)[0]
-                                [0]
+                        out[0][0] = avx512::gemv_dot::<1>([wrow(j)], xrow(r), nblocks, prefetch)[0]
                     }
                 }
             }
@@ -398,28 +408,28 @@ fn tile<'a>(
             // SAFETY: as above.
             if mt == 4 {
                 let t = avx2::code_dot::<4>(
-                    wrow(j, g),
-                    [xrow(r, g), xrow(r + 1, g), xrow(r + 2, g), xrow(r + 3, g)],
-                    bpg,
+                    wrow(j),
+                    [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
+                    nblocks,
                     prefetch,
                 );
                 for i in 0..4 {
                     out[i][0] = t[i];
                 }
             } else {
-                out[0][0] = avx2::code_dot::<1>(wrow(j, g), [xrow(r, g)], bpg, prefetch)[0];
+                out[0][0] = avx2::code_dot::<1>(wrow(j), [xrow(r)], nblocks, prefetch)[0];
             }
         },
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => {
-            for i in 0..mt {
+            for (i, o) in out.iter_mut().enumerate().take(mt) {
                 // SAFETY: as above.
-                out[i][0] = unsafe { neon::code_dot(wrow(j, g), xrow(r + i, g), bpg) };
+                o[0] = unsafe { neon::code_dot(wrow(j), xrow(r + i), nblocks) };
             }
         }
         _ => {
-            for i in 0..mt {
-                out[i][0] = scalar::code_dot(wrow(j, g), xrow(r + i, g), bpg);
+            for (i, o) in out.iter_mut().enumerate().take(mt) {
+                o[0] = scalar::code_dot(wrow(j), xrow(r + i), nblocks);
             }
         }
     }
@@ -449,7 +459,7 @@ mod tests {
         for r in 0..acts.rows {
             for j in 0..n {
                 for kk in 0..k {
-                    let v = values[j * k + kk] as i32 * acts.codes[r * acts.padded + kk] as i32;
+                    let v = values[j * k + kk] as i32 * acts.codes()[r * acts.padded + kk] as i32;
                     out[(r * n + j) * groups + kk / glen] += v;
                 }
             }
@@ -478,6 +488,8 @@ mod tests {
             (5, 9, 700),
             (9, 4, 1024),
             (1, 33, 4099),
+            // A GEMM spanning two K chunks and two N chunks of the cache blocking.
+            (6, 130, 5000),
         ];
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             let (acts, values) = random_case(m, n, k, i as u64);
@@ -519,7 +531,7 @@ mod tests {
         // All codes -127 against all +1 weights.
         let k = 8192;
         let acts = quantize_rows(&vec![-1.0; k], 1, k);
-        assert!(acts.codes[..k].iter().all(|c| *c == -127));
+        assert!(acts.codes()[..k].iter().all(|c| *c == -127));
         let w = PackedTernary::pack(&vec![1; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
         for kernel in Kernel::available() {
             let got = int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 1 }).unwrap();
@@ -543,7 +555,7 @@ mod tests {
             for j in 0..n {
                 let expected: f64 = (0..k)
                     .map(|kk| {
-                        (acts.codes[r * acts.padded + kk] as f64 / acts.scales[r] as f64)
+                        (acts.codes()[r * acts.padded + kk] as f64 / acts.scales[r] as f64)
                             * (values[j * k + kk] as f64 / sw[j] as f64)
                     })
                     .sum();

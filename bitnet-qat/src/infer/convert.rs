@@ -19,7 +19,7 @@ use crate::ste::Ste;
 /// the whole model converts with one call:
 ///
 /// ```
-/// use bitnet_qat::infer::{IntoTernary, TernaryLinear};
+/// use bitnet_qat::infer::{ToTernary, TernaryLinear};
 /// use bitnet_qat::nn::{BitLinear, BitLinearConfig};
 /// use bitnet_qat::Result;
 /// use burn::module::Module;
@@ -29,10 +29,10 @@ use crate::ste::Ste;
 /// #[derive(Module, Debug)]
 /// struct PackedMlp { fc1: TernaryLinear, fc2: TernaryLinear }
 ///
-/// impl IntoTernary for Mlp {
+/// impl ToTernary for Mlp {
 ///     type Output = PackedMlp;
-///     fn into_ternary(&self) -> Result<PackedMlp> {
-///         Ok(PackedMlp { fc1: self.fc1.into_ternary()?, fc2: self.fc2.into_ternary()? })
+///     fn to_ternary(&self) -> Result<PackedMlp> {
+///         Ok(PackedMlp { fc1: self.fc1.to_ternary()?, fc2: self.fc2.to_ternary()? })
 ///     }
 /// }
 ///
@@ -41,23 +41,23 @@ use crate::ste::Ste;
 ///     fc1: BitLinearConfig::new(8, 8).init(&device)?,
 ///     fc2: BitLinearConfig::new(8, 2).init(&device)?,
 /// };
-/// let packed = mlp.into_ternary()?;
+/// let packed = mlp.to_ternary()?;
 /// assert_eq!(packed.fc2.d_output(), 2);
 /// # Ok::<(), bitnet_qat::QatError>(())
 /// ```
-pub trait IntoTernary {
+pub trait ToTernary {
     /// The packed inference module.
     type Output;
 
     /// Packs the trained weights. The result's outputs equal those of the QAT module after
     /// `valid()` (to float rounding).
-    fn into_ternary(&self) -> Result<Self::Output>;
+    fn to_ternary(&self) -> Result<Self::Output>;
 }
 
-impl IntoTernary for BitLinear {
+impl ToTernary for BitLinear {
     type Output = TernaryLinear;
 
-    fn into_ternary(&self) -> Result<TernaryLinear> {
+    fn to_ternary(&self) -> Result<TernaryLinear> {
         let int8_activations = match &self.activation_quantizer {
             None => false,
             Some(q) if q.quant == QuantConfig::activation_int8() && q.ste != soft(q.ste) => true,
@@ -72,7 +72,7 @@ impl IntoTernary for BitLinear {
         };
         let weight = self.weight.val();
         let packed = pack_weight(weight.clone(), &self.weight_quantizer)?;
-        let norm = self.norm.as_ref().map(|n| burn::module::Module::valid(n));
+        let norm = self.norm.as_ref().map(burn::module::Module::valid);
         TernaryLinear::from_packed(
             &packed,
             self.bias.as_ref().map(|b| b.val().inner_if_autodiff()),
@@ -83,10 +83,10 @@ impl IntoTernary for BitLinear {
     }
 }
 
-impl IntoTernary for Linear {
+impl ToTernary for Linear {
     type Output = TernaryLinear;
 
-    fn into_ternary(&self) -> Result<TernaryLinear> {
+    fn to_ternary(&self) -> Result<TernaryLinear> {
         let quantizer = self
             .weight
             .reparameterization::<Quantizer>()
@@ -96,7 +96,7 @@ impl IntoTernary for Linear {
                 )
             })?;
         let weight = self.weight.base();
-        let packed = pack_weight(weight.clone(), &quantizer)?;
+        let packed = pack_weight(weight.clone(), quantizer)?;
         TernaryLinear::from_packed(
             &packed,
             self.bias.as_ref().map(|b| b.val().inner_if_autodiff()),
@@ -107,19 +107,19 @@ impl IntoTernary for Linear {
     }
 }
 
-impl<T: IntoTernary> IntoTernary for Vec<T> {
+impl<T: ToTernary> ToTernary for Vec<T> {
     type Output = Vec<T::Output>;
 
-    fn into_ternary(&self) -> Result<Self::Output> {
-        self.iter().map(IntoTernary::into_ternary).collect()
+    fn to_ternary(&self) -> Result<Self::Output> {
+        self.iter().map(ToTernary::to_ternary).collect()
     }
 }
 
-impl<T: IntoTernary> IntoTernary for Option<T> {
+impl<T: ToTernary> ToTernary for Option<T> {
     type Output = Option<T::Output>;
 
-    fn into_ternary(&self) -> Result<Self::Output> {
-        self.as_ref().map(IntoTernary::into_ternary).transpose()
+    fn to_ternary(&self) -> Result<Self::Output> {
+        self.as_ref().map(ToTernary::to_ternary).transpose()
     }
 }
 
@@ -177,7 +177,7 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
             TernaryScales::PerRow((0..d_out).map(|n| scale[n * d_in]).collect())
         }
         Granularity::PerGroup { size } => {
-            if size % BLOCK != 0 {
+            if !size.is_multiple_of(BLOCK) {
                 return Err(QatError::Invalid(format!(
                     "packed per-group scales need groups that are a multiple of {BLOCK} \
                      inputs; this layer uses groups of {size}"

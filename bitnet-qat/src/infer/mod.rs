@@ -3,5 +3,5 @@
 mod convert;
 mod ternary_linear;
 
-pub use convert::IntoTernary;
+pub use convert::ToTernary;
 pub use ternary_linear::TernaryLinear;

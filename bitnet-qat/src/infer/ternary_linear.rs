@@ -16,19 +16,19 @@ use crate::error::{QatError, Result};
 /// store them (2 bits per weight). On Flex and NdArray devices the forward pass runs the SIMD
 /// CPU kernels; elsewhere a tensor-op fallback.
 ///
-/// Build one with [`crate::infer::IntoTernary`] from a trained [`BitLinear`](crate::nn::BitLinear)
+/// Build one with [`crate::infer::ToTernary`] from a trained [`BitLinear`](crate::nn::BitLinear)
 /// or reparameterized `Linear`, or with [`TernaryLinear::from_packed`].
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::infer::{IntoTernary, TernaryLinear};
+/// use bitnet_qat::infer::{ToTernary, TernaryLinear};
 /// use bitnet_qat::nn::BitLinearConfig;
 /// use burn::module::Module;
 /// use burn::tensor::{Device, Tensor};
 ///
 /// let device = Device::flex();
 /// let layer = BitLinearConfig::new(64, 16).init(&device).unwrap();
-/// let packed: TernaryLinear = layer.into_ternary().unwrap();
+/// let packed: TernaryLinear = layer.to_ternary().unwrap();
 /// let x = Tensor::<2>::ones([4, 64], &device);
 /// let (a, b) = (packed.forward(x.clone()), layer.valid().forward(x));
 /// let diff = (a - b).abs().max().into_scalar::<f32>();

@@ -1,0 +1,326 @@
+//! `kernel-bench`: the packed ternary CPU kernels against OpenBLAS `sgemv`/`sgemm` and Burn's
+//! f32 `matmul` (Flex), GEMV hot and cold, GEMM hot, 1 and 2 threads.
+//!
+//! ```text
+//! cargo run --release --bin kernel-bench -- --json kernel-bench.json
+//! cargo run --release --bin kernel-bench -- --quick
+//! ```
+//!
+//! Measuring rules: `shared/reference/benchmarking.md` (interleaved variants, >= 21 samples,
+//! medians, load average before and after, cold = rotating through > 1 GiB of weight copies).
+
+use std::path::PathBuf;
+
+use bitnet_kernels::cpu::{Kernel, MatmulOptions, ternary_matmul};
+use bitnet_kernels::file::{Encoding, to_bytes};
+use bitnet_kernels::packed::{PackedTernary, TernaryScales};
+use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
+use burn::tensor::{Device, Tensor, TensorData};
+use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, cblas_sgemm, cblas_sgemv};
+use clap::Parser;
+use serde::Serialize;
+
+// OpenBLAS (Debian `libopenblas-dev`, installed by scripts/install-deps.sh) provides the CBLAS
+// symbols that `cblas-sys` declares.
+#[link(name = "openblas")]
+unsafe extern "C" {
+    fn openblas_set_num_threads(n: std::ffi::c_int);
+}
+
+/// Benchmark the ternary kernels against BLAS and Burn.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Samples per variant (at least 21 for reported figures).
+    #[arg(long, default_value_t = 21)]
+    samples: usize,
+    /// Only the target shapes (GEMV 4096x11008 and GEMM M=512 at 2048x2048 and 4096x11008).
+    #[arg(long)]
+    quick: bool,
+    /// Bytes of weight copies to rotate through for cold GEMV runs.
+    #[arg(long, default_value_t = 1.1 * (1u64 << 30) as f64)]
+    cold_bytes: f64,
+}
+
+/// (N, K) shapes from the measuring rules.
+const SHAPES: [(usize, usize); 7] = [
+    (2048, 2048),
+    (4096, 4096),
+    (4096, 11008),
+    (11008, 4096),
+    (2560, 2560),
+    (6912, 2560),
+    (2560, 6912),
+];
+const MS: [usize; 5] = [1, 8, 32, 128, 512];
+
+#[derive(Debug, Serialize)]
+struct Record {
+    n: usize,
+    k: usize,
+    m: usize,
+    mode: &'static str,
+    threads: usize,
+    variant: &'static str,
+    stats: Stats,
+    /// Weight bytes the variant reads per call.
+    weight_bytes: usize,
+    weight_gb_per_s: f64,
+    g_weights_per_s: f64,
+    gmac_per_s: f64,
+    /// BLAS median / this median (how many times faster than BLAS).
+    speedup_vs_blas: Option<f64>,
+    /// Burn f32 matmul median / this median.
+    speedup_vs_burn: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct SizeRecord {
+    n: usize,
+    k: usize,
+    f32_bytes: usize,
+    packed_bytes: usize,
+    base3_file_bytes: usize,
+    packed_ratio: f64,
+    base3_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    kernel: &'static str,
+    samples: usize,
+    load_average_before: f64,
+    load_average_after: f64,
+    noisy: bool,
+    records: Vec<Record>,
+    sizes: Vec<SizeRecord>,
+}
+
+fn lcg(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 33
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let kernel = Kernel::best();
+    let load_before = load_average();
+    let device = Device::flex();
+    let mut records = Vec::new();
+    let mut sizes = Vec::new();
+    println!(
+        "kernel {} | samples {} | load average {load_before:.2}",
+        kernel.name(),
+        args.samples
+    );
+    println!(
+        "{:>12} {:>4} {:>5} {:>3} {:>10} {:>10} {:>10} {:>7} {:>7} {:>8} {:>8}",
+        "N x K",
+        "M",
+        "mode",
+        "thr",
+        "ours ms",
+        "blas ms",
+        "burn ms",
+        "x blas",
+        "x burn",
+        "GB/s",
+        "Gw/s"
+    );
+    let shapes: Vec<(usize, usize)> = if args.quick {
+        vec![(2048, 2048), (4096, 11008)]
+    } else {
+        SHAPES.to_vec()
+    };
+    for (n, k) in shapes {
+        let mut next = lcg((n * 31 + k) as u64);
+        let values: Vec<i8> = (0..n * k).map(|_| (next() % 3) as i8 - 1).collect();
+        let packed = PackedTernary::pack(&values, n, k, TernaryScales::PerTensor(40.0))?;
+        let w_f32: Vec<f32> = values.iter().map(|v| *v as f32 / 40.0).collect();
+        let f32_bytes = n * k * 4;
+        let base3 = to_bytes(&packed, Encoding::Base3)?.len();
+        sizes.push(SizeRecord {
+            n,
+            k,
+            f32_bytes,
+            packed_bytes: packed.size_bytes(),
+            base3_file_bytes: base3,
+            packed_ratio: f32_bytes as f64 / packed.size_bytes() as f64,
+            base3_ratio: f32_bytes as f64 / base3 as f64,
+        });
+        // Burn's f32 matmul: x [m, k] @ W^T stored [k, n].
+        let w_burn =
+            Tensor::<2>::from_data(TensorData::new(w_f32.clone(), [n, k]), &device).transpose();
+        let w_burn = Tensor::<2>::from_data(w_burn.into_data(), &device);
+        let ms: Vec<usize> = if args.quick {
+            vec![1, 512]
+        } else {
+            MS.to_vec()
+        };
+        for m in ms {
+            if args.quick && m == 512 && (n, k) != (2048, 2048) && (n, k) != (4096, 11008) {
+                continue;
+            }
+            let x: Vec<f32> = (0..m * k)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let x_burn = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &device);
+            let modes: &[&str] = if m == 1 { &["hot", "cold"] } else { &["hot"] };
+            for &mode in modes {
+                let copies = |bytes: usize| {
+                    if mode == "cold" {
+                        ((args.cold_bytes / bytes as f64).ceil() as usize).max(2)
+                    } else {
+                        1
+                    }
+                };
+                let packed_copies: Vec<PackedTernary> = (0..copies(packed.size_bytes()))
+                    .map(|_| packed.clone())
+                    .collect();
+                let f32_copies: Vec<Vec<f32>> =
+                    (0..copies(f32_bytes)).map(|_| w_f32.clone()).collect();
+                for threads in [1usize, 2] {
+                    let options = MatmulOptions { kernel, threads };
+                    let (mut pi, mut fi) = (0usize, 0usize);
+                    let mut y = vec![0f32; m * n];
+                    let mut ours = || {
+                        let w = &packed_copies[pi % packed_copies.len()];
+                        pi += 1;
+                        let out = ternary_matmul(&x, m, w.view(), &options).expect("kernel");
+                        std::hint::black_box(out);
+                    };
+                    let mut blas = || {
+                        let w = &f32_copies[fi % f32_copies.len()];
+                        fi += 1;
+                        // SAFETY: the buffers have the sizes the BLAS calls are given.
+                        unsafe {
+                            openblas_set_num_threads(threads as i32);
+                            if m == 1 {
+                                cblas_sgemv(
+                                    CBLAS_LAYOUT::CblasRowMajor,
+                                    CBLAS_TRANSPOSE::CblasNoTrans,
+                                    n as i32,
+                                    k as i32,
+                                    1.0,
+                                    w.as_ptr(),
+                                    k as i32,
+                                    x.as_ptr(),
+                                    1,
+                                    0.0,
+                                    y.as_mut_ptr(),
+                                    1,
+                                );
+                            } else {
+                                cblas_sgemm(
+                                    CBLAS_LAYOUT::CblasRowMajor,
+                                    CBLAS_TRANSPOSE::CblasNoTrans,
+                                    CBLAS_TRANSPOSE::CblasTrans,
+                                    m as i32,
+                                    n as i32,
+                                    k as i32,
+                                    1.0,
+                                    x.as_ptr(),
+                                    k as i32,
+                                    w.as_ptr(),
+                                    k as i32,
+                                    0.0,
+                                    y.as_mut_ptr(),
+                                    n as i32,
+                                );
+                            }
+                        }
+                        std::hint::black_box(&y);
+                    };
+                    // Burn's matmul runs hot and on its own thread pool: once, with threads = 1.
+                    let with_burn = mode == "hot" && threads == 1;
+                    let mut burn = || {
+                        let out = x_burn.clone().matmul(w_burn.clone());
+                        std::hint::black_box(out.into_data());
+                    };
+                    let stats = if with_burn {
+                        interleaved(args.samples, &mut [&mut ours, &mut blas, &mut burn])
+                    } else {
+                        interleaved(args.samples, &mut [&mut ours, &mut blas])
+                    };
+                    let (ours_s, blas_s) = (stats[0].median_s, stats[1].median_s);
+                    let burn_s = stats.get(2).map(|s| s.median_s);
+                    let packed_bytes = packed.size_bytes();
+                    let names = ["ternary", "blas-f32", "burn-flex-f32"];
+                    let bytes = [packed_bytes, f32_bytes, f32_bytes];
+                    for (i, s) in stats.iter().enumerate() {
+                        let t = s.median_s;
+                        records.push(Record {
+                            n,
+                            k,
+                            m,
+                            mode,
+                            threads: if i == 2 { 0 } else { threads },
+                            variant: names[i],
+                            stats: s.clone(),
+                            weight_bytes: bytes[i],
+                            weight_gb_per_s: bytes[i] as f64 / t / 1e9,
+                            g_weights_per_s: (n * k) as f64 / t / 1e9,
+                            gmac_per_s: (m * n * k) as f64 / t / 1e9,
+                            speedup_vs_blas: Some(blas_s / t),
+                            speedup_vs_burn: burn_s.map(|b| b / t),
+                        });
+                    }
+                    println!(
+                        "{:>12} {:>4} {:>5} {:>3} {:>10.3} {:>10.3} {:>10} {:>7.2} {:>7} {:>8.1} {:>8.1}",
+                        format!("{n}x{k}"),
+                        m,
+                        mode,
+                        threads,
+                        ours_s * 1e3,
+                        blas_s * 1e3,
+                        burn_s.map_or("-".into(), |b| format!("{:.3}", b * 1e3)),
+                        blas_s / ours_s,
+                        burn_s.map_or("-".into(), |b| format!("{:.2}", b / ours_s)),
+                        packed_bytes as f64 / ours_s / 1e9,
+                        (n * k) as f64 / ours_s / 1e9,
+                    );
+                }
+            }
+        }
+    }
+    let load_after = load_average();
+    println!("\nload average before {load_before:.2}, after {load_after:.2}");
+    println!(
+        "{:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "N x K", "f32 B", "packed B", "base-3 B", "x packed", "x base3"
+    );
+    for s in &sizes {
+        println!(
+            "{:>12} {:>12} {:>12} {:>12} {:>8.2} {:>8.2}",
+            format!("{}x{}", s.n, s.k),
+            s.f32_bytes,
+            s.packed_bytes,
+            s.base3_file_bytes,
+            s.packed_ratio,
+            s.base3_ratio
+        );
+    }
+    let report = Report {
+        kernel: kernel.name(),
+        samples: args.samples,
+        load_average_before: load_before,
+        load_average_after: load_after,
+        noisy: load_before > 1.0 || load_after > 1.0,
+        records,
+        sizes,
+    };
+    if let Some(path) = &args.json {
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
