@@ -477,6 +477,32 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_over_200_random_shapes() {
+        let mut s = 12345u64;
+        let mut next = move |m: u64| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) % m
+        };
+        for case in 0..200 {
+            let rows = 1 + next(6) as usize;
+            let cols = 1 + next(1100) as usize;
+            let w = lcg(rows * cols, 1000 + case);
+            let p = PackedTernary::pack(&w, rows, cols, TernaryScales::PerTensor(1.0)).unwrap();
+            assert_eq!(p.unpack(), w, "{rows}x{cols}");
+            for n in 0..rows {
+                for k in 0..cols {
+                    assert_eq!(p.code(n, k) as i8 - 1, w[n * cols + k]);
+                }
+                for k in cols..padded_cols(cols) {
+                    assert_eq!(p.code(n, k), 1, "padding is zero");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn invalid_input_is_a_typed_error() {
         let s = TernaryScales::PerTensor(1.0);
         assert!(matches!(
@@ -486,6 +512,10 @@ mod tests {
         assert!(matches!(
             PackedTernary::pack(&[0, 1], 1, 3, s.clone()),
             Err(KernelError::Size { .. })
+        ));
+        assert!(matches!(
+            PackedTernary::pack(&[], 1, MAX_K + 1, s.clone()),
+            Err(KernelError::KTooLarge { .. })
         ));
         assert!(matches!(
             PackedTernary::pack(&[0; 3], 1, 3, TernaryScales::PerTensor(f32::NAN)),

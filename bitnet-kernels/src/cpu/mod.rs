@@ -351,6 +351,8 @@ const N_CHUNK: usize = 128;
 
 /// One tile of `mt ∈ {1, 4}` activation rows by `nt ∈ {1, 2}` weight rows.
 #[allow(clippy::too_many_arguments)]
+// `nt` and `prefetch` only steer the x86-64 variants.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn tile<'a>(
     kernel: Kernel,
     wrow: &impl Fn(usize) -> &'a [u8],
@@ -523,6 +525,21 @@ mod tests {
         for kernel in Kernel::available() {
             let got = int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 2 }).unwrap();
             assert_eq!(got, expected, "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn the_largest_k_does_not_overflow() {
+        // |x| codes of 127 against +1 and -1 weights at K = MAX_K: the largest sums accepted.
+        let k = MAX_K;
+        for (x, w, expected) in [(1.0, 1i8, 127), (-1.0, 1, -127), (1.0, -1, -127)] {
+            let acts = quantize_rows(&vec![x; k], 1, k);
+            let w = PackedTernary::pack(&vec![w; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
+            for kernel in Kernel::available() {
+                let got =
+                    int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 1 }).unwrap();
+                assert_eq!(got, vec![expected * k as i32], "{}", kernel.name());
+            }
         }
     }
 
