@@ -37,6 +37,7 @@ pub mod nn;
 pub mod ops;
 pub mod quant;
 pub mod reparam;
+pub mod schedule;
 pub mod ste;
 
 pub use error::{QatError, Result};

@@ -1,0 +1,243 @@
+//! BitNet's two-stage learning-rate and weight-decay schedule.
+
+use burn::config::Config;
+use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use burn::optim::{LearningRate, RecordState, StateSink, StateSource};
+use burn::tensor::Device;
+
+/// The shape of the decay within each stage.
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum Decay {
+    /// Straight line from the stage's first to its last value.
+    Linear,
+    /// Half cosine from the stage's first to its last value.
+    Cosine,
+}
+
+/// BitNet b1.58's two-stage schedule (Training Tips §1; 2B4T report §3).
+///
+/// - warm-up: linear from 0 to `peak_lr` over `warmup_steps` (BitNet: 375);
+/// - stage 1, to `cooldown_fraction * total_steps` (BitNet: halfway): decay from `peak_lr` to
+///   `stage1_end_lr`;
+/// - stage 2: an abrupt cut to `stage2_lr`, then decay to `final_lr`.
+///
+/// Weight decay is `weight_decay` in stage 1 and 0 in stage 2 ([`BitNetLrScheduler::weight_decay`]).
+///
+/// # Example
+/// ```
+/// use bitnet_qat::schedule::BitNetLrSchedulerConfig;
+/// use burn::optim::lr_scheduler::LrScheduler;
+///
+/// let mut lr = BitNetLrSchedulerConfig::new(1.5e-3, 1e-3, 1000).init().unwrap();
+/// let first = lr.step(); // step 0 of the warm-up
+/// assert!(first < 1e-5);
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct BitNetLrSchedulerConfig {
+    /// The peak learning rate of stage 1 (BitNet 700M: 1.5e-3).
+    pub peak_lr: f64,
+    /// The learning rate stage 2 starts at (BitNet 700M: 1e-3).
+    pub stage2_lr: f64,
+    /// Total optimizer steps.
+    pub total_steps: usize,
+    /// Linear warm-up steps.
+    #[config(default = 375)]
+    pub warmup_steps: usize,
+    /// Where stage 2 starts, as a fraction of `total_steps`.
+    #[config(default = 0.5)]
+    pub cooldown_fraction: f64,
+    /// The learning rate at the end of stage 1 (default: `peak_lr`, a constant stage 1).
+    #[config(default = "None")]
+    pub stage1_end_lr: Option<f64>,
+    /// The learning rate at the end of stage 2.
+    #[config(default = 0.0)]
+    pub final_lr: f64,
+    /// The decay within each stage.
+    #[config(default = "Decay::Linear")]
+    pub decay: Decay,
+    /// Weight decay in stage 1 (BitNet: 0.1; 0 in stage 2).
+    #[config(default = 0.1)]
+    pub weight_decay: f64,
+}
+
+impl BitNetLrSchedulerConfig {
+    /// Checks the settings and builds the scheduler.
+    pub fn init(&self) -> crate::Result<BitNetLrScheduler> {
+        let bad = |why: &str| {
+            Err(crate::QatError::Invalid(format!(
+                "BitNet LR schedule: {why}"
+            )))
+        };
+        if self.total_steps == 0 {
+            return bad("total_steps must be > 0");
+        }
+        if !(0.0..=1.0).contains(&self.cooldown_fraction) {
+            return bad("cooldown_fraction must be in [0, 1]");
+        }
+        let rates = [
+            self.peak_lr,
+            self.stage2_lr,
+            self.final_lr,
+            self.stage1_end_lr.unwrap_or(self.peak_lr),
+            self.weight_decay,
+        ];
+        if rates.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
+            return bad("learning rates and weight decay must be finite and >= 0");
+        }
+        if self.warmup_steps > self.boundary() {
+            return bad("the warm-up must end before stage 2");
+        }
+        Ok(BitNetLrScheduler {
+            config: self.clone(),
+            step: 0,
+        })
+    }
+
+    fn boundary(&self) -> usize {
+        (self.total_steps as f64 * self.cooldown_fraction).round() as usize
+    }
+}
+
+/// The scheduler built by [`BitNetLrSchedulerConfig::init`].
+#[derive(Debug, Clone)]
+pub struct BitNetLrScheduler {
+    config: BitNetLrSchedulerConfig,
+    step: usize,
+}
+
+impl BitNetLrScheduler {
+    /// The learning rate at global step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> LearningRate {
+        let c = &self.config;
+        let boundary = c.boundary();
+        if step < c.warmup_steps {
+            return c.peak_lr * (step + 1) as f64 / c.warmup_steps as f64;
+        }
+        let (from, to, start, end) = if step < boundary {
+            (
+                c.peak_lr,
+                c.stage1_end_lr.unwrap_or(c.peak_lr),
+                c.warmup_steps,
+                boundary,
+            )
+        } else {
+            (c.stage2_lr, c.final_lr, boundary, c.total_steps)
+        };
+        let t = if end > start {
+            ((step - start) as f64 / (end - start) as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let shape = match c.decay {
+            Decay::Linear => t,
+            Decay::Cosine => (1.0 - (std::f64::consts::PI * t).cos()) / 2.0,
+        };
+        from + (to - from) * shape
+    }
+
+    /// The weight decay at global step `step`: `weight_decay` in stage 1, 0 in stage 2.
+    pub fn weight_decay(&self, step: usize) -> f64 {
+        if step < self.config.boundary() {
+            self.config.weight_decay
+        } else {
+            0.0
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.step
+    }
+}
+
+impl LrScheduler for BitNetLrScheduler {
+    fn step(&mut self) -> LearningRate {
+        let lr = self.lr_at(self.step);
+        self.step += 1;
+        lr
+    }
+
+    fn to_record(&self) -> LrSchedulerRecord {
+        LrSchedulerRecord::from_state(&StepState {
+            step: self.step as u64,
+        })
+    }
+
+    fn load_record(&mut self, record: LrSchedulerRecord) {
+        if let Some(state) = record.into_state::<StepState>() {
+            self.step = state.step as usize;
+        }
+    }
+}
+
+/// The recorded state: the number of steps taken.
+struct StepState {
+    step: u64,
+}
+
+impl RecordState for StepState {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_scalar(prefix, "step", self.step.into());
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, _device: &Device) -> Option<Self> {
+        let step = u64::try_from(src.take_scalar(prefix, "step")?).ok()?;
+        Some(Self { step })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BitNetLrSchedulerConfig {
+        BitNetLrSchedulerConfig::new(1.5e-3, 1e-3, 1000)
+            .with_warmup_steps(100)
+            .with_stage1_end_lr(Some(1.2e-3))
+    }
+
+    #[test]
+    fn warmup_stages_and_the_boundary() {
+        let s = config().init().unwrap();
+        assert!((s.lr_at(0) - 1.5e-5).abs() < 1e-15);
+        assert!((s.lr_at(99) - 1.5e-3).abs() < 1e-15);
+        assert!((s.lr_at(100) - 1.5e-3).abs() < 1e-15);
+        assert!((s.lr_at(300) - 1.35e-3).abs() < 1e-12); // halfway through stage 1
+        assert!(s.lr_at(499) > 1.2e-3 && s.lr_at(499) < 1.21e-3);
+        // The abrupt cooldown at step 500, then linear decay to 0.
+        assert!((s.lr_at(500) - 1e-3).abs() < 1e-15);
+        assert!((s.lr_at(750) - 5e-4).abs() < 1e-15);
+        assert_eq!(s.lr_at(1000), 0.0);
+        assert_eq!([s.weight_decay(499), s.weight_decay(500)], [0.1, 0.0]);
+        let cos = config().with_decay(Decay::Cosine).init().unwrap();
+        assert!((cos.lr_at(750) - 5e-4).abs() < 1e-15);
+        assert!(cos.lr_at(600) > s.lr_at(600));
+    }
+
+    #[test]
+    fn the_scheduler_resumes_from_its_record() {
+        let mut a = config().init().unwrap();
+        let lrs: Vec<f64> = (0..600).map(|_| a.step()).collect();
+        let mut b = config().init().unwrap();
+        for _ in 0..300 {
+            b.step();
+        }
+        let mut c = config().init().unwrap();
+        c.load_record(b.to_record());
+        assert_eq!(c.steps(), 300);
+        let resumed: Vec<f64> = (0..300).map(|_| c.step()).collect();
+        assert_eq!(resumed, lrs[300..]);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        assert!(BitNetLrSchedulerConfig::new(1e-3, 1e-3, 0).init().is_err());
+        assert!(config().with_cooldown_fraction(1.5).init().is_err());
+        assert!(config().with_warmup_steps(900).init().is_err());
+        assert!(
+            BitNetLrSchedulerConfig::new(f64::NAN, 1e-3, 10)
+                .init()
+                .is_err()
+        );
+    }
+}

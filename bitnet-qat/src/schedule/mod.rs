@@ -1,0 +1,20 @@
+//! Training schedules for QAT, all functions of the global optimizer step so that a resumed run
+//! recomputes them exactly:
+//!
+//! - [`LambdaSchedule`]: the blend `x + lambda (q(x) - x).detach()` ramped from 0 to 1 (linear,
+//!   exponential, sigmoid), after an optional full-precision delay;
+//! - [`TemperatureSchedule`]: annealing of the [`Soft`](crate::ste::Ste::Soft) STE temperature;
+//! - [`BitWidthSchedule`]: progressive formats such as 8 → 4 → 2 → 1.58 bits, switched at given
+//!   steps or when a validation metric stops improving ([`PlateauSwitch`]);
+//! - [`BitNetLrScheduler`]: BitNet's two-stage learning rate (warm-up, peak, abrupt cooldown,
+//!   linear or cosine decay) as a Burn `LrScheduler`, and its weight-decay schedule.
+
+mod bit_width;
+mod lambda;
+mod lr;
+mod temperature;
+
+pub use bit_width::{BitPhase, BitWidthSchedule, PlateauSwitch};
+pub use lambda::{LambdaRamp, LambdaSchedule};
+pub use lr::{BitNetLrScheduler, BitNetLrSchedulerConfig, Decay};
+pub use temperature::{Anneal, TemperatureSchedule};
