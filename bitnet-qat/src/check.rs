@@ -30,6 +30,22 @@ pub fn check_finite<const D: usize>(tensor: &Tensor<D>, what: &str) -> Result<()
     Ok(())
 }
 
+/// Checks that the last axis of a layer input has `d_input` elements.
+pub(crate) fn check_last_dim<const D: usize>(
+    input: &Tensor<D>,
+    d_input: usize,
+    what: &'static str,
+) -> Result<()> {
+    if input.dims()[D - 1] != d_input {
+        return Err(QatError::Shape {
+            what,
+            expected: format!("[..., {d_input}]"),
+            got: input.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks every float parameter of `model` (the latent values of reparameterized ones) and
 /// names the first one that holds NaN or infinite values.
 ///

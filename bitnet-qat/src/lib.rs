@@ -32,6 +32,7 @@ mod backends;
 pub mod check;
 pub mod data;
 pub mod error;
+mod fused;
 pub mod infer;
 pub mod nn;
 pub mod ops;

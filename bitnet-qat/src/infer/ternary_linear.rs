@@ -6,7 +6,7 @@ use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, Param
 use burn::nn::RmsNorm;
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
-use crate::check::check_finite;
+use crate::check::{check_finite, check_last_dim};
 use crate::error::{QatError, Result};
 
 /// A linear layer with packed ternary weights, for inference.
@@ -132,14 +132,7 @@ impl TernaryLinear {
     }
 
     fn check_input_shape<const D: usize>(&self, input: &Tensor<D>) -> Result<()> {
-        if input.dims()[D - 1] != self.d_input {
-            return Err(QatError::Shape {
-                what: "TernaryLinear input",
-                expected: format!("[..., {}]", self.d_input),
-                got: input.dims().to_vec(),
-            });
-        }
-        Ok(())
+        check_last_dim(input, self.d_input, "TernaryLinear input")
     }
 
     fn forward_unchecked<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {

@@ -7,7 +7,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use super::quantizer::{Quantizer, QuantizerConfig};
-use crate::check::check_finite;
+use crate::check::{check_finite, check_last_dim};
 use crate::error::QatError;
 use crate::quant::QuantConfig;
 use crate::ste::Ste;
@@ -249,14 +249,7 @@ impl BitLinear {
 
     fn check_input_shape<const D: usize>(&self, input: &Tensor<D>) -> crate::Result<()> {
         let [d_input, _] = self.weight.shape().dims();
-        if input.dims()[D - 1] != d_input {
-            return Err(QatError::Shape {
-                what: "BitLinear input",
-                expected: format!("[..., {d_input}]"),
-                got: input.dims().to_vec(),
-            });
-        }
-        Ok(())
+        check_last_dim(input, d_input, "BitLinear input")
     }
 
     fn forward_unchecked<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {

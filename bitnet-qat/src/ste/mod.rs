@@ -125,6 +125,11 @@ pub(crate) fn apply_ste<const D: usize>(
     ste: &Ste,
     axis: usize,
 ) -> Tensor<D> {
+    if matches!(ste, Ste::Standard)
+        && let Some(q) = crate::fused::try_fused(&x, config, axis)
+    {
+        return q;
+    }
     let grid = quant_grid(x.clone(), config, axis);
     let tracked = x.is_autodiff();
     match *ste {

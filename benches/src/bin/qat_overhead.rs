@@ -1,0 +1,234 @@
+//! `qat-overhead`: the cost of a QAT training step against the full-precision step of the same
+//! model and batch (time and peak heap memory), on Flex.
+//!
+//! ```text
+//! cargo run --release --bin qat-overhead -- --json qat-overhead.json
+//! ```
+//!
+//! Models: an MLP 784-256-256-10 (Fashion-MNIST sized, synthetic data) built three ways —
+//! `linear` (Burn `Linear`), `norm-linear` (RMSNorm + `Linear`, the FP32 twin of `BitLinear`) and
+//! `bitlinear` (W1.58 A8 with RMSNorm). One step = forward, cross-entropy, backward, Adam.
+//! Variants are interleaved, at least 21 samples each, medians reported.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use clap::Parser;
+use serde::Serialize;
+
+/// Counts live heap bytes and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Measure the QAT step overhead.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Samples per variant.
+    #[arg(long, default_value_t = 21)]
+    samples: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+}
+
+#[derive(Module, Debug)]
+struct NormLinear {
+    norm: RmsNorm,
+    linear: Linear,
+}
+
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // three layers per model
+enum Layer {
+    Linear(Linear),
+    NormLinear(NormLinear),
+    Bit(BitLinear),
+}
+
+#[derive(Module, Debug)]
+struct Mlp {
+    layers: Vec<Layer>,
+}
+
+impl Mlp {
+    fn new(kind: &str, device: &Device) -> Self {
+        let sizes = [784, 256, 256, 10];
+        let layers = sizes
+            .windows(2)
+            .map(|w| match kind {
+                "linear" => {
+                    Layer::Linear(LinearConfig::new(w[0], w[1]).with_bias(false).init(device))
+                }
+                "norm-linear" => Layer::NormLinear(NormLinear {
+                    norm: RmsNormConfig::new(w[0]).init(device),
+                    linear: LinearConfig::new(w[0], w[1]).with_bias(false).init(device),
+                }),
+                _ => Layer::Bit(
+                    BitLinearConfig::new(w[0], w[1])
+                        .init(device)
+                        .expect("valid"),
+                ),
+            })
+            .collect();
+        Self { layers }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        self.layers.iter().enumerate().fold(x, |x, (i, l)| {
+            let y = match l {
+                Layer::Linear(l) => l.forward(x),
+                Layer::NormLinear(l) => l.linear.forward(l.norm.forward(x)),
+                Layer::Bit(l) => l.forward(x),
+            };
+            if i < last { relu(y) } else { y }
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Variant {
+    name: &'static str,
+    stats: Stats,
+    peak_step_bytes: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    batch: usize,
+    samples: usize,
+    load_average_before: f64,
+    load_average_after: f64,
+    noisy: bool,
+    variants: Vec<Variant>,
+    time_ratio_vs_norm_linear: f64,
+    time_ratio_vs_linear: f64,
+    memory_ratio_vs_norm_linear: f64,
+    memory_ratio_vs_linear: f64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let load_before = load_average();
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let x = Tensor::<2>::random([args.batch, 784], Distribution::Uniform(0.0, 1.0), &device);
+    let y = Tensor::<1, Int>::from_data(
+        (0..args.batch as i64)
+            .map(|i| i % 10)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &device,
+    );
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let names = ["linear", "norm-linear", "bitlinear"];
+    let mut models: Vec<Option<Mlp>> = names.iter().map(|n| Some(Mlp::new(n, &device))).collect();
+    let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
+    let mut peaks = [0usize; 3];
+    let mut step = |i: usize| {
+        let model = models[i].take().expect("model");
+        let before = LIVE.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optims[i].step(1e-3, model, grads);
+        peaks[i] = peaks[i].max(PEAK.load(Ordering::Relaxed).saturating_sub(before));
+        models[i] = Some(model);
+    };
+    // Closures borrowing `step` one at a time through a RefCell-free trampoline.
+    let step = std::cell::RefCell::new(&mut step);
+    let stats = interleaved(
+        args.samples,
+        &mut [
+            &mut || (step.borrow_mut())(0),
+            &mut || (step.borrow_mut())(1),
+            &mut || (step.borrow_mut())(2),
+        ],
+    );
+    let load_after = load_average();
+    let median = |i: usize| stats[i].median_s;
+    let report = Report {
+        batch: args.batch,
+        samples: args.samples,
+        load_average_before: load_before,
+        load_average_after: load_after,
+        noisy: load_before > 1.0 || load_after > 1.0,
+        time_ratio_vs_norm_linear: median(2) / median(1),
+        time_ratio_vs_linear: median(2) / median(0),
+        memory_ratio_vs_norm_linear: peaks[2] as f64 / peaks[1] as f64,
+        memory_ratio_vs_linear: peaks[2] as f64 / peaks[0] as f64,
+        variants: names
+            .iter()
+            .zip(&stats)
+            .zip(peaks)
+            .map(|((name, s), peak)| Variant {
+                name,
+                stats: s.clone(),
+                peak_step_bytes: peak,
+            })
+            .collect(),
+    };
+    println!(
+        "batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
+        args.batch, args.samples
+    );
+    println!(
+        "{:>12} {:>10} {:>10} {:>10} {:>14}",
+        "model", "median ms", "p10 ms", "p90 ms", "peak step MB"
+    );
+    for v in &report.variants {
+        println!(
+            "{:>12} {:>10.3} {:>10.3} {:>10.3} {:>14.2}",
+            v.name,
+            v.stats.median_s * 1e3,
+            v.stats.p10_s * 1e3,
+            v.stats.p90_s * 1e3,
+            v.peak_step_bytes as f64 / 1e6
+        );
+    }
+    println!(
+        "QAT step / FP32 step: {:.2}x time, {:.2}x peak memory (vs RMSNorm+Linear); {:.2}x, {:.2}x (vs Linear)",
+        report.time_ratio_vs_norm_linear,
+        report.memory_ratio_vs_norm_linear,
+        report.time_ratio_vs_linear,
+        report.memory_ratio_vs_linear
+    );
+    if let Some(path) = &args.json {
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! Fused fake quantization: the statistic, the scale, rounding, clamping and dequantization in
+//! one backend call (two passes over the data) instead of a dozen tensor operations, with the
+//! standard STE's identity gradient as a custom backward pass.
+//!
+//! Used by [`crate::ste`] for the standard STE on Flex devices when the quantizer is
+//! ternary or integer, with an absmean or absmax scale per tensor or per row of the last axis.
+//! Everything else takes the portable tensor-operation path, and the tests check that the two
+//! agree.
+
+use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+
+/// The statistic and layout of a fused fake quantization.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct FusedSpec {
+    /// The smallest code.
+    pub qn: i32,
+    /// The largest code.
+    pub qp: i32,
+    /// Lower bound of the statistic.
+    pub eps: f64,
+    /// `true`: `mean |x|`; `false`: `max |x|`.
+    pub abs_mean: bool,
+    /// `true`: one scale per row of the last axis; `false`: one per tensor.
+    pub per_row: bool,
+}
+
+/// Fused fake quantization supplied by a backend extension.
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait FusedQuantBackend: Backend {
+    /// `clamp(round(x s), qn, qp) / s` with `s = qp / max(stat, eps)`; under autodiff the
+    /// gradient passes unchanged (the standard STE).
+    fn fused_fake_quant(
+        x: FloatTensor<Self>,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        per_row: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// Fake-quantizes a contiguous f32 buffer whose rows have `row_len` elements, on Rayon's pool
+/// for large buffers.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn fake_quant_slice(x: &[f32], row_len: usize, spec: FusedSpec) -> Vec<f32> {
+    use rayon::prelude::*;
+    /// Below this many elements one thread is faster.
+    const PARALLEL: usize = 1 << 15;
+    /// Elements per parallel task.
+    const TASK: usize = 1 << 14;
+    let (qn, qp) = (spec.qn as f32, spec.qp as f32);
+    let scale = |stat: f32| qp / stat.max(spec.eps as f32); // as the tensor path: qp / max(stat, eps)
+    let quantize = |xs: &[f32], os: &mut [f32], s: f32| {
+        for (o, v) in os.iter_mut().zip(xs) {
+            *o = (v * s).round_ties_even().clamp(qn, qp) / s;
+        }
+    };
+    let stat = |xs: &[f32]| {
+        if spec.abs_mean {
+            xs.iter().map(|v| v.abs()).sum::<f32>() / xs.len() as f32
+        } else {
+            xs.iter().fold(0f32, |m, v| m.max(v.abs()))
+        }
+    };
+    let mut out = vec![0f32; x.len()];
+    let parallel = x.len() >= PARALLEL;
+    if spec.per_row {
+        let row_len = row_len.max(1);
+        let rows_per_task = (TASK / row_len).max(1) * row_len;
+        let run = |(xs, os): (&[f32], &mut [f32])| {
+            for (xr, or) in xs.chunks(row_len).zip(os.chunks_mut(row_len)) {
+                quantize(xr, or, scale(stat(xr)));
+            }
+        };
+        if parallel {
+            x.par_chunks(rows_per_task)
+                .zip(out.par_chunks_mut(rows_per_task))
+                .for_each(run);
+        } else {
+            run((x, &mut out));
+        }
+    } else {
+        let s = if spec.abs_mean {
+            // The sum in f32, in one order whatever the thread count.
+            let sum: f32 = x
+                .chunks(TASK)
+                .map(|c| c.iter().map(|v| v.abs()).sum::<f32>())
+                .sum();
+            scale(sum / x.len().max(1) as f32)
+        } else {
+            scale(stat(x))
+        };
+        if parallel {
+            x.par_chunks(TASK)
+                .zip(out.par_chunks_mut(TASK))
+                .for_each(|(xs, os)| quantize(xs, os, s));
+        } else {
+            quantize(x, &mut out, s);
+        }
+    }
+    out
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::TensorData;
+
+    use super::{FusedQuantBackend, FusedSpec, fake_quant_slice};
+
+    impl FusedQuantBackend for Flex {
+        fn fused_fake_quant(
+            x: FlexTensor,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            per_row: bool,
+        ) -> FlexTensor {
+            let spec = FusedSpec {
+                qn,
+                qp,
+                eps,
+                abs_mean,
+                per_row,
+            };
+            let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
+                x
+            } else {
+                x.to_contiguous()
+            };
+            let shape = x.layout().shape().clone();
+            let row_len = if shape.is_empty() {
+                1
+            } else {
+                shape[shape.len() - 1]
+            };
+            let out = fake_quant_slice(x.storage::<f32>(), row_len, spec);
+            FlexTensor::from_data(TensorData::new(out, shape))
+        }
+    }
+}
+
+mod autodiff {
+    use burn::backend::Backend;
+    use burn::backend::autodiff::{
+        Autodiff,
+        checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+        grads::Gradients,
+        ops::{Backward, Ops, OpsKind, unary},
+    };
+    use burn::backend::tensor::FloatTensor;
+
+    use super::FusedQuantBackend;
+
+    impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
+        fn fused_fake_quant(
+            x: FloatTensor<Self>,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            per_row: bool,
+        ) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct StraightThrough;
+
+            impl<B: Backend> Backward<B, 1> for StraightThrough {
+                type State = ();
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 1>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    unary::<B, _>(ops.parents, ops.node, grads, |grad| grad);
+                }
+            }
+
+            let node = x.node();
+            let out = B::fused_fake_quant(x.into_primitive(), qn, qp, eps, abs_mean, per_row);
+            match StraightThrough
+                .prepare::<C>([node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+    }
+}
+
+/// Runs the fused op if `x` lives on a device that has it and the quantizer is one it covers
+/// (`axis` is the reduction axis); `None` otherwise.
+pub(crate) fn try_fused<const D: usize>(
+    x: &burn::tensor::Tensor<D>,
+    config: &crate::quant::QuantConfig,
+    axis: usize,
+) -> Option<burn::tensor::Tensor<D>> {
+    use crate::quant::{Granularity, QuantFormat, ScaleStat};
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::{Dispatch, DispatchDevice};
+        if !matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+            || x.dtype() != burn::tensor::DType::F32
+        {
+            return None;
+        }
+        let abs_mean = match config.stat {
+            ScaleStat::AbsMean => true,
+            ScaleStat::AbsMax => false,
+            ScaleStat::AbsMedian => return None,
+        };
+        let per_row = match config.granularity {
+            Granularity::PerTensor => false,
+            Granularity::PerChannel | Granularity::PerToken if axis == D - 1 => true,
+            _ => return None,
+        };
+        if config.format == QuantFormat::Binary {
+            return None;
+        }
+        let (qn, qp) = config.code_range();
+        Some(burn::tensor::Tensor::from_dispatch(
+            <Dispatch as FusedQuantBackend>::fused_fake_quant(
+                x.clone().into_dispatch(),
+                qn,
+                qp,
+                config.eps,
+                abs_mean,
+                per_row,
+            ),
+        ))
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (
+            x,
+            config,
+            axis,
+            Granularity::PerTensor,
+            QuantFormat::Binary,
+            ScaleStat::AbsMax,
+        );
+        None
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use crate::quant::{Granularity, QuantConfig, ScaleStat, quant_grid};
+    use burn::tensor::{Device, Distribution, Tensor, Tolerance};
+
+    #[test]
+    fn fused_and_portable_paths_agree() {
+        let device = Device::flex();
+        device.seed(11);
+        let x = Tensor::<2>::random([37, 300], Distribution::Normal(0.0, 1.5), &device);
+        for config in [
+            QuantConfig::ternary(),
+            QuantConfig::activation_int8(),
+            QuantConfig::int(4)
+                .with_stat(ScaleStat::AbsMean)
+                .with_granularity(Granularity::PerToken),
+            QuantConfig::int(2),
+        ] {
+            let fused = try_fused(&x, &config, 1).expect("Flex runs the fused op");
+            let portable = quant_grid(x.clone(), &config, 1).dequantize();
+            fused
+                .into_data()
+                .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::absolute(1e-6));
+        }
+        // Not covered: per-channel along axis 0, the median, binary.
+        let per_channel = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
+        assert!(try_fused(&x, &per_channel, 0).is_none());
+        assert!(try_fused(&x, &QuantConfig::binary(), 1).is_none());
+        let median = QuantConfig::ternary().with_stat(ScaleStat::AbsMedian);
+        assert!(try_fused(&x, &median, 1).is_none());
+        // NdArray takes the portable path.
+        #[allow(deprecated)]
+        let nd = Tensor::<2>::zeros([2, 2], &Device::ndarray());
+        assert!(try_fused(&nd, &QuantConfig::ternary(), 1).is_none());
+    }
+
+    #[test]
+    fn the_fused_gradient_is_the_identity() {
+        let device = Device::flex().autodiff();
+        let x =
+            Tensor::<2>::from_data([[0.3, -1.2, 0.05], [2.0, -0.7, 0.4]], &device).require_grad();
+        let c = Tensor::<2>::from_data([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], &device);
+        let q = try_fused(&x, &QuantConfig::ternary(), 1).unwrap();
+        let grads = (q * c.clone()).sum().backward();
+        x.grad(&grads)
+            .unwrap()
+            .into_data()
+            .assert_eq(&c.inner().into_data(), true);
+    }
+}
