@@ -154,20 +154,15 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
     let weight = weight.inner_if_autodiff();
     let [d_in, d_out] = weight.dims();
     let layout = ScaleLayout::new(config.granularity, 0, [d_in, d_out]);
-    // Codes [d_in, d_out] and the multiplier of every element, as the QAT forward pass has them.
-    let (codes, scale): (Tensor<2>, Tensor<2>) = match &quantizer.step {
-        Some(step) => {
-            let (qn, qp) = config.code_range();
-            let step = layout.broadcast(step.val().inner_if_autodiff());
-            let codes = (weight.clone() / step.clone()).clamp(qn, qp).round();
-            (codes, step.recip())
-        }
-        None => {
-            let grid = quant_grid(weight.clone(), config, 0);
-            (grid.codes, grid.scale)
-        }
+    // The multiplier of every element, as the QAT forward pass has it.
+    let scale: Tensor<2> = match &quantizer.step {
+        Some(step) => layout.broadcast(step.val().inner_if_autodiff()).recip(),
+        None => quant_grid(weight.clone(), config, 0).scale,
     };
     let scale = scale + weight.zeros_like(); // expand to [d_in, d_out]
+    // The codes are read off the weight the QAT forward pass itself uses, so the packed model
+    // has exactly its codes whichever path (fused or portable) computed them.
+    let codes = (quantizer.forward(weight.clone()) * scale.clone()).round();
     let codes: Vec<f32> = to_vec(codes.transpose());
     let scale: Vec<f32> = to_vec(scale.transpose()); // [d_out, d_in]
     let values: Vec<i8> = codes.iter().map(|c| *c as i8).collect();
