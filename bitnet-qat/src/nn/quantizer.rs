@@ -4,9 +4,10 @@ use burn::config::Config;
 use burn::module::{Module, Param, Reparameterization};
 use burn::tensor::Tensor;
 
+use super::control::QatControl;
 use crate::error::QatError;
 use crate::quant::layout::ScaleLayout;
-use crate::quant::{QuantConfig, validate_shape};
+use crate::quant::{QuantConfig, QuantFormat, ScaleStat, validate_shape};
 use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
 
 /// Configuration of a [`Quantizer`]: the quantizer and its straight-through estimator.
@@ -65,6 +66,9 @@ pub struct Quantizer {
     /// Whether the scales run along axis 0 (weights) or the last axis (activations).
     #[module(skip)]
     pub axis: QuantAxis,
+    /// Run-time settings (lambda, temperature, format) a schedule changes during training.
+    #[module(skip)]
+    pub control: QatControl,
 }
 
 impl QuantizerConfig {
@@ -87,6 +91,7 @@ impl QuantizerConfig {
             quant: self.quant.clone(),
             ste: self.ste,
             axis: QuantAxis::Weight,
+            control: QatControl::default(),
         })
     }
 
@@ -106,6 +111,7 @@ impl QuantizerConfig {
             quant: self.quant.clone(),
             ste: self.ste,
             axis: QuantAxis::Activation,
+            control: QatControl::default(),
         })
     }
 }
@@ -142,10 +148,15 @@ impl Quantizer {
     /// [`Quantizer::forward`], with a typed error for a shape that does not fit.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
         let axis = self.axis_of::<D>();
-        validate_shape(&self.quant, &x.dims(), axis)?;
-        Ok(match &self.step {
+        let (quant, ste) = self.effective();
+        validate_shape(&quant, &x.dims(), axis)?;
+        let lambda = self.control.lambda();
+        if lambda == 0.0 {
+            return Ok(x);
+        }
+        let q = match &self.step {
             Some(step) => {
-                let layout = ScaleLayout::new(self.quant.granularity, axis, x.dims());
+                let layout = ScaleLayout::new(quant.granularity, axis, x.dims());
                 if step.shape().dims::<1>()[0] != layout.num_scales() {
                     return Err(QatError::Shape {
                         what: "learned step",
@@ -153,12 +164,42 @@ impl Quantizer {
                         got: step.shape().dims::<1>().to_vec(),
                     });
                 }
-                let (qn, qp) = self.quant.code_range();
+                let (qn, qp) = quant.code_range();
                 let g = lsq_grad_scale(layout.elems_per_scale(), qp);
-                lsq_quantize(x, layout.broadcast(step.val()), qn, qp, g)
+                lsq_quantize(x.clone(), layout.broadcast(step.val()), qn, qp, g)
             }
-            None => apply_ste(x, &self.quant, &self.ste, axis),
+            None => apply_ste(x.clone(), &quant, &ste, axis),
+        };
+        Ok(if lambda == 1.0 {
+            q
+        } else {
+            // x + lambda (q - x): the STE's gradient weighted by lambda, the identity by 1 - lambda.
+            x.mul_scalar(1.0 - lambda) + q.mul_scalar(lambda)
         })
+    }
+
+    /// The quantizer and STE in force: the configured ones with the control's overrides. A
+    /// format override applies to weight quantizers without a learned step and brings that
+    /// format's preset statistic (absmean for ternary and binary, absmax for integers); a
+    /// temperature override applies to the soft STE.
+    pub fn effective(&self) -> (QuantConfig, Ste) {
+        let mut quant = self.quant.clone();
+        if self.axis == QuantAxis::Weight
+            && self.step.is_none()
+            && let Some(format) = self.control.format()
+            && format != quant.format
+        {
+            quant.format = format;
+            quant.stat = match format {
+                QuantFormat::Int { .. } => ScaleStat::AbsMax,
+                QuantFormat::Ternary | QuantFormat::Binary => ScaleStat::AbsMean,
+            };
+        }
+        let ste = match (self.ste, self.control.temperature()) {
+            (Ste::Soft { .. }, Some(temperature)) => Ste::Soft { temperature },
+            (ste, _) => ste,
+        };
+        (quant, ste)
     }
 
     fn axis_of<const D: usize>(&self) -> usize {

@@ -9,11 +9,13 @@
 //! - [`BitNetLrScheduler`]: BitNet's two-stage learning rate (warm-up, peak, abrupt cooldown,
 //!   linear or cosine decay) as a Burn `LrScheduler`, and its weight-decay schedule.
 
+mod apply;
 mod bit_width;
 mod lambda;
 mod lr;
 mod temperature;
 
+pub use apply::{QatModule, QatScheduler};
 pub use bit_width::{BitPhase, BitWidthSchedule, PlateauSwitch};
 pub use lambda::{LambdaRamp, LambdaSchedule};
 pub use lr::{BitNetLrScheduler, BitNetLrSchedulerConfig, Decay};
