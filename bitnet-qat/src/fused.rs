@@ -52,7 +52,10 @@ pub(crate) fn fake_quant_slice(x: &[f32], row_len: usize, spec: FusedSpec) -> Ve
     let scale = |stat: f32| qp / stat.max(spec.eps as f32); // as the tensor path: qp / max(stat, eps)
     let quantize = |xs: &[f32], os: &mut [f32], s: f32| {
         for (o, v) in os.iter_mut().zip(xs) {
-            *o = (v * s).round_ties_even().clamp(qn, qp) / s;
+            // Clamping to integer bounds commutes with rounding; below 2^22 in magnitude,
+            // adding and subtracting 1.5 * 2^23 rounds half to even exactly and vectorizes
+            // (`round_ties_even` is a libm call on baseline x86-64).
+            *o = round_half_even_small((v * s).clamp(qn, qp)) / s;
         }
     };
     let stat = |xs: &[f32]| {
@@ -99,6 +102,13 @@ pub(crate) fn fake_quant_slice(x: &[f32], row_len: usize, spec: FusedSpec) -> Ve
         }
     }
     out
+}
+
+/// Round half to even for `|v| <= 2^22` (and NaN stays NaN).
+#[inline(always)]
+pub(crate) fn round_half_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
 }
 
 #[cfg(feature = "flex")]
@@ -283,6 +293,18 @@ mod tests {
         #[allow(deprecated)]
         let nd = Tensor::<2>::zeros([2, 2], &Device::ndarray());
         assert!(try_fused(&nd, &QuantConfig::ternary(), 1).is_none());
+    }
+
+    #[test]
+    fn small_rounding_is_half_to_even() {
+        for v in [-128.0f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 126.5, 127.0] {
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
+        let mut x = -130.0f32;
+        while x < 130.0 {
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            x += 0.0371;
+        }
     }
 
     #[test]
