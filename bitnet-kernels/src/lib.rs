@@ -6,7 +6,7 @@
 //!
 //! - [`packed`]: the 2-bit format (codes `w + 1` in `u32` words, laid out for SIMD decoding),
 //!   with per-tensor, per-row and per-group scales.
-//! - [`base3`]: 5 weights per byte for files; [`file`]: the packed-weights file format.
+//! - [`base3`]: 5 weights per byte for files; [`mod@file`]: the packed-weights file format.
 //! - [`activation`]: BitNet's 8-bit per-token activation quantization.
 //! - [`cpu`]: `y = x · Wᵀ` with integer accumulation, AVX-512 VNNI / AVX2 / NEON / scalar
 //!   variants chosen at run time, two threads for large shapes.

@@ -297,7 +297,9 @@ mod tests {
 
     #[test]
     fn small_rounding_is_half_to_even() {
-        for v in [-128.0f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 126.5, 127.0] {
+        for v in [
+            -128.0f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 126.5, 127.0,
+        ] {
             assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
         }
         let mut x = -130.0f32;

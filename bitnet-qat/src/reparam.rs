@@ -12,7 +12,7 @@
 //!   [`BitLinear`](crate::nn::BitLinear).
 //! - Scales assume Burn's `[d_input, d_output]` weight layout (`Linear`): `PerChannel` is one
 //!   scale per output and `PerGroup` groups consecutive inputs. For other 2-D weights, use
-//!   `PerTensor` (the default of [`QuantConfig::ternary`]).
+//!   `PerTensor` (the default of [`QuantConfig::ternary`](crate::quant::QuantConfig::ternary)).
 //! - Embeddings and output heads are quantized unless excluded; keep them in full precision
 //!   with [`QatReparameterizer::exclude`].
 

@@ -3,7 +3,7 @@
 //! Every STE here runs on every Burn backend through autodiff. `Standard`, `Clipped`, `Soft` and
 //! `LearnedStepSize` are written with plain tensor operations; `Adaptive` (EWGS) needs the sign
 //! of the incoming gradient, which no composition of tensor operations can see, so it uses the
-//! custom backward pass of [`QatBackend::ewgs_ste`](crate::ops::QatBackend::ewgs_ste).
+//! custom backward pass of [`crate::ops::QatBackend::ewgs_ste`].
 
 mod lsq;
 mod soft;
