@@ -1,6 +1,7 @@
 //! Applying schedules to the quantizers of a model.
 
 use burn::nn::Linear;
+use burn::tensor::Tensor;
 
 use super::{BitWidthSchedule, LambdaSchedule, TemperatureSchedule};
 use crate::nn::{BitLinear, QuantAxis, Quantizer};
@@ -27,11 +28,12 @@ use crate::nn::{BitLinear, QuantAxis, Quantizer};
 pub trait QatModule {
     /// Calls `f` on every quantizer of the module.
     fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer));
-}
 
-impl QatModule for Quantizer {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        f(self)
+    /// Calls `f` on every quantized weight (`[d_input, d_output]` latent values) with its
+    /// quantizer, for [`weight_stats`](super::weight_stats) and
+    /// [`FlipTracker`](super::FlipTracker). The default visits none.
+    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
+        let _ = f;
     }
 }
 
@@ -42,6 +44,10 @@ impl QatModule for BitLinear {
             f(q);
         }
     }
+
+    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
+        f(&self.weight_quantizer, self.weight.val());
+    }
 }
 
 impl QatModule for Linear {
@@ -50,11 +56,21 @@ impl QatModule for Linear {
             f(q);
         }
     }
+
+    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
+        if let Some(q) = self.weight.reparameterization::<Quantizer>() {
+            f(q, self.weight.base());
+        }
+    }
 }
 
 impl<T: QatModule> QatModule for Vec<T> {
     fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
         self.iter().for_each(|m| m.for_each_quantizer(f));
+    }
+
+    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
+        self.iter().for_each(|m| m.for_each_weight(f));
     }
 }
 
@@ -62,6 +78,12 @@ impl<T: QatModule> QatModule for Option<T> {
     fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
         if let Some(m) = self {
             m.for_each_quantizer(f);
+        }
+    }
+
+    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
+        if let Some(m) = self {
+            m.for_each_weight(f);
         }
     }
 }

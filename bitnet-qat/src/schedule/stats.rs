@@ -1,0 +1,232 @@
+//! Statistics of quantized weights for QAT dashboards: quantization error, code distribution,
+//! flip rate and scales.
+
+use burn::tensor::Tensor;
+
+use super::QatModule;
+use crate::nn::Quantizer;
+
+/// Statistics of the quantized weights of a layer or a whole model.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WeightStats {
+    /// `Σ (w - q(w))² / Σ w²` over the latent weights `w` (0 for an all-zero model).
+    pub relative_mse: f64,
+    /// Fraction of negative codes (−1 for ternary).
+    pub fraction_negative: f64,
+    /// Fraction of zero codes.
+    pub fraction_zero: f64,
+    /// Fraction of positive codes (+1 for ternary).
+    pub fraction_positive: f64,
+    /// Mean of the quantization steps `1/s` (one per scale).
+    pub step_mean: f64,
+    /// Smallest step.
+    pub step_min: f64,
+    /// Largest step.
+    pub step_max: f64,
+    /// Number of weights.
+    pub numel: usize,
+}
+
+/// The integer codes and steps of a weight `[d_input, d_output]` under its quantizer, and its
+/// quantized value.
+fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let weight = if weight.is_autodiff() {
+        weight.inner()
+    } else {
+        weight
+    };
+    let q = quantizer.forward(weight.clone());
+    let (quant, _) = quantizer.effective();
+    let scale: Tensor<2> = match &quantizer.step {
+        Some(step) => crate::quant::layout::ScaleLayout::new(quant.granularity, 0, weight.dims())
+            .broadcast(step.val().inner_if_needed())
+            .recip(),
+        None => crate::quant::quant_grid(weight.clone(), &quant, 0).scale,
+    };
+    let scale = scale + weight.zeros_like();
+    let codes = (q.clone() * scale.clone()).round();
+    let read = |t: Tensor<2>| -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 data")
+    };
+    (read(weight), read(q), read(codes), read(scale.recip()))
+}
+
+trait InnerIfNeeded {
+    fn inner_if_needed(self) -> Self;
+}
+
+impl InnerIfNeeded for Tensor<1> {
+    fn inner_if_needed(self) -> Self {
+        if self.is_autodiff() {
+            self.inner()
+        } else {
+            self
+        }
+    }
+}
+
+/// Accumulates [`WeightStats`] over layers.
+#[derive(Debug, Default)]
+struct Acc {
+    err: f64,
+    norm: f64,
+    neg: usize,
+    zero: usize,
+    pos: usize,
+    steps: Vec<f64>,
+    numel: usize,
+}
+
+impl Acc {
+    fn add(&mut self, quantizer: &Quantizer, weight: Tensor<2>) -> Vec<f32> {
+        let (w, q, codes, steps) = codes_of(quantizer, weight);
+        for ((wv, qv), c) in w.iter().zip(&q).zip(&codes) {
+            self.err += ((wv - qv) as f64).powi(2);
+            self.norm += (*wv as f64).powi(2);
+            match c.partial_cmp(&0.0) {
+                Some(core::cmp::Ordering::Less) => self.neg += 1,
+                Some(core::cmp::Ordering::Greater) => self.pos += 1,
+                _ => self.zero += 1,
+            }
+        }
+        let mut distinct = steps.iter().map(|s| *s as f64).collect::<Vec<_>>();
+        distinct.sort_by(|a, b| a.partial_cmp(b).expect("finite steps"));
+        distinct.dedup();
+        self.steps.extend(distinct);
+        self.numel += w.len();
+        codes
+    }
+
+    fn finish(self) -> WeightStats {
+        let n = self.numel.max(1) as f64;
+        let steps = &self.steps;
+        WeightStats {
+            relative_mse: if self.norm > 0.0 {
+                self.err / self.norm
+            } else {
+                0.0
+            },
+            fraction_negative: self.neg as f64 / n,
+            fraction_zero: self.zero as f64 / n,
+            fraction_positive: self.pos as f64 / n,
+            step_mean: steps.iter().sum::<f64>() / steps.len().max(1) as f64,
+            step_min: steps.iter().cloned().fold(f64::INFINITY, f64::min),
+            step_max: steps.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            numel: self.numel,
+        }
+    }
+}
+
+/// [`WeightStats`] of every quantized weight of `model`, pooled (weighted by weight count).
+///
+/// # Example
+/// ```
+/// use bitnet_qat::nn::BitLinearConfig;
+/// use bitnet_qat::schedule::weight_stats;
+///
+/// let layer = BitLinearConfig::new(64, 32).init(&burn::tensor::Device::flex()).unwrap();
+/// let s = weight_stats(&layer);
+/// assert_eq!(s.numel, 64 * 32);
+/// assert!((s.fraction_negative + s.fraction_zero + s.fraction_positive - 1.0).abs() < 1e-12);
+/// ```
+pub fn weight_stats(model: &impl QatModule) -> WeightStats {
+    let mut acc = Acc::default();
+    model.for_each_weight(&mut |q, w| {
+        acc.add(q, w);
+    });
+    acc.finish()
+}
+
+/// Tracks the codes of a model's weights between steps to report the flip rate: the fraction of
+/// weights whose code changed since the previous call. Its state ([`FlipTracker::codes`]) is
+/// what a checkpoint must save for a resumed run to report the same values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlipTracker {
+    codes: Option<Vec<i8>>,
+}
+
+impl FlipTracker {
+    /// A tracker that resumes from saved codes.
+    pub fn from_codes(codes: Option<Vec<i8>>) -> Self {
+        Self { codes }
+    }
+
+    /// The codes seen last.
+    pub fn codes(&self) -> Option<&[i8]> {
+        self.codes.as_deref()
+    }
+
+    /// Fraction of codes that changed since the previous call (0 on the first call or when the
+    /// model's size changed), and the model's current [`WeightStats`].
+    pub fn update(&mut self, model: &impl QatModule) -> (f64, WeightStats) {
+        let mut acc = Acc::default();
+        let mut codes: Vec<i8> = Vec::new();
+        model.for_each_weight(&mut |q, w| {
+            codes.extend(acc.add(q, w).iter().map(|c| *c as i8));
+        });
+        let rate = match &self.codes {
+            Some(prev) if prev.len() == codes.len() && !codes.is_empty() => {
+                prev.iter().zip(&codes).filter(|(a, b)| a != b).count() as f64 / codes.len() as f64
+            }
+            _ => 0.0,
+        };
+        self.codes = Some(codes);
+        (rate, acc.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::BitLinearConfig;
+    use burn::module::{Module, Param};
+    use burn::tensor::Device;
+
+    #[test]
+    fn stats_of_a_hand_computed_layer() {
+        let device = Device::flex();
+        // mean|W| = 0.45: codes [1, 0, -1, 0], q = [0.45, 0, -0.45, 0].
+        let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], &device);
+        let layer = BitLinearConfig::new(2, 2)
+            .init_with(w, None, &device)
+            .unwrap();
+        let s = weight_stats(&layer);
+        assert!((s.relative_mse - 0.355 / 1.3).abs() < 1e-6, "{s:?}");
+        assert_eq!(
+            (s.fraction_negative, s.fraction_zero, s.fraction_positive),
+            (0.25, 0.5, 0.25)
+        );
+        assert!((s.step_mean - 0.45).abs() < 1e-6 && s.step_min == s.step_max);
+        assert_eq!(s.numel, 4);
+
+        let mut flips = FlipTracker::default();
+        assert_eq!(flips.update(&layer).0, 0.0);
+        // Move one weight across a threshold: -0.1 -> 0.4 (code 0 -> 1); mean|W| becomes 0.525.
+        let moved = Tensor::<2>::from_data([[0.5, 0.4], [-1.0, 0.2]], &device);
+        let layer = layer.map(&mut SetWeight(Some(moved)));
+        let (rate, _) = flips.update(&layer);
+        assert_eq!(rate, 0.25);
+        assert_eq!(flips.codes(), Some(&[1i8, 1, -1, 0][..]));
+        assert_eq!(
+            FlipTracker::from_codes(flips.codes().map(<[i8]>::to_vec)),
+            flips
+        );
+    }
+
+    struct SetWeight(Option<Tensor<2>>);
+
+    impl burn::module::ModuleMapper for SetWeight {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if D == 2
+                && let Some(w) = self.0.take()
+            {
+                let dims = param.shape().dims::<D>();
+                return param.map(|_| w.reshape(dims));
+            }
+            param
+        }
+    }
+}
