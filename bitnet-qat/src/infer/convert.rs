@@ -7,8 +7,7 @@ use burn::tensor::Tensor;
 use super::TernaryLinear;
 use crate::error::{QatError, Result};
 use crate::nn::{BitLinear, Quantizer};
-use crate::quant::layout::ScaleLayout;
-use crate::quant::{Granularity, QuantConfig, QuantFormat, quant_grid};
+use crate::quant::{Granularity, QuantConfig, QuantFormat, without_graph};
 use crate::ste::Ste;
 
 /// Conversion of a trained QAT module into its packed inference form.
@@ -75,7 +74,7 @@ impl ToTernary for BitLinear {
         let norm = self.norm.as_ref().map(burn::module::Module::valid);
         TernaryLinear::from_packed(
             &packed,
-            self.bias.as_ref().map(|b| b.val().inner_if_autodiff()),
+            self.bias.as_ref().map(|b| without_graph(b.val())),
             norm,
             int8_activations,
             &weight.device().inner(),
@@ -99,7 +98,7 @@ impl ToTernary for Linear {
         let packed = pack_weight(weight.clone(), quantizer)?;
         TernaryLinear::from_packed(
             &packed,
-            self.bias.as_ref().map(|b| b.val().inner_if_autodiff()),
+            self.bias.as_ref().map(|b| without_graph(b.val())),
             None,
             false,
             &weight.device().inner(),
@@ -151,18 +150,8 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
                 .into(),
         ));
     }
-    let weight = weight.inner_if_autodiff();
     let [d_in, d_out] = weight.dims();
-    let layout = ScaleLayout::new(config.granularity, 0, [d_in, d_out]);
-    // The multiplier of every element, as the QAT forward pass has it.
-    let scale: Tensor<2> = match &quantizer.step {
-        Some(step) => layout.broadcast(step.val().inner_if_autodiff()).recip(),
-        None => quant_grid(weight.clone(), config, 0).scale,
-    };
-    let scale = scale + weight.zeros_like(); // expand to [d_in, d_out]
-    // The codes are read off the weight the QAT forward pass itself uses, so the packed model
-    // has exactly its codes whichever path (fused or portable) computed them.
-    let codes = (quantizer.forward(weight.clone()) * scale.clone()).round();
+    let (codes, scale) = quantizer.weight_codes(weight);
     let codes: Vec<f32> = to_vec(codes.transpose());
     let scale: Vec<f32> = to_vec(scale.transpose()); // [d_out, d_in]
     let values: Vec<i8> = codes.iter().map(|c| *c as i8).collect();
@@ -197,19 +186,4 @@ fn to_vec(t: Tensor<2>) -> Vec<f32> {
         .convert::<f32>()
         .try_to_vec()
         .expect("f32 tensor data")
-}
-
-/// Drops autodiff from a tensor if it has it.
-trait InnerIfAutodiff {
-    fn inner_if_autodiff(self) -> Self;
-}
-
-impl<const D: usize> InnerIfAutodiff for Tensor<D> {
-    fn inner_if_autodiff(self) -> Self {
-        if self.is_autodiff() {
-            self.inner()
-        } else {
-            self
-        }
-    }
 }

@@ -7,7 +7,9 @@ use burn::tensor::Tensor;
 use super::control::QatControl;
 use crate::error::QatError;
 use crate::quant::layout::ScaleLayout;
-use crate::quant::{QuantConfig, QuantFormat, ScaleStat, validate_shape};
+use crate::quant::{
+    QuantConfig, QuantFormat, ScaleStat, quant_grid, validate_shape, without_graph,
+};
 use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
 
 /// Configuration of a [`Quantizer`]: the quantizer and its straight-through estimator.
@@ -120,7 +122,7 @@ impl QuantizerConfig {
 fn initial_step<const D: usize>(x: Tensor<D>, config: &QuantConfig, axis: usize) -> Tensor<1> {
     // Computed without autodiff: a parameter must start as a leaf of the graph.
     let autodiff = x.is_autodiff();
-    let x = if autodiff { x.inner() } else { x };
+    let x = without_graph(x);
     let layout = ScaleLayout::new(config.granularity, axis, x.dims());
     let (_, qp) = config.code_range();
     let step = layout
@@ -147,14 +149,26 @@ impl Quantizer {
 
     /// [`Quantizer::forward`], with a typed error for a shape that does not fit.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
+        let lambda = self.control.lambda();
+        if lambda == 0.0 {
+            validate_shape(&self.effective().0, &x.dims(), self.axis_of::<D>())?;
+            return Ok(x);
+        }
+        let q = self.quantize(x.clone())?;
+        Ok(if lambda == 1.0 {
+            q
+        } else {
+            // x + lambda (q - x): the STE's gradient weighted by lambda, the identity by 1 - lambda.
+            x.mul_scalar(1.0 - lambda) + q.mul_scalar(lambda)
+        })
+    }
+
+    /// The quantized value with the STE's gradient, whatever the control's lambda.
+    fn quantize<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
         let axis = self.axis_of::<D>();
         let (quant, ste) = self.effective();
         validate_shape(&quant, &x.dims(), axis)?;
-        let lambda = self.control.lambda();
-        if lambda == 0.0 {
-            return Ok(x);
-        }
-        let q = match &self.step {
+        Ok(match &self.step {
             Some(step) => {
                 let layout = ScaleLayout::new(quant.granularity, axis, x.dims());
                 if step.shape().dims::<1>()[0] != layout.num_scales() {
@@ -166,15 +180,9 @@ impl Quantizer {
                 }
                 let (qn, qp) = quant.code_range();
                 let g = lsq_grad_scale(layout.elems_per_scale(), qp);
-                lsq_quantize(x.clone(), layout.broadcast(step.val()), qn, qp, g)
+                lsq_quantize(x, layout.broadcast(step.val()), qn, qp, g)
             }
-            None => apply_ste(x.clone(), &quant, &ste, axis),
-        };
-        Ok(if lambda == 1.0 {
-            q
-        } else {
-            // x + lambda (q - x): the STE's gradient weighted by lambda, the identity by 1 - lambda.
-            x.mul_scalar(1.0 - lambda) + q.mul_scalar(lambda)
+            None => apply_ste(x, &quant, &ste, axis),
         })
     }
 
@@ -200,6 +208,31 @@ impl Quantizer {
             (ste, _) => ste,
         };
         (quant, ste)
+    }
+
+    /// The integer codes of a weight `[d_input, d_output]` as the forward pass quantizes it (at
+    /// lambda 1), and the multiplier `s` of every element (`q = codes / s`), both
+    /// `[d_input, d_output]`, without autodiff. The codes are read off the forward pass itself,
+    /// so they are exactly the ones it uses, whichever implementation (fused or portable) ran.
+    ///
+    /// # Panics
+    /// If the weight's shape does not fit the quantizer (see [`Quantizer::forward`]).
+    pub fn weight_codes(&self, weight: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let weight = without_graph(weight);
+        let (quant, _) = self.effective();
+        let scale: Tensor<2> = match &self.step {
+            Some(step) => ScaleLayout::new(quant.granularity, 0, weight.dims())
+                .broadcast(without_graph(step.val()))
+                .recip(),
+            None => quant_grid(weight.clone(), &quant, 0).scale,
+        };
+        let scale = scale + weight.zeros_like(); // expand to [d_input, d_output]
+        let hard = match self.quantize(weight) {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        };
+        let codes = (hard * scale.clone()).round();
+        (codes, scale)
     }
 
     fn axis_of<const D: usize>(&self) -> usize {

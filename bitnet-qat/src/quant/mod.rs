@@ -15,3 +15,8 @@ pub(crate) mod layout;
 pub use config::{Granularity, QuantConfig, QuantFormat, ScaleStat};
 pub use fake::{QuantGrid, fake_quantize, fake_quantize_weight, quantize};
 pub(crate) use fake::{quant_grid, validate_shape};
+
+/// `t` without its autodiff graph (the inner tensor), or `t` itself.
+pub(crate) fn without_graph<const D: usize>(t: burn::tensor::Tensor<D>) -> burn::tensor::Tensor<D> {
+    if t.is_autodiff() { t.inner() } else { t }
+}

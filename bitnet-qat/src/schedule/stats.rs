@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 
 use super::QatModule;
 use crate::nn::Quantizer;
+use crate::quant::without_graph;
 
 /// Statistics of the quantized weights of a layer or a whole model.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -27,24 +28,11 @@ pub struct WeightStats {
     pub numel: usize,
 }
 
-/// The integer codes and steps of a weight `[d_input, d_output]` under its quantizer, and its
-/// quantized value.
+/// The latent weight, its quantized value, its codes and the step of every element, read back.
 fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let weight = if weight.is_autodiff() {
-        weight.inner()
-    } else {
-        weight
-    };
-    let q = quantizer.forward(weight.clone());
-    let (quant, _) = quantizer.effective();
-    let scale: Tensor<2> = match &quantizer.step {
-        Some(step) => crate::quant::layout::ScaleLayout::new(quant.granularity, 0, weight.dims())
-            .broadcast(step.val().inner_if_needed())
-            .recip(),
-        None => crate::quant::quant_grid(weight.clone(), &quant, 0).scale,
-    };
-    let scale = scale + weight.zeros_like();
-    let codes = (q.clone() * scale.clone()).round();
+    let weight = without_graph(weight);
+    let (codes, scale) = quantizer.weight_codes(weight.clone());
+    let q = codes.clone() / scale.clone();
     let read = |t: Tensor<2>| -> Vec<f32> {
         t.into_data()
             .convert::<f32>()
@@ -52,20 +40,6 @@ fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> (Vec<f32>, Vec<f32>, Ve
             .expect("f32 data")
     };
     (read(weight), read(q), read(codes), read(scale.recip()))
-}
-
-trait InnerIfNeeded {
-    fn inner_if_needed(self) -> Self;
-}
-
-impl InnerIfNeeded for Tensor<1> {
-    fn inner_if_needed(self) -> Self {
-        if self.is_autodiff() {
-            self.inner()
-        } else {
-            self
-        }
-    }
 }
 
 /// Accumulates [`WeightStats`] over layers.
@@ -201,6 +175,10 @@ mod tests {
         );
         assert!((s.step_mean - 0.45).abs() < 1e-6 && s.step_min == s.step_max);
         assert_eq!(s.numel, 4);
+        // During a lambda warm-up the statistics still describe the hard quantizer.
+        layer.weight_quantizer.control.set_lambda(0.5);
+        assert_eq!(weight_stats(&layer), s);
+        layer.weight_quantizer.control.set_lambda(1.0);
 
         let mut flips = FlipTracker::default();
         assert_eq!(flips.update(&layer).0, 0.0);
