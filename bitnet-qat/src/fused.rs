@@ -6,6 +6,8 @@
 //! ternary or integer, with an absmean or absmax scale per tensor or per row of the last axis.
 //! Everything else takes the portable tensor-operation path, and the tests check that the two
 //! agree.
+// Without a backend feature the generated dispatch never reads its arguments.
+#![cfg_attr(not(feature = "flex"), allow(unused_variables, dead_code))]
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 
@@ -109,98 +111,6 @@ pub(crate) fn fake_quant_slice(x: &[f32], row_len: usize, spec: FusedSpec) -> Ve
 pub(crate) fn round_half_even_small(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     (v + MAGIC) - MAGIC
-}
-
-#[cfg(feature = "flex")]
-mod flex {
-    use burn::backend::Flex;
-    use burn::backend::flex::FlexTensor;
-    use burn::tensor::TensorData;
-
-    use super::{FusedQuantBackend, FusedSpec, fake_quant_slice};
-
-    impl FusedQuantBackend for Flex {
-        fn fused_fake_quant(
-            x: FlexTensor,
-            qn: i32,
-            qp: i32,
-            eps: f64,
-            abs_mean: bool,
-            per_row: bool,
-        ) -> FlexTensor {
-            let spec = FusedSpec {
-                qn,
-                qp,
-                eps,
-                abs_mean,
-                per_row,
-            };
-            let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
-                x
-            } else {
-                x.to_contiguous()
-            };
-            let shape = x.layout().shape().clone();
-            let row_len = if shape.is_empty() {
-                1
-            } else {
-                shape[shape.len() - 1]
-            };
-            let out = fake_quant_slice(x.storage::<f32>(), row_len, spec);
-            FlexTensor::from_data(TensorData::new(out, shape))
-        }
-    }
-}
-
-mod autodiff {
-    use burn::backend::Backend;
-    use burn::backend::autodiff::{
-        Autodiff,
-        checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-        grads::Gradients,
-        ops::{Backward, Ops, OpsKind, unary},
-    };
-    use burn::backend::tensor::FloatTensor;
-
-    use super::FusedQuantBackend;
-
-    impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
-        fn fused_fake_quant(
-            x: FloatTensor<Self>,
-            qn: i32,
-            qp: i32,
-            eps: f64,
-            abs_mean: bool,
-            per_row: bool,
-        ) -> FloatTensor<Self> {
-            #[derive(Debug)]
-            struct StraightThrough;
-
-            impl<B: Backend> Backward<B, 1> for StraightThrough {
-                type State = ();
-
-                fn backward(
-                    self,
-                    ops: Ops<Self::State, 1>,
-                    grads: &mut Gradients,
-                    _checkpointer: &mut Checkpointer,
-                ) {
-                    unary::<B, _>(ops.parents, ops.node, grads, |grad| grad);
-                }
-            }
-
-            let node = x.node();
-            let out = B::fused_fake_quant(x.into_primitive(), qn, qp, eps, abs_mean, per_row);
-            match StraightThrough
-                .prepare::<C>([node])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish((), out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            }
-        }
-    }
 }
 
 /// Runs the fused op if `x` lives on a device that has it and the quantizer is one it covers

@@ -5,6 +5,11 @@
 //! users ([`crate::ste`]).
 // NdArray is deprecated in Burn 0.22 but still supported; the macro expands to code naming it.
 #![allow(deprecated)]
+// Without a backend feature the generated dispatch never reads its arguments.
+#![cfg_attr(
+    not(any(feature = "flex", feature = "ndarray")),
+    allow(unused_variables)
+)]
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 

@@ -46,6 +46,7 @@ impl ScaleKind {
         }
     }
 
+    #[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
     pub(crate) fn view(self, scales: &[f32]) -> crate::packed::ScalesRef<'_> {
         use crate::packed::ScalesRef;
         match self {

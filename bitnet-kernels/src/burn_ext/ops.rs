@@ -1,9 +1,14 @@
 //! The `ternary_matmul` backend extension and its `Tensor` API.
 // NdArray is deprecated in Burn 0.22 but still supported; the macro expands to code naming it.
 #![allow(deprecated)]
+// Without a backend feature the generated dispatch never reads its arguments.
+#![cfg_attr(
+    not(any(feature = "flex", feature = "ndarray")),
+    allow(unused_variables)
+)]
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Backend, DispatchDevice, backend_extension};
+use burn::backend::{Backend, backend_extension};
 use burn::tensor::{Int, Tensor};
 
 use super::ScaleKind;
@@ -57,6 +62,8 @@ pub fn ternary_matmul(
 
 /// Whether the device's backend has the CPU kernels.
 fn runs_cpu_kernel(device: &burn::tensor::Device) -> bool {
+    #[allow(unused_imports)]
+    use burn::backend::DispatchDevice;
     #[allow(unreachable_patterns)]
     match device.clone().inner().as_dispatch() {
         #[cfg(feature = "flex")]

@@ -47,3 +47,55 @@ impl<B: Backend + QatBackend, C: CheckpointStrategy> QatBackend for Autodiff<B, 
         }
     }
 }
+
+/// The fused fake quantization with the standard STE's identity backward.
+mod fused {
+    use burn::backend::Backend;
+    use burn::backend::autodiff::{
+        Autodiff,
+        checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+        grads::Gradients,
+        ops::{Backward, Ops, OpsKind, unary},
+    };
+    use burn::backend::tensor::FloatTensor;
+
+    use crate::fused::FusedQuantBackend;
+
+    impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
+        fn fused_fake_quant(
+            x: FloatTensor<Self>,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            per_row: bool,
+        ) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct StraightThrough;
+
+            impl<B: Backend> Backward<B, 1> for StraightThrough {
+                type State = ();
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 1>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    unary::<B, _>(ops.parents, ops.node, grads, |grad| grad);
+                }
+            }
+
+            let node = x.node();
+            let out = B::fused_fake_quant(x.into_primitive(), qn, qp, eps, abs_mean, per_row);
+            match StraightThrough
+                .prepare::<C>([node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+    }
+}

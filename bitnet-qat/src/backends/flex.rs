@@ -1,7 +1,48 @@
-//! Flex: the forward passes of [`QatBackend`] are the trait's portable defaults.
+//! Flex: the forward passes of [`QatBackend`] are the trait's portable defaults; the fused
+//! fake quantization runs on the tensor's storage in place.
 
 use burn::backend::Flex;
 
 use crate::ops::QatBackend;
 
 impl QatBackend for Flex {}
+
+mod fused {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::TensorData;
+
+    use crate::fused::{FusedQuantBackend, FusedSpec, fake_quant_slice};
+
+    impl FusedQuantBackend for Flex {
+        fn fused_fake_quant(
+            x: FlexTensor,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            per_row: bool,
+        ) -> FlexTensor {
+            let spec = FusedSpec {
+                qn,
+                qp,
+                eps,
+                abs_mean,
+                per_row,
+            };
+            let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
+                x
+            } else {
+                x.to_contiguous()
+            };
+            let shape = x.layout().shape().clone();
+            let row_len = if shape.is_empty() {
+                1
+            } else {
+                shape[shape.len() - 1]
+            };
+            let out = fake_quant_slice(x.storage::<f32>(), row_len, spec);
+            FlexTensor::from_data(TensorData::new(out, shape))
+        }
+    }
+}
