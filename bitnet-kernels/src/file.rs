@@ -161,22 +161,30 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
 /// Writes a packed matrix to `path` atomically (a temporary file in the same folder, then a
 /// rename), so a crash never leaves a half-written file under the final name.
 pub fn write_file(path: &Path, packed: &PackedTernary, encoding: Encoding) -> Result<()> {
-    let io = |e: std::io::Error| KernelError::Io {
+    let bytes = to_bytes(packed, encoding)?;
+    write_atomic(path, &bytes).map_err(|e| KernelError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
-    };
-    let bytes = to_bytes(packed, encoding)?;
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
+/// renamed over `path`, so a crash never leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| {
-        std::fs::remove_file(&tmp).ok();
-        io(e)
-    })
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            std::fs::remove_file(&tmp).ok();
+            Err(e)
+        }
+    }
 }
 
 /// Reads a packed matrix from `path`.

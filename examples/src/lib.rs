@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use bitnet_qat::check::check_finite;
 use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset};
 use bitnet_qat::infer::{TernaryLinear, ToTernary};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
@@ -34,6 +33,19 @@ impl Dense {
             Dense::Bit(l) => l.forward(x),
         }
     }
+}
+
+/// Applies `layers` in order with ReLU between them (not after the last).
+fn relu_chain<L>(
+    layers: &[L],
+    x: Tensor<2>,
+    forward: impl Fn(&L, Tensor<2>) -> Tensor<2>,
+) -> Tensor<2> {
+    let last = layers.len().saturating_sub(1);
+    layers.iter().enumerate().fold(x, |x, (i, layer)| {
+        let y = forward(layer, x);
+        if i < last { relu(y) } else { y }
+    })
 }
 
 /// Which layers an [`Mlp`] is built from.
@@ -71,11 +83,7 @@ impl Mlp {
 
     /// The logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
-            let y = layer.forward(x);
-            if i < last { relu(y) } else { y }
-        })
+        relu_chain(&self.layers, x, |layer, x| layer.forward(x))
     }
 }
 
@@ -89,11 +97,7 @@ pub struct PackedMlp {
 impl PackedMlp {
     /// The logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
-            let y = layer.forward(x);
-            if i < last { relu(y) } else { y }
-        })
+        relu_chain(&self.layers, x, |layer, x| layer.forward(x))
     }
 
     /// Bytes of packed weights, scales and norms.
@@ -202,10 +206,18 @@ pub fn train(
             let items: Vec<DigitItem> = chunk.iter().map(|&i| train.items()[i].clone()).collect();
             let (x, y) = DigitsDataset::batch(&items, &device);
             let loss = loss_fn.forward(model.forward(x), y);
+            // One readback per step; a non-finite loss stops before it reaches the weights.
+            let value = loss.clone().into_scalar::<f32>();
+            if !value.is_finite() {
+                return Err(QatError::NonFinite {
+                    what: format!("training loss at step {steps}"),
+                    nan: usize::from(value.is_nan()),
+                    inf: usize::from(value.is_infinite()),
+                });
+            }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(settings.lr, model, grads);
-            check_finite(&loss, "training loss")?;
-            sum += loss.into_scalar::<f32>() as f64;
+            sum += value as f64;
             count += 1;
             steps += 1;
         }

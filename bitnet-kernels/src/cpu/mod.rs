@@ -153,9 +153,8 @@ pub fn int_matmul(
         );
         out
     };
-    let mut out = vec![0i32; m * n * groups];
-    if threads <= 1 {
-        out = run(0, n);
+    let mut out = if threads <= 1 {
+        run(0, n)
     } else {
         // Rayon's pool stays alive between calls: no thread start per matmul.
         use rayon::prelude::*;
@@ -165,6 +164,7 @@ pub fn int_matmul(
             .into_par_iter()
             .map(|n0| (n0, run(n0, (n0 + chunk).min(n))))
             .collect();
+        let mut out = vec![0i32; m * n * groups];
         for (n0, part) in parts {
             let width = part.len() / (m * groups).max(1);
             for r in 0..m {
@@ -172,7 +172,8 @@ pub fn int_matmul(
                 out[(r * n + n0) * groups..(r * n + n0 + width) * groups].copy_from_slice(src);
             }
         }
-    }
+        out
+    };
     // Codes are w + 1: subtract Σ x over each group.
     let glen = group_len(w);
     for r in 0..m {

@@ -59,7 +59,12 @@ impl ToTernary for BitLinear {
     fn to_ternary(&self) -> Result<TernaryLinear> {
         let int8_activations = match &self.activation_quantizer {
             None => false,
-            Some(q) if q.quant == QuantConfig::activation_int8() && q.ste != soft(q.ste) => true,
+            Some(q)
+                if q.quant == QuantConfig::activation_int8()
+                    && !matches!(q.ste, Ste::Soft { .. }) =>
+            {
+                true
+            }
             Some(q) => {
                 return Err(QatError::Invalid(format!(
                     "the packed kernels quantize activations to 8-bit absmax per token \
@@ -119,17 +124,6 @@ impl<T: ToTernary> ToTernary for Option<T> {
 
     fn to_ternary(&self) -> Result<Self::Output> {
         self.as_ref().map(ToTernary::to_ternary).transpose()
-    }
-}
-
-/// `ste` if it is the soft STE, something else otherwise (the soft forward pass is not the
-/// hard quantizer, so it has no packed equivalent).
-fn soft(ste: Ste) -> Ste {
-    match ste {
-        Ste::Soft { .. } => ste,
-        _ => Ste::Soft {
-            temperature: f64::NAN,
-        },
     }
 }
 
