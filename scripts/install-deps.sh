@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the workspace needs beyond the Rust toolchain:
-#   libopenblas-dev  the BLAS baseline that benches/kernel-bench links against.
+#   libopenblas-dev        the BLAS baseline that benches/kernel-bench links against;
+#   dataset-fashion-mnist  Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist) for the
+#                          examples and the real-data tests;
+#   fonts-dejavu-core      the font of the accuracy_table plot.
 # Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
 need=()
-dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

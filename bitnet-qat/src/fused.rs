@@ -189,9 +189,11 @@ mod tests {
         ] {
             let fused = try_fused(&x, &config, 1).expect("Flex runs the fused op");
             let portable = quant_grid(x.clone(), &config, 1).dequantize();
+            // The scale is a mean over 11,100 values: the fused op and Flex sum them in different
+            // orders, a few ulps apart.
             fused
                 .into_data()
-                .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::absolute(1e-6));
+                .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
         // Not covered: per-channel along axis 0, the median, binary.
         let per_channel = QuantConfig::ternary().with_granularity(Granularity::PerChannel);

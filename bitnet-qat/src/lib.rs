@@ -13,7 +13,12 @@
 //! - [`nn`]: [`nn::BitLinear`], the BitNet b1.58 layer, and [`nn::Quantizer`].
 //! - [`reparam`]: [`reparam::QatReparameterizer`] makes the weights of any Burn model
 //!   quantization-aware in one call.
-//! - [`check`]: NaN/Inf checks; [`data`]: the embedded digits dataset.
+//! - [`schedule`]: lambda warm-up, temperature annealing, progressive bit width, BitNet's
+//!   two-stage LR / weight decay, QAT statistics.
+//! - `train` (feature `train`, on by default): burn-train integration — QAT state in
+//!   checkpoints, the optimize hook, QAT metrics for the dashboard.
+//! - [`check`]: NaN/Inf checks; [`data`]: the embedded digits, Fashion-MNIST/MNIST IDX files and
+//!   a batcher.
 //!
 //! # Example
 //! ```
@@ -40,6 +45,8 @@ pub mod quant;
 pub mod reparam;
 pub mod schedule;
 pub mod ste;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{QatError, Result};
 

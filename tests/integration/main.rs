@@ -1,9 +1,12 @@
 //! Cross-crate integration tests: golden values from the published formulas, STE gradients,
-//! BitLinear against the BitNet reference, the reparameterizer, training and bad input.
+//! BitLinear against the BitNet reference, the reparameterizer, training and bad input,
+//! burn-train integration (metrics, exact resume) and real Fashion-MNIST data.
 
 mod bad_input;
 mod bit_linear;
 mod convert;
+mod fashion_mnist;
+mod learner;
 mod quantizers;
 mod reference;
 mod reparam;

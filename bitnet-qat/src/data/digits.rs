@@ -70,7 +70,7 @@ impl DigitsDataset {
     /// (rounded down) go to the test split. The same seed always gives the same split.
     pub fn split(self, test_fraction: f64, seed: u64) -> (Self, Self) {
         let mut items = self.items;
-        shuffle(&mut items, seed);
+        super::loader::shuffle(&mut items, seed);
         let n_test = ((items.len() as f64) * test_fraction.clamp(0.0, 1.0)) as usize;
         let test = items.split_off(items.len() - n_test);
         (Self { items }, Self { items: test })
@@ -147,22 +147,6 @@ fn parse_csv(csv: &str) -> Result<Vec<DigitItem>> {
             })
         })
         .collect()
-}
-
-/// Fisher–Yates with SplitMix64, so splits do not depend on the `rand` version.
-fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    for i in (1..items.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
 }
 
 #[cfg(test)]

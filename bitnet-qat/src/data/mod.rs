@@ -1,8 +1,12 @@
 //! Datasets: the digits shipped with the crate, and MNIST-format (IDX) files such as
 //! Fashion-MNIST.
 
+mod batch;
 mod digits;
 mod idx;
+mod loader;
 
+pub use batch::{ImageBatch, ImageBatcher};
 pub use digits::{DIGITS_CLASSES, DIGITS_LEN, DIGITS_PIXELS, DigitItem, DigitsDataset};
 pub use idx::{FASHION_MNIST_DIR, IdxDataset, ImageItem, Split};
+pub use loader::EpochLoader;

@@ -93,6 +93,11 @@ impl BitNetLrSchedulerConfig {
         })
     }
 
+    /// The first step of stage 2: `round(total_steps * cooldown_fraction)`.
+    pub fn stage2_start(&self) -> usize {
+        self.boundary()
+    }
+
     fn boundary(&self) -> usize {
         (self.total_steps as f64 * self.cooldown_fraction).round() as usize
     }

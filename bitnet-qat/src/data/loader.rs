@@ -1,0 +1,240 @@
+//! A data loader whose batch order is a pure function of the seed and the epoch, so a run
+//! resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::{Dataset, DatasetError};
+use burn::tensor::Device;
+
+/// Fisher–Yates with SplitMix64, so orders do not depend on the `rand` version.
+pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// A burn `DataLoader` that shuffles epoch `e` with a permutation derived from `(seed, e)`.
+///
+/// Burn's own loader draws each epoch's permutation from a generator it advances, and forks that
+/// generator when the `Learner` moves it to a device, so a resumed run cannot reproduce the
+/// order. Here the epoch counter is shared by every copy of the loader; set it with
+/// [`EpochLoader::starting_epoch`] when resuming.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::data::{DigitsDataset, EpochLoader, ImageBatcher};
+/// use burn::data::dataloader::DataLoader;
+///
+/// let (train, _) = DigitsDataset::load().unwrap().split(0.2, 42);
+/// let device = burn::tensor::Device::flex();
+/// let loader = EpochLoader::new(train.clone(), ImageBatcher, 64, &device).shuffle(7);
+/// let first = loader.iter().next().unwrap().unwrap();
+/// // A loader resuming at epoch 0 sees the same first batch.
+/// let again = EpochLoader::new(train, ImageBatcher, 64, &device).shuffle(7).starting_epoch(0);
+/// assert_eq!(first.targets.into_data(), again.iter().next().unwrap().unwrap().targets.into_data());
+/// ```
+pub struct EpochLoader<I, B> {
+    dataset: Arc<dyn Dataset<I>>,
+    batcher: Arc<B>,
+    batch_size: usize,
+    seed: Option<u64>,
+    epoch: Arc<AtomicUsize>,
+    range: Range<usize>,
+    device: Device,
+}
+
+impl<I, B> Clone for EpochLoader<I, B> {
+    fn clone(&self) -> Self {
+        Self {
+            dataset: self.dataset.clone(),
+            batcher: self.batcher.clone(),
+            batch_size: self.batch_size,
+            seed: self.seed,
+            epoch: self.epoch.clone(),
+            range: self.range.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
+impl<I: 'static, B> EpochLoader<I, B> {
+    /// Batches of `batch_size` (the last may be smaller) in dataset order, on `device`.
+    ///
+    /// # Panics
+    /// If `batch_size` is 0.
+    pub fn new(
+        dataset: impl Dataset<I> + 'static,
+        batcher: B,
+        batch_size: usize,
+        device: &Device,
+    ) -> Self {
+        assert!(batch_size > 0, "EpochLoader: batch_size must be > 0");
+        let len = dataset.len();
+        Self {
+            dataset: Arc::new(dataset),
+            batcher: Arc::new(batcher),
+            batch_size,
+            seed: None,
+            epoch: Arc::new(AtomicUsize::new(0)),
+            range: 0..len,
+            device: device.clone(),
+        }
+    }
+
+    /// Shuffles every epoch with a permutation derived from `seed` and the epoch number.
+    pub fn shuffle(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The next iteration is epoch `epoch` (0-based): a run resumed after `k` epochs starts at
+    /// `k`.
+    pub fn starting_epoch(self, epoch: usize) -> Self {
+        self.epoch.store(epoch, Ordering::SeqCst);
+        self
+    }
+
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = self.range.clone().collect();
+        if let Some(seed) = self.seed {
+            let mixed = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            shuffle(&mut order, mixed);
+        }
+        order
+    }
+}
+
+struct EpochIter<'a, I, O, B> {
+    loader: &'a EpochLoader<I, B>,
+    order: Vec<usize>,
+    position: usize,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<I, O, B> Iterator for EpochIter<'_, I, O, B>
+where
+    B: Batcher<I, O>,
+{
+    type Item = Result<O, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.position >= self.order.len() {
+            return None;
+        }
+        let end = (self.position + self.loader.batch_size).min(self.order.len());
+        let indices = self.order[self.position..end].to_vec();
+        self.position = end;
+        Some(
+            self.loader
+                .dataset
+                .get_many(indices)
+                .map(|items| self.loader.batcher.batch(items, &self.loader.device)),
+        )
+    }
+}
+
+impl<I, O, B> DataLoaderIterator<O> for EpochIter<'_, I, O, B>
+where
+    B: Batcher<I, O>,
+{
+    fn progress(&self) -> Progress {
+        Progress::new(self.position, self.order.len(), Some("items".to_string()))
+    }
+}
+
+impl<I, O, B> DataLoader<O> for EpochLoader<I, B>
+where
+    I: Send + Sync + 'static,
+    O: 'static,
+    B: Batcher<I, O> + 'static,
+{
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<O> + 'a> {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
+        Box::new(EpochIter {
+            loader: self,
+            order: self.order(epoch),
+            position: 0,
+            output: PhantomData,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.range.len()
+    }
+
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<O>> {
+        let mut loader = self.clone();
+        loader.device = device.clone();
+        Arc::new(loader)
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<O>> {
+        let mut loader = self.clone();
+        let base = self.range.start;
+        loader.range = (base + start).min(self.range.end)..(base + end).min(self.range.end);
+        Arc::new(loader)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{DigitsDataset, ImageBatch, ImageBatcher};
+
+    fn labels(loader: &EpochLoader<crate::data::DigitItem, ImageBatcher>) -> Vec<Vec<i64>> {
+        let batches: Vec<ImageBatch> = loader.iter().map(|b| b.unwrap()).collect();
+        batches
+            .into_iter()
+            .map(|b| b.targets.into_data().convert::<i64>().try_to_vec().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn epochs_are_reproducible_across_copies_and_resumes() {
+        let (data, _) = DigitsDataset::load().unwrap().split(0.9, 1);
+        let device = Device::flex();
+        let loader = EpochLoader::new(data.clone(), ImageBatcher, 50, &device).shuffle(3);
+        assert_eq!(DataLoader::<ImageBatch>::num_items(&loader), 180);
+        let e0 = labels(&loader);
+        let moved = loader.to_device(&device);
+        let e1: Vec<Vec<i64>> = moved
+            .iter()
+            .map(|b| {
+                b.unwrap()
+                    .targets
+                    .into_data()
+                    .convert::<i64>()
+                    .try_to_vec()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            e0.iter().map(Vec::len).collect::<Vec<_>>(),
+            [50, 50, 50, 30]
+        );
+        assert_ne!(e0, e1, "each epoch has its own order");
+        let mut sorted0: Vec<i64> = e0.concat();
+        let mut all: Vec<i64> = data.items().iter().map(|i| i64::from(i.label)).collect();
+        sorted0.sort();
+        all.sort();
+        assert_eq!(sorted0, all, "an epoch is a permutation");
+        let resumed = EpochLoader::new(data, ImageBatcher, 50, &device)
+            .shuffle(3)
+            .starting_epoch(1);
+        assert_eq!(labels(&resumed), e1);
+    }
+}

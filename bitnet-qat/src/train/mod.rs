@@ -1,0 +1,20 @@
+//! burn-train integration: a [`QatState`] that a model carries through `Learner` training
+//! (global step, flip counts, schedules), the [`optimize`] hook, the [`QatOptimizer`] wrapper
+//! (scheduled weight decay, latent clipping) and [`per_layer_lr`], the [`QatMetric`]s of the
+//! dashboard, and a [`QuietRenderer`] for logs and CI.
+//!
+//! Enabled by the `train` feature (on by default). The guide is `docs/training.md`.
+
+mod metric;
+mod optimizer;
+mod output;
+mod renderer;
+mod state;
+
+pub use metric::{QatMetric, QatStat, with_qat_metrics};
+pub use optimizer::{
+    DecayControl, QatOptimizer, ScaledLrScheduler, WeightDecaySchedule, per_layer_lr,
+};
+pub use output::{QatClassificationOutput, QatStats};
+pub use renderer::QuietRenderer;
+pub use state::{QatPlan, QatState, QatTrainModel, optimize};

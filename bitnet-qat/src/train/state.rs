@@ -1,0 +1,495 @@
+//! [`QatState`]: the QAT part of a model trained with burn-train's `Learner`.
+
+use std::sync::{Arc, Mutex};
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer};
+use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
+use burn::train::{ClassificationOutput, TrainOutput};
+
+use super::{DecayControl, QatClassificationOutput, QatOptimizer, QatStats, WeightDecaySchedule};
+use crate::schedule::{FlipTracker, QatModule, QatScheduler, WeightStats, weight_stats};
+use crate::ste::Ste;
+
+/// What a QAT run schedules: the quantizer schedules, the weight-decay schedule and latent
+/// clipping. [`QatPlan::init`] builds the [`QatState`] a model holds.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
+/// use bitnet_qat::train::{QatPlan, WeightDecaySchedule};
+///
+/// let state = QatPlan::new()
+///     .with_scheduler(QatScheduler::default().with_lambda(LambdaSchedule::new(100, LambdaRamp::Linear)))
+///     .with_weight_decay(WeightDecaySchedule::constant(0.05))
+///     .init(&burn::tensor::Device::flex());
+/// assert_eq!(state.step(), 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct QatPlan {
+    /// Lambda warm-up, temperature annealing and progressive bit width.
+    pub scheduler: QatScheduler,
+    /// The decoupled weight decay of [`QatOptimizer`].
+    pub weight_decay: WeightDecaySchedule,
+    /// Clip latent weights to `[-c, c]` after each update.
+    pub latent_clip: Option<f32>,
+    /// Measure the weight statistics and the flip rate at every `stats_every`-th update
+    /// (default 10; 1 measures every step). Each measurement reads the quantized weights back
+    /// twice; between measurements the metrics repeat the last one.
+    pub stats_every: usize,
+}
+
+impl Default for QatPlan {
+    fn default() -> Self {
+        Self {
+            scheduler: QatScheduler::default(),
+            weight_decay: WeightDecaySchedule::default(),
+            latent_clip: None,
+            stats_every: 10,
+        }
+    }
+}
+
+impl QatPlan {
+    /// No schedules, no weight decay, no clipping.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the quantizer schedules.
+    pub fn with_scheduler(mut self, scheduler: QatScheduler) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+
+    /// Sets the weight-decay schedule.
+    pub fn with_weight_decay(mut self, weight_decay: WeightDecaySchedule) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Sets latent-weight clipping.
+    pub fn with_latent_clip(mut self, clip: Option<f32>) -> Self {
+        self.latent_clip = clip;
+        self
+    }
+
+    /// Measures the weight statistics every `every` updates (0 is taken as 1).
+    pub fn with_stats_every(mut self, every: usize) -> Self {
+        self.stats_every = every.max(1);
+        self
+    }
+
+    /// The state of a fresh run (global step 0) on `device`.
+    pub fn init(&self, device: &Device) -> QatState {
+        QatState {
+            counters: Param::initialized(ParamId::new(), counters(0, 0, device)),
+            measured: Param::initialized(ParamId::new(), encode(None, device)),
+            plan: self.clone(),
+            decay: DecayControl::default(),
+            cache: CodesCache::default(),
+        }
+    }
+}
+
+fn counters(step: usize, flipped: usize, device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(
+        TensorData::new(vec![step as i64, flipped as i64], [2]),
+        device,
+    )
+}
+
+/// The last measurement `(weight statistics, flip rate)` as 16-bit pieces of the f64 bits in an
+/// integer tensor (whatever the device's integer type), so a checkpoint restores it exactly.
+/// All zeros: nothing measured yet.
+fn encode(measured: Option<(WeightStats, f64)>, device: &Device) -> Tensor<1, Int> {
+    let values: Vec<i64> = match measured {
+        Some((w, flip)) => [
+            w.relative_mse,
+            w.fraction_negative,
+            w.fraction_zero,
+            w.fraction_positive,
+            w.step_mean,
+            w.step_min,
+            w.step_max,
+            w.numel as f64,
+            flip,
+            1.0,
+        ]
+        .iter()
+        .flat_map(|v| {
+            let bits = v.to_bits();
+            (0..4).map(move |i| ((bits >> (16 * i)) & 0xFFFF) as i64)
+        })
+        .collect(),
+        None => vec![0; 40],
+    };
+    Tensor::from_data(TensorData::new(values, [40]), device)
+}
+
+fn decode(t: &Tensor<1, Int>) -> Option<(WeightStats, f64)> {
+    let pieces = t
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("i64 measurement");
+    let v: Vec<f64> = pieces
+        .chunks(4)
+        .map(|c| {
+            let bits = c
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, p)| acc | ((*p as u64 & 0xFFFF) << (16 * i)));
+            f64::from_bits(bits)
+        })
+        .collect();
+    (v.len() == 10 && v[9] == 1.0).then(|| {
+        (
+            WeightStats {
+                relative_mse: v[0],
+                fraction_negative: v[1],
+                fraction_zero: v[2],
+                fraction_positive: v[3],
+                step_mean: v[4],
+                step_min: v[5],
+                step_max: v[6],
+                numel: v[7] as usize,
+            },
+            v[8],
+        )
+    })
+}
+
+/// The codes of the weights of the step they were read at, shared by the clones of a state so
+/// that consecutive measurements read them once. A pure cache: whatever it holds, results are
+/// the same.
+#[derive(Debug, Clone, Default)]
+struct CodesCache(Arc<Mutex<Option<(usize, FlipTracker)>>>);
+
+impl CodesCache {
+    fn get(&self, step: usize) -> Option<FlipTracker> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|(s, _)| *s == step)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn set(&self, step: usize, tracker: FlipTracker) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((step, tracker));
+    }
+}
+
+/// The QAT state of a model trained with burn-train: the global step (which drives every
+/// schedule) and the number of codes the last update flipped are recorded with the model, so a
+/// checkpoint holds them and a resumed run continues exactly; the [`QatPlan`] is configuration.
+///
+/// Put one in your model, implement [`QatTrainModel`], and in `TrainStep`:
+/// 1. call [`QatState::begin`] before the forward pass (it sets the schedules of this step);
+/// 2. end `step` with [`QatState::train_output`];
+/// 3. implement `optimize` with [`optimize`](super::optimize).
+///
+/// See the `train_fashion_mnist` example and `docs/training.md`.
+#[derive(Module, Debug)]
+pub struct QatState {
+    /// `[global step, weights flipped by the last update]`.
+    counters: Param<Tensor<1, Int>>,
+    /// The last measured weight statistics and flip rate (see [`QatPlan::stats_every`]).
+    measured: Param<Tensor<1, Int>>,
+    #[module(skip)]
+    plan: QatPlan,
+    #[module(skip)]
+    decay: DecayControl,
+    #[module(skip)]
+    cache: CodesCache,
+}
+
+/// A model with a [`QatState`], trainable with [`optimize`](super::optimize).
+pub trait QatTrainModel: QatModule + Module {
+    /// The model's QAT state.
+    fn qat_state(&self) -> &QatState;
+    /// The model's QAT state, to update.
+    fn qat_state_mut(&mut self) -> &mut QatState;
+}
+
+impl QatState {
+    #[cfg(test)]
+    fn read_counters(&self) -> (usize, usize) {
+        let values = self
+            .counters
+            .val()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("i64 counters");
+        (values[0] as usize, values[1] as usize)
+    }
+
+    /// The global optimizer step (the number of updates so far).
+    pub fn step(&self) -> usize {
+        let values = self
+            .counters
+            .val()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("i64 counters");
+        values[0] as usize
+    }
+
+    /// The plan this state runs.
+    pub fn plan(&self) -> &QatPlan {
+        &self.plan
+    }
+
+    /// Sets the quantizers of `model` to this step's schedule values. Call it at the start of
+    /// `TrainStep::step`; validation copies of the model share the quantizer controls.
+    pub fn begin(&self, model: &impl QatModule) {
+        self.plan.scheduler.apply(model, self.step());
+    }
+
+    /// A [`QatOptimizer`] around `inner` driven by this state's weight-decay schedule and
+    /// latent clipping, for `Learner::new`.
+    pub fn optimizer<O: Optimizer>(&self, inner: O) -> ModuleOptimizer {
+        QatOptimizer::new(inner, self.decay.clone())
+            .with_latent_clip(self.plan.latent_clip)
+            .into()
+    }
+
+    /// The [`QatStats`] of this step: weight statistics, the flip rate of the previous update,
+    /// the gradient norm and the schedule values.
+    pub fn stats(
+        &self,
+        model: &impl QatModule,
+        grads: &GradientsParams,
+        grad_source: &impl Module,
+    ) -> QatStats {
+        let step = self.step();
+        // Before the first measurement (step 0 of a run), measure the initial weights.
+        let (weights, flip_rate) =
+            decode(&self.measured.val()).unwrap_or_else(|| (weight_stats(model), 0.0));
+        let (lambda, bits, temperature) = settings(model);
+        QatStats {
+            step,
+            weights,
+            flip_rate,
+            grad_norm: grad_norm(grad_source, grads),
+            lambda,
+            bits,
+            temperature,
+        }
+    }
+
+    /// Ends `TrainStep::step` of a classifier: the gradients as Burn's `TrainOutput` wants them,
+    /// and the output with this step's [`QatStats`].
+    pub fn train_output<M: QatModule + Module>(
+        &self,
+        model: &M,
+        grads: Gradients,
+        output: ClassificationOutput,
+    ) -> TrainOutput<QatClassificationOutput> {
+        let grads = GradientsParams::from_grads(grads, model);
+        let qat = self.stats(model, &grads, model);
+        TrainOutput {
+            grads,
+            item: QatClassificationOutput { output, qat },
+        }
+    }
+}
+
+/// The `TrainStep::optimize` of a QAT model: applies the weight decay of the current step,
+/// runs the optimizer, advances the global step, sets the schedules of the next step and
+/// records how many codes the update flipped.
+///
+/// # Example
+/// ```ignore
+/// fn optimize(self, optim: &mut ModuleOptimizer, lr: ModuleLearningRate, grads: GradientsParams) -> Self {
+///     bitnet_qat::train::optimize(self, optim, lr, grads)
+/// }
+/// ```
+pub fn optimize<M: QatTrainModel>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    lr: impl Into<ModuleLearningRate>,
+    grads: GradientsParams,
+) -> M {
+    let state = model.qat_state();
+    let step = state.step();
+    state.decay.set(state.plan.weight_decay.at(step));
+    let measure = step.is_multiple_of(state.plan.stats_every.max(1));
+    let tracker = measure.then(|| match state.cache.get(step) {
+        Some(tracker) => tracker,
+        None => {
+            let mut tracker = FlipTracker::default();
+            tracker.update(&model);
+            tracker
+        }
+    });
+    let mut model = optim.step(lr, model, grads);
+    let state = model.qat_state();
+    state.plan.scheduler.apply(&model, step + 1);
+    let device = state.counters.val().device();
+    let measured = tracker.map(|mut tracker| {
+        let (rate, stats) = tracker.update(&model);
+        state.cache.set(step + 1, tracker);
+        (stats, rate)
+    });
+    let state = model.qat_state_mut();
+    let id = state.counters.id;
+    // rate = flipped / numel exactly, so the count is recovered exactly.
+    let flipped = measured.map_or(0, |(s, rate)| (rate * s.numel as f64).round() as usize);
+    state.counters = Param::initialized(id, counters(step + 1, flipped, &device));
+    if measured.is_some() {
+        let id = state.measured.id;
+        state.measured = Param::initialized(id, encode(measured, &device));
+    }
+    model
+}
+
+/// Mean lambda, numel-weighted bits of the weight formats, and mean soft-STE temperature.
+fn settings(model: &impl QatModule) -> (f64, f64, Option<f64>) {
+    let (mut lambda, mut quantizers) = (0.0, 0usize);
+    let (mut temperature, mut soft) = (0.0, 0usize);
+    model.for_each_quantizer(&mut |q| {
+        lambda += q.control.lambda();
+        quantizers += 1;
+        if let (_, Ste::Soft { temperature: t }) = q.effective() {
+            temperature += t;
+            soft += 1;
+        }
+    });
+    let (mut bits, mut numel) = (0.0, 0usize);
+    model.for_each_weight(&mut |q, w| {
+        let n = w.shape().num_elements();
+        bits += q.effective().0.format.bits_per_value() * n as f64;
+        numel += n;
+    });
+    (
+        if quantizers > 0 {
+            lambda / quantizers as f64
+        } else {
+            1.0
+        },
+        if numel > 0 { bits / numel as f64 } else { 32.0 },
+        (soft > 0).then(|| temperature / soft as f64),
+    )
+}
+
+/// L2 norm of the gradients of every float parameter of `module`.
+fn grad_norm(module: &impl Module, grads: &GradientsParams) -> f64 {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        parts: Vec<Tensor<1>>,
+    }
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.parts.push(g.square().sum());
+            }
+        }
+    }
+    let mut visitor = SumSquares {
+        grads,
+        parts: Vec::new(),
+    };
+    module.visit(&mut visitor);
+    if visitor.parts.is_empty() {
+        return 0.0;
+    }
+    let total = Tensor::cat(visitor.parts, 0).sum().into_scalar::<f64>();
+    total.sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{BitLinear, BitLinearConfig};
+    use crate::schedule::{LambdaRamp, LambdaSchedule};
+    use burn::optim::SgdConfig;
+
+    #[derive(Module, Debug)]
+    struct Net {
+        fc: BitLinear,
+        qat: QatState,
+    }
+
+    impl QatModule for Net {
+        fn for_each_quantizer(&self, f: &mut dyn FnMut(&crate::nn::Quantizer)) {
+            self.fc.for_each_quantizer(f);
+        }
+        fn for_each_weight(&self, f: &mut dyn FnMut(&crate::nn::Quantizer, Tensor<2>)) {
+            self.fc.for_each_weight(f);
+        }
+    }
+
+    impl QatTrainModel for Net {
+        fn qat_state(&self) -> &QatState {
+            &self.qat
+        }
+        fn qat_state_mut(&mut self) -> &mut QatState {
+            &mut self.qat
+        }
+    }
+
+    #[test]
+    fn hand_computed_step_stats_and_update() {
+        let device = Device::flex().autodiff();
+        // mean|W| = 0.45: codes [1, 0, -1, 0].
+        let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], &device);
+        let plan = QatPlan::new()
+            .with_scheduler(
+                QatScheduler::default().with_lambda(LambdaSchedule::new(4, LambdaRamp::Linear)),
+            )
+            .with_stats_every(1);
+        let net = Net {
+            fc: BitLinearConfig::new(2, 2)
+                .with_norm(false)
+                .with_activation_quant(None)
+                .init_with(w, None, &device)
+                .unwrap(),
+            qat: plan.init(&device),
+        };
+        net.qat.begin(&net);
+        assert_eq!(net.fc.weight_quantizer.control.lambda(), 0.0);
+        let x = Tensor::<2>::from_data([[1.0, 2.0]], &device);
+        let loss = net.fc.forward(x).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let stats = net.qat.stats(&net, &grads, &net);
+        // d(sum(x W))/dW = x^T 1 = [[1, 1], [2, 2]]: norm sqrt(10).
+        assert!((stats.grad_norm - 10f64.sqrt()).abs() < 1e-6, "{stats:?}");
+        assert_eq!(stats.step, 0);
+        assert_eq!(stats.flip_rate, 0.0);
+        assert_eq!(stats.lambda, 0.0);
+        assert!((stats.bits - 3f64.log2()).abs() < 1e-12);
+        assert_eq!(stats.temperature, None);
+        assert_eq!(
+            (stats.weights.fraction_negative, stats.weights.fraction_zero),
+            (0.25, 0.5)
+        );
+
+        // SGD with lr 0.3: W - 0.3 g = [[0.2, -0.4], [-1.6, -0.4]]; mean|W| = 0.65,
+        // codes [0, -1, -1, -1]: three of four codes flipped.
+        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        let net = optimize(net, &mut optim, 0.3, grads);
+        assert_eq!(net.qat.step(), 1);
+        assert_eq!(net.fc.weight_quantizer.control.lambda(), 0.25);
+        let next = net.qat.stats(&net, &GradientsParams::new(), &net);
+        assert_eq!(next.flip_rate, 0.75);
+        assert_eq!(next.step, 1);
+        assert_eq!(next.weights.fraction_negative, 0.75);
+        // The counters are recorded with the model.
+        let record = net.clone().into_record();
+        let fresh = Net {
+            fc: net.fc.clone(),
+            qat: plan.init(&device),
+        }
+        .load_record(record);
+        assert_eq!(fresh.qat.read_counters(), (1, 3));
+        assert_eq!(
+            fresh.qat.stats(&fresh, &GradientsParams::new(), &fresh),
+            next
+        );
+    }
+}

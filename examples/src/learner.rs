@@ -1,0 +1,303 @@
+//! The example MLP trained with burn-train's `Learner`: a [`Classifier`] (an [`Mlp`] plus its
+//! [`QatState`]) implementing `TrainStep`/`InferenceStep`, and [`fit`], which runs
+//! `SupervisedTraining` with accuracy, loss, learning rate and every QAT metric, checkpoints and
+//! exact resume.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bitnet_qat::data::{EpochLoader, ImageBatch, ImageBatcher};
+use bitnet_qat::nn::Quantizer;
+use bitnet_qat::schedule::{BitNetLrSchedulerConfig, Decay, QatModule};
+use bitnet_qat::ste::Ste;
+use bitnet_qat::train::{
+    QatClassificationOutput, QatPlan, QatState, QatTrainModel, QuietRenderer, WeightDecaySchedule,
+    optimize, with_qat_metrics,
+};
+use bitnet_qat::{QatError, Result};
+use burn::data::dataloader::DataLoader;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use burn::train::logger::{FileMetricLogger, MetricLogger};
+use burn::train::metric::store::Split;
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, NumericEntry};
+use burn::train::renderer::MetricsRenderer;
+use burn::train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
+
+use crate::{Mlp, Precision};
+
+/// An [`Mlp`] classifier with the QAT state that burn-train checkpoints with it.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    /// The network.
+    pub mlp: Mlp,
+    /// Global step, flip counts and the QAT plan.
+    pub qat: QatState,
+}
+
+impl Classifier {
+    /// Loss, logits and targets of a batch.
+    pub fn classify(&self, batch: ImageBatch) -> ClassificationOutput {
+        let logits = self.mlp.forward(batch.images);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), batch.targets.clone());
+        ClassificationOutput::new(loss, logits, batch.targets)
+    }
+}
+
+impl QatModule for Classifier {
+    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
+        self.mlp.for_each_quantizer(f);
+    }
+
+    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
+        self.mlp.for_each_weight(f);
+    }
+}
+
+impl QatTrainModel for Classifier {
+    fn qat_state(&self) -> &QatState {
+        &self.qat
+    }
+
+    fn qat_state_mut(&mut self) -> &mut QatState {
+        &mut self.qat
+    }
+}
+
+impl TrainStep for Classifier {
+    type Input = ImageBatch;
+    type Output = QatClassificationOutput;
+
+    fn step(&self, batch: ImageBatch) -> TrainOutput<QatClassificationOutput> {
+        self.qat.begin(self);
+        let output = self.classify(batch);
+        let grads = output.loss.backward();
+        self.qat.train_output(self, grads, output)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        optimize(self, optim, lr, grads)
+    }
+}
+
+impl InferenceStep for Classifier {
+    type Input = ImageBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: ImageBatch) -> ClassificationOutput {
+        self.classify(batch)
+    }
+}
+
+/// Settings of [`fit`].
+pub struct FitConfig {
+    /// Where burn-train writes logs and checkpoints.
+    pub dir: PathBuf,
+    /// Hidden layer sizes.
+    pub hidden: Vec<usize>,
+    /// FP32 or the weight format of every layer.
+    pub precision: Precision,
+    /// The weight STE of the quantized layers.
+    pub ste: Ste,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Items per step.
+    pub batch_size: usize,
+    /// Peak learning rate of BitNet's two-stage schedule (Adam).
+    pub lr: f64,
+    /// Weight decay of stage 1 (0 in stage 2).
+    pub weight_decay: f64,
+    /// Seed of the initialisation and the batch order.
+    pub seed: u64,
+    /// Quantizer schedules and latent clipping (its weight decay is set from `weight_decay`).
+    pub plan: QatPlan,
+    /// Start from this network instead of a freshly initialised one. Burn's initialisers draw
+    /// from the device's global generator, which concurrent code (other tests) also draws from.
+    pub initial: Option<Mlp>,
+    /// Stop after this epoch (the schedules still span `epochs`): the first half of a run
+    /// that is resumed later.
+    pub stop_after: Option<usize>,
+    /// Resume after this many epochs from the checkpoints in `dir`.
+    pub resume_from: Option<usize>,
+    /// Save a checkpoint after every epoch.
+    pub checkpoints: bool,
+    /// The renderer: `None` uses burn-train's default (the TUI on a terminal with the `tui`
+    /// feature, else a line per batch); see [`QuietRenderer`].
+    pub renderer: Option<Box<dyn MetricsRenderer>>,
+}
+
+impl FitConfig {
+    /// Defaults for `dir`: MLP with one hidden layer of 256, ternary, 4 epochs of 128, peak LR
+    /// 2e-3, weight decay 0.05, seed 42, quiet renderer, checkpoints on.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+            hidden: vec![256],
+            precision: Precision::Ternary,
+            ste: Ste::Standard,
+            epochs: 4,
+            batch_size: 128,
+            lr: 2e-3,
+            weight_decay: 0.05,
+            seed: 42,
+            plan: QatPlan::new(),
+            initial: None,
+            stop_after: None,
+            resume_from: None,
+            checkpoints: true,
+            renderer: Some(Box::new(QuietRenderer::new())),
+        }
+    }
+}
+
+/// The result of [`fit`].
+#[derive(Debug)]
+pub struct Fitted {
+    /// The trained model in inference mode.
+    pub model: Classifier,
+    /// Validation accuracy in percent after each epoch run by this call (read back from the
+    /// metric logs).
+    pub valid_accuracy: Vec<f64>,
+    /// Wall time of the training in seconds.
+    pub seconds: f64,
+}
+
+/// Trains a [`Classifier`] `pixels -> hidden... -> classes` on `train` with burn-train's
+/// `Learner` (Adam, BitNet's two-stage LR and weight decay, the QAT metrics), validating on
+/// `valid` after each epoch.
+pub fn fit<I, D>(
+    train: D,
+    valid: D,
+    pixels: usize,
+    classes: usize,
+    config: FitConfig,
+    device: &Device,
+) -> Result<Fitted>
+where
+    D: Dataset<I> + 'static,
+    I: Send + Sync + Clone + std::fmt::Debug + 'static,
+    ImageBatcher: Batcher<I, ImageBatch>,
+{
+    if train.is_empty() || valid.is_empty() || config.epochs == 0 || config.batch_size == 0 {
+        return Err(QatError::Invalid(
+            "fit needs training and validation items, epochs > 0 and batch_size > 0".into(),
+        ));
+    }
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let lr = BitNetLrSchedulerConfig::new(config.lr, config.lr * 2.0 / 3.0, total_steps)
+        .with_warmup_steps((total_steps / 20).min(375))
+        .with_decay(Decay::Cosine)
+        .with_weight_decay(config.weight_decay);
+    let plan = config
+        .plan
+        .clone()
+        .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
+    let mut sizes = vec![pixels];
+    sizes.extend_from_slice(&config.hidden);
+    sizes.push(classes);
+    let mlp = match config.initial {
+        Some(mlp) => mlp.fork(&device).train(),
+        None => Mlp::with_ste(&sizes, config.precision, config.ste, &device)?,
+    };
+    let model = Classifier {
+        mlp,
+        qat: plan.init(&device),
+    };
+    let optim = model.qat.optimizer(AdamConfig::new().build());
+    let learner = Learner::new(model, optim, lr.init()?);
+
+    // The batch order of epoch e depends only on (seed, e), so a resumed run continues it.
+    let train_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
+        EpochLoader::new(train, ImageBatcher, config.batch_size, &device)
+            .shuffle(config.seed)
+            .starting_epoch(config.resume_from.unwrap_or(0)),
+    );
+    let valid_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
+        valid,
+        ImageBatcher,
+        config.batch_size.max(256),
+        &device.clone().without_autodiff(),
+    ));
+    let last = config
+        .stop_after
+        .unwrap_or(config.epochs)
+        .min(config.epochs);
+    let mut training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .metric_train_numeric(LearningRateMetric::new())
+        .num_epochs(last);
+    training = with_qat_metrics(training);
+    if config.checkpoints || config.resume_from.is_some() {
+        training = training.with_default_checkpointers();
+    }
+    if let Some(epoch) = config.resume_from {
+        training = training.checkpoint(epoch);
+    }
+    if let Some(renderer) = config.renderer {
+        training = training.renderer(renderer);
+    }
+    let start = Instant::now();
+    let result = training.launch(learner);
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(error) = result.error {
+        return Err(QatError::Invalid(format!("training failed: {error}")));
+    }
+    let first = config.resume_from.unwrap_or(0) + 1;
+    let valid_accuracy = (first..=last)
+        .map(|epoch| epoch_metric(&config.dir, "Accuracy", epoch, Split::Valid))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Fitted {
+        model: result.model,
+        valid_accuracy,
+        seconds,
+    })
+}
+
+/// The epoch value of a numeric metric from burn-train's logs in `dir` (the mean over the
+/// epoch's batches, weighted by batch size).
+pub fn epoch_metric(dir: &Path, name: &str, epoch: usize, split: Split) -> Result<f64> {
+    let entries = FileMetricLogger::new(dir)
+        .read_numeric(name, epoch, &split)
+        .map_err(|e| QatError::Invalid(format!("metric log {name} epoch {epoch}: {e}")))?;
+    let (mut sum, mut count) = (0.0, 0usize);
+    for entry in entries {
+        match entry {
+            NumericEntry::Final(v) => return Ok(v),
+            NumericEntry::Value(v) => {
+                sum += v;
+                count += 1;
+            }
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count: n,
+            } => {
+                sum += aggregated_value * n as f64;
+                count += n;
+            }
+        }
+    }
+    if count == 0 {
+        return Err(QatError::Invalid(format!(
+            "metric log {name} epoch {epoch}: no entries"
+        )));
+    }
+    Ok(sum / count as f64)
+}

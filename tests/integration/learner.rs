@@ -1,0 +1,191 @@
+//! burn-train integration: a Learner run logs every QAT metric, and a run stopped after 2
+//! epochs and resumed from its checkpoint ends bit-identical to 4 epochs straight.
+
+use std::path::PathBuf;
+
+use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitsDataset};
+use bitnet_qat::nn::BitLinearConfig;
+use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
+use bitnet_qat::train::{QatPlan, QatStat};
+use bitnet_qat_examples::learner::{FitConfig, epoch_metric, fit};
+use bitnet_qat_examples::{Dense, Mlp};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use burn::train::metric::store::Split;
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bitnet-qat-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(dir: &std::path::Path, epochs: usize) -> FitConfig {
+    let mut config = FitConfig::new(dir);
+    config.initial = Some(initial());
+    config.hidden = vec![64];
+    config.epochs = epochs;
+    config.batch_size = 64;
+    config.lr = 3e-3;
+    // A lambda warm-up, so the schedule position matters on resume.
+    config.plan = QatPlan::new().with_scheduler(
+        QatScheduler::default().with_lambda(LambdaSchedule::new(40, LambdaRamp::Linear)),
+    );
+    config
+}
+
+/// A fresh network with weights from a fixed generator: Burn's initialisers draw from the
+/// device's global generator, which the tests running in parallel share. (Each call builds new
+/// quantizer controls: clones of a model share theirs.)
+fn initial() -> Mlp {
+    let device = Device::flex().autodiff();
+    let mut state = 0x5EED_u64;
+    let mut layer = |d_in: usize, d_out: usize| {
+        let bound = 1.0 / (d_in as f32).sqrt();
+        let w: Vec<f32> = (0..d_in * d_out)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+            })
+            .collect();
+        let w = Tensor::<2>::from_data(TensorData::new(w, [d_in, d_out]), &device);
+        Dense::Bit(
+            BitLinearConfig::new(d_in, d_out)
+                .init_with(w, None, &device)
+                .unwrap(),
+        )
+    };
+    Mlp {
+        layers: vec![layer(DIGITS_PIXELS, 64), layer(64, DIGITS_CLASSES)],
+    }
+}
+
+/// Every float parameter, bit for bit.
+fn weights(model: &impl Module) -> Vec<Vec<u32>> {
+    struct Collect(Vec<Vec<u32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let v: Vec<f32> = param
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .unwrap();
+            self.0.push(v.into_iter().map(f32::to_bits).collect());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+#[test]
+fn learner_logs_the_qat_metrics() {
+    let dir = fresh_dir("learner-metrics");
+    let (train, valid) = DigitsDataset::load().unwrap().split(0.2, 42);
+    let fitted = fit(
+        train,
+        valid,
+        DIGITS_PIXELS,
+        DIGITS_CLASSES,
+        config(&dir, 2),
+        &Device::flex(),
+    )
+    .unwrap();
+    assert_eq!(fitted.valid_accuracy.len(), 2);
+    assert!(
+        fitted.valid_accuracy[1] > 80.0,
+        "{:?}",
+        fitted.valid_accuracy
+    );
+    let metric =
+        |stat: QatStat, epoch| epoch_metric(&dir, stat.name(), epoch, Split::Train).unwrap();
+    for epoch in 1..=2 {
+        let codes = metric(QatStat::Negative, epoch)
+            + metric(QatStat::Zero, epoch)
+            + metric(QatStat::Positive, epoch);
+        assert!(
+            (codes - 100.0).abs() < 1e-6,
+            "code fractions sum to {codes} %"
+        );
+        assert!((metric(QatStat::Bits, epoch) - 3f64.log2()).abs() < 1e-9);
+        let error = metric(QatStat::WeightError, epoch);
+        assert!(error > 1.0 && error < 100.0, "weight error {error} %");
+        assert!(metric(QatStat::GradNorm, epoch) > 0.0);
+        assert!(metric(QatStat::StepMean, epoch) > 0.0);
+        assert_eq!(metric(QatStat::Temperature, epoch), 0.0);
+    }
+    // Weights move: codes flip, most in the first epoch.
+    let (flip1, flip2) = (metric(QatStat::FlipRate, 1), metric(QatStat::FlipRate, 2));
+    assert!(flip1 > 0.0 && flip2 > 0.0, "flip rates {flip1} {flip2}");
+    // 23 steps an epoch: the lambda ramp (40 steps) averages below 1 in epoch 1, is 1 after.
+    let (l1, l2) = (metric(QatStat::Lambda, 1), metric(QatStat::Lambda, 2));
+    assert!(
+        (l1 - (0..23).map(|s| s as f64 / 40.0).sum::<f64>() / 23.0).abs() < 1e-9,
+        "{l1}"
+    );
+    assert!((l2 - (23..46).map(|s| (s as f64 / 40.0).min(1.0)).sum::<f64>() / 23.0).abs() < 1e-9);
+    assert!(epoch_metric(&dir, "Accuracy", 2, Split::Valid).unwrap() > 80.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_plus_two_epochs_equal_four_bit_for_bit() {
+    let (train, valid) = DigitsDataset::load().unwrap().split(0.2, 7);
+    let device = Device::flex();
+    let straight_dir = fresh_dir("resume-straight");
+    let straight = fit(
+        train.clone(),
+        valid.clone(),
+        DIGITS_PIXELS,
+        DIGITS_CLASSES,
+        config(&straight_dir, 4),
+        &device,
+    )
+    .unwrap();
+
+    let split_dir = fresh_dir("resume-split");
+    // The first launch plans 4 epochs (the LR schedule spans them) and stops after 2.
+    let mut first = config(&split_dir, 4);
+    first.stop_after = Some(2);
+    fit(
+        train.clone(),
+        valid.clone(),
+        DIGITS_PIXELS,
+        DIGITS_CLASSES,
+        first,
+        &device,
+    )
+    .unwrap();
+    let mut second = config(&split_dir, 4);
+    second.resume_from = Some(2);
+    let resumed = fit(train, valid, DIGITS_PIXELS, DIGITS_CLASSES, second, &device).unwrap();
+
+    assert_eq!(weights(&resumed.model), weights(&straight.model));
+    assert_eq!(resumed.model.qat.step(), straight.model.qat.step());
+    assert_eq!(resumed.valid_accuracy, straight.valid_accuracy[2..]);
+    for epoch in 3..=4 {
+        for split in ["train", "valid"] {
+            let folder = |dir: &PathBuf| dir.join(split).join(format!("epoch-{epoch}"));
+            let mut names: Vec<_> = std::fs::read_dir(folder(&straight_dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            // Accuracy, loss (+ learning rate and the ten QAT metrics in training).
+            let expected = if split == "train" { 13 } else { 2 };
+            assert_eq!(names.len(), expected, "{names:?}");
+            for name in names {
+                let a = std::fs::read(folder(&straight_dir).join(&name)).unwrap();
+                let b = std::fs::read(folder(&split_dir).join(&name)).unwrap();
+                assert!(
+                    a == b,
+                    "{split} epoch {epoch} {name:?} differs after resuming"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&straight_dir);
+    let _ = std::fs::remove_dir_all(&split_dir);
+}
