@@ -16,7 +16,6 @@ use bitnet_qat::train::QuietRenderer;
 use bitnet_qat_examples::Precision;
 use bitnet_qat_examples::learner::{FitConfig, fit};
 use bitnet_qat_examples::report::{Variant, markdown_table, plot_curves};
-use burn::tensor::Device;
 use clap::Parser;
 
 /// Accuracy of FP32, 8/4/2-bit, ternary and binary MLPs on Fashion-MNIST.
@@ -43,6 +42,10 @@ struct Args {
     /// Train on the first N training images only.
     #[arg(long)]
     limit: Option<usize>,
+    /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
+    /// cargo features); default: the enabled GPU feature, else flex.
+    #[arg(long, default_value = bitnet_qat_examples::device::default_name())]
+    device: String,
     /// Seed, the same for every variant.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -51,7 +54,7 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
-    let device = Device::flex();
+    let device = bitnet_qat_examples::device::device(&args.device)?;
     let mut train = IdxDataset::load(&args.data, Split::Train)?;
     if let Some(n) = args.limit {
         train = train.take(n);

@@ -12,7 +12,6 @@ use std::time::Instant;
 use bitnet_qat::data::DigitsDataset;
 use bitnet_qat::infer::ToTernary;
 use bitnet_qat_examples::{Precision, TrainSettings, accuracy, accuracy_of, train};
-use burn::tensor::Device;
 use clap::Parser;
 
 /// Train FP32 and BitNet b1.58 MLPs on the embedded digits and compare their test accuracy.
@@ -30,6 +29,10 @@ struct Args {
     /// Items per training step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
+    /// cargo features); default: the enabled GPU feature, else flex.
+    #[arg(long, default_value = bitnet_qat_examples::device::default_name())]
+    device: String,
     /// Seed of the initialisation, the batch order and the train/test split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -38,7 +41,7 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let start = Instant::now();
-    let device = Device::flex();
+    let device = bitnet_qat_examples::device::device(&args.device)?;
     let (train_set, test_set) = DigitsDataset::load()?.split(0.2, args.seed);
     println!(
         "digits: {} train / {} test images (8x8, 10 classes), MLP 64-{}-10, {} epochs",

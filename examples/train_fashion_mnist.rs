@@ -24,7 +24,6 @@ use bitnet_qat::ste::Ste;
 use bitnet_qat::train::{QatPlan, QuietRenderer};
 use bitnet_qat_examples::learner::{FitConfig, fit};
 use bitnet_qat_examples::{Precision, accuracy_of_batches};
-use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -123,6 +122,10 @@ struct Args {
     /// One line per epoch instead of the dashboard.
     #[arg(long)]
     quiet: bool,
+    /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
+    /// cargo features); default: the enabled GPU feature, else flex.
+    #[arg(long, default_value = bitnet_qat_examples::device::default_name())]
+    device: String,
     /// Seed of the initialisation and the batch order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -130,7 +133,7 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = Device::flex();
+    let device = bitnet_qat_examples::device::device(&args.device)?;
     let mut train = IdxDataset::load(&args.data, Split::Train)?;
     if let Some(n) = args.limit {
         train = train.take(n);

@@ -3,11 +3,14 @@
 #   libopenblas-dev        the BLAS baseline that benches/kernel-bench links against;
 #   dataset-fashion-mnist  Fashion-MNIST IDX files (/usr/share/datasets/fashion-mnist) for the
 #                          examples and the real-data tests;
-#   fonts-dejavu-core      the font of the accuracy_table plot.
+#   fonts-dejavu-core      the font of the accuracy_table plot;
+#   mesa-vulkan-drivers, libvulkan1
+#                          Mesa's software Vulkan (lavapipe): the GPU kernel tests run on it
+#                          through wgpu on a machine without a GPU.
 # Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
 need=()
-for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core; do
+for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core mesa-vulkan-drivers libvulkan1; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -eq 0 ]; then

@@ -21,6 +21,8 @@ pub mod burn_ext;
 pub mod cpu;
 pub mod error;
 pub mod file;
+#[cfg(feature = "cube")]
+pub mod gpu;
 pub mod packed;
 
 pub use error::{KernelError, Result};

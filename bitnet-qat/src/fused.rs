@@ -2,12 +2,15 @@
 //! one backend call (two passes over the data) instead of a dozen tensor operations, with the
 //! standard STE's identity gradient as a custom backward pass.
 //!
-//! Used by [`crate::ste`] for the standard STE on Flex devices when the quantizer is
+//! Used by [`crate::ste`] for the standard STE on Flex and CubeCL (GPU) devices when the quantizer is
 //! ternary or integer, with an absmean or absmax scale per tensor or per row of the last axis.
 //! Everything else takes the portable tensor-operation path, and the tests check that the two
 //! agree.
 // Without a backend feature the generated dispatch never reads its arguments.
-#![cfg_attr(not(feature = "flex"), allow(unused_variables, dead_code))]
+#![cfg_attr(
+    not(any(feature = "flex", feature = "cube")),
+    allow(unused_variables, dead_code)
+)]
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 
@@ -27,10 +30,16 @@ pub(crate) struct FusedSpec {
 }
 
 /// Fused fake quantization supplied by a backend extension.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube"),
+    Autodiff
+)]
 pub trait FusedQuantBackend: Backend {
     /// `clamp(round(x s), qn, qp) / s` with `s = qp / max(stat, eps)`; under autodiff the
     /// gradient passes unchanged (the standard STE).
+    #[fusion(dtype = x, shape = x)]
     fn fused_fake_quant(
         x: FloatTensor<Self>,
         qn: i32,
@@ -121,12 +130,18 @@ pub(crate) fn try_fused<const D: usize>(
     axis: usize,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::{Granularity, QuantFormat, ScaleStat};
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::{Dispatch, DispatchDevice};
-        if !matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
-            || x.dtype() != burn::tensor::DType::F32
-        {
+        #[allow(unreachable_patterns)]
+        let supported = match x.device().inner().as_dispatch() {
+            #[cfg(feature = "flex")]
+            DispatchDevice::Flex(_) => true,
+            #[cfg(feature = "cube")]
+            DispatchDevice::Cube(_) => true,
+            _ => false,
+        };
+        if !supported || x.dtype() != burn::tensor::DType::F32 {
             return None;
         }
         let abs_mean = match config.stat {
@@ -154,7 +169,7 @@ pub(crate) fn try_fused<const D: usize>(
             ),
         ))
     }
-    #[cfg(not(feature = "flex"))]
+    #[cfg(not(any(feature = "flex", feature = "cube")))]
     {
         let _ = (
             x,

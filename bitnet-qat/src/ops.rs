@@ -7,7 +7,7 @@
 #![allow(deprecated)]
 // Without a backend feature the generated dispatch never reads its arguments.
 #![cfg_attr(
-    not(any(feature = "flex", feature = "ndarray")),
+    not(any(feature = "flex", feature = "ndarray", feature = "cube")),
     allow(unused_variables)
 )]
 
@@ -15,11 +15,13 @@ use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 
 /// Quantization-aware-training operations supplied by a backend extension.
 ///
-/// Plain backends (Flex, NdArray) compute the forward pass; `Autodiff<B, C>` adds the custom
+/// Plain backends (Flex, NdArray, CubeCL) compute the forward pass; `Autodiff<B, C>` adds the custom
 /// backward pass.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube"),
     Autodiff,
 )]
 pub trait QatBackend: Backend {
@@ -29,6 +31,7 @@ pub trait QatBackend: Backend {
     /// `g_x = g * (1 + delta * sign(g) * e)` to `x`, where `g` is the incoming gradient and
     /// `e` the (detached) distance between `x` and `q` on the integer grid. `q` and `e` receive
     /// no gradient.
+    #[fusion(default)]
     fn ewgs_ste(
         x: FloatTensor<Self>,
         q: FloatTensor<Self>,

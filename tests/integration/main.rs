@@ -6,6 +6,8 @@ mod bad_input;
 mod bit_linear;
 mod convert;
 mod fashion_mnist;
+mod gpu;
+mod gpu_qat;
 mod learner;
 mod quantizers;
 mod reference;

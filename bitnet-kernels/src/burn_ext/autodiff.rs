@@ -14,6 +14,7 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
         scales: FloatTensor<Self>,
         cols: usize,
         kind: usize,
+        int8_acts: bool,
     ) -> FloatTensor<Self> {
         Self::from_inner(B::ternary_matmul(
             Self::inner(x),
@@ -21,6 +22,7 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
             Self::inner(scales),
             cols,
             kind,
+            int8_acts,
         ))
     }
 }

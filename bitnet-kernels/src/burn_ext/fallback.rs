@@ -97,3 +97,34 @@ pub fn ternary_matmul_fallback(
         }
     }
 }
+
+/// `y = x · Wᵀ` with float activations (no activation quantization), with Burn tensor
+/// operations only: the codes are unpacked and multiplied in floats, then divided by the
+/// weight scales.
+pub fn ternary_matmul_float_fallback(
+    x: Tensor<2>,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+    cols: usize,
+    kind: ScaleKind,
+) -> Tensor<2> {
+    let [m, _] = x.dims();
+    let [rows, _] = codes.dims();
+    let weights = unpack_codes(codes, cols);
+    let x = x.cast(burn::tensor::DType::F32);
+    match kind {
+        ScaleKind::PerTensor => x.matmul(weights.transpose()) / scales.reshape([1, 1]),
+        ScaleKind::PerRow => x.matmul(weights.transpose()) / scales.reshape([1, rows]),
+        ScaleKind::PerGroup(group) => {
+            let groups = cols / group;
+            let xg = x.reshape([m, groups, group]).swap_dims(0, 1);
+            let wg = weights.reshape([rows, groups, group]).swap_dims(0, 1);
+            let parts = xg.matmul(wg.swap_dims(1, 2)); // [groups, m, rows]
+            let sw: Tensor<3> = scales
+                .reshape([rows, groups])
+                .transpose()
+                .reshape([groups, 1, rows]);
+            (parts / sw).sum_dim(0).reshape([m, rows])
+        }
+    }
+}

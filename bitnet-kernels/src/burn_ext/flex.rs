@@ -13,6 +13,7 @@ impl TernaryOps for Flex {
         scales: FlexTensor,
         cols: usize,
         kind: usize,
+        int8_acts: bool,
     ) -> FlexTensor {
         let (x, codes, scales) = (contiguous(x), contiguous(codes), contiguous(scales));
         let m = x.layout().shape().num_elements() / cols.max(1);
@@ -25,6 +26,7 @@ impl TernaryOps for Flex {
             cols,
             scales.storage::<f32>(),
             kind,
+            int8_acts,
         );
         FlexTensor::from_data(TensorData::new(y, [m, rows]))
     }

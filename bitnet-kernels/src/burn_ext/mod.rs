@@ -6,6 +6,8 @@
 //! the activations to int8 per row exactly as BitNet does and give the same integers.
 
 mod autodiff;
+#[cfg(feature = "cube")]
+mod cube;
 mod fallback;
 #[cfg(feature = "flex")]
 mod flex;
@@ -13,8 +15,8 @@ mod flex;
 mod ndarray;
 mod ops;
 
-pub use fallback::{ternary_matmul_fallback, unpack_codes};
-pub use ops::{TernaryOps, ternary_matmul};
+pub use fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback, unpack_codes};
+pub use ops::{TernaryOps, has_kernels, ternary_matmul, ternary_matmul_float};
 
 /// How the scales tensor of a packed matrix is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,8 @@ impl ScaleKind {
 
 /// Runs the CPU kernel on host slices; shared by the Flex and NdArray implementations.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
+// The backend op's arguments, unpacked from tensors; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_cpu(
     x: &[f32],
     m: usize,
@@ -69,10 +73,70 @@ pub(crate) fn run_cpu(
     cols: usize,
     scales: &[f32],
     kind: usize,
+    int8_acts: bool,
 ) -> Vec<f32> {
+    if !int8_acts {
+        return float_matmul_cpu(
+            x,
+            m,
+            words,
+            rows,
+            cols,
+            ScaleKind::decode(kind).view(scales),
+        );
+    }
     let view =
         crate::packed::PackedRef::new(rows, cols, words, ScaleKind::decode(kind).view(scales))
             .unwrap_or_else(|e| panic!("ternary_matmul: {e}"));
     crate::cpu::ternary_matmul(x, m, view, &crate::cpu::MatmulOptions::default())
         .unwrap_or_else(|e| panic!("ternary_matmul: {e}"))
+}
+
+/// Float activations times ternary weights on the host: `y[r, j] = Σ_k x[r, k] w[j, k] / s_w`,
+/// adds and subtracts only.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+fn float_matmul_cpu(
+    x: &[f32],
+    m: usize,
+    words: &[u32],
+    rows: usize,
+    cols: usize,
+    scales: crate::packed::ScalesRef<'_>,
+) -> Vec<f32> {
+    use crate::packed::{BLOCK, BLOCK_WORDS, ScalesRef, words_per_row};
+    let per_row = words_per_row(cols);
+    let group = match scales {
+        ScalesRef::PerGroup { group, .. } => group,
+        _ => cols.max(1),
+    };
+    let groups = cols.div_ceil(group).max(1);
+    let mut y = vec![0f32; m * rows];
+    for j in 0..rows {
+        let row = &words[j * per_row..(j + 1) * per_row];
+        for r in 0..m {
+            let xr = &x[r * cols..(r + 1) * cols];
+            let mut parts = vec![0f32; groups];
+            for (w, &word) in row.iter().enumerate() {
+                let (b, i) = (w / BLOCK_WORDS, w % BLOCK_WORDS);
+                for q in 0..4 {
+                    for t in 0..4 {
+                        let k = b * BLOCK + 64 * q + 4 * i + t;
+                        let code = (word >> (8 * t + 6 - 2 * q)) & 3;
+                        if k < cols && code != 1 {
+                            let v = if code == 2 { xr[k] } else { -xr[k] };
+                            parts[k / group] += v;
+                        }
+                    }
+                }
+            }
+            y[r * rows + j] = match scales {
+                ScalesRef::PerTensor(s) => parts[0] / s,
+                ScalesRef::PerRow(s) => parts[0] / s[j],
+                ScalesRef::PerGroup { scales: s, .. } => {
+                    (0..groups).map(|g| parts[g] / s[j * groups + g]).sum()
+                }
+            };
+        }
+    }
+    y
 }

@@ -3,7 +3,7 @@
 #![allow(deprecated)]
 // Without a backend feature the generated dispatch never reads its arguments.
 #![cfg_attr(
-    not(any(feature = "flex", feature = "ndarray")),
+    not(any(feature = "flex", feature = "ndarray", feature = "cube")),
     allow(unused_variables)
 )]
 
@@ -12,30 +12,37 @@ use burn::backend::{Backend, backend_extension};
 use burn::tensor::{Int, Tensor};
 
 use super::ScaleKind;
-use super::fallback::ternary_matmul_fallback;
+use super::fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback};
 
 /// Ternary matmul supplied by a backend extension.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube"),
     Autodiff,
 )]
 pub trait TernaryOps: Backend {
-    /// `y = x · Wᵀ`: `x [m, cols]` floats, `codes [rows, words_per_row(cols)]` u32 packed
-    /// codes, `scales` f32 laid out as `kind` says ([`ScaleKind::encode`]). Returns `[m, rows]`.
+    /// `y = x · Wᵀ`: `x [m, cols]` f32, `codes [rows, words_per_row(cols)]` u32 packed
+    /// codes, `scales` f32 laid out as `kind` says ([`ScaleKind::encode`]). With `int8_acts`
+    /// the activations are first quantized to int8 per row (BitNet); otherwise they stay
+    /// floats. Returns `[m, rows]`.
+    #[fusion(dtype = x, shape = burn::tensor::Shape::new([x[0], codes[0]]))]
     fn ternary_matmul(
         x: FloatTensor<Self>,
         codes: IntTensor<Self>,
         scales: FloatTensor<Self>,
         cols: usize,
         kind: usize,
+        int8_acts: bool,
     ) -> FloatTensor<Self>;
 }
 
 /// `y = x · Wᵀ` for `x [m, cols]` against a packed ternary matrix held in tensors:
 /// `codes [rows, words_per_row(cols)]` (u32 words of [`crate::packed`]) and its scales.
 ///
-/// On Flex and NdArray devices this runs the SIMD CPU kernels in place; elsewhere it runs
+/// On Flex and NdArray devices this runs the SIMD CPU kernels in place, on CubeCL devices (wgpu,
+/// CUDA, …, with the `cube` feature) the GPU kernels of [`crate::gpu`]; elsewhere it runs
 /// [`ternary_matmul_fallback`]. No gradient flows through it: it is for inference.
 /// The shapes are not checked here; `bitnet_qat::infer::TernaryLinear` checks them.
 pub fn ternary_matmul(
@@ -45,7 +52,31 @@ pub fn ternary_matmul(
     cols: usize,
     kind: ScaleKind,
 ) -> Tensor<2> {
-    if runs_cpu_kernel(&x.device()) {
+    run(x, codes, scales, cols, kind, true)
+}
+
+/// `y = x · Wᵀ` with float activations (W1.58 A16/A32: no activation quantization) against a
+/// packed ternary matrix; see [`ternary_matmul`] for the operands. CPU kernels on Flex and
+/// NdArray, the CubeCL kernel on GPU devices, tensor operations elsewhere.
+pub fn ternary_matmul_float(
+    x: Tensor<2>,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+    cols: usize,
+    kind: ScaleKind,
+) -> Tensor<2> {
+    run(x, codes, scales, cols, kind, false)
+}
+
+fn run(
+    x: Tensor<2>,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+    cols: usize,
+    kind: ScaleKind,
+    int8_acts: bool,
+) -> Tensor<2> {
+    if has_kernels(&x.device()) {
         use burn::backend::Dispatch;
         let x = x.cast(burn::tensor::DType::F32);
         Tensor::from_dispatch(<Dispatch as TernaryOps>::ternary_matmul(
@@ -54,14 +85,17 @@ pub fn ternary_matmul(
             scales.into_dispatch(),
             cols,
             kind.encode(),
+            int8_acts,
         ))
-    } else {
+    } else if int8_acts {
         ternary_matmul_fallback(x, codes, scales, cols, kind)
+    } else {
+        ternary_matmul_float_fallback(x, codes, scales, cols, kind)
     }
 }
 
-/// Whether the device's backend has the CPU kernels.
-fn runs_cpu_kernel(device: &burn::tensor::Device) -> bool {
+/// Whether the device's backend has our kernels (CPU or CubeCL).
+pub fn has_kernels(device: &burn::tensor::Device) -> bool {
     #[allow(unused_imports)]
     use burn::backend::DispatchDevice;
     #[allow(unreachable_patterns)]
@@ -70,6 +104,8 @@ fn runs_cpu_kernel(device: &burn::tensor::Device) -> bool {
         DispatchDevice::Flex(_) => true,
         #[cfg(feature = "ndarray")]
         DispatchDevice::NdArray(_) => true,
+        #[cfg(feature = "cube")]
+        DispatchDevice::Cube(_) => true,
         _ => false,
     }
 }

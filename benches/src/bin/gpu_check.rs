@@ -1,0 +1,334 @@
+//! The prepared GPU check: the CubeCL ternary kernels against the CPU kernels on random shapes
+//! (bit-exact integer products, 1e-5 relative otherwise), then ternary GEMV/GEMM against Burn's
+//! f16 and f32 `matmul` on the same device, as a table (and JSON).
+//!
+//! ```text
+//! scripts/gpu-check.sh                       # builds with cuda, runs this on Device::cuda(0)
+//! cargo run --release -p bitnet-qat-benches --features wgpu --bin gpu-check -- --device wgpu
+//! ```
+
+use std::time::Instant;
+
+use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
+use bitnet_kernels::packed::{PackedTernary, TernaryScales};
+use bitnet_qat_benches::{Stats, load_average};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorCreationOptions, TensorData};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Gpu {
+    /// `Device::cuda(0)` (feature `cuda`).
+    Cuda,
+    /// `Device::wgpu(DefaultDevice)` (feature `wgpu`).
+    Wgpu,
+}
+
+/// Correctness of the GPU kernels against the CPU, then their speed against Burn's matmul.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Which GPU runtime.
+    #[arg(long, value_enum, default_value = "cuda")]
+    device: Gpu,
+    /// Fewer shapes and samples.
+    #[arg(long)]
+    quick: bool,
+    /// Samples per variant (interleaved, medians).
+    #[arg(long, default_value_t = 21)]
+    samples: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn device(gpu: Gpu) -> Device {
+    match gpu {
+        #[cfg(feature = "cuda")]
+        Gpu::Cuda => Device::cuda(0),
+        #[cfg(feature = "wgpu")]
+        Gpu::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[allow(unreachable_patterns)]
+        other => panic!("{other:?} needs the matching cargo feature (cuda / wgpu)"),
+    }
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Packed random ternary weights `[rows, cols]` as tensors on `device`.
+fn weights(
+    rows: usize,
+    cols: usize,
+    kind: ScaleKind,
+    seed: u64,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<1>) {
+    let mut rng = Lcg(seed);
+    let w: Vec<i8> = (0..rows * cols)
+        .map(|_| (rng.next() * 3.0) as i8 - 1)
+        .collect();
+    let (scales, packed) = match kind {
+        ScaleKind::PerTensor => (vec![1.0], TernaryScales::PerTensor(1.0)),
+        ScaleKind::PerRow => {
+            let s: Vec<f32> = (0..rows).map(|_| 0.1 + rng.next()).collect();
+            (s.clone(), TernaryScales::PerRow(s))
+        }
+        ScaleKind::PerGroup(group) => {
+            let s: Vec<f32> = (0..rows * cols / group).map(|_| 0.1 + rng.next()).collect();
+            (s.clone(), TernaryScales::PerGroup { group, scales: s })
+        }
+    };
+    let p = PackedTernary::pack(&w, rows, cols, packed).expect("valid shape");
+    let words = p.words().to_vec();
+    let per_row = words.len() / rows;
+    let codes = Tensor::<2, Int>::from_data(
+        TensorData::new(words, [rows, per_row]),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+    );
+    let n = scales.len();
+    (
+        codes,
+        Tensor::from_data(TensorData::new(scales, [n]), device),
+    )
+}
+
+fn read(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec().expect("f32")
+}
+
+/// Runs the correctness cases; returns (passed, failed).
+fn check(gpu: &Device) -> (usize, usize) {
+    let cpu = Device::flex();
+    let shapes = [
+        (1, 37, 300),
+        (1, 64, 256),
+        (5, 19, 777),
+        (9, 130, 1000),
+        (4, 8, 2),
+        (33, 200, 4096),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (i, &(m, rows, cols)) in shapes.iter().enumerate() {
+        let mut kinds = vec![ScaleKind::PerTensor, ScaleKind::PerRow];
+        if cols % 256 == 0 {
+            kinds.push(ScaleKind::PerGroup(256));
+        }
+        for kind in kinds {
+            for (int8, integer_x) in [(true, true), (true, false), (false, false)] {
+                if integer_x && kind != ScaleKind::PerTensor {
+                    continue;
+                }
+                let mut rng = Lcg(1000 + i as u64);
+                let x: Vec<f32> = (0..m * cols)
+                    .map(|j| match (integer_x, j % cols) {
+                        (true, 0) => 127.0,
+                        (true, _) => (rng.next() * 255.0).floor() - 127.0,
+                        _ => (rng.next() - 0.5) * 4.0,
+                    })
+                    .collect();
+                let result = |device: &Device| {
+                    let (codes, scales) = weights(rows, cols, kind, i as u64, device);
+                    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, cols]), device);
+                    read(if int8 {
+                        ternary_matmul(xt, codes, scales, cols, kind)
+                    } else {
+                        ternary_matmul_float(xt, codes, scales, cols, kind)
+                    })
+                };
+                let (want, got) = (result(&cpu), result(gpu));
+                // Float sums in another order differ by ulps of Σ|terms| (see tests/integration/gpu.rs).
+                let l1_max = x
+                    .chunks(cols.max(1))
+                    .map(|r| r.iter().map(|v| v.abs()).sum::<f32>())
+                    .fold(0.0, f32::max);
+                let ok = if integer_x {
+                    want == got
+                } else {
+                    want.iter().zip(&got).all(|(a, b)| {
+                        (a - b).abs() <= (1e-5 * a.abs().max(1.0)).max(2e-6 * l1_max / 0.1)
+                    })
+                };
+                let what = if integer_x {
+                    "int8 exact"
+                } else if int8 {
+                    "int8"
+                } else {
+                    "f32 acts"
+                };
+                if ok {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                    println!("FAIL {what} {kind:?} m={m} rows={rows} cols={cols}");
+                }
+            }
+        }
+    }
+    (passed, failed)
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    n: usize,
+    k: usize,
+    m: usize,
+    ternary: Stats,
+    ternary_f32_acts: Stats,
+    f16: Stats,
+    f32: Stats,
+    speedup_vs_f16: f64,
+    speedup_vs_f32: f64,
+    weight_gbs: f64,
+}
+
+fn time(
+    samples: usize,
+    device: &Device,
+    reps: usize,
+    variants: &mut [&mut dyn FnMut() -> Tensor<2>],
+) -> Vec<Stats> {
+    let run = |v: &mut dyn FnMut() -> Tensor<2>| {
+        let outs: Vec<Tensor<2>> = (0..reps).map(|_| v()).collect();
+        device.sync().expect("device sync");
+        drop(outs);
+    };
+    for v in variants.iter_mut() {
+        run(&mut **v);
+    }
+    let mut times = vec![Vec::new(); variants.len()];
+    for _ in 0..samples {
+        for (v, t) in variants.iter_mut().zip(times.iter_mut()) {
+            let start = Instant::now();
+            run(&mut **v);
+            t.push(start.elapsed().as_secs_f64() / reps as f64);
+        }
+    }
+    times.into_iter().map(Stats::from_samples).collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    let gpu = device(args.device);
+    let load = load_average();
+    println!("device: {:?} ({:?}), load {load:.2}", gpu, args.device);
+    let (passed, failed) = check(&gpu);
+    println!("kernel checks against the CPU: {passed} passed, {failed} failed");
+
+    let shapes: Vec<(usize, usize)> = if args.quick {
+        vec![(4096, 11008), (11008, 4096)]
+    } else {
+        vec![
+            (2048, 2048),
+            (4096, 4096),
+            (4096, 11008),
+            (11008, 4096),
+            (2560, 2560),
+            (6912, 2560),
+            (2560, 6912),
+        ]
+    };
+    let ms: &[usize] = if args.quick {
+        &[1, 512]
+    } else {
+        &[1, 8, 32, 128, 512]
+    };
+    let samples = if args.quick {
+        args.samples.min(11)
+    } else {
+        args.samples
+    };
+    println!(
+        "\n| N×K | M | ternary int8 µs | ternary f32-acts µs | f16 matmul µs | f32 matmul µs | × f16 | × f32 | weights GB/s |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut rows = Vec::new();
+    for &(n, k) in &shapes {
+        let (codes, scales) = weights(n, k, ScaleKind::PerTensor, 1, &gpu);
+        let w32 = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), &gpu);
+        let w16 = w32.clone().cast(DType::F16);
+        for &m in ms {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &gpu);
+            let x16 = x.clone().cast(DType::F16);
+            let reps = if m == 1 { 50 } else { 5 };
+            let stats = time(
+                samples,
+                &gpu,
+                reps,
+                &mut [
+                    &mut || {
+                        ternary_matmul(
+                            x.clone(),
+                            codes.clone(),
+                            scales.clone(),
+                            k,
+                            ScaleKind::PerTensor,
+                        )
+                    },
+                    &mut || {
+                        ternary_matmul_float(
+                            x.clone(),
+                            codes.clone(),
+                            scales.clone(),
+                            k,
+                            ScaleKind::PerTensor,
+                        )
+                    },
+                    &mut || x16.clone().matmul(w16.clone()).cast(DType::F32),
+                    &mut || x.clone().matmul(w32.clone()),
+                ],
+            );
+            let [t, tf, h, f]: [Stats; 4] = stats.try_into().expect("four variants");
+            let row = Row {
+                n,
+                k,
+                m,
+                speedup_vs_f16: h.median_s / t.median_s,
+                speedup_vs_f32: f.median_s / t.median_s,
+                weight_gbs: (n * k) as f64 / 4.0 / t.median_s / 1e9,
+                ternary: t,
+                ternary_f32_acts: tf,
+                f16: h,
+                f32: f,
+            };
+            println!(
+                "| {n}×{k} | {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} |",
+                row.ternary.median_s * 1e6,
+                row.ternary_f32_acts.median_s * 1e6,
+                row.f16.median_s * 1e6,
+                row.f32.median_s * 1e6,
+                row.speedup_vs_f16,
+                row.speedup_vs_f32,
+                row.weight_gbs
+            );
+            rows.push(row);
+        }
+    }
+    if let Some(path) = args.json {
+        let json = serde_json::json!({
+            "device": format!("{gpu:?}"),
+            "checks_passed": passed,
+            "checks_failed": failed,
+            "load_before": load,
+            "load_after": load_average(),
+            "rows": rows,
+        });
+        bitnet_kernels::file::write_atomic(
+            &path,
+            serde_json::to_string_pretty(&json)
+                .expect("json")
+                .as_bytes(),
+        )
+        .expect("write json");
+        println!("wrote {}", path.display());
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

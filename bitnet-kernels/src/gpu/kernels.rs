@@ -1,0 +1,395 @@
+//! The `#[cube]` kernels. Layout of the packed codes: see [`crate::packed`]; a `u32` word `i`
+//! of block `b` holds, in byte `t` at bits `6 - 2q`, the code of weight `256 b + 64 q + 4 i + t`.
+//! So `(word >> (6 - 2q)) & 0x03030303` is four codes of four consecutive weights, one per
+//! byte, in the same order as four int8 activations packed in one word: one `dp4a`.
+
+use cubecl::prelude::*;
+
+/// Threads per cube of the row kernels.
+pub(crate) const ROW_THREADS: u32 = 256;
+/// Lanes splitting the words of one output row.
+pub(crate) const LANES: u32 = 32;
+/// Output rows per cube of the matmul kernels.
+pub(crate) const ROWS_PER_CUBE: u32 = 8;
+/// Activation rows each thread of the matmul kernels handles (reusing each weight word).
+pub(crate) const TILE_M: u32 = 4;
+
+/// Tree reduction over the `ROW_THREADS` threads of a cube in shared memory (sum or max);
+/// every thread returns the result.
+#[cube]
+fn reduce_cube(value: f32, #[comptime] is_max: bool) -> f32 {
+    let mut shared = Shared::new_slice(ROW_THREADS as usize);
+    let t = UNIT_POS_X as usize;
+    shared[t] = value;
+    sync_cube();
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if t < stride {
+            let other = shared[t + stride];
+            if comptime![is_max] {
+                shared[t] = max(shared[t], other);
+            } else {
+                shared[t] += other;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let result = shared[0];
+    sync_cube();
+    result
+}
+
+/// BitNet's per-row int8 activation quantizer: `s = 127 / max(max|x|, 1e-5)`,
+/// `q = clamp(round_half_even(x s), -128, 127)`, packed four per `u32` (byte `t` of word `w`
+/// is column `4w + t`, zero past `cols`). One cube per row.
+#[cube(launch)]
+pub(crate) fn quantize_rows_kernel(
+    x: &Tensor<f32>,
+    packed: &mut Tensor<u32>,
+    row_scale: &mut Tensor<f32>,
+    rows: u32,
+    cols: u32,
+    words: u32,
+) {
+    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let cols = cols as usize;
+    let words = words as usize;
+
+    let mut local = 0.0f32;
+    let mut k = t;
+    while k < cols {
+        local = max(local, x[row * cols + k].abs());
+        k += ROW_THREADS as usize;
+    }
+    let absmax = reduce_cube(local, true);
+    let s = 127.0f32 / max(absmax, 1e-5f32);
+
+    let mut w = t;
+    while w < words {
+        let mut word = 0u32;
+        for b in 0..4u32 {
+            let c = w * 4 + b as usize;
+            if c < cols {
+                let q = clamp((x[row * cols + c] * s).round(), -128.0f32, 127.0f32);
+                let byte = u32::cast_from(i32::cast_from(q)) & 0xFFu32;
+                word |= byte << (8 * b);
+            }
+        }
+        packed[row * words + w] = word;
+        w += ROW_THREADS as usize;
+    }
+    if t == 0 {
+        row_scale[row] = s;
+    }
+}
+
+/// `(word >> shift) & 0x03030303` holds codes 0..=2; `+ 0x7F` per byte gives 127..=129 (no
+/// carry) and `^ 0x80` turns that into the signed bytes -1, 0, 1.
+#[cube]
+fn signed_codes(word: u32, shift: u32) -> i32 {
+    let codes = (word >> shift) & 0x0303_0303u32;
+    i32::cast_from((codes + 0x7F7F_7F7Fu32) ^ 0x8080_8080u32)
+}
+
+/// `y[r, j] = Σ_k q(x)[r, k] (code[j, k] - 1) / (s_x[r] s_w)` with int8 activations and `dp4a`.
+/// Cube: `LANES × ROWS_PER_CUBE` threads; lanes split the words of output row `j`, each
+/// thread handles up to `TILE_M` activation rows. `scale_mode`: 0 per tensor, 1 per row,
+/// `g > 1` per group of `g` words (`16 g` inputs).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ternary_int8_kernel(
+    xq: &Tensor<u32>,
+    row_scale: &Tensor<f32>,
+    codes: &Tensor<u32>,
+    scales: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    m: u32,
+    rows: u32,
+    words: u32,
+    act_words: u32,
+    group_words: u32,
+) {
+    let lane = UNIT_POS_X as usize;
+    let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
+    let r0 = (CUBE_POS_Y * TILE_M) as usize;
+    let m = m as usize;
+    let rows = rows as usize;
+    let words = words as usize;
+    let act_words = act_words as usize;
+    let group_words = group_words as usize;
+    let mut shared = Shared::new_slice((LANES * ROWS_PER_CUBE * TILE_M) as usize);
+    let slot = (UNIT_POS_Y * LANES) as usize;
+
+    let mut tile = 0u32;
+    while tile < TILE_M {
+        let r = r0 + tile as usize;
+        let mut acc = 0.0f32;
+        if j < rows && r < m {
+            // One integer sum per group (the whole row for per-tensor and per-row scales).
+            let groups = words / group_words;
+            for g in 0..groups {
+                let mut dot = 0i32;
+                let mut w = g * group_words + lane;
+                while w < (g + 1) * group_words {
+                    let word = codes[j * words + w];
+                    let base = (w / 16) * 64 + (w % 16);
+                    for q in 0..4u32 {
+                        let a = i32::cast_from(xq[r * act_words + base + 16 * q as usize]);
+                        dot = dp4a(a, signed_codes(word, 6 - 2 * q), dot);
+                    }
+                    w += LANES as usize;
+                }
+                let sw = if scales.len() == 1 {
+                    scales[0]
+                } else if groups == 1 {
+                    scales[j]
+                } else {
+                    scales[j * groups + g]
+                };
+                if groups == 1 {
+                    // Exact integer partials, summed exactly in the reduction below.
+                    acc += f32::cast_from(dot);
+                } else {
+                    acc += f32::cast_from(dot) / (row_scale[r] * sw);
+                }
+            }
+        }
+        shared[(slot + lane) * TILE_M as usize + tile as usize] = acc;
+        tile += 1;
+    }
+    sync_cube();
+    if lane == 0 {
+        let mut tile = 0u32;
+        while tile < TILE_M {
+            let r = r0 + tile as usize;
+            if j < rows && r < m {
+                let mut sum = 0.0f32;
+                for l in 0..LANES as usize {
+                    sum += shared[(slot + l) * TILE_M as usize + tile as usize];
+                }
+                let groups = words / group_words;
+                if groups == 1 {
+                    let sw = if scales.len() == 1 {
+                        scales[0]
+                    } else {
+                        scales[j]
+                    };
+                    out[r * rows + j] = sum / (row_scale[r] * sw);
+                } else {
+                    out[r * rows + j] = sum;
+                }
+            }
+            tile += 1;
+        }
+    }
+}
+
+/// `y[r, j] = Σ_k x[r, k] (code[j, k] - 1) · w_scale` with float activations (W1.58 A16/A32).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ternary_f32_kernel(
+    x: &Tensor<f32>,
+    codes: &Tensor<u32>,
+    scales: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    m: u32,
+    rows: u32,
+    cols: u32,
+    words: u32,
+    group_words: u32,
+) {
+    let lane = UNIT_POS_X as usize;
+    let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
+    let r0 = (CUBE_POS_Y * TILE_M) as usize;
+    let m = m as usize;
+    let rows = rows as usize;
+    let cols = cols as usize;
+    let words = words as usize;
+    let group_words = group_words as usize;
+    let mut shared = Shared::new_slice((LANES * ROWS_PER_CUBE * TILE_M) as usize);
+    let slot = (UNIT_POS_Y * LANES) as usize;
+
+    let mut tile = 0u32;
+    while tile < TILE_M {
+        let r = r0 + tile as usize;
+        let mut acc = 0.0f32;
+        if j < rows && r < m {
+            let groups = words / group_words;
+            for g in 0..groups {
+                let mut part = 0.0f32;
+                let mut w = g * group_words + lane;
+                while w < (g + 1) * group_words {
+                    let word = codes[j * words + w];
+                    let base = (w / 16) * 256 + (w % 16) * 4;
+                    for q in 0..4u32 {
+                        for t in 0..4u32 {
+                            let k = base + 64 * q as usize + t as usize;
+                            let code = (word >> (8 * t + 6 - 2 * q)) & 3u32;
+                            if k < cols && code != 1u32 {
+                                let v = x[r * cols + k];
+                                if code == 2u32 {
+                                    part += v;
+                                } else {
+                                    part -= v;
+                                }
+                            }
+                        }
+                    }
+                    w += LANES as usize;
+                }
+                let sw = if scales.len() == 1 {
+                    scales[0]
+                } else if groups == 1 {
+                    scales[j]
+                } else {
+                    scales[j * groups + g]
+                };
+                acc += part / sw;
+            }
+        }
+        shared[(slot + lane) * TILE_M as usize + tile as usize] = acc;
+        tile += 1;
+    }
+    sync_cube();
+    if lane == 0 {
+        let mut tile = 0u32;
+        while tile < TILE_M {
+            let r = r0 + tile as usize;
+            if j < rows && r < m {
+                let mut sum = 0.0f32;
+                for l in 0..LANES as usize {
+                    sum += shared[(slot + l) * TILE_M as usize + tile as usize];
+                }
+                out[r * rows + j] = sum;
+            }
+            tile += 1;
+        }
+    }
+}
+
+/// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
+/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s`. One cube per row.
+#[cube(launch)]
+pub(crate) fn fake_quant_rows_kernel(
+    x: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    rows: u32,
+    row_len: u32,
+    qn: f32,
+    qp: f32,
+    eps: f32,
+    #[comptime] abs_mean: bool,
+) {
+    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let len = row_len as usize;
+    let mut local = 0.0f32;
+    let mut k = t;
+    while k < len {
+        let v = x[row * len + k].abs();
+        if comptime![abs_mean] {
+            local += v;
+        } else {
+            local = max(local, v);
+        }
+        k += ROW_THREADS as usize;
+    }
+    let mut stat = reduce_cube(local, !abs_mean);
+    if comptime![abs_mean] {
+        stat /= f32::cast_from(row_len);
+    }
+    let s = qp / max(stat, eps);
+    let mut k = t;
+    while k < len {
+        let i = row * len + k;
+        out[i] = clamp(x[i] * s, qn, qp).round() / s;
+        k += ROW_THREADS as usize;
+    }
+}
+
+/// Partial sums (or maxima) of `|x|` over chunks of `chunk` elements, one cube per chunk.
+#[cube(launch)]
+pub(crate) fn abs_partials_kernel(
+    x: &Tensor<f32>,
+    partials: &mut Tensor<f32>,
+    len: u32,
+    chunk: u32,
+    #[comptime] abs_mean: bool,
+) {
+    let c = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let t = UNIT_POS_X as usize;
+    let len = len as usize;
+    let start = c * chunk as usize;
+    let end = min(start + chunk as usize, len);
+    let mut local = 0.0f32;
+    let mut k = start + t;
+    while k < end {
+        let v = x[k].abs();
+        if comptime![abs_mean] {
+            local += v;
+        } else {
+            local = max(local, v);
+        }
+        k += ROW_THREADS as usize;
+    }
+    let total = reduce_cube(local, !abs_mean);
+    if t == 0 && start < len {
+        partials[c] = total;
+    }
+}
+
+/// Reduces the partials to the scale `qp / max(stat, eps)` in `scale[0]`. One cube.
+#[cube(launch)]
+pub(crate) fn scale_kernel(
+    partials: &Tensor<f32>,
+    scale: &mut Tensor<f32>,
+    count: u32,
+    len: u32,
+    qp: f32,
+    eps: f32,
+    #[comptime] abs_mean: bool,
+) {
+    let t = UNIT_POS_X as usize;
+    let mut local = 0.0f32;
+    let mut k = t;
+    while k < count as usize {
+        if comptime![abs_mean] {
+            local += partials[k];
+        } else {
+            local = max(local, partials[k]);
+        }
+        k += ROW_THREADS as usize;
+    }
+    let mut stat = reduce_cube(local, !abs_mean);
+    if comptime![abs_mean] {
+        stat /= f32::cast_from(len);
+    }
+    if t == 0 {
+        scale[0] = qp / max(stat, eps);
+    }
+}
+
+/// `y = clamp(round_half_even(x s), qn, qp) / s` with `s = scale[0]`, one element per thread.
+#[cube(launch)]
+pub(crate) fn apply_scale_kernel(
+    x: &Tensor<f32>,
+    scale: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    len: u32,
+    qn: f32,
+    qp: f32,
+) {
+    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    if i < len as usize {
+        let s = scale[0];
+        out[i] = clamp(x[i] * s, qn, qp).round() / s;
+    }
+}

@@ -1,0 +1,309 @@
+//! GPU kernels (CubeCL) for packed ternary weights, run by the [`TernaryOps`] backend extension
+//! on Burn's `CubeBackend` (wgpu — Vulkan, Metal, DX12, WebGPU —, CUDA, ROCm) and, through
+//! the generated lazy operation, on `Fusion<CubeBackend>`.
+//!
+//! - [`ternary_matmul_int8`]: BitNet's int8 per-row activations (one cube per row: absmax,
+//!   scale, round half to even, four codes per `u32`), then `dp4a` against the packed codes
+//!   (native on CUDA and SPIR-V, a portable byte polyfill in WGSL). Integer results are exact;
+//!   the float output equals the CPU kernels' to float rounding.
+//! - [`ternary_matmul_f32`]: float activations times ternary weights, no multiplication.
+//!
+//! Both read the packed words of [`crate::packed`] as stored in a `[rows, words]` `u32` tensor.
+//!
+//! [`TernaryOps`]: crate::burn_ext::TernaryOps
+
+mod kernels;
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::burn_ext::ScaleKind;
+use crate::packed::{BLOCK, BLOCK_WORDS, padded_cols, words_per_row};
+use kernels::{LANES, ROW_THREADS, ROWS_PER_CUBE, TILE_M};
+
+fn dims(t: &CubeTensor) -> Vec<usize> {
+    t.meta.shape().to_vec()
+}
+
+/// Words of one group (`0`: the whole row).
+fn group_words(kind: ScaleKind, words: usize) -> usize {
+    match kind {
+        ScaleKind::PerTensor | ScaleKind::PerRow => words,
+        ScaleKind::PerGroup(group) => (group / BLOCK) * BLOCK_WORDS,
+    }
+}
+
+/// Checks the operands of a ternary matmul and returns `(m, rows, words)`.
+fn check(
+    x: &CubeTensor,
+    codes: &CubeTensor,
+    scales: &CubeTensor,
+    cols: usize,
+    kind: ScaleKind,
+) -> (usize, usize, usize) {
+    let (xd, cd) = (dims(x), dims(codes));
+    assert!(
+        xd.len() == 2 && xd[1] == cols,
+        "ternary_matmul: x must be [m, {cols}], got {xd:?}"
+    );
+    let words = words_per_row(cols);
+    assert!(
+        cd.len() == 2 && cd[1] == words,
+        "ternary_matmul: codes must be [rows, {words}], got {cd:?}"
+    );
+    let rows = cd[0];
+    let expected = match kind {
+        ScaleKind::PerTensor => 1,
+        ScaleKind::PerRow => rows,
+        ScaleKind::PerGroup(group) => {
+            assert!(
+                group.is_multiple_of(BLOCK) && cols.is_multiple_of(group),
+                "ternary_matmul: group {group} must be a multiple of {BLOCK} dividing {cols}"
+            );
+            rows * cols / group
+        }
+    };
+    let n = scales.meta.shape().num_elements();
+    assert_eq!(
+        n, expected,
+        "ternary_matmul: {expected} scales expected for {kind:?}, got {n}"
+    );
+    (xd[0], rows, words)
+}
+
+fn matmul_grid(client: &CubeTensor, m: usize, rows: usize) -> (CubeCount, CubeDim) {
+    let _ = client;
+    (
+        CubeCount::Static(
+            rows.div_ceil(ROWS_PER_CUBE as usize) as u32,
+            m.div_ceil(TILE_M as usize) as u32,
+            1,
+        ),
+        CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+    )
+}
+
+/// Quantizes `x [m, cols]` (f32) to int8 per row: returns the packed activations
+/// `[m, padded_cols / 4]` (`u32`, zero past `cols`) and the row scales `s_x [m]`.
+pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
+    let x = into_contiguous(x);
+    let m = dims(&x)[0];
+    let act_words = padded_cols(cols) / 4;
+    let packed = empty_device_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        Shape::new([m, act_words]),
+        DType::U32,
+    );
+    let scale = empty_device_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        Shape::new([m]),
+        DType::F32,
+    );
+    if m > 0 {
+        kernels::quantize_rows_kernel::launch(
+            &x.client,
+            grid(m),
+            CubeDim::new_1d(ROW_THREADS),
+            x.clone().into_tensor_arg(),
+            packed.clone().into_tensor_arg(),
+            scale.clone().into_tensor_arg(),
+            m as u32,
+            cols as u32,
+            act_words as u32,
+        );
+    }
+    (packed, scale)
+}
+
+/// `y = q(x) · Wᵀ` with BitNet's int8 per-row activations: `x [m, cols]` f32, `codes
+/// [rows, words_per_row(cols)]` u32, `scales` as `kind` says. Returns `[m, rows]` f32.
+///
+/// # Panics
+/// On operands of the wrong shapes.
+pub fn ternary_matmul_int8(
+    x: CubeTensor,
+    codes: CubeTensor,
+    scales: CubeTensor,
+    cols: usize,
+    kind: ScaleKind,
+) -> CubeTensor {
+    let (m, rows, words) = check(&x, &codes, &scales, cols, kind);
+    let (codes, scales) = (into_contiguous(codes), into_contiguous(scales));
+    let (xq, row_scale) = quantize_rows(x, cols);
+    let out = empty_device_dtype(
+        codes.client.clone(),
+        codes.device.clone(),
+        Shape::new([m, rows]),
+        DType::F32,
+    );
+    if m == 0 || rows == 0 || words == 0 {
+        return out;
+    }
+    let (count, dim) = matmul_grid(&codes, m, rows);
+    kernels::ternary_int8_kernel::launch(
+        &codes.client,
+        count,
+        dim,
+        xq.into_tensor_arg(),
+        row_scale.into_tensor_arg(),
+        codes.clone().into_tensor_arg(),
+        scales.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        m as u32,
+        rows as u32,
+        words as u32,
+        (padded_cols(cols) / 4) as u32,
+        group_words(kind, words) as u32,
+    );
+    out
+}
+
+/// `y = x · Wᵀ` with float activations and ternary weights (no activation quantization).
+///
+/// # Panics
+/// On operands of the wrong shapes.
+pub fn ternary_matmul_f32(
+    x: CubeTensor,
+    codes: CubeTensor,
+    scales: CubeTensor,
+    cols: usize,
+    kind: ScaleKind,
+) -> CubeTensor {
+    let (m, rows, words) = check(&x, &codes, &scales, cols, kind);
+    let (x, codes, scales) = (
+        into_contiguous(x),
+        into_contiguous(codes),
+        into_contiguous(scales),
+    );
+    let out = empty_device_dtype(
+        codes.client.clone(),
+        codes.device.clone(),
+        Shape::new([m, rows]),
+        DType::F32,
+    );
+    if m == 0 || rows == 0 || words == 0 {
+        return out;
+    }
+    let (count, dim) = matmul_grid(&codes, m, rows);
+    kernels::ternary_f32_kernel::launch(
+        &codes.client,
+        count,
+        dim,
+        x.into_tensor_arg(),
+        codes.clone().into_tensor_arg(),
+        scales.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        m as u32,
+        rows as u32,
+        cols as u32,
+        words as u32,
+        group_words(kind, words) as u32,
+    );
+    out
+}
+
+/// A grid of `cubes` cubes within the 65,535-per-dimension limit.
+fn grid(cubes: usize) -> CubeCount {
+    let x = cubes.clamp(1, 65_535);
+    CubeCount::Static(x as u32, cubes.div_ceil(x).max(1) as u32, 1)
+}
+
+/// Elements of a per-tensor partial reduction per cube.
+const CHUNK: usize = 16 * ROW_THREADS as usize;
+
+/// Fused fake quantization of an f32 tensor for QAT: `s = qp / max(stat, eps)` with `stat` the
+/// mean (`abs_mean`) or max of `|x|` over the whole tensor or over each row of the last axis
+/// (`per_row`), `y = clamp(round_half_even(x s), qn, qp) / s`. Per row: one kernel; per
+/// tensor: partial reduction, scale, apply (two passes over the data).
+pub fn fake_quantize(
+    x: CubeTensor,
+    qn: i32,
+    qp: i32,
+    eps: f64,
+    abs_mean: bool,
+    per_row: bool,
+) -> CubeTensor {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().clone();
+    let len = shape.num_elements();
+    let out = empty_device_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        shape.clone(),
+        DType::F32,
+    );
+    if len == 0 {
+        return out;
+    }
+    let (qn, qp, eps) = (qn as f32, qp as f32, eps as f32);
+    let client = x.client.clone();
+    if per_row {
+        let row_len = shape[shape.num_dims() - 1].max(1);
+        kernels::fake_quant_rows_kernel::launch(
+            &client,
+            grid(len / row_len),
+            CubeDim::new_1d(ROW_THREADS),
+            x.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            (len / row_len) as u32,
+            row_len as u32,
+            qn,
+            qp,
+            eps,
+            abs_mean,
+        );
+        return out;
+    }
+    let chunks = len.div_ceil(CHUNK);
+    let partials = empty_device_dtype(
+        client.clone(),
+        x.device.clone(),
+        Shape::new([chunks]),
+        DType::F32,
+    );
+    let scale = empty_device_dtype(
+        client.clone(),
+        x.device.clone(),
+        Shape::new([1]),
+        DType::F32,
+    );
+    kernels::abs_partials_kernel::launch(
+        &client,
+        grid(chunks),
+        CubeDim::new_1d(ROW_THREADS),
+        x.clone().into_tensor_arg(),
+        partials.clone().into_tensor_arg(),
+        len as u32,
+        CHUNK as u32,
+        abs_mean,
+    );
+    kernels::scale_kernel::launch(
+        &client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(ROW_THREADS),
+        partials.into_tensor_arg(),
+        scale.clone().into_tensor_arg(),
+        chunks as u32,
+        len as u32,
+        qp,
+        eps,
+        abs_mean,
+    );
+    kernels::apply_scale_kernel::launch(
+        &client,
+        grid(len.div_ceil(ROW_THREADS as usize)),
+        CubeDim::new_1d(ROW_THREADS),
+        x.into_tensor_arg(),
+        scale.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        len as u32,
+        qn,
+        qp,
+    );
+    out
+}

@@ -1,0 +1,205 @@
+//! The CubeCL kernels against the CPU kernels, on whatever wgpu adapter the machine has (Mesa's
+//! lavapipe on CI: `scripts/install-deps.sh` installs it). Under CI (`CI=true`) a missing
+//! adapter fails; elsewhere the tests say they skipped.
+
+use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
+use bitnet_kernels::packed::{PackedTernary, TernaryScales};
+use burn::tensor::{DType, Device, DeviceKind, Int, Tensor, TensorCreationOptions, TensorData};
+
+use super::values;
+
+/// The wgpu device, or `None` (with a notice) when no adapter works outside CI.
+pub fn gpu_device() -> Option<Device> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa warns on every call without it.
+        let dir = std::env::temp_dir().join("bitnet-qat-xdg");
+        let _ = std::fs::create_dir_all(&dir);
+        // SAFETY: set before any other thread of this test reads the environment for wgpu.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir) };
+    }
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let probe = device.clone();
+    let works = std::panic::catch_unwind(move || {
+        Tensor::<1>::from_data([1.0, 2.0], &probe)
+            .sum()
+            .into_scalar::<f32>()
+    });
+    match works {
+        Ok(3.0) => Some(device),
+        other => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "no working wgpu adapter under CI ({other:?}): install mesa-vulkan-drivers \
+                 libvulkan1 (scripts/install-deps.sh)"
+            );
+            eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers libvulkan1)");
+            None
+        }
+    }
+}
+
+/// A deterministic stream of numbers in `[0, 1)`.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+struct Case {
+    m: usize,
+    rows: usize,
+    cols: usize,
+    x: Vec<f32>,
+    words: Vec<u32>,
+    scales: Vec<f32>,
+    kind: ScaleKind,
+}
+
+fn case(m: usize, rows: usize, cols: usize, kind: ScaleKind, integer_x: bool, seed: u64) -> Case {
+    let mut rng = Lcg(seed);
+    let w: Vec<i8> = (0..rows * cols)
+        .map(|_| (rng.next() * 3.0) as i8 - 1)
+        .collect();
+    let x: Vec<f32> = (0..m * cols)
+        .map(|i| {
+            if integer_x {
+                // Each row reaches ±127, so s_x = 1 and the output is the integer product.
+                if i % cols == 0 {
+                    127.0
+                } else {
+                    (rng.next() * 255.0).floor() - 127.0
+                }
+            } else {
+                (rng.next() - 0.5) * 4.0
+            }
+        })
+        .collect();
+    let (scales, packed_scales) = match kind {
+        ScaleKind::PerTensor => {
+            let s = if integer_x { 1.0 } else { 0.37 };
+            (vec![s], TernaryScales::PerTensor(s))
+        }
+        ScaleKind::PerRow => {
+            let s: Vec<f32> = (0..rows).map(|_| 0.1 + rng.next()).collect();
+            (s.clone(), TernaryScales::PerRow(s))
+        }
+        ScaleKind::PerGroup(group) => {
+            let s: Vec<f32> = (0..rows * cols / group).map(|_| 0.1 + rng.next()).collect();
+            (s.clone(), TernaryScales::PerGroup { group, scales: s })
+        }
+    };
+    let words = PackedTernary::pack(&w, rows, cols, packed_scales)
+        .unwrap()
+        .words()
+        .to_vec();
+    Case {
+        m,
+        rows,
+        cols,
+        x,
+        words,
+        scales,
+        kind,
+    }
+}
+
+fn run(c: &Case, device: &Device, int8: bool) -> Vec<f32> {
+    let x = Tensor::<2>::from_data(TensorData::new(c.x.clone(), [c.m, c.cols]), device);
+    let per_row = c.words.len() / c.rows;
+    let codes = Tensor::<2, Int>::from_data(
+        TensorData::new(c.words.clone(), [c.rows, per_row]),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+    );
+    let scales =
+        Tensor::<1>::from_data(TensorData::new(c.scales.clone(), [c.scales.len()]), device);
+    let y = if int8 {
+        ternary_matmul(x, codes, scales, c.cols, c.kind)
+    } else {
+        ternary_matmul_float(x, codes, scales, c.cols, c.kind)
+    };
+    assert_eq!(y.dims(), [c.m, c.rows]);
+    values(y)
+}
+
+/// Ragged K and N, GEMV and GEMM.
+const SHAPES: [(usize, usize, usize); 5] = [
+    (1, 37, 300),
+    (1, 64, 256),
+    (5, 19, 777),
+    (9, 130, 1000),
+    (4, 8, 2),
+];
+
+#[test]
+fn int8_products_are_bit_exact_on_the_gpu() {
+    let Some(gpu) = gpu_device() else { return };
+    for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
+        let c = case(m, rows, cols, ScaleKind::PerTensor, true, i as u64);
+        let cpu = run(&c, &Device::flex(), true);
+        let got = run(&c, &gpu, true);
+        assert!(cpu.iter().all(|v| v.fract() == 0.0), "integer products");
+        assert_eq!(got, cpu, "m={m} rows={rows} cols={cols}");
+    }
+}
+
+#[test]
+fn gpu_kernels_match_the_cpu_kernels_for_every_scale_layout() {
+    let Some(gpu) = gpu_device() else { return };
+    let mut checked = 0;
+    for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
+        let mut kinds = vec![ScaleKind::PerTensor, ScaleKind::PerRow];
+        if cols % 256 == 0 {
+            kinds.push(ScaleKind::PerGroup(256));
+        }
+        for kind in kinds {
+            let c = case(m, rows, cols, kind, false, 100 + i as u64);
+            for int8 in [true, false] {
+                let cpu = run(&c, &Device::flex(), int8);
+                let got = run(&c, &gpu, int8);
+                // Float sums in another order differ by a few ulps of the sum of |terms|, which
+                // can be far larger than the (cancelling) result: bound by both.
+                let min_scale = c.scales.iter().copied().fold(f32::INFINITY, f32::min);
+                for (j, (a, b)) in got.iter().zip(&cpu).enumerate() {
+                    let r = j / c.rows;
+                    let l1: f32 = c.x[r * c.cols..(r + 1) * c.cols]
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum();
+                    let tol = (1e-5 * b.abs().max(1.0)).max(2e-6 * l1 / min_scale);
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{kind:?} int8={int8} m={m} rows={rows} cols={cols} [{j}]: gpu {a} cpu {b}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 22);
+}
+
+#[test]
+fn float_activation_path_matches_the_tensor_op_fallback() {
+    use bitnet_kernels::burn_ext::ternary_matmul_float_fallback;
+    let device = Device::flex();
+    let c = case(3, 21, 512, ScaleKind::PerGroup(256), false, 7);
+    let kernel = run(&c, &device, false);
+    let x = Tensor::<2>::from_data(TensorData::new(c.x.clone(), [c.m, c.cols]), &device);
+    let codes = Tensor::<2, Int>::from_data(
+        TensorData::new(c.words.clone(), [c.rows, c.words.len() / c.rows]),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+    );
+    let scales =
+        Tensor::<1>::from_data(TensorData::new(c.scales.clone(), [c.scales.len()]), &device);
+    let reference = values(ternary_matmul_float_fallback(
+        x, codes, scales, c.cols, c.kind,
+    ));
+    for (a, b) in kernel.iter().zip(&reference) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}

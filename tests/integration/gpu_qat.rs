@@ -1,0 +1,52 @@
+//! QAT on the GPU: a BitLinear forward and backward (fused fake quantization kernels) and a
+//! packed TernaryLinear forward (ternary matmul kernel) on wgpu agree with Flex.
+
+use bitnet_qat::infer::ToTernary;
+use bitnet_qat::nn::BitLinearConfig;
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+
+use super::gpu::gpu_device;
+use super::{assert_close, values};
+
+#[test]
+fn bitlinear_forward_and_backward_match_flex() {
+    let Some(gpu) = gpu_device() else { return };
+    let cpu = Device::flex().autodiff();
+    cpu.seed(3);
+    let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
+    let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
+    let run = |device: &Device| {
+        let device = device.clone().autodiff();
+        let layer = BitLinearConfig::new(96, 40)
+            .init_with(Tensor::from_data(w.to_data(), &device), None, &device)
+            .unwrap();
+        let x = Tensor::<2>::from_data(x.to_data(), &device).require_grad();
+        let y = layer.forward(x.clone());
+        let grads = (y.clone() * y.clone()).sum().backward();
+        (
+            values(y),
+            values(layer.weight.val().grad(&grads).unwrap()),
+            values(x.grad(&grads).unwrap()),
+        )
+    };
+    let (y_cpu, gw_cpu, gx_cpu) = run(&cpu);
+    let (y_gpu, gw_gpu, gx_gpu) = run(&gpu);
+    assert_close(&y_gpu, &y_cpu, 1e-4, "BitLinear output");
+    assert_close(&gw_gpu, &gw_cpu, 1e-4, "weight gradient");
+    assert_close(&gx_gpu, &gx_cpu, 1e-4, "input gradient");
+}
+
+#[test]
+fn packed_ternary_linear_runs_on_the_gpu() {
+    let Some(gpu) = gpu_device() else { return };
+    let cpu = Device::flex();
+    cpu.seed(5);
+    let layer = BitLinearConfig::new(300, 33).init(&cpu).unwrap();
+    let packed = layer.to_ternary().unwrap();
+    let x = Tensor::<2>::random([4, 300], Distribution::Normal(0.0, 1.0), &cpu);
+    let y_cpu = values(packed.forward(x.clone()));
+    let on_gpu = packed.fork(&gpu);
+    let y_gpu = values(on_gpu.forward(Tensor::<2>::from_data(x.to_data(), &gpu)));
+    assert_close(&y_gpu, &y_cpu, 1e-5, "TernaryLinear on the GPU");
+}
