@@ -7,7 +7,11 @@
 #
 #   scripts/gpu-check.sh            # all shapes
 #   scripts/gpu-check.sh --quick    # LLaMA FFN shapes, M = 1 and 512
-#   GPU_CHECK_BIN=path/to/gpu-check scripts/gpu-check.sh --quick   # a binary built elsewhere
+#   GPU_CHECK_BIN=path/to/gpu-check GPU_CHECK_DEVICES=wgpu scripts/gpu-check.sh   # prebuilt
+#
+# Building `cuda` needs network access beyond crates.io: cubecl-cuda 0.11.3 depends on
+# cubecl-llvm, whose build script downloads an LLVM bundle from github.com/tracel-ai. Without
+# it, build with `--features wgpu` and run `--device wgpu` (Vulkan on the NVIDIA driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
@@ -24,9 +28,10 @@ if [ -z "$bin" ]; then
   bin="$CARGO_TARGET_DIR/release/gpu-check"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-echo "== CUDA"
-"$bin" --device cuda --json "$out/gpu-check-cuda.json" "$@"
-if [ "$vulkan" = 1 ]; then
-  echo "== wgpu (Vulkan)"
-  "$bin" --device wgpu --quick --json "$out/gpu-check-wgpu.json" || echo "wgpu run failed"
-fi
+devices="${GPU_CHECK_DEVICES:-cuda$([ "$vulkan" = 1 ] && echo ' wgpu')}"
+status=0
+for d in $devices; do
+  echo "== $d"
+  "$bin" --device "$d" --json "$out/gpu-check-$d.json" "$@" || status=1
+done
+exit "$status"

@@ -62,6 +62,10 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// `flex` (CPU) or, with the `wgpu` feature, `wgpu` (each step ends with a device sync;
+    /// the peak-memory column counts host allocations only).
+    #[arg(long, default_value = "flex")]
+    device: String,
 }
 
 #[derive(Module, Debug)]
@@ -143,7 +147,13 @@ struct Report {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let load_before = load_average();
-    let device = Device::flex().autodiff();
+    let device = match args.device.as_str() {
+        "flex" => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        other => return Err(format!("unknown or disabled device {other:?}").into()),
+    }
+    .autodiff();
     device.seed(7);
     let x = Tensor::<2>::random([args.batch, 784], Distribution::Uniform(0.0, 1.0), &device);
     let y = Tensor::<1, Int>::from_data(
@@ -165,6 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = optims[i].step(1e-3, model, grads);
+        device.sync().expect("device sync");
         peaks[i] = peaks[i].max(PEAK.load(Ordering::Relaxed).saturating_sub(before));
         models[i] = Some(model);
     };
