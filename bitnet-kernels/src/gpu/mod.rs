@@ -28,7 +28,7 @@ fn dims(t: &CubeTensor) -> Vec<usize> {
     t.meta.shape().to_vec()
 }
 
-/// Words of one group (`0`: the whole row).
+/// Words of one scale group (the whole row for per-tensor and per-row scales).
 fn group_words(kind: ScaleKind, words: usize) -> usize {
     match kind {
         ScaleKind::PerTensor | ScaleKind::PerRow => words,
@@ -74,8 +74,7 @@ fn check(
     (xd[0], rows, words)
 }
 
-fn matmul_grid(client: &CubeTensor, m: usize, rows: usize) -> (CubeCount, CubeDim) {
-    let _ = client;
+fn matmul_grid(m: usize, rows: usize) -> (CubeCount, CubeDim) {
     (
         CubeCount::Static(
             rows.div_ceil(ROWS_PER_CUBE as usize) as u32,
@@ -144,7 +143,7 @@ pub fn ternary_matmul_int8(
     if m == 0 || rows == 0 || words == 0 {
         return out;
     }
-    let (count, dim) = matmul_grid(&codes, m, rows);
+    let (count, dim) = matmul_grid(m, rows);
     kernels::ternary_int8_kernel::launch(
         &codes.client,
         count,
@@ -189,7 +188,7 @@ pub fn ternary_matmul_f32(
     if m == 0 || rows == 0 || words == 0 {
         return out;
     }
-    let (count, dim) = matmul_grid(&codes, m, rows);
+    let (count, dim) = matmul_grid(m, rows);
     kernels::ternary_f32_kernel::launch(
         &codes.client,
         count,
