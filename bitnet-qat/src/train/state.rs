@@ -215,7 +215,7 @@ pub trait QatTrainModel: QatModule + Module {
 }
 
 impl QatState {
-    #[cfg(test)]
+    /// `(global step, codes flipped by the last update)`, read back from the device.
     fn read_counters(&self) -> (usize, usize) {
         let values = self
             .counters
@@ -229,14 +229,7 @@ impl QatState {
 
     /// The global optimizer step (the number of updates so far).
     pub fn step(&self) -> usize {
-        let values = self
-            .counters
-            .val()
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("i64 counters");
-        values[0] as usize
+        self.read_counters().0
     }
 
     /// The plan this state runs.
