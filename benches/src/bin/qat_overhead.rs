@@ -66,6 +66,11 @@ struct Args {
     /// the peak-memory column counts host allocations only).
     #[arg(long, default_value = "flex")]
     device: String,
+    /// Which quantizers the BitLinear model has (to locate an overhead): `full` (W1.58 A8),
+    /// `weights` (FP activations) or `activations` (8-bit activations, FP weights: int8 weights
+    /// with the STE blend at 0).
+    #[arg(long, default_value = "full")]
+    bitlinear: String,
 }
 
 #[derive(Module, Debug)]
@@ -88,7 +93,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(kind: &str, device: &Device) -> Self {
+    fn new(kind: &str, quantizers: &str, device: &Device) -> Self {
         let sizes = [784, 256, 256, 10];
         let layers = sizes
             .windows(2)
@@ -100,11 +105,19 @@ impl Mlp {
                     norm: RmsNormConfig::new(w[0]).init(device),
                     linear: LinearConfig::new(w[0], w[1]).with_bias(false).init(device),
                 }),
-                _ => Layer::Bit(
-                    BitLinearConfig::new(w[0], w[1])
-                        .init(device)
-                        .expect("valid"),
-                ),
+                _ => {
+                    let config = BitLinearConfig::new(w[0], w[1]);
+                    let config = match quantizers {
+                        "weights" => config.with_activation_quant(None),
+                        _ => config,
+                    };
+                    let layer = config.init(device).expect("valid");
+                    if quantizers == "activations" {
+                        // lambda 0: the weight quantizer passes the latent weight through.
+                        layer.weight_quantizer.control.set_lambda(0.0);
+                    }
+                    Layer::Bit(layer)
+                }
             })
             .collect();
         Self { layers }
@@ -165,7 +178,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let names = ["linear", "norm-linear", "bitlinear"];
-    let mut models: Vec<Option<Mlp>> = names.iter().map(|n| Some(Mlp::new(n, &device))).collect();
+    let mut models: Vec<Option<Mlp>> = names
+        .iter()
+        .map(|n| Some(Mlp::new(n, &args.bitlinear, &device)))
+        .collect();
     let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
     let mut peaks = [0usize; 3];
     let mut step = |i: usize| {
