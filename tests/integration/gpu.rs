@@ -6,7 +6,7 @@ use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use burn::tensor::{DType, Device, DeviceKind, Int, Tensor, TensorCreationOptions, TensorData};
 
-use super::values;
+use super::{Lcg, values};
 
 /// The wgpu device, or `None` (with a notice) when no adapter works outside CI.
 pub fn gpu_device() -> Option<Device> {
@@ -38,18 +38,6 @@ pub fn gpu_device() -> Option<Device> {
     }
 }
 
-/// A deterministic stream of numbers in `[0, 1)`.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
 struct Case {
     m: usize,
     rows: usize,
@@ -63,7 +51,7 @@ struct Case {
 fn case(m: usize, rows: usize, cols: usize, kind: ScaleKind, integer_x: bool, seed: u64) -> Case {
     let mut rng = Lcg(seed);
     let w: Vec<i8> = (0..rows * cols)
-        .map(|_| (rng.next() * 3.0) as i8 - 1)
+        .map(|_| (rng.uniform() * 3.0) as i8 - 1)
         .collect();
     let x: Vec<f32> = (0..m * cols)
         .map(|i| {
@@ -72,10 +60,10 @@ fn case(m: usize, rows: usize, cols: usize, kind: ScaleKind, integer_x: bool, se
                 if i % cols == 0 {
                     127.0
                 } else {
-                    (rng.next() * 255.0).floor() - 127.0
+                    (rng.uniform() * 255.0).floor() - 127.0
                 }
             } else {
-                (rng.next() - 0.5) * 4.0
+                (rng.uniform() - 0.5) * 4.0
             }
         })
         .collect();
@@ -85,11 +73,13 @@ fn case(m: usize, rows: usize, cols: usize, kind: ScaleKind, integer_x: bool, se
             (vec![s], TernaryScales::PerTensor(s))
         }
         ScaleKind::PerRow => {
-            let s: Vec<f32> = (0..rows).map(|_| 0.1 + rng.next()).collect();
+            let s: Vec<f32> = (0..rows).map(|_| 0.1 + rng.uniform()).collect();
             (s.clone(), TernaryScales::PerRow(s))
         }
         ScaleKind::PerGroup(group) => {
-            let s: Vec<f32> = (0..rows * cols / group).map(|_| 0.1 + rng.next()).collect();
+            let s: Vec<f32> = (0..rows * cols / group)
+                .map(|_| 0.1 + rng.uniform())
+                .collect();
             (s.clone(), TernaryScales::PerGroup { group, scales: s })
         }
     };

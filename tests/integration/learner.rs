@@ -9,6 +9,8 @@ use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
 use bitnet_qat::train::{QatPlan, QatStat};
 use bitnet_qat_examples::learner::{FitConfig, epoch_metric, fit};
 use bitnet_qat_examples::{Dense, Mlp};
+
+use super::Lcg;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn::train::metric::store::Split;
@@ -38,16 +40,11 @@ fn config(dir: &std::path::Path, epochs: usize) -> FitConfig {
 /// quantizer controls: clones of a model share theirs.)
 fn initial() -> Mlp {
     let device = Device::flex().autodiff();
-    let mut state = 0x5EED_u64;
+    let mut rng = Lcg(0x5EED);
     let mut layer = |d_in: usize, d_out: usize| {
         let bound = 1.0 / (d_in as f32).sqrt();
         let w: Vec<f32> = (0..d_in * d_out)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-            })
+            .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
             .collect();
         let w = Tensor::<2>::from_data(TensorData::new(w, [d_in, d_out]), &device);
         Dense::Bit(

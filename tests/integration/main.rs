@@ -39,3 +39,17 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
         );
     }
 }
+
+/// A deterministic stream of numbers in `[0, 1)`, independent of Burn's device generators.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next number.
+    pub fn uniform(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}

@@ -64,8 +64,6 @@ pub fn ternary_matmul_fallback(
     cols: usize,
     kind: ScaleKind,
 ) -> Tensor<2> {
-    let [m, _] = x.dims();
-    let [rows, _] = codes.dims();
     let weights = unpack_codes(codes, cols);
 
     // BitNet's activation quantizer: s = 127 / max(max|x|, eps).
@@ -74,28 +72,7 @@ pub fn ternary_matmul_fallback(
     let sx = max.ones_like().mul_scalar(127.0) / max;
     let xq = (x * sx.clone()).round().clamp(-128.0, 127.0);
 
-    match kind {
-        ScaleKind::PerTensor | ScaleKind::PerRow => {
-            let dots = xq.matmul(weights.transpose());
-            let sw: Tensor<2> = match kind {
-                ScaleKind::PerTensor => scales.reshape([1, 1]),
-                _ => scales.reshape([1, rows]),
-            };
-            dots / (sx * sw)
-        }
-        ScaleKind::PerGroup(group) => {
-            let groups = cols / group;
-            let xg = xq.reshape([m, groups, group]).swap_dims(0, 1);
-            let wg = weights.reshape([rows, groups, group]).swap_dims(0, 1);
-            let dots = xg.matmul(wg.swap_dims(1, 2)); // [groups, m, rows]
-            let sw: Tensor<3> = scales
-                .reshape([rows, groups])
-                .transpose()
-                .reshape([groups, 1, rows]);
-            let sx: Tensor<3> = sx.reshape([1, m, 1]);
-            (dots / (sx * sw)).sum_dim(0).reshape([m, rows])
-        }
-    }
+    scaled_products(xq, weights, scales, kind, Some(sx))
 }
 
 /// `y = x · Wᵀ` with float activations (no activation quantization), with Burn tensor
@@ -108,23 +85,54 @@ pub fn ternary_matmul_float_fallback(
     cols: usize,
     kind: ScaleKind,
 ) -> Tensor<2> {
-    let [m, _] = x.dims();
-    let [rows, _] = codes.dims();
     let weights = unpack_codes(codes, cols);
-    let x = x.cast(burn::tensor::DType::F32);
+    scaled_products(
+        x.cast(burn::tensor::DType::F32),
+        weights,
+        scales,
+        kind,
+        None,
+    )
+}
+
+/// `Σ_k a[r, k] w[j, k] / (s_a[r] · s_w)` per scale group, summed over the groups: `a` the
+/// (quantized) activations `[m, cols]`, `weights` the unpacked codes `[rows, cols]`, `row_scale`
+/// the activations' per-row scales `[m, 1]` (`None`: float activations).
+fn scaled_products(
+    a: Tensor<2>,
+    weights: Tensor<2>,
+    scales: Tensor<1>,
+    kind: ScaleKind,
+    row_scale: Option<Tensor<2>>,
+) -> Tensor<2> {
+    let [m, cols] = a.dims();
+    let [rows, _] = weights.dims();
     match kind {
-        ScaleKind::PerTensor => x.matmul(weights.transpose()) / scales.reshape([1, 1]),
-        ScaleKind::PerRow => x.matmul(weights.transpose()) / scales.reshape([1, rows]),
+        ScaleKind::PerTensor | ScaleKind::PerRow => {
+            let dots = a.matmul(weights.transpose());
+            let sw: Tensor<2> = match kind {
+                ScaleKind::PerTensor => scales.reshape([1, 1]),
+                _ => scales.reshape([1, rows]),
+            };
+            match row_scale {
+                Some(sx) => dots / (sx * sw),
+                None => dots / sw,
+            }
+        }
         ScaleKind::PerGroup(group) => {
             let groups = cols / group;
-            let xg = x.reshape([m, groups, group]).swap_dims(0, 1);
+            let ag = a.reshape([m, groups, group]).swap_dims(0, 1);
             let wg = weights.reshape([rows, groups, group]).swap_dims(0, 1);
-            let parts = xg.matmul(wg.swap_dims(1, 2)); // [groups, m, rows]
+            let dots = ag.matmul(wg.swap_dims(1, 2)); // [groups, m, rows]
             let sw: Tensor<3> = scales
                 .reshape([rows, groups])
                 .transpose()
                 .reshape([groups, 1, rows]);
-            (parts / sw).sum_dim(0).reshape([m, rows])
+            let scaled = match row_scale {
+                Some(sx) => dots / (sx.reshape([1, m, 1]) * sw),
+                None => dots / sw,
+            };
+            scaled.sum_dim(0).reshape([m, rows])
         }
     }
 }

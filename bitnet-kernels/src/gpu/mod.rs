@@ -36,15 +36,37 @@ fn group_words(kind: ScaleKind, words: usize) -> usize {
     }
 }
 
-/// Checks the operands of a ternary matmul and returns `(m, rows, words)`.
-fn check(
+/// The checked weight operands of a ternary matmul and its (uninitialized) output.
+struct Operands {
+    m: usize,
+    rows: usize,
+    words: usize,
+    codes: CubeTensor,
+    scales: CubeTensor,
+    out: CubeTensor,
+}
+
+impl Operands {
+    /// Nothing to compute: the output is empty or every product is a sum of nothing.
+    fn is_trivial(&self) -> bool {
+        self.m == 0 || self.rows == 0 || self.words == 0
+    }
+
+    fn grid(&self) -> (CubeCount, CubeDim) {
+        matmul_grid(self.m, self.rows)
+    }
+}
+
+/// Checks the operands of a ternary matmul, makes the weights contiguous and allocates the
+/// `[m, rows]` output.
+fn operands(
     x: &CubeTensor,
-    codes: &CubeTensor,
-    scales: &CubeTensor,
+    codes: CubeTensor,
+    scales: CubeTensor,
     cols: usize,
     kind: ScaleKind,
-) -> (usize, usize, usize) {
-    let (xd, cd) = (dims(x), dims(codes));
+) -> Operands {
+    let (xd, cd) = (dims(x), dims(&codes));
     assert!(
         xd.len() == 2 && xd[1] == cols,
         "ternary_matmul: x must be [m, {cols}], got {xd:?}"
@@ -71,7 +93,21 @@ fn check(
         n, expected,
         "ternary_matmul: {expected} scales expected for {kind:?}, got {n}"
     );
-    (xd[0], rows, words)
+    let m = xd[0];
+    let out = empty_device_dtype(
+        codes.client.clone(),
+        codes.device.clone(),
+        Shape::new([m, rows]),
+        DType::F32,
+    );
+    Operands {
+        m,
+        rows,
+        words,
+        codes: into_contiguous(codes),
+        scales: into_contiguous(scales),
+        out,
+    }
 }
 
 fn matmul_grid(m: usize, rows: usize) -> (CubeCount, CubeDim) {
@@ -131,35 +167,28 @@ pub fn ternary_matmul_int8(
     cols: usize,
     kind: ScaleKind,
 ) -> CubeTensor {
-    let (m, rows, words) = check(&x, &codes, &scales, cols, kind);
-    let (codes, scales) = (into_contiguous(codes), into_contiguous(scales));
-    let (xq, row_scale) = quantize_rows(x, cols);
-    let out = empty_device_dtype(
-        codes.client.clone(),
-        codes.device.clone(),
-        Shape::new([m, rows]),
-        DType::F32,
-    );
-    if m == 0 || rows == 0 || words == 0 {
-        return out;
+    let op = operands(&x, codes, scales, cols, kind);
+    if op.is_trivial() {
+        return op.out;
     }
-    let (count, dim) = matmul_grid(m, rows);
+    let (xq, row_scale) = quantize_rows(x, cols);
+    let (count, dim) = op.grid();
     kernels::ternary_int8_kernel::launch(
-        &codes.client,
+        &op.codes.client,
         count,
         dim,
         xq.into_tensor_arg(),
         row_scale.into_tensor_arg(),
-        codes.clone().into_tensor_arg(),
-        scales.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        m as u32,
-        rows as u32,
-        words as u32,
+        op.codes.clone().into_tensor_arg(),
+        op.scales.into_tensor_arg(),
+        op.out.clone().into_tensor_arg(),
+        op.m as u32,
+        op.rows as u32,
+        op.words as u32,
         (padded_cols(cols) / 4) as u32,
-        group_words(kind, words) as u32,
+        group_words(kind, op.words) as u32,
     );
-    out
+    op.out
 }
 
 /// `y = x · Wᵀ` with float activations and ternary weights (no activation quantization).
@@ -173,37 +202,26 @@ pub fn ternary_matmul_f32(
     cols: usize,
     kind: ScaleKind,
 ) -> CubeTensor {
-    let (m, rows, words) = check(&x, &codes, &scales, cols, kind);
-    let (x, codes, scales) = (
-        into_contiguous(x),
-        into_contiguous(codes),
-        into_contiguous(scales),
-    );
-    let out = empty_device_dtype(
-        codes.client.clone(),
-        codes.device.clone(),
-        Shape::new([m, rows]),
-        DType::F32,
-    );
-    if m == 0 || rows == 0 || words == 0 {
-        return out;
+    let op = operands(&x, codes, scales, cols, kind);
+    if op.is_trivial() {
+        return op.out;
     }
-    let (count, dim) = matmul_grid(m, rows);
+    let (count, dim) = op.grid();
     kernels::ternary_f32_kernel::launch(
-        &codes.client,
+        &op.codes.client,
         count,
         dim,
-        x.into_tensor_arg(),
-        codes.clone().into_tensor_arg(),
-        scales.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        m as u32,
-        rows as u32,
+        into_contiguous(x).into_tensor_arg(),
+        op.codes.clone().into_tensor_arg(),
+        op.scales.into_tensor_arg(),
+        op.out.clone().into_tensor_arg(),
+        op.m as u32,
+        op.rows as u32,
         cols as u32,
-        words as u32,
-        group_words(kind, words) as u32,
+        op.words as u32,
+        group_words(kind, op.words) as u32,
     );
-    out
+    op.out
 }
 
 /// A grid of `cubes` cubes within the 65,535-per-dimension limit.

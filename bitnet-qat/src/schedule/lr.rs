@@ -103,6 +103,52 @@ impl BitNetLrSchedulerConfig {
     }
 }
 
+/// The weight decay as a function of the global step: `value` until `until_step` (BitNet: the
+/// start of stage 2), 0 afterwards.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::schedule::BitNetLrSchedulerConfig;
+/// use bitnet_qat::schedule::WeightDecaySchedule;
+///
+/// let lr = BitNetLrSchedulerConfig::new(1.5e-3, 1e-3, 1000).with_warmup_steps(100);
+/// let wd = WeightDecaySchedule::bitnet(&lr);
+/// assert_eq!((wd.at(499), wd.at(500)), (0.1, 0.0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WeightDecaySchedule {
+    /// The decoupled weight decay (AdamW style: `w -= lr * value * w`).
+    pub value: f64,
+    /// The first step without weight decay (`None`: decay for the whole run).
+    pub until_step: Option<usize>,
+}
+
+impl WeightDecaySchedule {
+    /// A constant weight decay.
+    pub fn constant(value: f64) -> Self {
+        Self {
+            value,
+            until_step: None,
+        }
+    }
+
+    /// BitNet's schedule: the config's `weight_decay` in stage 1, 0 from stage 2 on.
+    pub fn bitnet(config: &BitNetLrSchedulerConfig) -> Self {
+        Self {
+            value: config.weight_decay,
+            until_step: Some(config.stage2_start()),
+        }
+    }
+
+    /// The weight decay of global step `step`.
+    pub fn at(&self, step: usize) -> f64 {
+        match self.until_step {
+            Some(end) if step >= end => 0.0,
+            _ => self.value,
+        }
+    }
+}
+
 /// The scheduler built by [`BitNetLrSchedulerConfig::init`].
 #[derive(Debug, Clone)]
 pub struct BitNetLrScheduler {
@@ -140,13 +186,10 @@ impl BitNetLrScheduler {
         from + (to - from) * shape
     }
 
-    /// The weight decay at global step `step`: `weight_decay` in stage 1, 0 in stage 2.
+    /// The weight decay at global step `step`: `weight_decay` in stage 1, 0 in stage 2
+    /// ([`WeightDecaySchedule::bitnet`]).
     pub fn weight_decay(&self, step: usize) -> f64 {
-        if step < self.config.boundary() {
-            self.config.weight_decay
-        } else {
-            0.0
-        }
+        WeightDecaySchedule::bitnet(&self.config).at(step)
     }
 
     /// Steps taken so far.

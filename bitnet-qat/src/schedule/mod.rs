@@ -21,6 +21,6 @@ mod temperature;
 pub use apply::{QatModule, QatScheduler};
 pub use bit_width::{BitPhase, BitWidthSchedule, PlateauSwitch};
 pub use lambda::{LambdaRamp, LambdaSchedule};
-pub use lr::{BitNetLrScheduler, BitNetLrSchedulerConfig, Decay};
+pub use lr::{BitNetLrScheduler, BitNetLrSchedulerConfig, Decay, WeightDecaySchedule};
 pub use stats::{FlipTracker, WeightStats, weight_stats};
 pub use temperature::{Anneal, TemperatureSchedule};

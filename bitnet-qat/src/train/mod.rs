@@ -11,10 +11,9 @@ mod output;
 mod renderer;
 mod state;
 
+pub use crate::schedule::WeightDecaySchedule;
 pub use metric::{QatMetric, QatStat, with_qat_metrics};
-pub use optimizer::{
-    DecayControl, QatOptimizer, ScaledLrScheduler, WeightDecaySchedule, per_layer_lr,
-};
+pub use optimizer::{DecayControl, QatOptimizer, ScaledLrScheduler, per_layer_lr};
 pub use output::{QatClassificationOutput, QatStats};
 pub use renderer::QuietRenderer;
 pub use state::{QatPlan, QatState, QatTrainModel, optimize};

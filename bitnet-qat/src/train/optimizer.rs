@@ -10,54 +10,6 @@ use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::{LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
 
-use crate::schedule::BitNetLrSchedulerConfig;
-
-/// The weight decay as a function of the global step: `value` until `until_step` (BitNet: the
-/// start of stage 2), 0 afterwards.
-///
-/// # Example
-/// ```
-/// use bitnet_qat::schedule::BitNetLrSchedulerConfig;
-/// use bitnet_qat::train::WeightDecaySchedule;
-///
-/// let lr = BitNetLrSchedulerConfig::new(1.5e-3, 1e-3, 1000).with_warmup_steps(100);
-/// let wd = WeightDecaySchedule::bitnet(&lr);
-/// assert_eq!((wd.at(499), wd.at(500)), (0.1, 0.0));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct WeightDecaySchedule {
-    /// The decoupled weight decay (AdamW style: `w -= lr * value * w`).
-    pub value: f64,
-    /// The first step without weight decay (`None`: decay for the whole run).
-    pub until_step: Option<usize>,
-}
-
-impl WeightDecaySchedule {
-    /// A constant weight decay.
-    pub fn constant(value: f64) -> Self {
-        Self {
-            value,
-            until_step: None,
-        }
-    }
-
-    /// BitNet's schedule: the config's `weight_decay` in stage 1, 0 from stage 2 on.
-    pub fn bitnet(config: &BitNetLrSchedulerConfig) -> Self {
-        Self {
-            value: config.weight_decay,
-            until_step: Some(config.stage2_start()),
-        }
-    }
-
-    /// The weight decay of global step `step`.
-    pub fn at(&self, step: usize) -> f64 {
-        match self.until_step {
-            Some(end) if step >= end => 0.0,
-            _ => self.value,
-        }
-    }
-}
-
 /// The weight decay of the current step, shared by a [`QatState`](super::QatState), which sets
 /// it, and its [`QatOptimizer`], which applies it.
 #[derive(Debug, Clone, Default)]
@@ -205,6 +157,7 @@ pub fn per_layer_lr<S: LrScheduler + Clone + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::{BitNetLrSchedulerConfig, WeightDecaySchedule};
     use burn::optim::SgdConfig;
     use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
     use burn::tensor::TensorData;

@@ -84,8 +84,7 @@ impl QatPlan {
     /// The state of a fresh run (global step 0) on `device`.
     pub fn init(&self, device: &Device) -> QatState {
         QatState {
-            counters: Param::initialized(ParamId::new(), counters(0, 0, device)),
-            measured: Param::initialized(ParamId::new(), encode(None, device)),
+            recorded: Param::initialized(ParamId::new(), encode(0, None, device)),
             plan: self.clone(),
             decay: DecayControl::default(),
             cache: CodesCache::default(),
@@ -93,49 +92,45 @@ impl QatPlan {
     }
 }
 
-fn counters(step: usize, flipped: usize, device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(
-        TensorData::new(vec![step as i64, flipped as i64], [2]),
-        device,
-    )
+/// The recorded state `[global step, last measurement]`: the measurement `(weight statistics,
+/// flip rate)` as 16-bit pieces of the f64 bits (whatever the device's integer type), so a
+/// checkpoint restores it exactly; all zeros when nothing was measured yet.
+fn encode(step: usize, measured: Option<(WeightStats, f64)>, device: &Device) -> Tensor<1, Int> {
+    let mut values = vec![step as i64];
+    match measured {
+        Some((w, flip)) => values.extend(
+            [
+                w.relative_mse,
+                w.fraction_negative,
+                w.fraction_zero,
+                w.fraction_positive,
+                w.step_mean,
+                w.step_min,
+                w.step_max,
+                w.numel as f64,
+                flip,
+                1.0,
+            ]
+            .iter()
+            .flat_map(|v| {
+                let bits = v.to_bits();
+                (0..4).map(move |i| ((bits >> (16 * i)) & 0xFFFF) as i64)
+            }),
+        ),
+        None => values.extend([0; 40]),
+    }
+    Tensor::from_data(TensorData::new(values, [41]), device)
 }
 
-/// The last measurement `(weight statistics, flip rate)` as 16-bit pieces of the f64 bits in an
-/// integer tensor (whatever the device's integer type), so a checkpoint restores it exactly.
-/// All zeros: nothing measured yet.
-fn encode(measured: Option<(WeightStats, f64)>, device: &Device) -> Tensor<1, Int> {
-    let values: Vec<i64> = match measured {
-        Some((w, flip)) => [
-            w.relative_mse,
-            w.fraction_negative,
-            w.fraction_zero,
-            w.fraction_positive,
-            w.step_mean,
-            w.step_min,
-            w.step_max,
-            w.numel as f64,
-            flip,
-            1.0,
-        ]
-        .iter()
-        .flat_map(|v| {
-            let bits = v.to_bits();
-            (0..4).map(move |i| ((bits >> (16 * i)) & 0xFFFF) as i64)
-        })
-        .collect(),
-        None => vec![0; 40],
-    };
-    Tensor::from_data(TensorData::new(values, [40]), device)
-}
-
-fn decode(t: &Tensor<1, Int>) -> Option<(WeightStats, f64)> {
-    let pieces = t
+/// The inverse of [`encode`]: one read-back from the device.
+fn decode(t: &Tensor<1, Int>) -> (usize, Option<(WeightStats, f64)>) {
+    let values = t
         .clone()
         .into_data()
         .convert::<i64>()
         .try_to_vec::<i64>()
-        .expect("i64 measurement");
-    let v: Vec<f64> = pieces
+        .expect("i64 recorded state");
+    let v: Vec<f64> = values[1..]
         .chunks(4)
         .map(|c| {
             let bits = c
@@ -145,7 +140,7 @@ fn decode(t: &Tensor<1, Int>) -> Option<(WeightStats, f64)> {
             f64::from_bits(bits)
         })
         .collect();
-    (v.len() == 10 && v[9] == 1.0).then(|| {
+    let measured = (v.len() == 10 && v[9] == 1.0).then(|| {
         (
             WeightStats {
                 relative_mse: v[0],
@@ -159,7 +154,8 @@ fn decode(t: &Tensor<1, Int>) -> Option<(WeightStats, f64)> {
             },
             v[8],
         )
-    })
+    });
+    (values[0] as usize, measured)
 }
 
 /// The codes of the weights of the step they were read at, shared by the clones of a state so
@@ -183,8 +179,9 @@ impl CodesCache {
 }
 
 /// The QAT state of a model trained with burn-train: the global step (which drives every
-/// schedule) and the number of codes the last update flipped are recorded with the model, so a
-/// checkpoint holds them and a resumed run continues exactly; the [`QatPlan`] is configuration.
+/// schedule) and the last weight-statistics measurement (with the flip rate) are recorded with
+/// the model, so a checkpoint holds them and a resumed run continues exactly; the [`QatPlan`]
+/// is configuration.
 ///
 /// Put one in your model, implement [`QatTrainModel`], and in `TrainStep`:
 /// 1. call [`QatState::begin`] before the forward pass (it sets the schedules of this step);
@@ -194,10 +191,9 @@ impl CodesCache {
 /// See the `train_fashion_mnist` example and `docs/training.md`.
 #[derive(Module, Debug)]
 pub struct QatState {
-    /// `[global step, weights flipped by the last update]`.
-    counters: Param<Tensor<1, Int>>,
-    /// The last measured weight statistics and flip rate (see [`QatPlan::stats_every`]).
-    measured: Param<Tensor<1, Int>>,
+    /// `[global step, last measured weight statistics and flip rate]` (see `encode` and
+    /// [`QatPlan::stats_every`]).
+    recorded: Param<Tensor<1, Int>>,
     #[module(skip)]
     plan: QatPlan,
     #[module(skip)]
@@ -215,21 +211,14 @@ pub trait QatTrainModel: QatModule + Module {
 }
 
 impl QatState {
-    /// `(global step, codes flipped by the last update)`, read back from the device.
-    fn read_counters(&self) -> (usize, usize) {
-        let values = self
-            .counters
-            .val()
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("i64 counters");
-        (values[0] as usize, values[1] as usize)
+    /// `(global step, last measurement)`, read back from the device in one transfer.
+    fn read(&self) -> (usize, Option<(WeightStats, f64)>) {
+        decode(&self.recorded.val())
     }
 
     /// The global optimizer step (the number of updates so far).
     pub fn step(&self) -> usize {
-        self.read_counters().0
+        self.read().0
     }
 
     /// The plan this state runs.
@@ -259,10 +248,9 @@ impl QatState {
         grads: &GradientsParams,
         grad_source: &impl Module,
     ) -> QatStats {
-        let step = self.step();
+        let (step, measured) = self.read();
         // Before the first measurement (step 0 of a run), measure the initial weights.
-        let (weights, flip_rate) =
-            decode(&self.measured.val()).unwrap_or_else(|| (weight_stats(model), 0.0));
+        let (weights, flip_rate) = measured.unwrap_or_else(|| (weight_stats(model), 0.0));
         let (lambda, bits, temperature) = settings(model);
         QatStats {
             step,
@@ -293,8 +281,8 @@ impl QatState {
 }
 
 /// The `TrainStep::optimize` of a QAT model: applies the weight decay of the current step,
-/// runs the optimizer, advances the global step, sets the schedules of the next step and
-/// records how many codes the update flipped.
+/// runs the optimizer, advances the global step, sets the schedules of the next step and,
+/// every [`QatPlan::stats_every`] steps, records the weight statistics and the flip rate.
 ///
 /// # Example
 /// ```ignore
@@ -309,7 +297,7 @@ pub fn optimize<M: QatTrainModel>(
     grads: GradientsParams,
 ) -> M {
     let state = model.qat_state();
-    let step = state.step();
+    let (step, previous) = state.read();
     state.decay.set(state.plan.weight_decay.at(step));
     let measure = step.is_multiple_of(state.plan.stats_every.max(1));
     let tracker = measure.then(|| match state.cache.get(step) {
@@ -323,21 +311,18 @@ pub fn optimize<M: QatTrainModel>(
     let mut model = optim.step(lr, model, grads);
     let state = model.qat_state();
     state.plan.scheduler.apply(&model, step + 1);
-    let device = state.counters.val().device();
-    let measured = tracker.map(|mut tracker| {
-        let (rate, stats) = tracker.update(&model);
-        state.cache.set(step + 1, tracker);
-        (stats, rate)
-    });
+    let device = state.recorded.val().device();
+    let measured = match tracker {
+        Some(mut tracker) => {
+            let (rate, stats) = tracker.update(&model);
+            state.cache.set(step + 1, tracker);
+            Some((stats, rate))
+        }
+        None => previous,
+    };
     let state = model.qat_state_mut();
-    let id = state.counters.id;
-    // rate = flipped / numel exactly, so the count is recovered exactly.
-    let flipped = measured.map_or(0, |(s, rate)| (rate * s.numel as f64).round() as usize);
-    state.counters = Param::initialized(id, counters(step + 1, flipped, &device));
-    if measured.is_some() {
-        let id = state.measured.id;
-        state.measured = Param::initialized(id, encode(measured, &device));
-    }
+    let id = state.recorded.id;
+    state.recorded = Param::initialized(id, encode(step + 1, measured, &device));
     model
 }
 
@@ -472,14 +457,14 @@ mod tests {
         assert_eq!(next.flip_rate, 0.75);
         assert_eq!(next.step, 1);
         assert_eq!(next.weights.fraction_negative, 0.75);
-        // The counters are recorded with the model.
+        // The step and the measurement are recorded with the model.
         let record = net.clone().into_record();
         let fresh = Net {
             fc: net.fc.clone(),
             qat: plan.init(&device),
         }
         .load_record(record);
-        assert_eq!(fresh.qat.read_counters(), (1, 3));
+        assert_eq!(fresh.qat.read(), (1, Some((next.weights, 0.75))));
         assert_eq!(
             fresh.qat.stats(&fresh, &GradientsParams::new(), &fresh),
             next
