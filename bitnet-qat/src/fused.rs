@@ -122,6 +122,40 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
+/// Whether fake quantization of f32 tensors on `device` runs the fused kernels (Flex with the
+/// `flex` feature, CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather
+/// than the portable tensor-operation path. Both compute the same values; the fused one costs
+/// two passes over the data instead of a dozen operations. The standard STE with a ternary or
+/// integer format, an absmean or absmax statistic, and one scale per tensor or per row of the
+/// last axis takes it (BitLinear's defaults for weights and activations).
+///
+/// # Example
+/// ```
+/// use bitnet_qat::quant::has_fused_kernels;
+/// use burn::tensor::Device;
+///
+/// assert!(has_fused_kernels(&Device::flex().autodiff()));
+/// ```
+pub fn has_fused_kernels(device: &burn::tensor::Device) -> bool {
+    #[cfg(any(feature = "flex", feature = "cube"))]
+    {
+        use burn::backend::DispatchDevice;
+        #[allow(unreachable_patterns)]
+        match device.clone().inner().as_dispatch() {
+            #[cfg(feature = "flex")]
+            DispatchDevice::Flex(_) => true,
+            #[cfg(feature = "cube")]
+            DispatchDevice::Cube(_) => true,
+            _ => false,
+        }
+    }
+    #[cfg(not(any(feature = "flex", feature = "cube")))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Runs the fused op if `x` lives on a device that has it and the quantizer is one it covers
 /// (`axis` is the reduction axis); `None` otherwise.
 pub(crate) fn try_fused<const D: usize>(
@@ -130,34 +164,26 @@ pub(crate) fn try_fused<const D: usize>(
     axis: usize,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::{Granularity, QuantFormat, ScaleStat};
+    if !has_fused_kernels(&x.device()) || x.dtype() != burn::tensor::DType::F32 {
+        return None;
+    }
+    let abs_mean = match config.stat {
+        ScaleStat::AbsMean => true,
+        ScaleStat::AbsMax => false,
+        ScaleStat::AbsMedian => return None,
+    };
+    let per_row = match config.granularity {
+        Granularity::PerTensor => false,
+        Granularity::PerChannel | Granularity::PerToken if axis == D - 1 => true,
+        _ => return None,
+    };
+    if config.format == QuantFormat::Binary {
+        return None;
+    }
+    let (qn, qp) = config.code_range();
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
-        use burn::backend::{Dispatch, DispatchDevice};
-        #[allow(unreachable_patterns)]
-        let supported = match x.device().inner().as_dispatch() {
-            #[cfg(feature = "flex")]
-            DispatchDevice::Flex(_) => true,
-            #[cfg(feature = "cube")]
-            DispatchDevice::Cube(_) => true,
-            _ => false,
-        };
-        if !supported || x.dtype() != burn::tensor::DType::F32 {
-            return None;
-        }
-        let abs_mean = match config.stat {
-            ScaleStat::AbsMean => true,
-            ScaleStat::AbsMax => false,
-            ScaleStat::AbsMedian => return None,
-        };
-        let per_row = match config.granularity {
-            Granularity::PerTensor => false,
-            Granularity::PerChannel | Granularity::PerToken if axis == D - 1 => true,
-            _ => return None,
-        };
-        if config.format == QuantFormat::Binary {
-            return None;
-        }
-        let (qn, qp) = config.code_range();
+        use burn::backend::Dispatch;
         Some(burn::tensor::Tensor::from_dispatch(
             <Dispatch as FusedQuantBackend>::fused_fake_quant(
                 x.clone().into_dispatch(),
@@ -171,14 +197,8 @@ pub(crate) fn try_fused<const D: usize>(
     }
     #[cfg(not(any(feature = "flex", feature = "cube")))]
     {
-        let _ = (
-            x,
-            config,
-            axis,
-            Granularity::PerTensor,
-            QuantFormat::Binary,
-            ScaleStat::AbsMax,
-        );
+        // has_fused_kernels is false without a backend feature.
+        let _ = (qn, qp, abs_mean, per_row);
         None
     }
 }

@@ -3,11 +3,22 @@
 
 use bitnet_qat::infer::ToTernary;
 use bitnet_qat::nn::BitLinearConfig;
+use bitnet_qat::quant::has_fused_kernels;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::gpu::gpu_device;
 use super::{assert_close, values};
+
+#[test]
+fn fake_quantization_takes_the_fused_kernels_on_flex_and_the_gpu() {
+    // Both paths compute the same values, so the comparisons below cannot tell which one ran.
+    assert!(has_fused_kernels(&Device::flex().autodiff()));
+    assert!(!has_fused_kernels(&Device::ndarray()));
+    let Some(gpu) = gpu_device() else { return };
+    assert!(has_fused_kernels(&gpu), "wgpu without the fused kernels");
+    assert!(has_fused_kernels(&gpu.autodiff()));
+}
 
 #[test]
 fn bitlinear_forward_and_backward_match_flex() {

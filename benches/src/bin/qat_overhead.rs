@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+use bitnet_qat::quant::has_fused_kernels;
 use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -145,6 +146,9 @@ struct Variant {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    device: String,
+    /// Whether the fake quantization ran the fused kernels (else the portable tensor ops).
+    fused_fake_quant: bool,
     batch: usize,
     samples: usize,
     load_average_before: f64,
@@ -168,6 +172,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     .autodiff();
     device.seed(7);
+    let fused = has_fused_kernels(&device);
+    if !fused {
+        // Both devices have them: without, the build lost a feature and would time the
+        // portable path under the fused path's name.
+        return Err(format!(
+            "no fused fake-quantization kernels for {:?}: build with bitnet-qat's matching feature",
+            args.device
+        )
+        .into());
+    }
     let x = Tensor::<2>::random([args.batch, 784], Distribution::Uniform(0.0, 1.0), &device);
     let y = Tensor::<1, Int>::from_data(
         (0..args.batch as i64)
@@ -208,6 +222,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load_after = load_average();
     let median = |i: usize| stats[i].median_s;
     let report = Report {
+        device: args.device.clone(),
+        fused_fake_quant: fused,
         batch: args.batch,
         samples: args.samples,
         load_average_before: load_before,
@@ -229,8 +245,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     };
     println!(
-        "batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
-        args.batch, args.samples
+        "device {} | fake quantization {} | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
+        args.device,
+        if fused {
+            "fused kernels"
+        } else {
+            "portable tensor ops"
+        },
+        args.batch,
+        args.samples
     );
     println!(
         "{:>12} {:>10} {:>10} {:>10} {:>14}",

@@ -12,6 +12,7 @@ mod config;
 mod fake;
 pub(crate) mod layout;
 
+pub use crate::fused::has_fused_kernels;
 pub use config::{Granularity, QuantConfig, QuantFormat, ScaleStat};
 pub use fake::{QuantGrid, fake_quantize, fake_quantize_weight, quantize};
 pub(crate) use fake::{quant_grid, validate_shape};
