@@ -122,12 +122,13 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// Whether fake quantization of f32 tensors on `device` runs the fused kernels (Flex with the
+/// Whether fake quantization on `device` runs the fused kernels (Flex with the
 /// `flex` feature, CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather
 /// than the portable tensor-operation path. Both compute the same values; the fused one costs
 /// two passes over the data instead of a dozen operations. The standard STE with a ternary or
 /// integer format, an absmean or absmax statistic, and one scale per tensor or per row of the
-/// last axis takes it (BitLinear's defaults for weights and activations).
+/// last axis takes it (BitLinear's defaults for weights and activations), for f32 tensors (and
+/// f16 / bf16 on CubeCL devices).
 ///
 /// # Example
 /// ```
@@ -156,6 +157,24 @@ pub fn has_fused_kernels(device: &burn::tensor::Device) -> bool {
     }
 }
 
+/// Whether the fused kernels take tensors of `dtype` on `device`: f32 everywhere, f16 and bf16
+/// on CubeCL devices (the kernels compute in f32 and round the result once).
+fn fused_dtype(device: &burn::tensor::Device, dtype: burn::tensor::DType) -> bool {
+    use burn::tensor::DType;
+    match dtype {
+        DType::F32 => true,
+        #[cfg(feature = "cube")]
+        DType::F16 | DType::BF16 => matches!(
+            device.clone().inner().as_dispatch(),
+            burn::backend::DispatchDevice::Cube(_)
+        ),
+        _ => {
+            let _ = device;
+            false
+        }
+    }
+}
+
 /// Runs the fused op if `x` lives on a device that has it and the quantizer is one it covers
 /// (`axis` is the reduction axis); `None` otherwise.
 pub(crate) fn try_fused<const D: usize>(
@@ -164,7 +183,7 @@ pub(crate) fn try_fused<const D: usize>(
     axis: usize,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::{Granularity, QuantFormat, ScaleStat};
-    if !has_fused_kernels(&x.device()) || x.dtype() != burn::tensor::DType::F32 {
+    if !has_fused_kernels(&x.device()) || !fused_dtype(&x.device(), x.dtype()) {
         return None;
     }
     let abs_mean = match config.stat {

@@ -99,7 +99,14 @@ fn case(m: usize, rows: usize, cols: usize, kind: ScaleKind, integer_x: bool, se
 }
 
 fn run(c: &Case, device: &Device, int8: bool) -> Vec<f32> {
-    let x = Tensor::<2>::from_data(TensorData::new(c.x.clone(), [c.m, c.cols]), device);
+    let (y, dtype) = run_as(c, device, int8, DType::F32);
+    assert_eq!(dtype, DType::F32);
+    y
+}
+
+/// Runs the case with the activations cast to `dtype`; returns the output values and type.
+fn run_as(c: &Case, device: &Device, int8: bool, dtype: DType) -> (Vec<f32>, DType) {
+    let x = Tensor::<2>::from_data(TensorData::new(c.x.clone(), [c.m, c.cols]), device).cast(dtype);
     let per_row = c.words.len() / c.rows;
     let codes = Tensor::<2, Int>::from_data(
         TensorData::new(c.words.clone(), [c.rows, per_row]),
@@ -113,7 +120,8 @@ fn run(c: &Case, device: &Device, int8: bool) -> Vec<f32> {
         ternary_matmul_float(x, codes, scales, c.cols, c.kind)
     };
     assert_eq!(y.dims(), [c.m, c.rows]);
-    values(y)
+    let dtype = y.dtype();
+    (values(y), dtype)
 }
 
 /// Ragged K and N, GEMV and GEMM.
@@ -192,4 +200,35 @@ fn float_activation_path_matches_the_tensor_op_fallback() {
     for (a, b) in kernel.iter().zip(&reference) {
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
     }
+}
+
+#[test]
+fn f16_activations_run_in_f16_on_the_gpu() {
+    let Some(gpu) = gpu_device() else { return };
+    let mut checked = 0;
+    for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
+        let mut c = case(m, rows, cols, ScaleKind::PerRow, false, 200 + i as u64);
+        // The reference sees the same (f16-rounded) activations, in f32.
+        let x16 =
+            Tensor::<2>::from_data(TensorData::new(c.x.clone(), [m, cols]), &gpu).cast(DType::F16);
+        c.x = values(x16);
+        for int8 in [true, false] {
+            let cpu = run(&c, &Device::flex(), int8);
+            let (got, dtype) = run_as(&c, &gpu, int8, DType::F16);
+            assert_eq!(dtype, DType::F16, "the output keeps the activations' type");
+            let min_scale = c.scales.iter().copied().fold(f32::INFINITY, f32::min);
+            for (j, (a, b)) in got.iter().zip(&cpu).enumerate() {
+                let r = j / c.rows;
+                let l1: f32 = c.x[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum();
+                // One f16 rounding of the f32 result (2^-11 relative), on top of the f32 bound.
+                let tol = (1e-3 * b.abs()).max(2e-6 * l1 / min_scale).max(1e-4);
+                assert!(
+                    (a - b).abs() <= tol,
+                    "f16 int8={int8} m={m} rows={rows} cols={cols} [{j}]: gpu {a} cpu {b}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10);
 }

@@ -3,18 +3,22 @@
 
 use bitnet_qat::infer::ToTernary;
 use bitnet_qat::nn::BitLinearConfig;
-use bitnet_qat::quant::has_fused_kernels;
+use bitnet_qat::quant::{QuantConfig, has_fused_kernels};
+use bitnet_qat::ste::{Ste, quantize_ste};
 use burn::module::Module;
+use burn::tensor::DType;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::gpu::gpu_device;
-use super::{assert_close, values};
+use super::{Lcg, assert_close, values};
 
 #[test]
 fn fake_quantization_takes_the_fused_kernels_on_flex_and_the_gpu() {
     // Both paths compute the same values, so the comparisons below cannot tell which one ran.
     assert!(has_fused_kernels(&Device::flex().autodiff()));
-    assert!(!has_fused_kernels(&Device::ndarray()));
+    #[allow(deprecated)] // NdArray has no fused kernels: the portable path.
+    let ndarray = Device::ndarray();
+    assert!(!has_fused_kernels(&ndarray));
     let Some(gpu) = gpu_device() else { return };
     assert!(has_fused_kernels(&gpu), "wgpu without the fused kernels");
     assert!(has_fused_kernels(&gpu.autodiff()));
@@ -60,4 +64,32 @@ fn packed_ternary_linear_runs_on_the_gpu() {
     let on_gpu = packed.fork(&gpu);
     let y_gpu = values(on_gpu.forward(Tensor::<2>::from_data(x.to_data(), &gpu)));
     assert_close(&y_gpu, &y_cpu, 1e-5, "TernaryLinear on the GPU");
+}
+
+#[test]
+fn fused_fake_quantization_keeps_f16_on_the_gpu() {
+    let Some(gpu) = gpu_device() else { return };
+    let mut rng = Lcg(11);
+    let data: Vec<f32> = (0..6 * 96).map(|_| (rng.uniform() - 0.5) * 3.0).collect();
+    let x16 =
+        Tensor::<2>::from_data(burn::tensor::TensorData::new(data, [6, 96]), &gpu).cast(DType::F16);
+    let rounded = values(x16.clone());
+    let cpu = Device::flex();
+    for config in [QuantConfig::ternary(), QuantConfig::activation_int8()] {
+        let got = quantize_ste(x16.clone(), &config, &Ste::Standard).unwrap();
+        assert_eq!(got.dtype(), DType::F16);
+        let x = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(rounded.clone(), [6, 96]),
+            &cpu,
+        );
+        let expected = quantize_ste(x, &config, &Ste::Standard).unwrap();
+        // Computed in f32 and rounded once to f16 on both sides.
+        let expected = values(expected.cast(DType::F16));
+        assert_close(
+            &values(got),
+            &expected,
+            1e-3,
+            &format!("{:?}", config.format),
+        );
+    }
 }

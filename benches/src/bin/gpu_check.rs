@@ -1,5 +1,5 @@
 //! The prepared GPU check: the CubeCL ternary kernels against the CPU kernels on random shapes
-//! (bit-exact integer products, 1e-5 relative otherwise), then ternary GEMV/GEMM against Burn's
+//! (bit-exact integer products, 1e-5 relative otherwise, f16 activations within one f16 rounding), then ternary GEMV/GEMM against Burn's
 //! f16 and f32 `matmul` on the same device, as a table (and JSON).
 //!
 //! ```text
@@ -33,6 +33,9 @@ struct Args {
     /// Fewer shapes and samples.
     #[arg(long)]
     quick: bool,
+    /// Only the kernel checks, no timings (for a software adapter such as lavapipe).
+    #[arg(long)]
+    check_only: bool,
     /// Samples per variant (interleaved, medians).
     #[arg(long, default_value_t = 21)]
     samples: usize,
@@ -122,7 +125,14 @@ fn check(gpu: &Device) -> (usize, usize) {
             kinds.push(ScaleKind::PerGroup(256));
         }
         for kind in kinds {
-            for (int8, integer_x) in [(true, true), (true, false), (false, false)] {
+            let variants = [
+                (true, true, false),
+                (true, false, false),
+                (false, false, false),
+                (true, false, true),
+                (false, false, true),
+            ];
+            for (int8, integer_x, half) in variants {
                 if integer_x && kind != ScaleKind::PerTensor {
                     continue;
                 }
@@ -134,9 +144,22 @@ fn check(gpu: &Device) -> (usize, usize) {
                         _ => (rng.next() - 0.5) * 4.0,
                     })
                     .collect();
+                // f16: the GPU reads the activations in f16, the CPU the same values in f32.
+                let x = if half {
+                    read(
+                        Tensor::<2>::from_data(TensorData::new(x, [m, cols]), gpu).cast(DType::F16),
+                    )
+                } else {
+                    x
+                };
                 let result = |device: &Device| {
                     let (codes, scales) = weights(rows, cols, kind, i as u64, device);
                     let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, cols]), device);
+                    let xt = if half && device == gpu {
+                        xt.cast(DType::F16)
+                    } else {
+                        xt
+                    };
                     read(if int8 {
                         ternary_matmul(xt, codes, scales, cols, kind)
                     } else {
@@ -153,15 +176,17 @@ fn check(gpu: &Device) -> (usize, usize) {
                     want == got
                 } else {
                     want.iter().zip(&got).all(|(a, b)| {
-                        (a - b).abs() <= (1e-5 * a.abs().max(1.0)).max(2e-6 * l1_max / 0.1)
+                        // f16 output: one more rounding, 2^-11 relative.
+                        let rel = if half { 1e-3 } else { 1e-5 };
+                        (a - b).abs() <= (rel * a.abs().max(1.0)).max(2e-6 * l1_max / 0.1)
                     })
                 };
-                let what = if integer_x {
-                    "int8 exact"
-                } else if int8 {
-                    "int8"
-                } else {
-                    "f32 acts"
+                let what = match (integer_x, int8, half) {
+                    (true, _, _) => "int8 exact",
+                    (_, true, false) => "int8",
+                    (_, true, true) => "int8 from f16",
+                    (_, false, false) => "f32 acts",
+                    (_, false, true) => "f16 acts",
                 };
                 if ok {
                     passed += 1;
@@ -180,7 +205,11 @@ struct Row {
     n: usize,
     k: usize,
     m: usize,
+    /// int8 activations quantized from f32, f32 output.
     ternary: Stats,
+    /// int8 activations quantized from f16, f16 output (the like-for-like of the f16 matmul).
+    ternary_f16: Stats,
+    /// f32 activations, no activation quantization.
     ternary_f32_acts: Stats,
     f16: Stats,
     f32: Stats,
@@ -221,6 +250,9 @@ fn main() {
     println!("device: {:?} ({:?}), load {load:.2}", gpu, args.device);
     let (passed, failed) = check(&gpu);
     println!("kernel checks against the CPU: {passed} passed, {failed} failed");
+    if args.check_only {
+        std::process::exit(if failed > 0 { 1 } else { 0 });
+    }
 
     let shapes: Vec<(usize, usize)> = if args.quick {
         vec![(4096, 11008), (11008, 4096)]
@@ -246,7 +278,7 @@ fn main() {
         args.samples
     };
     println!(
-        "\n| N×K | M | ternary int8 µs | ternary f32-acts µs | f16 matmul µs | f32 matmul µs | × f16 | × f32 | weights GB/s |\n|---|---|---|---|---|---|---|---|---|"
+        "\n| N×K | M | ternary int8 (f32 in/out) µs | ternary int8 (f16 in/out) µs | ternary f32-acts µs | f16 matmul µs | f32 matmul µs | × f16 | × f32 | weights GB/s |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut rows = Vec::new();
     for &(n, k) in &shapes {
@@ -272,6 +304,15 @@ fn main() {
                         )
                     },
                     &mut || {
+                        ternary_matmul(
+                            x16.clone(),
+                            codes.clone(),
+                            scales.clone(),
+                            k,
+                            ScaleKind::PerTensor,
+                        )
+                    },
+                    &mut || {
                         ternary_matmul_float(
                             x.clone(),
                             codes.clone(),
@@ -280,26 +321,28 @@ fn main() {
                             ScaleKind::PerTensor,
                         )
                     },
-                    &mut || x16.clone().matmul(w16.clone()).cast(DType::F32),
+                    &mut || x16.clone().matmul(w16.clone()),
                     &mut || x.clone().matmul(w32.clone()),
                 ],
             );
-            let [t, tf, h, f]: [Stats; 4] = stats.try_into().expect("four variants");
+            let [t, t16, tf, h, f]: [Stats; 5] = stats.try_into().expect("five variants");
             let row = Row {
                 n,
                 k,
                 m,
-                speedup_vs_f16: h.median_s / t.median_s,
+                speedup_vs_f16: h.median_s / t16.median_s,
                 speedup_vs_f32: f.median_s / t.median_s,
                 weight_gbs: (n * k) as f64 / 4.0 / t.median_s / 1e9,
                 ternary: t,
+                ternary_f16: t16,
                 ternary_f32_acts: tf,
                 f16: h,
                 f32: f,
             };
             println!(
-                "| {n}×{k} | {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} |",
+                "| {n}×{k} | {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} |",
                 row.ternary.median_s * 1e6,
+                row.ternary_f16.median_s * 1e6,
                 row.ternary_f32_acts.median_s * 1e6,
                 row.f16.median_s * 1e6,
                 row.f32.median_s * 1e6,

@@ -63,8 +63,8 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// `flex` (CPU) or, with the `wgpu` feature, `wgpu` (each step ends with a device sync;
-    /// the peak-memory column counts host allocations only).
+    /// `flex` (CPU) or, with the `wgpu` / `cuda` feature, `wgpu` / `cuda` (each step ends with
+    /// a device sync; the peak-memory column counts host allocations only).
     #[arg(long, default_value = "flex")]
     device: String,
     /// Which quantizers the BitLinear model has (to locate an overhead): `full` (W1.58 A8),
@@ -168,6 +168,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flex" => Device::flex(),
         #[cfg(feature = "wgpu")]
         "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
         other => return Err(format!("unknown or disabled device {other:?}").into()),
     }
     .autodiff();

@@ -20,7 +20,7 @@ impl TernaryOps for CubeBackend {
         if int8_acts {
             crate::gpu::ternary_matmul_int8(x, codes, scales, cols, kind)
         } else {
-            crate::gpu::ternary_matmul_f32(x, codes, scales, cols, kind)
+            crate::gpu::ternary_matmul_float(x, codes, scales, cols, kind)
         }
     }
 }

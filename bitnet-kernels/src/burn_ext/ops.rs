@@ -23,10 +23,10 @@ use super::fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback};
     Autodiff,
 )]
 pub trait TernaryOps: Backend {
-    /// `y = x · Wᵀ`: `x [m, cols]` f32, `codes [rows, words_per_row(cols)]` u32 packed
-    /// codes, `scales` f32 laid out as `kind` says ([`ScaleKind::encode`]). With `int8_acts`
-    /// the activations are first quantized to int8 per row (BitNet); otherwise they stay
-    /// floats. Returns `[m, rows]`.
+    /// `y = x · Wᵀ`: `x [m, cols]` (f32; f16 or bf16 too on CubeCL devices), `codes [rows,
+    /// words_per_row(cols)]` u32 packed codes, `scales` f32 laid out as `kind` says
+    /// ([`ScaleKind::encode`]). With `int8_acts` the activations are first quantized to int8
+    /// per row (BitNet); otherwise they stay floats. Returns `[m, rows]` in `x`'s float type.
     #[fusion(dtype = x, shape = burn::tensor::Shape::new([x[0], codes[0]]))]
     fn ternary_matmul(
         x: FloatTensor<Self>,
@@ -45,6 +45,9 @@ pub trait TernaryOps: Backend {
 /// CUDA, …, with the `cube` feature) the GPU kernels of [`crate::gpu`]; elsewhere it runs
 /// [`ternary_matmul_fallback`]. No gradient flows through it: it is for inference.
 /// The shapes are not checked here; `bitnet_qat::infer::TernaryLinear` checks them.
+///
+/// The output has `x`'s float type. The GPU kernels read f16 and bf16 activations as they are
+/// and sum in f32; the CPU kernels and the fallback compute in f32 and cast the result.
 pub fn ternary_matmul(
     x: Tensor<2>,
     codes: Tensor<2, Int>,
@@ -76,9 +79,11 @@ fn run(
     kind: ScaleKind,
     int8_acts: bool,
 ) -> Tensor<2> {
-    if has_kernels(&x.device()) {
+    let dtype = x.dtype();
+    let y = if has_kernels(&x.device()) {
         use burn::backend::Dispatch;
-        let x = x.cast(burn::tensor::DType::F32);
+        let native = kernel_dtype(&x.device(), dtype);
+        let x = x.cast(native);
         Tensor::from_dispatch(<Dispatch as TernaryOps>::ternary_matmul(
             x.into_dispatch(),
             codes.into_dispatch(),
@@ -91,6 +96,21 @@ fn run(
         ternary_matmul_fallback(x, codes, scales, cols, kind)
     } else {
         ternary_matmul_float_fallback(x, codes, scales, cols, kind)
+    };
+    y.cast(dtype)
+}
+
+/// The float type the kernels read on `device` for activations of type `dtype`: the GPU
+/// kernels take f16 and bf16 as they are (and sum in f32), everything else is read as f32.
+fn kernel_dtype(device: &burn::tensor::Device, dtype: burn::tensor::DType) -> burn::tensor::DType {
+    #[allow(unused_imports)]
+    use burn::backend::DispatchDevice;
+    use burn::tensor::DType;
+    #[allow(unreachable_patterns)]
+    match (device.clone().inner().as_dispatch(), dtype) {
+        #[cfg(feature = "cube")]
+        (DispatchDevice::Cube(_), DType::F16 | DType::BF16) => dtype,
+        _ => DType::F32,
     }
 }
 

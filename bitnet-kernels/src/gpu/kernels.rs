@@ -44,13 +44,14 @@ fn reduce_cube(value: f32, #[comptime] is_max: bool) -> f32 {
 /// `q = clamp(round_half_even(x s), -128, 127)`, packed four per `u32` (byte `t` of word `w`
 /// is column `4w + t`, zero past `cols`). One cube per row.
 #[cube(launch)]
-pub(crate) fn quantize_rows_kernel(
-    x: &Tensor<f32>,
+pub(crate) fn quantize_rows_kernel<F: Float>(
+    x: &Tensor<F>,
     packed: &mut Tensor<u32>,
     row_scale: &mut Tensor<f32>,
     rows: u32,
     cols: u32,
     words: u32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     if row >= rows as usize {
@@ -63,7 +64,7 @@ pub(crate) fn quantize_rows_kernel(
     let mut local = 0.0f32;
     let mut k = t;
     while k < cols {
-        local = max(local, x[row * cols + k].abs());
+        local = max(local, f32::cast_from(x[row * cols + k]).abs());
         k += ROW_THREADS as usize;
     }
     let absmax = reduce_cube(local, true);
@@ -75,7 +76,11 @@ pub(crate) fn quantize_rows_kernel(
         for b in 0..4u32 {
             let c = w * 4 + b as usize;
             if c < cols {
-                let q = clamp((x[row * cols + c] * s).round(), -128.0f32, 127.0f32);
+                let q = clamp(
+                    (f32::cast_from(x[row * cols + c]) * s).round(),
+                    -128.0f32,
+                    127.0f32,
+                );
                 let byte = u32::cast_from(i32::cast_from(q)) & 0xFFu32;
                 word |= byte << (8 * b);
             }
@@ -102,17 +107,18 @@ fn signed_codes(word: u32, shift: u32) -> i32 {
 /// `g > 1` per group of `g` words (`16 g` inputs).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn ternary_int8_kernel(
+pub(crate) fn ternary_int8_kernel<F: Float>(
     xq: &Tensor<u32>,
     row_scale: &Tensor<f32>,
     codes: &Tensor<u32>,
     scales: &Tensor<f32>,
-    out: &mut Tensor<f32>,
+    out: &mut Tensor<F>,
     m: u32,
     rows: u32,
     words: u32,
     act_words: u32,
     group_words: u32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X as usize;
     let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
@@ -179,9 +185,9 @@ pub(crate) fn ternary_int8_kernel(
                     } else {
                         scales[j]
                     };
-                    out[r * rows + j] = sum / (row_scale[r] * sw);
+                    out[r * rows + j] = F::cast_from(sum / (row_scale[r] * sw));
                 } else {
-                    out[r * rows + j] = sum;
+                    out[r * rows + j] = F::cast_from(sum);
                 }
             }
             tile += 1;
@@ -189,19 +195,21 @@ pub(crate) fn ternary_int8_kernel(
     }
 }
 
-/// `y[r, j] = Σ_k x[r, k] (code[j, k] - 1) · w_scale` with float activations (W1.58 A16/A32).
+/// `y[r, j] = Σ_k x[r, k] (code[j, k] - 1) · w_scale` with float activations (W1.58 A16/A32),
+/// summed in f32 whatever the activations' float type `F`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn ternary_f32_kernel(
-    x: &Tensor<f32>,
+pub(crate) fn ternary_float_kernel<F: Float>(
+    x: &Tensor<F>,
     codes: &Tensor<u32>,
     scales: &Tensor<f32>,
-    out: &mut Tensor<f32>,
+    out: &mut Tensor<F>,
     m: u32,
     rows: u32,
     cols: u32,
     words: u32,
     group_words: u32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X as usize;
     let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
@@ -231,7 +239,7 @@ pub(crate) fn ternary_f32_kernel(
                             let k = base + 64 * q as usize + t as usize;
                             let code = (word >> (8 * t + 6 - 2 * q)) & 3u32;
                             if k < cols && code != 1u32 {
-                                let v = x[r * cols + k];
+                                let v = f32::cast_from(x[r * cols + k]);
                                 if code == 2u32 {
                                     part += v;
                                 } else {
@@ -265,7 +273,7 @@ pub(crate) fn ternary_f32_kernel(
                 for l in 0..LANES as usize {
                     sum += shared[(slot + l) * TILE_M as usize + tile as usize];
                 }
-                out[r * rows + j] = sum;
+                out[r * rows + j] = F::cast_from(sum);
             }
             tile += 1;
         }
@@ -275,15 +283,16 @@ pub(crate) fn ternary_f32_kernel(
 /// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
 /// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s`. One cube per row.
 #[cube(launch)]
-pub(crate) fn fake_quant_rows_kernel(
-    x: &Tensor<f32>,
-    out: &mut Tensor<f32>,
+pub(crate) fn fake_quant_rows_kernel<F: Float>(
+    x: &Tensor<F>,
+    out: &mut Tensor<F>,
     rows: u32,
     row_len: u32,
     qn: f32,
     qp: f32,
     eps: f32,
     #[comptime] abs_mean: bool,
+    #[define(F)] _dtype: ElemType,
 ) {
     let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     if row >= rows as usize {
@@ -294,7 +303,7 @@ pub(crate) fn fake_quant_rows_kernel(
     let mut local = 0.0f32;
     let mut k = t;
     while k < len {
-        let v = x[row * len + k].abs();
+        let v = f32::cast_from(x[row * len + k]).abs();
         if comptime![abs_mean] {
             local += v;
         } else {
@@ -310,19 +319,20 @@ pub(crate) fn fake_quant_rows_kernel(
     let mut k = t;
     while k < len {
         let i = row * len + k;
-        out[i] = clamp(x[i] * s, qn, qp).round() / s;
+        out[i] = F::cast_from(clamp(f32::cast_from(x[i]) * s, qn, qp).round() / s);
         k += ROW_THREADS as usize;
     }
 }
 
 /// Partial sums (or maxima) of `|x|` over chunks of `chunk` elements, one cube per chunk.
 #[cube(launch)]
-pub(crate) fn abs_partials_kernel(
-    x: &Tensor<f32>,
+pub(crate) fn abs_partials_kernel<F: Float>(
+    x: &Tensor<F>,
     partials: &mut Tensor<f32>,
     len: u32,
     chunk: u32,
     #[comptime] abs_mean: bool,
+    #[define(F)] _dtype: ElemType,
 ) {
     let c = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     let t = UNIT_POS_X as usize;
@@ -332,7 +342,7 @@ pub(crate) fn abs_partials_kernel(
     let mut local = 0.0f32;
     let mut k = start + t;
     while k < end {
-        let v = x[k].abs();
+        let v = f32::cast_from(x[k]).abs();
         if comptime![abs_mean] {
             local += v;
         } else {
@@ -379,17 +389,18 @@ pub(crate) fn scale_kernel(
 
 /// `y = clamp(round_half_even(x s), qn, qp) / s` with `s = scale[0]`, one element per thread.
 #[cube(launch)]
-pub(crate) fn apply_scale_kernel(
-    x: &Tensor<f32>,
+pub(crate) fn apply_scale_kernel<F: Float>(
+    x: &Tensor<F>,
     scale: &Tensor<f32>,
-    out: &mut Tensor<f32>,
+    out: &mut Tensor<F>,
     len: u32,
     qn: f32,
     qp: f32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
     if i < len as usize {
         let s = scale[0];
-        out[i] = clamp(x[i] * s, qn, qp).round() / s;
+        out[i] = F::cast_from(clamp(f32::cast_from(x[i]) * s, qn, qp).round() / s);
     }
 }

@@ -6,7 +6,7 @@
 //!   scale, round half to even, four codes per `u32`), then `dp4a` against the packed codes
 //!   (native on CUDA and SPIR-V, a portable byte polyfill in WGSL). Integer results are exact;
 //!   the float output equals the CPU kernels' to float rounding.
-//! - [`ternary_matmul_f32`]: float activations times ternary weights, no multiplication.
+//! - [`ternary_matmul_float`]: float activations times ternary weights, no multiplication.
 //!
 //! Both read the packed words of [`crate::packed`] as stored in a `[rows, words]` `u32` tensor.
 //!
@@ -98,7 +98,7 @@ fn operands(
         codes.client.clone(),
         codes.device.clone(),
         Shape::new([m, rows]),
-        DType::F32,
+        x.dtype,
     );
     Operands {
         m,
@@ -140,6 +140,7 @@ pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
         DType::F32,
     );
     if m > 0 {
+        let dtype = float_elem(x.dtype);
         kernels::quantize_rows_kernel::launch(
             &x.client,
             grid(m),
@@ -150,6 +151,7 @@ pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
             m as u32,
             cols as u32,
             act_words as u32,
+            dtype,
         );
     }
     (packed, scale)
@@ -171,6 +173,7 @@ pub fn ternary_matmul_int8(
     if op.is_trivial() {
         return op.out;
     }
+    let dtype = float_elem(x.dtype);
     let (xq, row_scale) = quantize_rows(x, cols);
     let (count, dim) = op.grid();
     kernels::ternary_int8_kernel::launch(
@@ -187,6 +190,7 @@ pub fn ternary_matmul_int8(
         op.words as u32,
         (padded_cols(cols) / 4) as u32,
         group_words(kind, op.words) as u32,
+        dtype,
     );
     op.out
 }
@@ -195,7 +199,7 @@ pub fn ternary_matmul_int8(
 ///
 /// # Panics
 /// On operands of the wrong shapes.
-pub fn ternary_matmul_f32(
+pub fn ternary_matmul_float(
     x: CubeTensor,
     codes: CubeTensor,
     scales: CubeTensor,
@@ -207,7 +211,8 @@ pub fn ternary_matmul_f32(
         return op.out;
     }
     let (count, dim) = op.grid();
-    kernels::ternary_f32_kernel::launch(
+    let dtype = float_elem(x.dtype);
+    kernels::ternary_float_kernel::launch(
         &op.codes.client,
         count,
         dim,
@@ -220,6 +225,7 @@ pub fn ternary_matmul_f32(
         cols as u32,
         op.words as u32,
         group_words(kind, op.words) as u32,
+        dtype,
     );
     op.out
 }
@@ -248,12 +254,8 @@ pub fn fake_quantize(
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
     let len = shape.num_elements();
-    let out = empty_device_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        shape.clone(),
-        DType::F32,
-    );
+    let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let dtype = float_elem(x.dtype);
     if len == 0 {
         return out;
     }
@@ -273,6 +275,7 @@ pub fn fake_quantize(
             qp,
             eps,
             abs_mean,
+            dtype,
         );
         return out;
     }
@@ -298,6 +301,7 @@ pub fn fake_quantize(
         len as u32,
         CHUNK as u32,
         abs_mean,
+        dtype,
     );
     kernels::scale_kernel::launch(
         &client,
@@ -321,6 +325,21 @@ pub fn fake_quantize(
         len as u32,
         qn,
         qp,
+        dtype,
     );
     out
+}
+
+/// The kernel element type of a float tensor: f32, f16 or bf16 (what the runtime supports).
+///
+/// # Panics
+/// On a tensor that is not f32, f16 or bf16.
+fn float_elem(dtype: DType) -> ElemType {
+    use cubecl::ir::FloatKind;
+    ElemType::Float(match dtype {
+        DType::F32 => FloatKind::F32,
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        other => panic!("the GPU kernels take f32, f16 or bf16 tensors, not {other:?}"),
+    })
 }
