@@ -38,6 +38,7 @@ pub fn gpu_device() -> Option<Device> {
     }
 }
 
+#[derive(Clone)]
 struct Case {
     m: usize,
     rows: usize,
@@ -145,40 +146,106 @@ fn int8_products_are_bit_exact_on_the_gpu() {
     }
 }
 
+/// Asserts the GPU result matches the CPU's within `rel` relative, or a few f32 ulps of the sum
+/// of |terms| (float sums in another order can differ by that much more than a cancelling
+/// result).
+#[track_caller]
+fn assert_matches_cpu(c: &Case, got: &[f32], cpu: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), cpu.len(), "{what}: length");
+    let min_scale = c.scales.iter().copied().fold(f32::INFINITY, f32::min);
+    for (j, (a, b)) in got.iter().zip(cpu).enumerate() {
+        let r = j / c.rows;
+        let l1: f32 = c.x[r * c.cols..(r + 1) * c.cols]
+            .iter()
+            .map(|v| v.abs())
+            .sum();
+        let tol = (rel * b.abs().max(1.0)).max(2e-6 * l1 / min_scale);
+        assert!(
+            (a - b).abs() <= tol,
+            "{what} {:?} m={} rows={} cols={} [{j}]: gpu {a} cpu {b}",
+            c.kind,
+            c.m,
+            c.rows,
+            c.cols
+        );
+    }
+}
+
+/// The case's activations rounded to f16 (and back to f32): what the CPU reference must see
+/// when the GPU reads them in f16.
+fn f16_rounded(c: &Case, gpu: &Device) -> Vec<f32> {
+    values(
+        Tensor::<2>::from_data(TensorData::new(c.x.clone(), [c.m, c.cols]), gpu).cast(DType::F16),
+    )
+}
+
+/// Every scale layout the shape allows.
+fn kinds(cols: usize) -> Vec<ScaleKind> {
+    let mut kinds = vec![ScaleKind::PerTensor, ScaleKind::PerRow];
+    if cols.is_multiple_of(256) {
+        kinds.push(ScaleKind::PerGroup(256));
+    }
+    kinds
+}
+
 #[test]
 fn gpu_kernels_match_the_cpu_kernels_for_every_scale_layout() {
     let Some(gpu) = gpu_device() else { return };
     let mut checked = 0;
     for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
-        let mut kinds = vec![ScaleKind::PerTensor, ScaleKind::PerRow];
-        if cols % 256 == 0 {
-            kinds.push(ScaleKind::PerGroup(256));
-        }
-        for kind in kinds {
+        for kind in kinds(cols) {
             let c = case(m, rows, cols, kind, false, 100 + i as u64);
             for int8 in [true, false] {
                 let cpu = run(&c, &Device::flex(), int8);
                 let got = run(&c, &gpu, int8);
-                // Float sums in another order differ by a few ulps of the sum of |terms|, which
-                // can be far larger than the (cancelling) result: bound by both.
-                let min_scale = c.scales.iter().copied().fold(f32::INFINITY, f32::min);
-                for (j, (a, b)) in got.iter().zip(&cpu).enumerate() {
-                    let r = j / c.rows;
-                    let l1: f32 = c.x[r * c.cols..(r + 1) * c.cols]
-                        .iter()
-                        .map(|v| v.abs())
-                        .sum();
-                    let tol = (1e-5 * b.abs().max(1.0)).max(2e-6 * l1 / min_scale);
-                    assert!(
-                        (a - b).abs() <= tol,
-                        "{kind:?} int8={int8} m={m} rows={rows} cols={cols} [{j}]: gpu {a} cpu {b}"
-                    );
-                }
+                assert_matches_cpu(&c, &got, &cpu, 1e-5, &format!("int8={int8}"));
                 checked += 1;
             }
         }
     }
     assert_eq!(checked, 22);
+}
+
+#[test]
+fn many_rows_take_the_dense_route_with_the_same_results() {
+    use bitnet_kernels::gpu::{FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M};
+    let Some(gpu) = gpu_device() else { return };
+    // Integer products stay bit-exact through Burn's f32 matmul.
+    let c = case(
+        INT8_DENSE_MIN_M + 4,
+        33,
+        512,
+        ScaleKind::PerTensor,
+        true,
+        300,
+    );
+    let cpu = run(&c, &Device::flex(), true);
+    assert!(cpu.iter().all(|v| v.fract() == 0.0), "integer products");
+    assert_eq!(run(&c, &gpu, true), cpu, "dense int8 route");
+    let mut checked = 0;
+    for (m, int8) in [(INT8_DENSE_MIN_M + 4, true), (FLOAT_DENSE_MIN_M + 6, false)] {
+        for cols in [512, 300] {
+            for kind in kinds(cols) {
+                let case32 = case(m, 19, cols, kind, false, 310 + checked);
+                for dtype in [DType::F32, DType::F16] {
+                    let mut c = case32.clone();
+                    let rel = if dtype == DType::F16 {
+                        c.x = f16_rounded(&c, &gpu);
+                        1e-3
+                    } else {
+                        1e-5
+                    };
+                    let cpu = run(&c, &Device::flex(), int8);
+                    let (got, out) = run_as(&c, &gpu, int8, dtype);
+                    assert_eq!(out, dtype);
+                    let what = format!("dense int8={int8} {dtype:?}");
+                    assert_matches_cpu(&c, &got, &cpu, rel, &what);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 10);
 }
 
 #[test]
@@ -208,25 +275,13 @@ fn f16_activations_run_in_f16_on_the_gpu() {
     let mut checked = 0;
     for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
         let mut c = case(m, rows, cols, ScaleKind::PerRow, false, 200 + i as u64);
-        // The reference sees the same (f16-rounded) activations, in f32.
-        let x16 =
-            Tensor::<2>::from_data(TensorData::new(c.x.clone(), [m, cols]), &gpu).cast(DType::F16);
-        c.x = values(x16);
+        c.x = f16_rounded(&c, &gpu);
         for int8 in [true, false] {
             let cpu = run(&c, &Device::flex(), int8);
             let (got, dtype) = run_as(&c, &gpu, int8, DType::F16);
             assert_eq!(dtype, DType::F16, "the output keeps the activations' type");
-            let min_scale = c.scales.iter().copied().fold(f32::INFINITY, f32::min);
-            for (j, (a, b)) in got.iter().zip(&cpu).enumerate() {
-                let r = j / c.rows;
-                let l1: f32 = c.x[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum();
-                // One f16 rounding of the f32 result (2^-11 relative), on top of the f32 bound.
-                let tol = (1e-3 * b.abs()).max(2e-6 * l1 / min_scale).max(1e-4);
-                assert!(
-                    (a - b).abs() <= tol,
-                    "f16 int8={int8} m={m} rows={rows} cols={cols} [{j}]: gpu {a} cpu {b}"
-                );
-            }
+            // One f16 rounding of the f32 result (2^-11 relative), on top of the f32 bound.
+            assert_matches_cpu(&c, &got, &cpu, 1e-3, &format!("f16 int8={int8}"));
             checked += 1;
         }
     }

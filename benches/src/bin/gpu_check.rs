@@ -117,6 +117,9 @@ fn check(gpu: &Device) -> (usize, usize) {
         (9, 130, 1000),
         (4, 8, 2),
         (33, 200, 4096),
+        // Many rows: the dense routes (unpacked weights, Burn's matmul).
+        (70, 25, 768),
+        (300, 40, 512),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (i, &(m, rows, cols)) in shapes.iter().enumerate() {

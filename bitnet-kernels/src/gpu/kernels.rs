@@ -40,6 +40,27 @@ fn reduce_cube(value: f32, #[comptime] is_max: bool) -> f32 {
     result
 }
 
+/// BitNet's per-row activation scale `s = 127 / max(max|x|, 1e-5)` of row `row`, computed by
+/// the whole cube (every thread returns it).
+#[cube]
+fn int8_row_scale<F: Float>(x: &Tensor<F>, row: usize, cols: usize) -> f32 {
+    let t = UNIT_POS_X as usize;
+    let mut local = 0.0f32;
+    let mut k = t;
+    while k < cols {
+        local = max(local, f32::cast_from(x[row * cols + k]).abs());
+        k += ROW_THREADS as usize;
+    }
+    let absmax = reduce_cube(local, true);
+    127.0f32 / max(absmax, 1e-5f32)
+}
+
+/// The int8 code `clamp(round_half_even(v s), -128, 127)`, as a float.
+#[cube]
+fn int8_code(v: f32, s: f32) -> f32 {
+    clamp((v * s).round(), -128.0f32, 127.0f32)
+}
+
 /// BitNet's per-row int8 activation quantizer: `s = 127 / max(max|x|, 1e-5)`,
 /// `q = clamp(round_half_even(x s), -128, 127)`, packed four per `u32` (byte `t` of word `w`
 /// is column `4w + t`, zero past `cols`). One cube per row.
@@ -60,15 +81,7 @@ pub(crate) fn quantize_rows_kernel<F: Float>(
     let t = UNIT_POS_X as usize;
     let cols = cols as usize;
     let words = words as usize;
-
-    let mut local = 0.0f32;
-    let mut k = t;
-    while k < cols {
-        local = max(local, f32::cast_from(x[row * cols + k]).abs());
-        k += ROW_THREADS as usize;
-    }
-    let absmax = reduce_cube(local, true);
-    let s = 127.0f32 / max(absmax, 1e-5f32);
+    let s = int8_row_scale::<F>(x, row, cols);
 
     let mut w = t;
     while w < words {
@@ -76,11 +89,7 @@ pub(crate) fn quantize_rows_kernel<F: Float>(
         for b in 0..4u32 {
             let c = w * 4 + b as usize;
             if c < cols {
-                let q = clamp(
-                    (f32::cast_from(x[row * cols + c]) * s).round(),
-                    -128.0f32,
-                    127.0f32,
-                );
+                let q = int8_code(f32::cast_from(x[row * cols + c]), s);
                 let byte = u32::cast_from(i32::cast_from(q)) & 0xFFu32;
                 word |= byte << (8 * b);
             }
@@ -91,6 +100,114 @@ pub(crate) fn quantize_rows_kernel<F: Float>(
     if t == 0 {
         row_scale[row] = s;
     }
+}
+
+/// The same quantizer with the codes written as f32 integers `[rows, cols]` (for the dense
+/// GEMM route, where Burn's matmul sums them exactly). One cube per row.
+#[cube(launch)]
+pub(crate) fn quantize_rows_float_kernel<F: Float>(
+    x: &Tensor<F>,
+    codes: &mut Tensor<f32>,
+    row_scale: &mut Tensor<f32>,
+    rows: u32,
+    cols: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let cols = cols as usize;
+    let s = int8_row_scale::<F>(x, row, cols);
+    let mut k = t;
+    while k < cols {
+        let i = row * cols + k;
+        codes[i] = int8_code(f32::cast_from(x[i]), s);
+        k += ROW_THREADS as usize;
+    }
+    if t == 0 {
+        row_scale[row] = s;
+    }
+}
+
+/// Dense weights `[rows, cols]` in f32 from the packed codes: `code - 1`, divided by the
+/// weight's scale when `fold_scale` (per tensor, per row, or per group of `group_words` words).
+/// One element per thread.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn unpack_dense_kernel(
+    codes: &Tensor<u32>,
+    scales: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    rows: u32,
+    cols: u32,
+    words: u32,
+    group_words: u32,
+    #[comptime] fold_scale: bool,
+) {
+    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    let cols = cols as usize;
+    let words = words as usize;
+    if i >= rows as usize * cols {
+        terminate!();
+    }
+    let j = i / cols;
+    let k = i % cols;
+    // Weight 256 b + 64 q + 4 w + t sits in byte t, bits 6 - 2q, of word 16 b + w.
+    let w = (k / 256) * 16 + (k % 64) / 4;
+    let shift = u32::cast_from(8 * (k % 4) + 6 - 2 * ((k % 256) / 64));
+    let code = (codes[j * words + w] >> shift) & 3u32;
+    let mut v = f32::cast_from(code) - 1.0f32;
+    if comptime![fold_scale] {
+        let group_words = group_words as usize;
+        let groups = words / group_words;
+        let sw = if scales.len() == 1 {
+            scales[0]
+        } else if groups == 1 {
+            scales[j]
+        } else {
+            scales[j * groups + w / group_words]
+        };
+        v /= sw;
+    }
+    out[i] = v;
+}
+
+/// The last step of the dense route: `out[r, j] = y[r, j]` (`mode` 0), `/ s_x[r]` (1) or
+/// `/ (s_x[r] s_w)` with a per-tensor or per-row `s_w` (2), in the output's type.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_rows_kernel<F: Float>(
+    y: &Tensor<f32>,
+    row_scale: &Tensor<f32>,
+    scales: &Tensor<f32>,
+    out: &mut Tensor<F>,
+    m: u32,
+    rows: u32,
+    #[comptime] mode: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    let rows = rows as usize;
+    if i >= m as usize * rows {
+        terminate!();
+    }
+    let r = i / rows;
+    let j = i % rows;
+    let v = if comptime![mode == 0] {
+        y[i]
+    } else if comptime![mode == 1] {
+        y[i] / row_scale[r]
+    } else {
+        let sw = if scales.len() == 1 {
+            scales[0]
+        } else {
+            scales[j]
+        };
+        y[i] / (row_scale[r] * sw)
+    };
+    out[i] = F::cast_from(v);
 }
 
 /// `(word >> shift) & 0x03030303` holds codes 0..=2; `+ 0x7F` per byte gives 127..=129 (no
