@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
 use bitnet_qat::quant::has_fused_kernels;
+use bitnet_qat::ste::Ste;
 use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -72,6 +73,10 @@ struct Args {
     /// with the STE blend at 0).
     #[arg(long, default_value = "full")]
     bitlinear: String,
+    /// The weight STE: `standard` (fused kernels on Flex and GPUs), `clipped` or `lsq` (the
+    /// portable tensor-operation path).
+    #[arg(long, default_value = "standard")]
+    weight_ste: String,
 }
 
 #[derive(Module, Debug)]
@@ -94,7 +99,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(kind: &str, quantizers: &str, device: &Device) -> Self {
+    fn new(kind: &str, quantizers: &str, ste: Ste, device: &Device) -> Self {
         let sizes = [784, 256, 256, 10];
         let layers = sizes
             .windows(2)
@@ -107,7 +112,7 @@ impl Mlp {
                     linear: LinearConfig::new(w[0], w[1]).with_bias(false).init(device),
                 }),
                 _ => {
-                    let config = BitLinearConfig::new(w[0], w[1]);
+                    let config = BitLinearConfig::new(w[0], w[1]).with_weight_ste(ste);
                     let config = match quantizers {
                         "weights" => config.with_activation_quant(None),
                         _ => config,
@@ -147,8 +152,10 @@ struct Variant {
 #[derive(Debug, Serialize)]
 struct Report {
     device: String,
-    /// Whether the fake quantization ran the fused kernels (else the portable tensor ops).
+    /// Whether the device has the fused fake-quantization kernels (the standard STE uses them).
     fused_fake_quant: bool,
+    /// The weight STE (anything but `standard` takes the portable path for the weights).
+    weight_ste: String,
     batch: usize,
     samples: usize,
     load_average_before: f64,
@@ -174,6 +181,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     .autodiff();
     device.seed(7);
+    let ste = match args.weight_ste.as_str() {
+        "standard" => Ste::Standard,
+        "clipped" => Ste::Clipped,
+        "lsq" => Ste::LearnedStepSize,
+        other => return Err(format!("unknown weight STE {other:?}").into()),
+    };
     let fused = has_fused_kernels(&device);
     if !fused {
         // Both devices have them: without, the build lost a feature and would time the
@@ -196,7 +209,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names = ["linear", "norm-linear", "bitlinear"];
     let mut models: Vec<Option<Mlp>> = names
         .iter()
-        .map(|n| Some(Mlp::new(n, &args.bitlinear, &device)))
+        .map(|n| Some(Mlp::new(n, &args.bitlinear, ste, &device)))
         .collect();
     let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
     let mut peaks = [0usize; 3];
@@ -226,6 +239,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = Report {
         device: args.device.clone(),
         fused_fake_quant: fused,
+        weight_ste: args.weight_ste.clone(),
         batch: args.batch,
         samples: args.samples,
         load_average_before: load_before,
@@ -249,10 +263,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "device {} | fake quantization {} | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
         args.device,
-        if fused {
-            "fused kernels"
-        } else {
-            "portable tensor ops"
+        match (fused, ste) {
+            (true, Ste::Standard) => "fused kernels".to_string(),
+            (_, ste) => format!("portable tensor ops for the weights ({ste:?} STE)"),
         },
         args.batch,
         args.samples

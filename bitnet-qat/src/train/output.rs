@@ -1,7 +1,7 @@
 //! What a QAT training step reports: [`QatStats`], and the classification output that carries
 //! them to burn-train's metrics.
 
-use burn::tensor::ExecutionError;
+use burn::tensor::{ExecutionError, Tensor};
 use burn::train::ClassificationOutput;
 use burn::train::metric::{
     AccuracyInput, Adaptor, ConfusionStatsInput, ItemLazy, LossInput, PerplexityInput,
@@ -32,25 +32,76 @@ pub struct QatStats {
 /// Burn's [`ClassificationOutput`] plus the step's [`QatStats`]: the training output type of a QAT
 /// classifier. It feeds Burn's accuracy, loss, top-k, perplexity and precision/recall metrics and
 /// the QAT metrics.
+///
+/// The gradient norm of a step built by [`QatState::train_output`](super::QatState::train_output)
+/// stays on the device until burn-train's metric thread syncs the item, so the training loop
+/// does not wait for a read-back; [`Adaptor::<QatStats>::adapt`] reads it if nothing synced.
 pub struct QatClassificationOutput {
     /// Loss, logits and targets.
     pub output: ClassificationOutput,
     /// The QAT statistics of the step.
     pub qat: QatStats,
+    /// The sum of the squared gradients, not yet read back into `qat.grad_norm`.
+    grad_sq: Option<Tensor<1>>,
+}
+
+impl QatClassificationOutput {
+    /// The output of a step with its (complete) statistics.
+    pub fn new(output: ClassificationOutput, qat: QatStats) -> Self {
+        Self {
+            output,
+            qat,
+            grad_sq: None,
+        }
+    }
+
+    /// The output of a step whose gradient norm is `sqrt(grad_sq)`, read later.
+    pub(crate) fn with_pending_grad_norm(
+        output: ClassificationOutput,
+        qat: QatStats,
+        grad_sq: Option<Tensor<1>>,
+    ) -> Self {
+        Self {
+            output,
+            qat,
+            grad_sq: grad_sq.map(|t| t.without_autodiff()),
+        }
+    }
+}
+
+/// `sqrt` of the one-element tensor `grad_sq`.
+fn norm_of(grad_sq: Tensor<1>) -> Result<f64, ExecutionError> {
+    let data = grad_sq.try_into_data()?;
+    let sum = data
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0.0);
+    Ok(sum.sqrt())
 }
 
 impl ItemLazy for QatClassificationOutput {
     fn sync(self) -> Result<Self, ExecutionError> {
+        let mut qat = self.qat;
+        if let Some(grad_sq) = self.grad_sq {
+            qat.grad_norm = norm_of(grad_sq)?;
+        }
         Ok(Self {
             output: self.output.sync()?,
-            qat: self.qat,
+            qat,
+            grad_sq: None,
         })
     }
 }
 
 impl Adaptor<QatStats> for QatClassificationOutput {
     fn adapt(&self) -> QatStats {
-        self.qat
+        let mut qat = self.qat;
+        if let Some(grad_sq) = &self.grad_sq {
+            qat.grad_norm = norm_of(grad_sq.clone()).unwrap_or(f64::NAN);
+        }
+        qat
     }
 }
 

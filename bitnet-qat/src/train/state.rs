@@ -88,6 +88,7 @@ impl QatPlan {
             plan: self.clone(),
             decay: DecayControl::default(),
             cache: CodesCache::default(),
+            mirror: Mirror::default(),
         }
     }
 }
@@ -161,6 +162,28 @@ fn decode(t: &Tensor<1, Int>) -> (usize, Option<(WeightStats, f64)>) {
 /// The codes of the weights of the step they were read at, shared by the clones of a state so
 /// that consecutive measurements read them once. A pure cache: whatever it holds, results are
 /// the same.
+/// The decoded recorded state: the step and the last measurement.
+type Recorded = (usize, Option<(WeightStats, f64)>);
+
+/// A host copy of the recorded state, so that a training step does not wait for the device to
+/// read it back. It is valid while the parameter's id is the one it was taken with:
+/// [`optimize`] gives the parameter a fresh id whenever it writes it, and loading a record
+/// brings the record's id, so a loaded (or otherwise replaced) state is read from the device
+/// once.
+#[derive(Debug, Clone, Default)]
+struct Mirror(Arc<Mutex<Option<(ParamId, Recorded)>>>);
+
+impl Mirror {
+    fn get(&self, id: ParamId) -> Option<Recorded> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|(i, _)| *i == id).map(|(_, r)| *r)
+    }
+
+    fn set(&self, id: ParamId, recorded: Recorded) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, recorded));
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct CodesCache(Arc<Mutex<Option<(usize, FlipTracker)>>>);
 
@@ -200,6 +223,8 @@ pub struct QatState {
     decay: DecayControl,
     #[module(skip)]
     cache: CodesCache,
+    #[module(skip)]
+    mirror: Mirror,
 }
 
 /// A model with a [`QatState`], trainable with [`optimize`](super::optimize).
@@ -212,8 +237,13 @@ pub trait QatTrainModel: QatModule + Module {
 
 impl QatState {
     /// `(global step, last measurement)`, read back from the device in one transfer.
-    fn read(&self) -> (usize, Option<(WeightStats, f64)>) {
-        decode(&self.recorded.val())
+    fn read(&self) -> Recorded {
+        let id = self.recorded.id;
+        self.mirror.get(id).unwrap_or_else(|| {
+            let recorded = decode(&self.recorded.val());
+            self.mirror.set(id, recorded);
+            recorded
+        })
     }
 
     /// The global optimizer step (the number of updates so far).
@@ -248,6 +278,15 @@ impl QatState {
         grads: &GradientsParams,
         grad_source: &impl Module,
     ) -> QatStats {
+        let mut stats = self.stats_without_grad_norm(model);
+        stats.grad_norm = grad_sq_sum(grad_source, grads)
+            .map(|t| t.into_scalar::<f64>().sqrt())
+            .unwrap_or(0.0);
+        stats
+    }
+
+    /// [`QatState::stats`] with `grad_norm` left at 0.
+    fn stats_without_grad_norm(&self, model: &impl QatModule) -> QatStats {
         let (step, measured) = self.read();
         // Before the first measurement (step 0 of a run), measure the initial weights.
         let (weights, flip_rate) = measured.unwrap_or_else(|| (weight_stats(model), 0.0));
@@ -256,7 +295,7 @@ impl QatState {
             step,
             weights,
             flip_rate,
-            grad_norm: grad_norm(grad_source, grads),
+            grad_norm: 0.0,
             lambda,
             bits,
             temperature,
@@ -272,10 +311,12 @@ impl QatState {
         output: ClassificationOutput,
     ) -> TrainOutput<QatClassificationOutput> {
         let grads = GradientsParams::from_grads(grads, model);
-        let qat = self.stats(model, &grads, model);
+        let qat = self.stats_without_grad_norm(model);
+        // Read back by the metric thread, not here (see QatClassificationOutput).
+        let grad_sq = grad_sq_sum(model, &grads);
         TrainOutput {
             grads,
-            item: QatClassificationOutput { output, qat },
+            item: QatClassificationOutput::with_pending_grad_norm(output, qat, grad_sq),
         }
     }
 }
@@ -321,8 +362,10 @@ pub fn optimize<M: QatTrainModel>(
         None => previous,
     };
     let state = model.qat_state_mut();
-    let id = state.recorded.id;
+    // A fresh id marks the new value for the host mirror (see `Mirror`).
+    let id = ParamId::new();
     state.recorded = Param::initialized(id, encode(step + 1, measured, &device));
+    state.mirror.set(id, (step + 1, measured));
     model
 }
 
@@ -356,7 +399,9 @@ fn settings(model: &impl QatModule) -> (f64, f64, Option<f64>) {
 }
 
 /// L2 norm of the gradients of every float parameter of `module`.
-fn grad_norm(module: &impl Module, grads: &GradientsParams) -> f64 {
+/// The sum of the squared gradients of `module`'s parameters (on the device), `None` without
+/// any.
+fn grad_sq_sum(module: &impl Module, grads: &GradientsParams) -> Option<Tensor<1>> {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
         parts: Vec<Tensor<1>>,
@@ -373,11 +418,7 @@ fn grad_norm(module: &impl Module, grads: &GradientsParams) -> f64 {
         parts: Vec::new(),
     };
     module.visit(&mut visitor);
-    if visitor.parts.is_empty() {
-        return 0.0;
-    }
-    let total = Tensor::cat(visitor.parts, 0).sum().into_scalar::<f64>();
-    total.sqrt()
+    (!visitor.parts.is_empty()).then(|| Tensor::cat(visitor.parts, 0).sum())
 }
 
 #[cfg(test)]
@@ -469,5 +510,67 @@ mod tests {
             fresh.qat.stats(&fresh, &GradientsParams::new(), &fresh),
             next
         );
+    }
+
+    #[test]
+    fn the_host_mirror_follows_loaded_records() {
+        let device = Device::flex().autodiff();
+        let plan = QatPlan::new().with_stats_every(1);
+        let net = Net {
+            fc: BitLinearConfig::new(4, 3).init(&device).unwrap(),
+            qat: plan.init(&device),
+        };
+        let at_zero = net.clone().into_record();
+        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        let mut net = net;
+        for _ in 0..3 {
+            let loss = net.fc.forward(Tensor::<2>::ones([2, 4], &device)).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optimize(net, &mut optim, 0.1, grads);
+        }
+        // The mirror answers without a read-back, and agrees with the device.
+        assert_eq!(net.qat.step(), 3);
+        assert_eq!(decode(&net.qat.recorded.val()), net.qat.read());
+        let at_three = net.clone().into_record();
+        // Loading an earlier record into the same model (sharing the mirror) reads the device.
+        let net = net.load_record(at_zero);
+        assert_eq!(net.qat.step(), 0);
+        let net = net.load_record(at_three);
+        assert_eq!(net.qat.step(), 3);
+    }
+
+    #[test]
+    fn the_learner_output_reads_the_gradient_norm_later() {
+        use burn::train::ClassificationOutput;
+        use burn::train::metric::{Adaptor, ItemLazy};
+        let device = Device::flex().autodiff();
+        let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], &device);
+        let net = Net {
+            fc: BitLinearConfig::new(2, 2)
+                .with_norm(false)
+                .with_activation_quant(None)
+                .init_with(w, None, &device)
+                .unwrap(),
+            qat: QatPlan::new().init(&device),
+        };
+        let logits = net
+            .fc
+            .forward(Tensor::<2>::from_data([[1.0, 2.0]], &device));
+        let loss = logits.clone().sum();
+        let output = ClassificationOutput::new(
+            loss.clone().reshape([1]),
+            logits,
+            Tensor::from_data([0], &device),
+        );
+        let out = net.qat.train_output(&net, loss.backward(), output);
+        // As in the hand-computed step: sqrt(10), read when adapted or synced.
+        let adapted = Adaptor::<QatStats>::adapt(&out.item);
+        assert!(
+            (adapted.grad_norm - 10f64.sqrt()).abs() < 1e-6,
+            "{adapted:?}"
+        );
+        let synced = out.item.sync().unwrap();
+        assert!((synced.qat.grad_norm - 10f64.sqrt()).abs() < 1e-6);
+        assert_eq!(Adaptor::<QatStats>::adapt(&synced), synced.qat);
     }
 }
