@@ -3,7 +3,8 @@
 //! standard STE's identity gradient as a custom backward pass.
 //!
 //! Used by [`crate::ste`] for the standard STE on Flex and CubeCL (GPU) devices when the quantizer is
-//! ternary or integer, with an absmean or absmax scale per tensor or per row of the last axis.
+//! ternary or integer, with an absmean or absmax scale per tensor or per slice along one axis
+//! (per token; per channel, whose axis is moved last for the kernel).
 //! Everything else takes the portable tensor-operation path, and the tests check that the two
 //! agree.
 // Without a backend feature the generated dispatch never reads its arguments.
@@ -126,8 +127,8 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
 /// `flex` feature, CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather
 /// than the portable tensor-operation path. Both compute the same values; the fused one costs
 /// two passes over the data instead of a dozen operations. The standard STE with a ternary or
-/// integer format, an absmean or absmax statistic, and one scale per tensor or per row of the
-/// last axis takes it (BitLinear's defaults for weights and activations), for f32 tensors (and
+/// integer format, an absmean or absmax statistic, and one scale per tensor, per token or per
+/// channel takes it (BitLinear's defaults for weights and activations), for f32 tensors (and
 /// f16 / bf16 on CubeCL devices).
 ///
 /// # Example
@@ -193,9 +194,16 @@ pub(crate) fn try_fused<const D: usize>(
     };
     let per_row = match config.granularity {
         Granularity::PerTensor => false,
-        Granularity::PerChannel | Granularity::PerToken if axis == D - 1 => true,
-        _ => return None,
+        Granularity::PerChannel | Granularity::PerToken => true,
+        Granularity::PerGroup { .. } => return None,
     };
+    // One scale per slice along another axis (per-channel weights `[d_input, d_output]` reduce
+    // along axis 0): move that axis last, quantize rows, move it back. The kernels read a
+    // contiguous copy; the result comes back as a strided view, which Burn's ops take as is.
+    if per_row && axis != D - 1 {
+        return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1)
+            .map(|q| q.swap_dims(axis, D - 1));
+    }
     if config.format == QuantFormat::Binary {
         return None;
     }
@@ -249,9 +257,21 @@ mod tests {
                 .into_data()
                 .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
-        // Not covered: per-channel along axis 0, the median, binary.
-        let per_channel = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
-        assert!(try_fused(&x, &per_channel, 0).is_none());
+        // Per channel along axis 0 (Burn weights `[d_input, d_output]`): one scale per column.
+        for config in [
+            QuantConfig::ternary().with_granularity(Granularity::PerChannel),
+            QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+        ] {
+            let fused = try_fused(&x, &config, 0).expect("per channel along axis 0");
+            assert_eq!(fused.dims(), [37, 300]);
+            let portable = quant_grid(x.clone(), &config, 0).dequantize();
+            fused
+                .into_data()
+                .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        }
+        // Not covered: groups, the median, binary.
+        let groups = QuantConfig::ternary().with_granularity(Granularity::PerGroup { size: 4 });
+        assert!(try_fused(&x, &groups, 1).is_none());
         assert!(try_fused(&x, &QuantConfig::binary(), 1).is_none());
         let median = QuantConfig::ternary().with_stat(ScaleStat::AbsMedian);
         assert!(try_fused(&x, &median, 1).is_none());
@@ -282,6 +302,14 @@ mod tests {
             Tensor::<2>::from_data([[0.3, -1.2, 0.05], [2.0, -0.7, 0.4]], &device).require_grad();
         let c = Tensor::<2>::from_data([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], &device);
         let q = try_fused(&x, &QuantConfig::ternary(), 1).unwrap();
+        let grads = (q * c.clone()).sum().backward();
+        x.grad(&grads)
+            .unwrap()
+            .into_data()
+            .assert_eq(&c.clone().inner().into_data(), true);
+        // Through the axis swap of per-channel weights too.
+        let per_channel = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
+        let q = try_fused(&x, &per_channel, 0).unwrap();
         let grads = (q * c.clone()).sum().backward();
         x.grad(&grads)
             .unwrap()

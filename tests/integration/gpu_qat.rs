@@ -26,30 +26,39 @@ fn fake_quantization_takes_the_fused_kernels_on_flex_and_the_gpu() {
 
 #[test]
 fn bitlinear_forward_and_backward_match_flex() {
+    use bitnet_qat::quant::Granularity;
     let Some(gpu) = gpu_device() else { return };
     let cpu = Device::flex().autodiff();
     cpu.seed(3);
     let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
     let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
-    let run = |device: &Device| {
-        let device = device.clone().autodiff();
-        let layer = BitLinearConfig::new(96, 40)
-            .init_with(Tensor::from_data(w.to_data(), &device), None, &device)
-            .unwrap();
-        let x = Tensor::<2>::from_data(x.to_data(), &device).require_grad();
-        let y = layer.forward(x.clone());
-        let grads = (y.clone() * y.clone()).sum().backward();
-        (
-            values(y),
-            values(layer.weight.val().grad(&grads).unwrap()),
-            values(x.grad(&grads).unwrap()),
-        )
-    };
-    let (y_cpu, gw_cpu, gx_cpu) = run(&cpu);
-    let (y_gpu, gw_gpu, gx_gpu) = run(&gpu);
-    assert_close(&y_gpu, &y_cpu, 1e-4, "BitLinear output");
-    assert_close(&gw_gpu, &gw_cpu, 1e-4, "weight gradient");
-    assert_close(&gx_gpu, &gx_cpu, 1e-4, "input gradient");
+    // BitNet's per-tensor ternary weights, and per-channel int4 (the axis-0 fused path).
+    for weights in [
+        QuantConfig::ternary(),
+        QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+    ] {
+        let run = |device: &Device| {
+            let device = device.clone().autodiff();
+            let layer = BitLinearConfig::new(96, 40)
+                .with_weight_quant(weights.clone())
+                .init_with(Tensor::from_data(w.to_data(), &device), None, &device)
+                .unwrap();
+            let x = Tensor::<2>::from_data(x.to_data(), &device).require_grad();
+            let y = layer.forward(x.clone());
+            let grads = (y.clone() * y.clone()).sum().backward();
+            (
+                values(y),
+                values(layer.weight.val().grad(&grads).unwrap()),
+                values(x.grad(&grads).unwrap()),
+            )
+        };
+        let (y_cpu, gw_cpu, gx_cpu) = run(&cpu);
+        let (y_gpu, gw_gpu, gx_gpu) = run(&gpu);
+        let what = format!("{:?} {:?}", weights.format, weights.granularity);
+        assert_close(&y_gpu, &y_cpu, 1e-4, &format!("{what}: BitLinear output"));
+        assert_close(&gw_gpu, &gw_cpu, 1e-4, &format!("{what}: weight gradient"));
+        assert_close(&gx_gpu, &gx_cpu, 1e-4, &format!("{what}: input gradient"));
+    }
 }
 
 #[test]
