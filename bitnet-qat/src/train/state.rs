@@ -452,24 +452,29 @@ mod tests {
         }
     }
 
+    /// A 2×2 ternary layer without norm and activation quantizer, weights
+    /// `[[0.5, -0.1], [-1.0, 0.2]]` (mean|W| = 0.45: codes [1, 0, -1, 0]).
+    fn small_net(plan: &QatPlan, device: &Device) -> Net {
+        let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], device);
+        Net {
+            fc: BitLinearConfig::new(2, 2)
+                .with_norm(false)
+                .with_activation_quant(None)
+                .init_with(w, None, device)
+                .unwrap(),
+            qat: plan.init(device),
+        }
+    }
+
     #[test]
     fn hand_computed_step_stats_and_update() {
         let device = Device::flex().autodiff();
-        // mean|W| = 0.45: codes [1, 0, -1, 0].
-        let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], &device);
         let plan = QatPlan::new()
             .with_scheduler(
                 QatScheduler::default().with_lambda(LambdaSchedule::new(4, LambdaRamp::Linear)),
             )
             .with_stats_every(1);
-        let net = Net {
-            fc: BitLinearConfig::new(2, 2)
-                .with_norm(false)
-                .with_activation_quant(None)
-                .init_with(w, None, &device)
-                .unwrap(),
-            qat: plan.init(&device),
-        };
+        let net = small_net(&plan, &device);
         net.qat.begin(&net);
         assert_eq!(net.fc.weight_quantizer.control.lambda(), 0.0);
         let x = Tensor::<2>::from_data([[1.0, 2.0]], &device);
@@ -544,15 +549,7 @@ mod tests {
         use burn::train::ClassificationOutput;
         use burn::train::metric::{Adaptor, ItemLazy};
         let device = Device::flex().autodiff();
-        let w = Tensor::<2>::from_data([[0.5, -0.1], [-1.0, 0.2]], &device);
-        let net = Net {
-            fc: BitLinearConfig::new(2, 2)
-                .with_norm(false)
-                .with_activation_quant(None)
-                .init_with(w, None, &device)
-                .unwrap(),
-            qat: QatPlan::new().init(&device),
-        };
+        let net = small_net(&QatPlan::new(), &device);
         let logits = net
             .fc
             .forward(Tensor::<2>::from_data([[1.0, 2.0]], &device));
