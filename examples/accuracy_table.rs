@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 
-use bitnet_qat::data::{FASHION_MNIST_DIR, IdxDataset, Split};
 use bitnet_qat::quant::QuantFormat;
 use bitnet_qat::train::QuietRenderer;
 use bitnet_qat_examples::Precision;
@@ -24,9 +23,8 @@ struct Args {
     /// Where to write accuracy.md and validation.png.
     #[arg(long)]
     out: PathBuf,
-    /// Folder with the IDX files.
-    #[arg(long, default_value = FASHION_MNIST_DIR)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: bitnet_qat_examples::cli::FashionMnistArgs,
     /// Hidden layer sizes (repeat for more layers).
     #[arg(long = "hidden", default_values_t = [512])]
     hidden: Vec<usize>,
@@ -39,13 +37,8 @@ struct Args {
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
-    /// Train on the first N training images only.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
-    /// cargo features); default: the enabled GPU feature, else flex.
-    #[arg(long, default_value = bitnet_qat_examples::device::default_name())]
-    device: String,
+    #[command(flatten)]
+    device: bitnet_qat_examples::cli::DeviceArg,
     /// Seed, the same for every variant.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -54,12 +47,8 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
-    let device = bitnet_qat_examples::device::device(&args.device)?;
-    let mut train = IdxDataset::load(&args.data, Split::Train)?;
-    if let Some(n) = args.limit {
-        train = train.take(n);
-    }
-    let test = IdxDataset::load(&args.data, Split::Test)?;
+    let device = args.device.device()?;
+    let (train, test) = args.data.load()?;
     let pixels = train.pixels_per_image();
     let variants = [
         ("fp32", "FP32 weights and activations", Precision::Fp32),

@@ -29,10 +29,8 @@ struct Args {
     /// Items per training step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
-    /// cargo features); default: the enabled GPU feature, else flex.
-    #[arg(long, default_value = bitnet_qat_examples::device::default_name())]
-    device: String,
+    #[command(flatten)]
+    device: bitnet_qat_examples::cli::DeviceArg,
     /// Seed of the initialisation, the batch order and the train/test split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -41,7 +39,7 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let start = Instant::now();
-    let device = bitnet_qat_examples::device::device(&args.device)?;
+    let device = args.device.device()?;
     let (train_set, test_set) = DigitsDataset::load()?.split(0.2, args.seed);
     println!(
         "digits: {} train / {} test images (8x8, 10 classes), MLP 64-{}-10, {} epochs",

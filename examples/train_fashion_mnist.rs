@@ -14,7 +14,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use bitnet_qat::data::{FASHION_MNIST_DIR, IdxDataset, Split};
 use bitnet_qat::infer::ToTernary;
 use bitnet_qat::quant::QuantFormat;
 use bitnet_qat::schedule::{
@@ -68,9 +67,8 @@ enum Ramp {
 /// Train a BitNet MLP on Fashion-MNIST with burn-train and the QAT dashboard.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Folder with the IDX files (train-images-idx3-ubyte[.gz], ...).
-    #[arg(long, default_value = FASHION_MNIST_DIR)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: bitnet_qat_examples::cli::FashionMnistArgs,
     /// Where burn-train writes logs and checkpoints.
     #[arg(long, default_value = "target/train_fashion_mnist")]
     out: PathBuf,
@@ -113,19 +111,14 @@ struct Args {
     /// Clip latent weights to [-c, c] after each update.
     #[arg(long)]
     clip: Option<f32>,
-    /// Train on the first N training images only.
-    #[arg(long)]
-    limit: Option<usize>,
     /// Resume from the checkpoint of this epoch in --out.
     #[arg(long)]
     resume: Option<usize>,
     /// One line per epoch instead of the dashboard.
     #[arg(long)]
     quiet: bool,
-    /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
-    /// cargo features); default: the enabled GPU feature, else flex.
-    #[arg(long, default_value = bitnet_qat_examples::device::default_name())]
-    device: String,
+    #[command(flatten)]
+    device: bitnet_qat_examples::cli::DeviceArg,
     /// Seed of the initialisation and the batch order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -133,12 +126,8 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = bitnet_qat_examples::device::device(&args.device)?;
-    let mut train = IdxDataset::load(&args.data, Split::Train)?;
-    if let Some(n) = args.limit {
-        train = train.take(n);
-    }
-    let test = IdxDataset::load(&args.data, Split::Test)?;
+    let device = args.device.device()?;
+    let (train, test) = args.data.load()?;
     let pixels = train.pixels_per_image();
     let steps_per_epoch = train.len().div_ceil(args.batch_size);
     let total = steps_per_epoch * args.epochs;

@@ -3,6 +3,7 @@
 //! [`BitLinear`] layers, a plain training loop on the embedded digits, and ([`learner`]) the
 //! same MLP trained with burn-train's `Learner` and the QAT metrics.
 
+pub mod cli;
 pub mod device;
 pub mod learner;
 pub mod report;

@@ -161,15 +161,7 @@ pub(crate) fn unpack_dense_kernel(
     let mut v = f32::cast_from(code) - 1.0f32;
     if comptime![fold_scale] {
         let group_words = group_words as usize;
-        let groups = words / group_words;
-        let sw = if scales.len() == 1 {
-            scales[0]
-        } else if groups == 1 {
-            scales[j]
-        } else {
-            scales[j * groups + w / group_words]
-        };
-        v /= sw;
+        v /= weight_scale(scales, j, words / group_words, w / group_words);
     }
     out[i] = v;
 }
@@ -200,14 +192,32 @@ pub(crate) fn finish_rows_kernel<F: Float>(
     } else if comptime![mode == 1] {
         y[i] / row_scale[r]
     } else {
-        let sw = if scales.len() == 1 {
-            scales[0]
-        } else {
-            scales[j]
-        };
-        y[i] / (row_scale[r] * sw)
+        y[i] / (row_scale[r] * weight_scale(scales, j, 1, 0))
     };
     out[i] = F::cast_from(v);
+}
+
+/// The scale of weight row `j` in group `g` of its `groups` (one scale in all: per tensor).
+#[cube]
+fn weight_scale(scales: &Tensor<f32>, j: usize, groups: usize, g: usize) -> f32 {
+    if scales.len() == 1 {
+        scales[0]
+    } else if groups == 1 {
+        scales[j]
+    } else {
+        scales[j * groups + g]
+    }
+}
+
+/// The sum of the `LANES` partials that the threads of output-row slot `slot` left in `shared`
+/// for activation row `tile` of their tile.
+#[cube]
+fn lanes_total(shared: &Shared<[f32]>, slot: usize, tile: u32) -> f32 {
+    let mut sum = 0.0f32;
+    for l in 0..LANES as usize {
+        sum += shared[(slot + l) * TILE_M as usize + tile as usize];
+    }
+    sum
 }
 
 /// `(word >> shift) & 0x03030303` holds codes 0..=2; `+ 0x7F` per byte gives 127..=129 (no
@@ -267,13 +277,7 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
                     }
                     w += LANES as usize;
                 }
-                let sw = if scales.len() == 1 {
-                    scales[0]
-                } else if groups == 1 {
-                    scales[j]
-                } else {
-                    scales[j * groups + g]
-                };
+                let sw = weight_scale(scales, j, groups, g);
                 if groups == 1 {
                     // Exact integer partials, summed exactly in the reduction below.
                     acc += f32::cast_from(dot);
@@ -291,17 +295,10 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
         while tile < TILE_M {
             let r = r0 + tile as usize;
             if j < rows && r < m {
-                let mut sum = 0.0f32;
-                for l in 0..LANES as usize {
-                    sum += shared[(slot + l) * TILE_M as usize + tile as usize];
-                }
+                let sum = lanes_total(&shared, slot, tile);
                 let groups = words / group_words;
                 if groups == 1 {
-                    let sw = if scales.len() == 1 {
-                        scales[0]
-                    } else {
-                        scales[j]
-                    };
+                    let sw = weight_scale(scales, j, 1, 0);
                     out[r * rows + j] = F::cast_from(sum / (row_scale[r] * sw));
                 } else {
                     out[r * rows + j] = F::cast_from(sum);
@@ -367,14 +364,7 @@ pub(crate) fn ternary_float_kernel<F: Float>(
                     }
                     w += LANES as usize;
                 }
-                let sw = if scales.len() == 1 {
-                    scales[0]
-                } else if groups == 1 {
-                    scales[j]
-                } else {
-                    scales[j * groups + g]
-                };
-                acc += part / sw;
+                acc += part / weight_scale(scales, j, groups, g);
             }
         }
         shared[(slot + lane) * TILE_M as usize + tile as usize] = acc;
@@ -386,11 +376,7 @@ pub(crate) fn ternary_float_kernel<F: Float>(
         while tile < TILE_M {
             let r = r0 + tile as usize;
             if j < rows && r < m {
-                let mut sum = 0.0f32;
-                for l in 0..LANES as usize {
-                    sum += shared[(slot + l) * TILE_M as usize + tile as usize];
-                }
-                out[r * rows + j] = F::cast_from(sum);
+                out[r * rows + j] = F::cast_from(lanes_total(&shared, slot, tile));
             }
             tile += 1;
         }
