@@ -12,7 +12,7 @@ use burn::tensor::Device;
 pub struct DeviceArg {
     /// Device: flex (CPU), ndarray, wgpu, vulkan, metal, webgpu or cuda (those enabled by
     /// cargo features); default: the enabled GPU feature, else flex.
-    #[arg(long = "device", default_value = crate::device::default_name())]
+    #[arg(long = "device", value_name = "DEVICE", default_value = crate::device::default_name())]
     pub name: String,
 }
 
