@@ -10,7 +10,7 @@ pub mod report;
 
 use std::time::Instant;
 
-use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset};
+use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset, shuffle};
 use bitnet_qat::infer::{TernaryLinear, ToTernary};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig, Quantizer};
 use bitnet_qat::quant::{QuantConfig, QuantFormat};
@@ -265,10 +265,9 @@ pub fn train(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let start = Instant::now();
     let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut rng = settings.seed ^ 0x9E37_79B9_7F4A_7C15;
     let (mut steps, mut final_loss) = (0, f64::NAN);
-    for _ in 0..settings.epochs {
-        shuffle(&mut order, &mut rng);
+    for epoch in 0..settings.epochs {
+        shuffle(&mut order, settings.seed.wrapping_add(epoch as u64));
         let (mut sum, mut count) = (0.0, 0);
         for chunk in order.chunks(settings.batch_size) {
             let items: Vec<DigitItem> = chunk.iter().map(|&i| train.items()[i].clone()).collect();
@@ -312,20 +311,17 @@ pub fn accuracy_of(
 ) -> f64 {
     let device = device.clone().without_autodiff();
     let (x, y) = DigitsDataset::batch(data.items(), &device);
-    let predicted = forward(x).argmax(1).flatten::<1>(0, 1);
-    let correct = predicted.equal(y).int().sum().into_scalar::<i64>();
-    100.0 * correct as f64 / data.len() as f64
+    100.0 * correct(&forward, x, y) as f64 / data.len().max(1) as f64
 }
 
-fn shuffle(order: &mut [usize], state: &mut u64) {
-    for i in (1..order.len()).rev() {
-        // xorshift64*: a tiny deterministic generator for the batch order.
-        *state ^= *state >> 12;
-        *state ^= *state << 25;
-        *state ^= *state >> 27;
-        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        order.swap(i, (r % (i as u64 + 1)) as usize);
-    }
+/// How many rows of `x` `forward` classifies as `y` says.
+fn correct(
+    forward: &impl Fn(Tensor<2>) -> Tensor<2>,
+    x: Tensor<2>,
+    y: Tensor<1, burn::tensor::Int>,
+) -> i64 {
+    let predicted = forward(x).argmax(1).flatten::<1>(0, 1);
+    predicted.equal(y).int().sum().into_scalar::<i64>()
 }
 
 /// Accuracy in percent of `forward: images -> logits` on an IDX dataset, in batches of 1000.
@@ -340,8 +336,7 @@ pub fn accuracy_of_batches(
         .chunks(1000)
         .map(|chunk| {
             let (x, y) = data.batch(chunk, &device);
-            let predicted = forward(x).argmax(1).flatten::<1>(0, 1);
-            predicted.equal(y).int().sum().into_scalar::<i64>()
+            correct(&forward, x, y)
         })
         .sum();
     100.0 * correct as f64 / data.len().max(1) as f64

@@ -11,8 +11,21 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::tensor::Device;
 
-/// Fisher–Yates with SplitMix64, so orders do not depend on the `rand` version.
-pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
+/// Shuffles `items` with Fisher–Yates driven by SplitMix64 from `seed`: the same seed gives the
+/// same order on every platform and whatever the `rand` version (what [`EpochLoader`] uses for
+/// each epoch, and handy for custom training loops).
+///
+/// # Example
+/// ```
+/// use bitnet_qat::data::shuffle;
+///
+/// let (mut a, mut b) = ((0..10).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+/// shuffle(&mut a, 7);
+/// shuffle(&mut b, 7);
+/// assert_eq!(a, b);
+/// assert_ne!(a, (0..10).collect::<Vec<_>>());
+/// ```
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -9,4 +9,4 @@ mod loader;
 pub use batch::{ImageBatch, ImageBatcher};
 pub use digits::{DIGITS_CLASSES, DIGITS_LEN, DIGITS_PIXELS, DigitItem, DigitsDataset};
 pub use idx::{FASHION_MNIST_DIR, IdxDataset, ImageItem, Split};
-pub use loader::EpochLoader;
+pub use loader::{EpochLoader, shuffle};
