@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# How the H200 check of session 2 ran: gpu-check and qat-overhead built here with --features wgpu,
-# carried gzipped with Debian's libvulkan.so.1, the NVIDIA EGL library as the Vulkan ICD.
-# Device check: the CubeCL ternary kernels on the NVIDIA GPU through wgpu's Vulkan backend.
+# The device check through Vulkan on an NVIDIA machine without a CUDA build: gpu-check and
+# qat-overhead built on the development machine with
+#   cargo build --release -p bitnet-qat-benches --features wgpu --bin gpu-check --bin qat-overhead
+# (stripped, gzipped next to this script as gpu-check.gz and qat-overhead.gz, with Debian's
+# libvulkan.so.1), the NVIDIA EGL library as the Vulkan ICD. Writes JSON to $OUT.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 bin=/tmp/bitnet-gpu; mkdir -p $bin
@@ -19,8 +21,14 @@ fi
 export LD_LIBRARY_PATH="$here:/usr/local/nvidia/lib64:/usr/lib:${LD_LIBRARY_PATH:-}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 echo "== gpu-check (wgpu)"
-timeout 330 "$bin/gpu-check" --device wgpu --samples 21 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
+timeout 240 "$bin/gpu-check" --device wgpu --samples 21 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
 echo "exit ${PIPESTATUS[0]}"
-echo "== qat-overhead (wgpu)"
-timeout 120 "$bin/qat-overhead" --device wgpu --samples 21 --json "$OUT/qat-overhead-wgpu.json" 2>&1 | tail -12
-echo "exit ${PIPESTATUS[0]}"
+# The QAT step against the full-precision step: BitLinear as BitNet has it, its two quantizers
+# alone, and the portable path (clipped STE on the weights).
+for v in "full standard" "weights standard" "activations standard" "full clipped"; do
+  set -- $v
+  echo "== qat-overhead (wgpu) --bitlinear $1 --weight-ste $2"
+  timeout 45 "$bin/qat-overhead" --device wgpu --samples 21 --bitlinear "$1" --weight-ste "$2" \
+    --json "$OUT/qat-overhead-wgpu-$1-$2.json" 2>&1 | tail -6
+  echo "exit ${PIPESTATUS[0]}"
+done
