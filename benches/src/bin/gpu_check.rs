@@ -36,12 +36,33 @@ struct Args {
     /// Only the kernel checks, no timings (for a software adapter such as lavapipe).
     #[arg(long)]
     check_only: bool,
+    /// Time these weight shapes `NxK` instead of the benchmark's (repeat the flag).
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<(usize, usize)>,
+    /// Time these activation row counts M instead of the benchmark's (repeat the flag).
+    #[arg(long = "m")]
+    ms: Vec<usize>,
     /// Samples per variant (interleaved, medians).
     #[arg(long, default_value_t = 21)]
     samples: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// `NxK`, e.g. `4096x11008`.
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (n, k) = s
+        .split_once(['x', 'X', '×'])
+        .ok_or_else(|| format!("{s:?}: expected NxK, e.g. 4096x11008"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| format!("{s:?}: {v:?} is not a positive integer"))
+    };
+    Ok((parse(n)?, parse(k)?))
 }
 
 fn device(gpu: Gpu) -> Device {
@@ -257,7 +278,9 @@ fn main() {
         std::process::exit(if failed > 0 { 1 } else { 0 });
     }
 
-    let shapes: Vec<(usize, usize)> = if args.quick {
+    let shapes: Vec<(usize, usize)> = if !args.shapes.is_empty() {
+        args.shapes.clone()
+    } else if args.quick {
         vec![(4096, 11008), (11008, 4096)]
     } else {
         vec![
@@ -270,7 +293,9 @@ fn main() {
             (2560, 6912),
         ]
     };
-    let ms: &[usize] = if args.quick {
+    let ms: &[usize] = if !args.ms.is_empty() {
+        &args.ms
+    } else if args.quick {
         &[1, 512]
     } else {
         &[1, 8, 32, 128, 512]

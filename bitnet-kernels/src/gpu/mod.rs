@@ -52,8 +52,13 @@ impl Operands {
         self.m == 0 || self.rows == 0 || self.words == 0
     }
 
+    /// Activation rows per thread: 1 for a GEMV, [`TILE_M`] otherwise.
+    fn tile(&self) -> u32 {
+        if self.m == 1 { 1 } else { TILE_M }
+    }
+
     fn grid(&self) -> (CubeCount, CubeDim) {
-        matmul_grid(self.m, self.rows)
+        matmul_grid(self.m, self.rows, self.tile())
     }
 }
 
@@ -110,11 +115,11 @@ fn operands(
     }
 }
 
-fn matmul_grid(m: usize, rows: usize) -> (CubeCount, CubeDim) {
+fn matmul_grid(m: usize, rows: usize, tile: u32) -> (CubeCount, CubeDim) {
     (
         CubeCount::Static(
             rows.div_ceil(ROWS_PER_CUBE as usize) as u32,
-            m.div_ceil(TILE_M as usize) as u32,
+            m.div_ceil(tile as usize) as u32,
             1,
         ),
         CubeDim::new_2d(LANES, ROWS_PER_CUBE),
@@ -179,6 +184,7 @@ pub fn ternary_matmul_int8(
     let dtype = float_elem(x.dtype);
     let (xq, row_scale) = quantize_rows(x, cols);
     let (count, dim) = op.grid();
+    let tile = op.tile();
     kernels::ternary_int8_kernel::launch(
         &op.codes.client,
         count,
@@ -193,6 +199,7 @@ pub fn ternary_matmul_int8(
         op.words as u32,
         (padded_cols(cols) / 4) as u32,
         group_words(kind, op.words) as u32,
+        tile,
         dtype,
     );
     op.out
@@ -217,6 +224,7 @@ pub fn ternary_matmul_float(
         return dense_float(x, op, cols, kind);
     }
     let (count, dim) = op.grid();
+    let tile = op.tile();
     let dtype = float_elem(x.dtype);
     kernels::ternary_float_kernel::launch(
         &op.codes.client,
@@ -231,6 +239,7 @@ pub fn ternary_matmul_float(
         cols as u32,
         op.words as u32,
         group_words(kind, op.words) as u32,
+        tile,
         dtype,
     );
     op.out
