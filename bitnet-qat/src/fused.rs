@@ -3,8 +3,9 @@
 //! standard STE's identity gradient as a custom backward pass.
 //!
 //! Used by [`crate::ste`] for the standard STE on Flex and CubeCL (GPU) devices when the quantizer is
-//! ternary or integer, with an absmean or absmax scale per tensor or per slice along one axis
-//! (per token; per channel, whose axis is moved last for the kernel).
+//! ternary or integer, with an absmean or absmax scale per tensor, per slice along one axis
+//! (per token; per channel, whose axis is moved last for the kernel) or per group (rows of a
+//! `[-1, size]` view).
 //! Everything else takes the portable tensor-operation path, and the tests check that the two
 //! agree.
 // Without a backend feature the generated dispatch never reads its arguments.
@@ -127,8 +128,8 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
 /// `flex` feature, CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather
 /// than the portable tensor-operation path. Both compute the same values; the fused one costs
 /// two passes over the data instead of a dozen operations. The standard STE with a ternary or
-/// integer format, an absmean or absmax statistic, and one scale per tensor, per token or per
-/// channel takes it (BitLinear's defaults for weights and activations), for f32 tensors (and
+/// integer format, an absmean or absmax statistic, and one scale per tensor, per token, per
+/// channel or per group takes it (BitLinear's defaults for weights and activations), for f32 tensors (and
 /// f16 / bf16 on CubeCL devices).
 ///
 /// # Example
@@ -192,40 +193,57 @@ pub(crate) fn try_fused<const D: usize>(
         ScaleStat::AbsMax => false,
         ScaleStat::AbsMedian => return None,
     };
-    let per_row = match config.granularity {
-        Granularity::PerTensor => false,
-        Granularity::PerChannel | Granularity::PerToken => true,
-        Granularity::PerGroup { .. } => return None,
+    if config.format == QuantFormat::Binary {
+        return None;
+    }
+    let spec = FusedSpec {
+        qn: config.code_range().0,
+        qp: config.code_range().1,
+        eps: config.eps,
+        abs_mean,
+        per_row: config.granularity != Granularity::PerTensor,
     };
     // One scale per slice along another axis (per-channel weights `[d_input, d_output]` reduce
     // along axis 0): move that axis last, quantize rows, move it back. The kernels read a
     // contiguous copy; the result comes back as a strided view, which Burn's ops take as is.
-    if per_row && axis != D - 1 {
+    if spec.per_row && axis != D - 1 {
         return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1)
             .map(|q| q.swap_dims(axis, D - 1));
     }
-    if config.format == QuantFormat::Binary {
-        return None;
-    }
-    let (qn, qp) = config.code_range();
+    Some(match config.granularity {
+        // Groups are runs of `size` along the (last) axis: rows of a `[-1, size]` view.
+        Granularity::PerGroup { size } => {
+            let dims = x.dims();
+            let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, size as i64]);
+            fused_call(rows, spec)?.reshape(dims)
+        }
+        _ => fused_call(x.clone(), spec)?,
+    })
+}
+
+/// The fused op of the device's backend on `x` (rows of its last axis when `spec.per_row`).
+fn fused_call<const D: usize>(
+    x: burn::tensor::Tensor<D>,
+    spec: FusedSpec,
+) -> Option<burn::tensor::Tensor<D>> {
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;
         Some(burn::tensor::Tensor::from_dispatch(
             <Dispatch as FusedQuantBackend>::fused_fake_quant(
-                x.clone().into_dispatch(),
-                qn,
-                qp,
-                config.eps,
-                abs_mean,
-                per_row,
+                x.into_dispatch(),
+                spec.qn,
+                spec.qp,
+                spec.eps,
+                spec.abs_mean,
+                spec.per_row,
             ),
         ))
     }
     #[cfg(not(any(feature = "flex", feature = "cube")))]
     {
         // has_fused_kernels is false without a backend feature.
-        let _ = (qn, qp, abs_mean, per_row);
+        let _ = (x, spec);
         None
     }
 }
@@ -269,9 +287,32 @@ mod tests {
                 .into_data()
                 .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
-        // Not covered: groups, the median, binary.
-        let groups = QuantConfig::ternary().with_granularity(Granularity::PerGroup { size: 4 });
-        assert!(try_fused(&x, &groups, 1).is_none());
+        // Groups along the last axis and along axis 0 (a weight `[48, 20]`, groups of 8 inputs).
+        let w = Tensor::<2>::random([48, 20], Distribution::Normal(0.0, 0.1), &device);
+        for (x, config, axis) in [
+            (
+                &x,
+                QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 100 }),
+                1,
+            ),
+            (
+                &x,
+                QuantConfig::ternary().with_granularity(Granularity::PerGroup { size: 4 }),
+                1,
+            ),
+            (
+                &w,
+                QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 8 }),
+                0,
+            ),
+        ] {
+            let fused = try_fused(x, &config, axis).expect("groups");
+            let portable = quant_grid(x.clone(), &config, axis).dequantize();
+            fused
+                .into_data()
+                .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        }
+        // Not covered: the median, binary.
         assert!(try_fused(&x, &QuantConfig::binary(), 1).is_none());
         let median = QuantConfig::ternary().with_stat(ScaleStat::AbsMedian);
         assert!(try_fused(&x, &median, 1).is_none());

@@ -32,10 +32,12 @@ fn bitlinear_forward_and_backward_match_flex() {
     cpu.seed(3);
     let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
     let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
-    // BitNet's per-tensor ternary weights, and per-channel int4 (the axis-0 fused path).
+    // BitNet's per-tensor ternary weights, per-channel int4 (the axis-0 fused path) and int4
+    // in groups of 32 inputs.
     for weights in [
         QuantConfig::ternary(),
         QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+        QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 32 }),
     ] {
         let run = |device: &Device| {
             let device = device.clone().autodiff();
