@@ -24,11 +24,11 @@ echo "== gpu-check (wgpu)"
 timeout 240 "$bin/gpu-check" --device wgpu --samples 21 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
 echo "exit ${PIPESTATUS[0]}"
 # The QAT step against the full-precision step: BitLinear as BitNet has it, its two quantizers
-# alone, and the portable path (clipped STE on the weights).
-for v in "full standard" "weights standard" "activations standard" "full clipped"; do
+# alone, the clipped STE (fused) and the portable path (LSQ on the weights).
+for v in "full standard" "weights standard" "activations standard" "full clipped" "full lsq"; do
   set -- $v
   echo "== qat-overhead (wgpu) --bitlinear $1 --weight-ste $2"
-  timeout 45 "$bin/qat-overhead" --device wgpu --samples 21 --bitlinear "$1" --weight-ste "$2" \
+  timeout 40 "$bin/qat-overhead" --device wgpu --samples 21 --bitlinear "$1" --weight-ste "$2" \
     --json "$OUT/qat-overhead-wgpu-$1-$2.json" 2>&1 | tail -6
   echo "exit ${PIPESTATUS[0]}"
 done

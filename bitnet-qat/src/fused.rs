@@ -31,6 +31,20 @@ pub(crate) struct FusedSpec {
     pub per_row: bool,
 }
 
+impl FusedSpec {
+    /// The spec from the backend op's arguments.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    pub(crate) fn new(qn: i32, qp: i32, eps: f64, abs_mean: bool, per_row: bool) -> Self {
+        Self {
+            qn,
+            qp,
+            eps,
+            abs_mean,
+            per_row,
+        }
+    }
+}
+
 /// Fused fake quantization supplied by a backend extension.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
@@ -40,9 +54,25 @@ pub(crate) struct FusedSpec {
 )]
 pub trait FusedQuantBackend: Backend {
     /// `clamp(round(x s), qn, qp) / s` with `s = qp / max(stat, eps)`; under autodiff the
-    /// gradient passes unchanged (the standard STE).
+    /// gradient passes unchanged (the standard STE), or with `clipped` only where
+    /// `qn <= x s <= qp` (the clipped STE).
     #[fusion(dtype = x, shape = x)]
+    #[allow(clippy::too_many_arguments)]
     fn fused_fake_quant(
+        x: FloatTensor<Self>,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        per_row: bool,
+        clipped: bool,
+    ) -> FloatTensor<Self>;
+
+    /// 1 where `qn <= x s <= qp`, 0 elsewhere, with the scale `s` of
+    /// [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant): the clipped STE's gradient
+    /// mask. Not differentiable.
+    #[fusion(dtype = x, shape = x)]
+    fn fused_clip_mask(
         x: FloatTensor<Self>,
         qn: i32,
         qp: i32,
@@ -52,10 +82,24 @@ pub trait FusedQuantBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Fake-quantizes a contiguous f32 buffer whose rows have `row_len` elements, on Rayon's pool
-/// for large buffers.
+/// What the fused op writes per element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FusedOutput {
+    /// The fake-quantized value.
+    Quantized,
+    /// 1 inside the representable range, 0 outside.
+    ClipMask,
+}
+
+/// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
+/// elements, on Rayon's pool for large buffers.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
-pub(crate) fn fake_quant_slice(x: &[f32], row_len: usize, spec: FusedSpec) -> Vec<f32> {
+pub(crate) fn fake_quant_slice(
+    x: &[f32],
+    row_len: usize,
+    spec: FusedSpec,
+    output: FusedOutput,
+) -> Vec<f32> {
     use rayon::prelude::*;
     /// Below this many elements one thread is faster.
     const PARALLEL: usize = 1 << 15;
@@ -63,12 +107,20 @@ pub(crate) fn fake_quant_slice(x: &[f32], row_len: usize, spec: FusedSpec) -> Ve
     const TASK: usize = 1 << 14;
     let (qn, qp) = (spec.qn as f32, spec.qp as f32);
     let scale = |stat: f32| qp / stat.max(spec.eps as f32); // as the tensor path: qp / max(stat, eps)
-    let quantize = |xs: &[f32], os: &mut [f32], s: f32| {
-        for (o, v) in os.iter_mut().zip(xs) {
-            // Clamping to integer bounds commutes with rounding; below 2^22 in magnitude,
-            // adding and subtracting 1.5 * 2^23 rounds half to even exactly and vectorizes
-            // (`round_ties_even` is a libm call on baseline x86-64).
-            *o = round_half_even_small((v * s).clamp(qn, qp)) / s;
+    let quantize = |xs: &[f32], os: &mut [f32], s: f32| match output {
+        FusedOutput::Quantized => {
+            for (o, v) in os.iter_mut().zip(xs) {
+                // Clamping to integer bounds commutes with rounding; below 2^22 in magnitude,
+                // adding and subtracting 1.5 * 2^23 rounds half to even exactly and vectorizes
+                // (`round_ties_even` is a libm call on baseline x86-64).
+                *o = round_half_even_small((v * s).clamp(qn, qp)) / s;
+            }
+        }
+        FusedOutput::ClipMask => {
+            for (o, v) in os.iter_mut().zip(xs) {
+                let u = v * s;
+                *o = f32::from(u8::from(u >= qn && u <= qp));
+            }
         }
     };
     let stat = |xs: &[f32]| {
@@ -183,6 +235,7 @@ pub(crate) fn try_fused<const D: usize>(
     x: &burn::tensor::Tensor<D>,
     config: &crate::quant::QuantConfig,
     axis: usize,
+    clipped: bool,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::{Granularity, QuantFormat, ScaleStat};
     if !has_fused_kernels(&x.device()) || !fused_dtype(&x.device(), x.dtype()) {
@@ -196,18 +249,14 @@ pub(crate) fn try_fused<const D: usize>(
     if config.format == QuantFormat::Binary {
         return None;
     }
-    let spec = FusedSpec {
-        qn: config.code_range().0,
-        qp: config.code_range().1,
-        eps: config.eps,
-        abs_mean,
-        per_row: config.granularity != Granularity::PerTensor,
-    };
+    let (qn, qp) = config.code_range();
+    let per_row = config.granularity != Granularity::PerTensor;
+    let spec = FusedSpec::new(qn, qp, config.eps, abs_mean, per_row);
     // One scale per slice along another axis (per-channel weights `[d_input, d_output]` reduce
     // along axis 0): move that axis last, quantize rows, move it back. The kernels read a
     // contiguous copy; the result comes back as a strided view, which Burn's ops take as is.
     if spec.per_row && axis != D - 1 {
-        return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1)
+        return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1, clipped)
             .map(|q| q.swap_dims(axis, D - 1));
     }
     Some(match config.granularity {
@@ -215,9 +264,9 @@ pub(crate) fn try_fused<const D: usize>(
         Granularity::PerGroup { size } => {
             let dims = x.dims();
             let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, size as i64]);
-            fused_call(rows, spec)?.reshape(dims)
+            fused_call(rows, spec, clipped)?.reshape(dims)
         }
-        _ => fused_call(x.clone(), spec)?,
+        _ => fused_call(x.clone(), spec, clipped)?,
     })
 }
 
@@ -225,6 +274,7 @@ pub(crate) fn try_fused<const D: usize>(
 fn fused_call<const D: usize>(
     x: burn::tensor::Tensor<D>,
     spec: FusedSpec,
+    clipped: bool,
 ) -> Option<burn::tensor::Tensor<D>> {
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
@@ -237,13 +287,14 @@ fn fused_call<const D: usize>(
                 spec.eps,
                 spec.abs_mean,
                 spec.per_row,
+                clipped,
             ),
         ))
     }
     #[cfg(not(any(feature = "flex", feature = "cube")))]
     {
         // has_fused_kernels is false without a backend feature.
-        let _ = (x, spec);
+        let _ = (x, spec, clipped);
         None
     }
 }
@@ -267,7 +318,7 @@ mod tests {
                 .with_granularity(Granularity::PerToken),
             QuantConfig::int(2),
         ] {
-            let fused = try_fused(&x, &config, 1).expect("Flex runs the fused op");
+            let fused = try_fused(&x, &config, 1, false).expect("Flex runs the fused op");
             let portable = quant_grid(x.clone(), &config, 1).dequantize();
             // The scale is a mean over 11,100 values: the fused op and Flex sum them in different
             // orders, a few ulps apart.
@@ -280,7 +331,7 @@ mod tests {
             QuantConfig::ternary().with_granularity(Granularity::PerChannel),
             QuantConfig::int(4).with_granularity(Granularity::PerChannel),
         ] {
-            let fused = try_fused(&x, &config, 0).expect("per channel along axis 0");
+            let fused = try_fused(&x, &config, 0, false).expect("per channel along axis 0");
             assert_eq!(fused.dims(), [37, 300]);
             let portable = quant_grid(x.clone(), &config, 0).dequantize();
             fused
@@ -306,20 +357,20 @@ mod tests {
                 0,
             ),
         ] {
-            let fused = try_fused(x, &config, axis).expect("groups");
+            let fused = try_fused(x, &config, axis, false).expect("groups");
             let portable = quant_grid(x.clone(), &config, axis).dequantize();
             fused
                 .into_data()
                 .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
         // Not covered: the median, binary.
-        assert!(try_fused(&x, &QuantConfig::binary(), 1).is_none());
+        assert!(try_fused(&x, &QuantConfig::binary(), 1, false).is_none());
         let median = QuantConfig::ternary().with_stat(ScaleStat::AbsMedian);
-        assert!(try_fused(&x, &median, 1).is_none());
+        assert!(try_fused(&x, &median, 1, false).is_none());
         // NdArray takes the portable path.
         #[allow(deprecated)]
         let nd = Tensor::<2>::zeros([2, 2], &Device::ndarray());
-        assert!(try_fused(&nd, &QuantConfig::ternary(), 1).is_none());
+        assert!(try_fused(&nd, &QuantConfig::ternary(), 1, false).is_none());
     }
 
     #[test]
@@ -342,7 +393,7 @@ mod tests {
         let x =
             Tensor::<2>::from_data([[0.3, -1.2, 0.05], [2.0, -0.7, 0.4]], &device).require_grad();
         let c = Tensor::<2>::from_data([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], &device);
-        let q = try_fused(&x, &QuantConfig::ternary(), 1).unwrap();
+        let q = try_fused(&x, &QuantConfig::ternary(), 1, false).unwrap();
         let grads = (q * c.clone()).sum().backward();
         x.grad(&grads)
             .unwrap()
@@ -350,11 +401,55 @@ mod tests {
             .assert_eq(&c.clone().inner().into_data(), true);
         // Through the axis swap of per-channel weights too.
         let per_channel = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
-        let q = try_fused(&x, &per_channel, 0).unwrap();
+        let q = try_fused(&x, &per_channel, 0, false).unwrap();
         let grads = (q * c.clone()).sum().backward();
         x.grad(&grads)
             .unwrap()
             .into_data()
             .assert_eq(&c.inner().into_data(), true);
+    }
+
+    #[test]
+    fn the_fused_clipped_gradient_is_masked_where_the_grid_leaves_the_range() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let x = Tensor::<2>::random([6, 50], Distribution::Normal(0.0, 1.0), &device);
+        let c = Tensor::<2>::random([6, 50], Distribution::Normal(0.0, 1.0), &device);
+        for (config, axis) in [
+            (QuantConfig::ternary(), 1),
+            // Absmean scales: an absmax scale keeps every value inside.
+            (
+                QuantConfig::int(2)
+                    .with_stat(ScaleStat::AbsMean)
+                    .with_granularity(Granularity::PerToken),
+                1,
+            ),
+            (
+                QuantConfig::int(4)
+                    .with_stat(ScaleStat::AbsMean)
+                    .with_granularity(Granularity::PerChannel),
+                0,
+            ),
+        ] {
+            let x = x.clone().require_grad();
+            let q = try_fused(&x, &config, axis, true).unwrap();
+            let standard = try_fused(&x, &config, axis, false).unwrap();
+            q.clone().into_data().assert_eq(&standard.into_data(), true);
+            let grads = (q * c.clone()).sum().backward();
+            let got = x.grad(&grads).unwrap();
+            // The portable clipped STE's mask: qn <= x s <= qp.
+            let grid = quant_grid(x.clone().inner(), &config, axis);
+            let inside = grid
+                .grid
+                .clone()
+                .greater_equal_elem(grid.qn)
+                .bool_and(grid.grid.lower_equal_elem(grid.qp))
+                .float();
+            let expected = c.clone().inner() * inside.clone();
+            got.into_data().assert_eq(&expected.into_data(), true);
+            // Absmean scales put some values outside the range: the mask does work.
+            let inside = inside.sum().into_scalar::<f32>();
+            assert!(inside < 300.0, "{config:?}: everything inside");
+        }
     }
 }

@@ -32,17 +32,25 @@ fn bitlinear_forward_and_backward_match_flex() {
     cpu.seed(3);
     let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
     let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
-    // BitNet's per-tensor ternary weights, per-channel int4 (the axis-0 fused path) and int4
-    // in groups of 32 inputs.
-    for weights in [
-        QuantConfig::ternary(),
-        QuantConfig::int(4).with_granularity(Granularity::PerChannel),
-        QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 32 }),
+    // BitNet's per-tensor ternary weights (standard and clipped STE), per-channel int4 (the
+    // axis-0 fused path) and int4 in groups of 32 inputs.
+    for (weights, ste) in [
+        (QuantConfig::ternary(), Ste::Standard),
+        (QuantConfig::ternary(), Ste::Clipped),
+        (
+            QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+            Ste::Standard,
+        ),
+        (
+            QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 32 }),
+            Ste::Standard,
+        ),
     ] {
         let run = |device: &Device| {
             let device = device.clone().autodiff();
             let layer = BitLinearConfig::new(96, 40)
                 .with_weight_quant(weights.clone())
+                .with_weight_ste(ste)
                 .init_with(Tensor::from_data(w.to_data(), &device), None, &device)
                 .unwrap();
             let x = Tensor::<2>::from_data(x.to_data(), &device).require_grad();
@@ -56,7 +64,7 @@ fn bitlinear_forward_and_backward_match_flex() {
         };
         let (y_cpu, gw_cpu, gx_cpu) = run(&cpu);
         let (y_gpu, gw_gpu, gx_gpu) = run(&gpu);
-        let what = format!("{:?} {:?}", weights.format, weights.granularity);
+        let what = format!("{:?} {:?} {ste:?}", weights.format, weights.granularity);
         assert_close(&y_gpu, &y_cpu, 1e-4, &format!("{what}: BitLinear output"));
         assert_close(&gw_gpu, &gw_cpu, 1e-4, &format!("{what}: weight gradient"));
         assert_close(&gx_gpu, &gx_cpu, 1e-4, &format!("{what}: input gradient"));

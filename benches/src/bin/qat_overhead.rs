@@ -73,7 +73,7 @@ struct Args {
     /// with the STE blend at 0).
     #[arg(long, default_value = "full")]
     bitlinear: String,
-    /// The weight STE: `standard` (fused kernels on Flex and GPUs), `clipped` or `lsq` (the
+    /// The weight STE: `standard` or `clipped` (fused kernels on Flex and GPUs), or `lsq` (the
     /// portable tensor-operation path).
     #[arg(long, default_value = "standard")]
     weight_ste: String,
@@ -154,7 +154,7 @@ struct Report {
     device: String,
     /// Whether the device has the fused fake-quantization kernels (the standard STE uses them).
     fused_fake_quant: bool,
-    /// The weight STE (anything but `standard` takes the portable path for the weights).
+    /// The weight STE (`lsq` takes the portable path for the weights).
     weight_ste: String,
     batch: usize,
     samples: usize,
@@ -264,7 +264,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "device {} | fake quantization {} | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
         args.device,
         match (fused, ste) {
-            (true, Ste::Standard) => "fused kernels".to_string(),
+            (true, Ste::Standard | Ste::Clipped) => "fused kernels".to_string(),
             (_, ste) => format!("portable tensor ops for the weights ({ste:?} STE)"),
         },
         args.batch,

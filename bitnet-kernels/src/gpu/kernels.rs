@@ -416,8 +416,21 @@ pub(crate) fn ternary_float_kernel<F: Float>(
     }
 }
 
+/// `clamp(round_half_even(v s), qn, qp) / s`, or with `mask` 1 where `qn <= v s <= qp` and 0
+/// elsewhere (the clipped STE's gradient mask).
+#[cube]
+fn quantized_or_mask(v: f32, s: f32, qn: f32, qp: f32, #[comptime] mask: bool) -> f32 {
+    let u = v * s;
+    if comptime![mask] {
+        f32::cast_from(u >= qn && u <= qp)
+    } else {
+        clamp(u, qn, qp).round() / s
+    }
+}
+
 /// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
-/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s`. One cube per row.
+/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or the clip mask).
+/// One cube per row.
 #[cube(launch)]
 pub(crate) fn fake_quant_rows_kernel<F: Float>(
     x: &Tensor<F>,
@@ -428,6 +441,7 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     qp: f32,
     eps: f32,
     #[comptime] abs_mean: bool,
+    #[comptime] mask: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
@@ -455,7 +469,7 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     let mut k = t;
     while k < len {
         let i = row * len + k;
-        out[i] = F::cast_from(clamp(f32::cast_from(x[i]) * s, qn, qp).round() / s);
+        out[i] = F::cast_from(quantized_or_mask(f32::cast_from(x[i]), s, qn, qp, mask));
         k += ROW_THREADS as usize;
     }
 }
@@ -532,11 +546,12 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     len: u32,
     qn: f32,
     qp: f32,
+    #[comptime] mask: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
     if i < len as usize {
         let s = scale[0];
-        out[i] = F::cast_from(clamp(f32::cast_from(x[i]) * s, qn, qp).round() / s);
+        out[i] = F::cast_from(quantized_or_mask(f32::cast_from(x[i]), s, qn, qp, mask));
     }
 }

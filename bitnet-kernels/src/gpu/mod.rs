@@ -380,6 +380,32 @@ pub fn fake_quantize(
     abs_mean: bool,
     per_row: bool,
 ) -> CubeTensor {
+    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, false)
+}
+
+/// The clipped STE's gradient mask for [`fake_quantize`] with the same arguments: 1 where
+/// `qn <= x s <= qp`, 0 elsewhere, in `x`'s type.
+pub fn clip_mask(
+    x: CubeTensor,
+    qn: i32,
+    qp: i32,
+    eps: f64,
+    abs_mean: bool,
+    per_row: bool,
+) -> CubeTensor {
+    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, true)
+}
+
+/// [`fake_quantize`] (`mask` false) or [`clip_mask`] (`mask` true).
+fn scaled_elementwise(
+    x: CubeTensor,
+    qn: i32,
+    qp: i32,
+    eps: f64,
+    abs_mean: bool,
+    per_row: bool,
+    mask: bool,
+) -> CubeTensor {
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
     let len = shape.num_elements();
@@ -404,6 +430,7 @@ pub fn fake_quantize(
             qp,
             eps,
             abs_mean,
+            mask,
             dtype,
         );
         return out;
@@ -454,6 +481,7 @@ pub fn fake_quantize(
         len as u32,
         qn,
         qp,
+        mask,
         dtype,
     );
     out

@@ -48,7 +48,8 @@ impl<B: Backend + QatBackend, C: CheckpointStrategy> QatBackend for Autodiff<B, 
     }
 }
 
-/// The fused fake quantization with the standard STE's identity backward.
+/// The fused fake quantization with the standard STE's identity backward, or the clipped STE's
+/// masked one.
 mod fused {
     use burn::backend::Backend;
     use burn::backend::autodiff::{
@@ -59,7 +60,7 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::FusedQuantBackend;
+    use crate::fused::{FusedQuantBackend, FusedSpec};
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -69,12 +70,14 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            clipped: bool,
         ) -> FloatTensor<Self> {
+            /// The standard STE (no state) or the clipped one (the input and its spec).
             #[derive(Debug)]
             struct StraightThrough;
 
-            impl<B: Backend> Backward<B, 1> for StraightThrough {
-                type State = ();
+            impl<B: Backend + FusedQuantBackend> Backward<B, 1> for StraightThrough {
+                type State = Option<(FloatTensor<B>, FusedSpec)>;
 
                 fn backward(
                     self,
@@ -82,20 +85,49 @@ mod fused {
                     grads: &mut Gradients,
                     _checkpointer: &mut Checkpointer,
                 ) {
-                    unary::<B, _>(ops.parents, ops.node, grads, |grad| grad);
+                    let state = ops.state;
+                    unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
+                        None => grad,
+                        Some((x, s)) => B::float_mul(
+                            grad,
+                            B::fused_clip_mask(x, s.qn, s.qp, s.eps, s.abs_mean, s.per_row),
+                        ),
+                    });
                 }
             }
 
             let node = x.node();
-            let out = B::fused_fake_quant(x.into_primitive(), qn, qp, eps, abs_mean, per_row);
+            let x = x.into_primitive();
+            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
+            let saved = clipped.then(|| x.clone());
+            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, clipped);
             match StraightThrough
                 .prepare::<C>([node])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish((), out),
+                OpsKind::Tracked(prep) => prep.finish(saved.map(|x| (x, spec)), out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
+        }
+
+        fn fused_clip_mask(
+            x: FloatTensor<Self>,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            per_row: bool,
+        ) -> FloatTensor<Self> {
+            // A constant: no gradient flows through a mask.
+            FloatTensor::<Self>::new(B::fused_clip_mask(
+                x.into_primitive(),
+                qn,
+                qp,
+                eps,
+                abs_mean,
+                per_row,
+            ))
         }
     }
 }

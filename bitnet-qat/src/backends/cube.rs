@@ -18,7 +18,19 @@ impl FusedQuantBackend for CubeBackend {
         eps: f64,
         abs_mean: bool,
         per_row: bool,
+        _clipped: bool,
     ) -> CubeTensor {
         bitnet_kernels::gpu::fake_quantize(x, qn, qp, eps, abs_mean, per_row)
+    }
+
+    fn fused_clip_mask(
+        x: CubeTensor,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        per_row: bool,
+    ) -> CubeTensor {
+        bitnet_kernels::gpu::clip_mask(x, qn, qp, eps, abs_mean, per_row)
     }
 }

@@ -12,7 +12,24 @@ mod fused {
     use burn::backend::flex::FlexTensor;
     use burn::tensor::TensorData;
 
-    use crate::fused::{FusedQuantBackend, FusedSpec, fake_quant_slice};
+    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, fake_quant_slice};
+
+    /// Runs [`fake_quant_slice`] on the tensor's (contiguous) storage.
+    fn run(x: FlexTensor, spec: FusedSpec, output: FusedOutput) -> FlexTensor {
+        let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
+            x
+        } else {
+            x.to_contiguous()
+        };
+        let shape = x.layout().shape().clone();
+        let row_len = if shape.is_empty() {
+            1
+        } else {
+            shape[shape.len() - 1]
+        };
+        let out = fake_quant_slice(x.storage::<f32>(), row_len, spec, output);
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
 
     impl FusedQuantBackend for Flex {
         fn fused_fake_quant(
@@ -22,27 +39,22 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            _clipped: bool,
         ) -> FlexTensor {
-            let spec = FusedSpec {
-                qn,
-                qp,
-                eps,
-                abs_mean,
-                per_row,
-            };
-            let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
-                x
-            } else {
-                x.to_contiguous()
-            };
-            let shape = x.layout().shape().clone();
-            let row_len = if shape.is_empty() {
-                1
-            } else {
-                shape[shape.len() - 1]
-            };
-            let out = fake_quant_slice(x.storage::<f32>(), row_len, spec);
-            FlexTensor::from_data(TensorData::new(out, shape))
+            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
+            run(x, spec, FusedOutput::Quantized)
+        }
+
+        fn fused_clip_mask(
+            x: FlexTensor,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            per_row: bool,
+        ) -> FlexTensor {
+            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
+            run(x, spec, FusedOutput::ClipMask)
         }
     }
 }

@@ -125,8 +125,8 @@ pub(crate) fn apply_ste<const D: usize>(
     ste: &Ste,
     axis: usize,
 ) -> Tensor<D> {
-    if matches!(ste, Ste::Standard)
-        && let Some(q) = crate::fused::try_fused(&x, config, axis)
+    if matches!(ste, Ste::Standard | Ste::Clipped)
+        && let Some(q) = crate::fused::try_fused(&x, config, axis, *ste == Ste::Clipped)
     {
         return q;
     }
