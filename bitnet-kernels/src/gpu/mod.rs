@@ -178,7 +178,7 @@ pub fn ternary_matmul_int8(
     if op.is_trivial() {
         return op.out;
     }
-    if op.m >= INT8_DENSE_MIN_M {
+    if op.m >= INT8_DENSE_MIN_M && dense_fits(op.rows, cols) {
         return dense_int8(x, op, cols, kind);
     }
     let dtype = float_elem(x.dtype);
@@ -220,7 +220,7 @@ pub fn ternary_matmul_float(
     if op.is_trivial() {
         return op.out;
     }
-    if op.m >= FLOAT_DENSE_MIN_M {
+    if op.m >= FLOAT_DENSE_MIN_M && dense_fits(op.rows, cols) {
         return dense_float(x, op, cols, kind);
     }
     let (count, dim) = op.grid();
@@ -254,6 +254,15 @@ pub const INT8_DENSE_MIN_M: usize = 256;
 /// scales folded in) to f32 and runs Burn's matmul: the per-row float kernel loses to it from
 /// M = 128 on an H200 (and still wins at M = 32).
 pub const FLOAT_DENSE_MIN_M: usize = 64;
+
+/// The largest transient f32 copy of the weights the dense route makes (512 MiB: a LLaMA-7B
+/// FFN matrix takes 180 MB); larger matrices stay on the per-row kernels.
+pub const DENSE_MAX_BYTES: usize = 512 << 20;
+
+/// Whether the f32 copy of a `[rows, cols]` weight fits [`DENSE_MAX_BYTES`].
+fn dense_fits(rows: usize, cols: usize) -> bool {
+    rows.saturating_mul(cols).saturating_mul(4) <= DENSE_MAX_BYTES
+}
 
 /// The weights `[rows, cols]` as f32 `code - 1` (divided by their scales when `fold_scale`).
 fn unpack_dense(op: &Operands, cols: usize, kind: ScaleKind, fold_scale: bool) -> CubeTensor {
