@@ -112,3 +112,26 @@ fn fused_fake_quantization_keeps_f16_on_the_gpu() {
         );
     }
 }
+
+#[test]
+fn more_rows_than_one_grid_dimension_holds() {
+    // 70,000 rows: the per-row kernels spread their cubes over a second grid dimension.
+    let Some(gpu) = gpu_device() else { return };
+    let mut rng = Lcg(17);
+    let rows = 70_000;
+    let data: Vec<f32> = (0..rows * 4).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+    let config = QuantConfig::activation_int8();
+    let on = |device: &Device| {
+        let x = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(data.clone(), [rows, 4]),
+            device,
+        );
+        values(quantize_ste(x, &config, &Ste::Standard).unwrap())
+    };
+    assert_close(
+        &on(&gpu),
+        &on(&Device::flex()),
+        1e-6,
+        "per-row int8 on 70,000 rows",
+    );
+}
