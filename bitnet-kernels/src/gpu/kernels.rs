@@ -252,7 +252,8 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
 ) {
     let lane = UNIT_POS_X as usize;
     let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
-    let r0 = (CUBE_POS_Y * tile) as usize;
+    // Tiles of activation rows run along y, then z (past 65,535 tiles).
+    let r0 = ((CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) * tile) as usize;
     let m = m as usize;
     let rows = rows as usize;
     let words = words as usize;
@@ -348,7 +349,8 @@ pub(crate) fn ternary_float_kernel<F: Float>(
 ) {
     let lane = UNIT_POS_X as usize;
     let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
-    let r0 = (CUBE_POS_Y * tile) as usize;
+    // Tiles of activation rows run along y, then z (past 65,535 tiles).
+    let r0 = ((CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) * tile) as usize;
     let m = m as usize;
     let rows = rows as usize;
     let cols = cols as usize;

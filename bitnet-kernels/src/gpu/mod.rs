@@ -115,12 +115,16 @@ fn operands(
     }
 }
 
+/// Cubes of `ROWS_PER_CUBE` output rows along x, tiles of `tile` activation rows along y and,
+/// past 65,535 tiles, z.
 fn matmul_grid(m: usize, rows: usize, tile: u32) -> (CubeCount, CubeDim) {
+    let tiles = m.div_ceil(tile as usize).max(1);
+    let y = tiles.min(65_535);
     (
         CubeCount::Static(
             rows.div_ceil(ROWS_PER_CUBE as usize) as u32,
-            m.div_ceil(tile as usize) as u32,
-            1,
+            y as u32,
+            tiles.div_ceil(y) as u32,
         ),
         CubeDim::new_2d(LANES, ROWS_PER_CUBE),
     )
