@@ -53,9 +53,10 @@ impl FusedSpec {
     Autodiff
 )]
 pub trait FusedQuantBackend: Backend {
-    /// `clamp(round(x s), qn, qp) / s` with `s = qp / max(stat, eps)`; under autodiff the
-    /// gradient passes unchanged (the standard STE), or with `clipped` only where
-    /// `qn <= x s <= qp` (the clipped STE).
+    /// `clamp(round(x s), qn, qp) / s` with `s = qp / max(stat, eps)`. Under autodiff the
+    /// gradient `g` is that of the STE `ste` ([`FusedSte::encode`]): standard, `g`; clipped,
+    /// `g` where `qn <= x s <= qp`, else 0; adaptive (EWGS), `g + delta |g| e` with `e` the
+    /// rounding residual of [`fused_ste_aux`](FusedQuantBackend::fused_ste_aux).
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
     fn fused_fake_quant(
@@ -65,21 +66,67 @@ pub trait FusedQuantBackend: Backend {
         eps: f64,
         abs_mean: bool,
         per_row: bool,
-        clipped: bool,
+        ste: usize,
+        delta: f64,
     ) -> FloatTensor<Self>;
 
-    /// 1 where `qn <= x s <= qp`, 0 elsewhere, with the scale `s` of
-    /// [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant): the clipped STE's gradient
-    /// mask. Not differentiable.
+    /// With the scale `s` of [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant) and
+    /// `u = x s`: the clipped STE's mask (1 where `qn <= u <= qp`, else 0), or with `residual`
+    /// EWGS's rounding residual `clamp(u) - round(clamp(u))`. Not differentiable.
     #[fusion(dtype = x, shape = x)]
-    fn fused_clip_mask(
+    #[allow(clippy::too_many_arguments)]
+    fn fused_ste_aux(
         x: FloatTensor<Self>,
         qn: i32,
         qp: i32,
         eps: f64,
         abs_mean: bool,
         per_row: bool,
+        residual: bool,
     ) -> FloatTensor<Self>;
+}
+
+/// The STEs the fused op has a backward pass for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum FusedSte {
+    /// The identity.
+    Standard,
+    /// The identity inside the code range, 0 outside.
+    Clipped,
+    /// EWGS with its `delta`.
+    Adaptive(f64),
+}
+
+impl FusedSte {
+    /// The fused STE of `ste`, if there is one.
+    pub(crate) fn of(ste: &crate::ste::Ste) -> Option<Self> {
+        use crate::ste::Ste;
+        match *ste {
+            Ste::Standard => Some(Self::Standard),
+            Ste::Clipped => Some(Self::Clipped),
+            Ste::Adaptive { delta } => Some(Self::Adaptive(delta)),
+            Ste::Soft { .. } | Ste::LearnedStepSize => None,
+        }
+    }
+
+    /// `(ste, delta)` as the backend op takes them.
+    pub(crate) fn encode(self) -> (usize, f64) {
+        match self {
+            Self::Standard => (0, 0.0),
+            Self::Clipped => (1, 0.0),
+            Self::Adaptive(delta) => (2, delta),
+        }
+    }
+
+    /// The inverse of [`FusedSte::encode`] (unknown codes are the standard STE).
+    #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+    pub(crate) fn decode(ste: usize, delta: f64) -> Self {
+        match ste {
+            1 => Self::Clipped,
+            2 => Self::Adaptive(delta),
+            _ => Self::Standard,
+        }
+    }
 }
 
 /// What the fused op writes per element.
@@ -89,6 +136,8 @@ pub(crate) enum FusedOutput {
     Quantized,
     /// 1 inside the representable range, 0 outside.
     ClipMask,
+    /// `clamp(u) - round(clamp(u))`.
+    Residual,
 }
 
 /// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
@@ -120,6 +169,12 @@ pub(crate) fn fake_quant_slice(
             for (o, v) in os.iter_mut().zip(xs) {
                 let u = v * s;
                 *o = f32::from(u8::from(u >= qn && u <= qp));
+            }
+        }
+        FusedOutput::Residual => {
+            for (o, v) in os.iter_mut().zip(xs) {
+                let c = (v * s).clamp(qn, qp);
+                *o = c - round_half_even_small(c);
             }
         }
     };
@@ -235,7 +290,7 @@ pub(crate) fn try_fused<const D: usize>(
     x: &burn::tensor::Tensor<D>,
     config: &crate::quant::QuantConfig,
     axis: usize,
-    clipped: bool,
+    ste: FusedSte,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::{Granularity, QuantFormat, ScaleStat};
     if !has_fused_kernels(&x.device()) || !fused_dtype(&x.device(), x.dtype()) {
@@ -256,7 +311,7 @@ pub(crate) fn try_fused<const D: usize>(
     // along axis 0): move that axis last, quantize rows, move it back. The kernels read a
     // contiguous copy; the result comes back as a strided view, which Burn's ops take as is.
     if spec.per_row && axis != D - 1 {
-        return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1, clipped)
+        return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1, ste)
             .map(|q| q.swap_dims(axis, D - 1));
     }
     Some(match config.granularity {
@@ -264,9 +319,9 @@ pub(crate) fn try_fused<const D: usize>(
         Granularity::PerGroup { size } => {
             let dims = x.dims();
             let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, size as i64]);
-            fused_call(rows, spec, clipped)?.reshape(dims)
+            fused_call(rows, spec, ste)?.reshape(dims)
         }
-        _ => fused_call(x.clone(), spec, clipped)?,
+        _ => fused_call(x.clone(), spec, ste)?,
     })
 }
 
@@ -274,11 +329,12 @@ pub(crate) fn try_fused<const D: usize>(
 fn fused_call<const D: usize>(
     x: burn::tensor::Tensor<D>,
     spec: FusedSpec,
-    clipped: bool,
+    ste: FusedSte,
 ) -> Option<burn::tensor::Tensor<D>> {
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;
+        let (ste, delta) = ste.encode();
         Some(burn::tensor::Tensor::from_dispatch(
             <Dispatch as FusedQuantBackend>::fused_fake_quant(
                 x.into_dispatch(),
@@ -287,14 +343,15 @@ fn fused_call<const D: usize>(
                 spec.eps,
                 spec.abs_mean,
                 spec.per_row,
-                clipped,
+                ste,
+                delta,
             ),
         ))
     }
     #[cfg(not(any(feature = "flex", feature = "cube")))]
     {
         // has_fused_kernels is false without a backend feature.
-        let _ = (x, spec, clipped);
+        let _ = (x, spec, ste);
         None
     }
 }
@@ -318,7 +375,8 @@ mod tests {
                 .with_granularity(Granularity::PerToken),
             QuantConfig::int(2),
         ] {
-            let fused = try_fused(&x, &config, 1, false).expect("Flex runs the fused op");
+            let fused =
+                try_fused(&x, &config, 1, FusedSte::Standard).expect("Flex runs the fused op");
             let portable = quant_grid(x.clone(), &config, 1).dequantize();
             // The scale is a mean over 11,100 values: the fused op and Flex sum them in different
             // orders, a few ulps apart.
@@ -331,7 +389,8 @@ mod tests {
             QuantConfig::ternary().with_granularity(Granularity::PerChannel),
             QuantConfig::int(4).with_granularity(Granularity::PerChannel),
         ] {
-            let fused = try_fused(&x, &config, 0, false).expect("per channel along axis 0");
+            let fused =
+                try_fused(&x, &config, 0, FusedSte::Standard).expect("per channel along axis 0");
             assert_eq!(fused.dims(), [37, 300]);
             let portable = quant_grid(x.clone(), &config, 0).dequantize();
             fused
@@ -357,20 +416,20 @@ mod tests {
                 0,
             ),
         ] {
-            let fused = try_fused(x, &config, axis, false).expect("groups");
+            let fused = try_fused(x, &config, axis, FusedSte::Standard).expect("groups");
             let portable = quant_grid(x.clone(), &config, axis).dequantize();
             fused
                 .into_data()
                 .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
         // Not covered: the median, binary.
-        assert!(try_fused(&x, &QuantConfig::binary(), 1, false).is_none());
+        assert!(try_fused(&x, &QuantConfig::binary(), 1, FusedSte::Standard).is_none());
         let median = QuantConfig::ternary().with_stat(ScaleStat::AbsMedian);
-        assert!(try_fused(&x, &median, 1, false).is_none());
+        assert!(try_fused(&x, &median, 1, FusedSte::Standard).is_none());
         // NdArray takes the portable path.
         #[allow(deprecated)]
         let nd = Tensor::<2>::zeros([2, 2], &Device::ndarray());
-        assert!(try_fused(&nd, &QuantConfig::ternary(), 1, false).is_none());
+        assert!(try_fused(&nd, &QuantConfig::ternary(), 1, FusedSte::Standard).is_none());
     }
 
     #[test]
@@ -393,7 +452,7 @@ mod tests {
         let x =
             Tensor::<2>::from_data([[0.3, -1.2, 0.05], [2.0, -0.7, 0.4]], &device).require_grad();
         let c = Tensor::<2>::from_data([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], &device);
-        let q = try_fused(&x, &QuantConfig::ternary(), 1, false).unwrap();
+        let q = try_fused(&x, &QuantConfig::ternary(), 1, FusedSte::Standard).unwrap();
         let grads = (q * c.clone()).sum().backward();
         x.grad(&grads)
             .unwrap()
@@ -401,7 +460,7 @@ mod tests {
             .assert_eq(&c.clone().inner().into_data(), true);
         // Through the axis swap of per-channel weights too.
         let per_channel = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
-        let q = try_fused(&x, &per_channel, 0, false).unwrap();
+        let q = try_fused(&x, &per_channel, 0, FusedSte::Standard).unwrap();
         let grads = (q * c.clone()).sum().backward();
         x.grad(&grads)
             .unwrap()
@@ -432,8 +491,8 @@ mod tests {
             ),
         ] {
             let x = x.clone().require_grad();
-            let q = try_fused(&x, &config, axis, true).unwrap();
-            let standard = try_fused(&x, &config, axis, false).unwrap();
+            let q = try_fused(&x, &config, axis, FusedSte::Clipped).unwrap();
+            let standard = try_fused(&x, &config, axis, FusedSte::Standard).unwrap();
             q.clone().into_data().assert_eq(&standard.into_data(), true);
             let grads = (q * c.clone()).sum().backward();
             let got = x.grad(&grads).unwrap();
@@ -450,6 +509,36 @@ mod tests {
             // Absmean scales put some values outside the range: the mask does work.
             let inside = inside.sum().into_scalar::<f32>();
             assert!(inside < 300.0, "{config:?}: everything inside");
+        }
+    }
+
+    #[test]
+    fn the_fused_adaptive_gradient_is_ewgs() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        let x = Tensor::<2>::random([5, 64], Distribution::Normal(0.0, 1.0), &device);
+        let c = Tensor::<2>::random([5, 64], Distribution::Normal(0.0, 1.0), &device);
+        let delta = 0.2;
+        for (config, axis) in [
+            (QuantConfig::ternary(), 1),
+            (
+                QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+                0,
+            ),
+        ] {
+            let x = x.clone().require_grad();
+            let q = try_fused(&x, &config, axis, FusedSte::Adaptive(delta)).unwrap();
+            let grads = (q * c.clone()).sum().backward();
+            let got = x.grad(&grads).unwrap();
+            // EWGS: g + delta |g| e, e = clamp(u) - round(clamp(u)) on the portable grid.
+            let grid = quant_grid(x.clone().inner(), &config, axis);
+            let e = grid.grid.clone().clamp(grid.qn, grid.qp) - grid.codes.clone();
+            let g = c.clone().inner();
+            let expected = g.clone() + g.abs().mul(e.clone()).mul_scalar(delta);
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+            // The residuals are not all zero: the test sees the scaling.
+            assert!(e.abs().sum().into_scalar::<f32>() > 1.0);
         }
     }
 }

@@ -418,20 +418,25 @@ pub(crate) fn ternary_float_kernel<F: Float>(
     }
 }
 
-/// `clamp(round_half_even(v s), qn, qp) / s`, or with `mask` 1 where `qn <= v s <= qp` and 0
-/// elsewhere (the clipped STE's gradient mask).
+/// What the fake-quantization kernels write per element, for `u = v s`: 0, the dequantized
+/// `clamp(round_half_even(u), qn, qp) / s`; 1, the clipped STE's mask (1 where
+/// `qn <= u <= qp`, else 0); 2, the rounding residual `clamp(u) - round(clamp(u))` that EWGS
+/// scales its gradient by.
 #[cube]
-fn quantized_or_mask(v: f32, s: f32, qn: f32, qp: f32, #[comptime] mask: bool) -> f32 {
+fn scaled_output(v: f32, s: f32, qn: f32, qp: f32, #[comptime] output: u32) -> f32 {
     let u = v * s;
-    if comptime![mask] {
+    if comptime![output == 1] {
         f32::cast_from(u >= qn && u <= qp)
+    } else if comptime![output == 2] {
+        let c = clamp(u, qn, qp);
+        c - c.round()
     } else {
         clamp(u, qn, qp).round() / s
     }
 }
 
 /// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
-/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or the clip mask).
+/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or another `output` of [`scaled_output`]).
 /// One cube per row.
 #[cube(launch)]
 pub(crate) fn fake_quant_rows_kernel<F: Float>(
@@ -443,7 +448,7 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     qp: f32,
     eps: f32,
     #[comptime] abs_mean: bool,
-    #[comptime] mask: bool,
+    #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
@@ -471,7 +476,7 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     let mut k = t;
     while k < len {
         let i = row * len + k;
-        out[i] = F::cast_from(quantized_or_mask(f32::cast_from(x[i]), s, qn, qp, mask));
+        out[i] = F::cast_from(scaled_output(f32::cast_from(x[i]), s, qn, qp, output));
         k += ROW_THREADS as usize;
     }
 }
@@ -548,12 +553,12 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     len: u32,
     qn: f32,
     qp: f32,
-    #[comptime] mask: bool,
+    #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
     if i < len as usize {
         let s = scale[0];
-        out[i] = F::cast_from(quantized_or_mask(f32::cast_from(x[i]), s, qn, qp, mask));
+        out[i] = F::cast_from(scaled_output(f32::cast_from(x[i]), s, qn, qp, output));
     }
 }

@@ -393,7 +393,7 @@ pub fn fake_quantize(
     abs_mean: bool,
     per_row: bool,
 ) -> CubeTensor {
-    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, false)
+    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, 0)
 }
 
 /// The clipped STE's gradient mask for [`fake_quantize`] with the same arguments: 1 where
@@ -406,10 +406,23 @@ pub fn clip_mask(
     abs_mean: bool,
     per_row: bool,
 ) -> CubeTensor {
-    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, true)
+    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, 1)
 }
 
-/// [`fake_quantize`] (`mask` false) or [`clip_mask`] (`mask` true).
+/// The rounding residual of [`fake_quantize`] with the same arguments, `clamp(u) -
+/// round(clamp(u))` for `u = x s` (what the EWGS STE scales its gradient by), in `x`'s type.
+pub fn rounding_residual(
+    x: CubeTensor,
+    qn: i32,
+    qp: i32,
+    eps: f64,
+    abs_mean: bool,
+    per_row: bool,
+) -> CubeTensor {
+    scaled_elementwise(x, qn, qp, eps, abs_mean, per_row, 2)
+}
+
+/// [`fake_quantize`] (`output` 0), [`clip_mask`] (1) or [`rounding_residual`] (2).
 fn scaled_elementwise(
     x: CubeTensor,
     qn: i32,
@@ -417,7 +430,7 @@ fn scaled_elementwise(
     eps: f64,
     abs_mean: bool,
     per_row: bool,
-    mask: bool,
+    output: u32,
 ) -> CubeTensor {
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
@@ -443,7 +456,7 @@ fn scaled_elementwise(
             qp,
             eps,
             abs_mean,
-            mask,
+            output,
             dtype,
         );
         return out;
@@ -494,7 +507,7 @@ fn scaled_elementwise(
         len as u32,
         qn,
         qp,
-        mask,
+        output,
         dtype,
     );
     out

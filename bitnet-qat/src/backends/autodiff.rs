@@ -48,8 +48,7 @@ impl<B: Backend + QatBackend, C: CheckpointStrategy> QatBackend for Autodiff<B, 
     }
 }
 
-/// The fused fake quantization with the standard STE's identity backward, or the clipped STE's
-/// masked one.
+/// The fused fake quantization with the backward pass of the standard, clipped or adaptive STE.
 mod fused {
     use burn::backend::Backend;
     use burn::backend::autodiff::{
@@ -60,7 +59,7 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::{FusedQuantBackend, FusedSpec};
+    use crate::fused::{FusedQuantBackend, FusedSpec, FusedSte};
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -70,14 +69,16 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
-            clipped: bool,
+            ste: usize,
+            delta: f64,
         ) -> FloatTensor<Self> {
-            /// The standard STE (no state) or the clipped one (the input and its spec).
+            /// The standard STE (no state), or the clipped / adaptive one (the input, its spec
+            /// and the STE).
             #[derive(Debug)]
             struct StraightThrough;
 
             impl<B: Backend + FusedQuantBackend> Backward<B, 1> for StraightThrough {
-                type State = Option<(FloatTensor<B>, FusedSpec)>;
+                type State = Option<(FloatTensor<B>, FusedSpec, FusedSte)>;
 
                 fn backward(
                     self,
@@ -87,11 +88,20 @@ mod fused {
                 ) {
                     let state = ops.state;
                     unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
-                        None => grad,
-                        Some((x, s)) => B::float_mul(
-                            grad,
-                            B::fused_clip_mask(x, s.qn, s.qp, s.eps, s.abs_mean, s.per_row),
-                        ),
+                        None | Some((_, _, FusedSte::Standard)) => grad,
+                        Some((x, s, FusedSte::Clipped)) => {
+                            let mask = B::fused_ste_aux(
+                                x, s.qn, s.qp, s.eps, s.abs_mean, s.per_row, false,
+                            );
+                            B::float_mul(grad, mask)
+                        }
+                        Some((x, s, FusedSte::Adaptive(delta))) => {
+                            // g + delta |g| e  ==  g (1 + delta sign(g) e)
+                            let e =
+                                B::fused_ste_aux(x, s.qn, s.qp, s.eps, s.abs_mean, s.per_row, true);
+                            let scaled = B::float_mul(B::float_abs(grad.clone()), e);
+                            B::float_add(grad, B::float_mul_scalar(scaled, delta.into()))
+                        }
                     });
                 }
             }
@@ -99,34 +109,37 @@ mod fused {
             let node = x.node();
             let x = x.into_primitive();
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
-            let saved = clipped.then(|| x.clone());
-            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, clipped);
+            let fused = FusedSte::decode(ste, delta);
+            let saved = (fused != FusedSte::Standard).then(|| x.clone());
+            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, ste, delta);
             match StraightThrough
                 .prepare::<C>([node])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish(saved.map(|x| (x, spec)), out),
+                OpsKind::Tracked(prep) => prep.finish(saved.map(|x| (x, spec, fused)), out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
         }
 
-        fn fused_clip_mask(
+        fn fused_ste_aux(
             x: FloatTensor<Self>,
             qn: i32,
             qp: i32,
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            residual: bool,
         ) -> FloatTensor<Self> {
-            // A constant: no gradient flows through a mask.
-            FloatTensor::<Self>::new(B::fused_clip_mask(
+            // A constant: no gradient flows through a mask or a residual.
+            FloatTensor::<Self>::new(B::fused_ste_aux(
                 x.into_primitive(),
                 qn,
                 qp,
                 eps,
                 abs_mean,
                 per_row,
+                residual,
             ))
         }
     }

@@ -18,19 +18,25 @@ impl FusedQuantBackend for CubeBackend {
         eps: f64,
         abs_mean: bool,
         per_row: bool,
-        _clipped: bool,
+        _ste: usize,
+        _delta: f64,
     ) -> CubeTensor {
         bitnet_kernels::gpu::fake_quantize(x, qn, qp, eps, abs_mean, per_row)
     }
 
-    fn fused_clip_mask(
+    fn fused_ste_aux(
         x: CubeTensor,
         qn: i32,
         qp: i32,
         eps: f64,
         abs_mean: bool,
         per_row: bool,
+        residual: bool,
     ) -> CubeTensor {
-        bitnet_kernels::gpu::clip_mask(x, qn, qp, eps, abs_mean, per_row)
+        if residual {
+            bitnet_kernels::gpu::rounding_residual(x, qn, qp, eps, abs_mean, per_row)
+        } else {
+            bitnet_kernels::gpu::clip_mask(x, qn, qp, eps, abs_mean, per_row)
+        }
     }
 }

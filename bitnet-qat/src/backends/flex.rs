@@ -39,22 +39,29 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
-            _clipped: bool,
+            _ste: usize,
+            _delta: f64,
         ) -> FlexTensor {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
             run(x, spec, FusedOutput::Quantized)
         }
 
-        fn fused_clip_mask(
+        fn fused_ste_aux(
             x: FlexTensor,
             qn: i32,
             qp: i32,
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            residual: bool,
         ) -> FlexTensor {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
-            run(x, spec, FusedOutput::ClipMask)
+            let output = if residual {
+                FusedOutput::Residual
+            } else {
+                FusedOutput::ClipMask
+            };
+            run(x, spec, output)
         }
     }
 }

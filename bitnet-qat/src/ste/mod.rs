@@ -4,6 +4,12 @@
 //! `LearnedStepSize` are written with plain tensor operations; `Adaptive` (EWGS) needs the sign
 //! of the incoming gradient, which no composition of tensor operations can see, so it uses the
 //! custom backward pass of [`crate::ops::QatBackend::ewgs_ste`].
+//!
+//! On Flex and GPU devices, `Standard`, `Clipped` and `Adaptive` with the usual quantizers
+//! (ternary or integer, absmean or absmax, any granularity) take a fused path instead: one
+//! backend op for the forward pass whose backward pass is the STE's (the identity, a fused clip
+//! mask, or EWGS with a fused rounding residual). It computes the same values;
+//! [`crate::quant::has_fused_kernels`] says whether a device has it.
 
 mod lsq;
 mod soft;
@@ -125,8 +131,8 @@ pub(crate) fn apply_ste<const D: usize>(
     ste: &Ste,
     axis: usize,
 ) -> Tensor<D> {
-    if matches!(ste, Ste::Standard | Ste::Clipped)
-        && let Some(q) = crate::fused::try_fused(&x, config, axis, *ste == Ste::Clipped)
+    if let Some(fused) = crate::fused::FusedSte::of(ste)
+        && let Some(q) = crate::fused::try_fused(&x, config, axis, fused)
     {
         return q;
     }
