@@ -1,13 +1,13 @@
 //! Fused fake quantization: the statistic, the scale, rounding, clamping and dequantization in
 //! one backend call (two passes over the data) instead of a dozen tensor operations, with the
-//! standard STE's identity gradient as a custom backward pass.
+//! STE's gradient as a custom backward pass (standard: the identity; clipped: a fused mask;
+//! adaptive: scaled by a fused rounding residual).
 //!
-//! Used by [`crate::ste`] for the standard STE on Flex and CubeCL (GPU) devices when the quantizer is
-//! ternary or integer, with an absmean or absmax scale per tensor, per slice along one axis
-//! (per token; per channel, whose axis is moved last for the kernel) or per group (rows of a
-//! `[-1, size]` view).
-//! Everything else takes the portable tensor-operation path, and the tests check that the two
-//! agree.
+//! Used by [`crate::ste`] for those three STEs on Flex and CubeCL (GPU) devices when the
+//! quantizer is ternary, binary or integer, with an absmean or absmax scale per tensor, per slice
+//! along one axis (per token; per channel, whose axis is moved last for the kernel) or per group
+//! (rows of a `[-1, size]` view). Everything else takes the portable tensor-operation path, and
+//! the tests check that the two agree.
 // Without a backend feature the generated dispatch never reads its arguments.
 #![cfg_attr(
     not(any(feature = "flex", feature = "cube")),
@@ -29,19 +29,49 @@ pub(crate) struct FusedSpec {
     pub abs_mean: bool,
     /// `true`: one scale per row of the last axis; `false`: one per tensor.
     pub per_row: bool,
+    /// `true`: the binary format, `sign(x - mean(x))` per scale group.
+    pub centered: bool,
 }
 
 impl FusedSpec {
     /// The spec from the backend op's arguments.
     #[cfg_attr(not(feature = "flex"), allow(dead_code))]
-    pub(crate) fn new(qn: i32, qp: i32, eps: f64, abs_mean: bool, per_row: bool) -> Self {
+    pub(crate) fn new(
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        per_row: bool,
+        centered: bool,
+    ) -> Self {
         Self {
             qn,
             qp,
             eps,
             abs_mean,
             per_row,
+            centered,
         }
+    }
+}
+
+impl FusedSpec {
+    /// [`FusedQuantBackend::fused_ste_aux`] of `x` with this spec on backend `B`.
+    pub(crate) fn ste_aux<B: FusedQuantBackend>(
+        &self,
+        x: FloatTensor<B>,
+        residual: bool,
+    ) -> FloatTensor<B> {
+        B::fused_ste_aux(
+            x,
+            self.qn,
+            self.qp,
+            self.eps,
+            self.abs_mean,
+            self.per_row,
+            self.centered,
+            residual,
+        )
     }
 }
 
@@ -53,10 +83,11 @@ impl FusedSpec {
     Autodiff
 )]
 pub trait FusedQuantBackend: Backend {
-    /// `clamp(round(x s), qn, qp) / s` with `s = qp / max(stat, eps)`. Under autodiff the
-    /// gradient `g` is that of the STE `ste` ([`FusedSte::encode`]): standard, `g`; clipped,
-    /// `g` where `qn <= x s <= qp`, else 0; adaptive (EWGS), `g + delta |g| e` with `e` the
-    /// rounding residual of [`fused_ste_aux`](FusedQuantBackend::fused_ste_aux).
+    /// `clamp(round(u), qn, qp) / s` for `u = x s`, `s = qp / max(stat, eps)`; with `centered`
+    /// (the binary format) `u = (x - mean(x)) s` and the code `sign(u)` (`sign(0) = -1`). Under
+    /// autodiff the gradient `g` is that of the STE `ste` ([`FusedSte::encode`]): standard,
+    /// `g`; clipped, `g` where `qn <= u <= qp`, else 0; adaptive (EWGS), `g + delta |g| e` with
+    /// `e` the rounding residual of [`fused_ste_aux`](FusedQuantBackend::fused_ste_aux).
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
     fn fused_fake_quant(
@@ -66,13 +97,14 @@ pub trait FusedQuantBackend: Backend {
         eps: f64,
         abs_mean: bool,
         per_row: bool,
+        centered: bool,
         ste: usize,
         delta: f64,
     ) -> FloatTensor<Self>;
 
-    /// With the scale `s` of [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant) and
-    /// `u = x s`: the clipped STE's mask (1 where `qn <= u <= qp`, else 0), or with `residual`
-    /// EWGS's rounding residual `clamp(u) - round(clamp(u))`. Not differentiable.
+    /// With `u` as in [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant): the clipped
+    /// STE's mask (1 where `qn <= u <= qp`, else 0), or with `residual` EWGS's rounding residual
+    /// `clamp(u) - code`. Not differentiable.
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
     fn fused_ste_aux(
@@ -82,6 +114,7 @@ pub trait FusedQuantBackend: Backend {
         eps: f64,
         abs_mean: bool,
         per_row: bool,
+        centered: bool,
         residual: bool,
     ) -> FloatTensor<Self>;
 }
@@ -155,34 +188,23 @@ pub(crate) fn fake_quant_slice(
     /// Elements per parallel task.
     const TASK: usize = 1 << 14;
     let (qn, qp) = (spec.qn as f32, spec.qp as f32);
-    let scale = |stat: f32| qp / stat.max(spec.eps as f32); // as the tensor path: qp / max(stat, eps)
-    let quantize = |xs: &[f32], os: &mut [f32], s: f32| match output {
-        FusedOutput::Quantized => {
-            for (o, v) in os.iter_mut().zip(xs) {
-                // Clamping to integer bounds commutes with rounding; below 2^22 in magnitude,
-                // adding and subtracting 1.5 * 2^23 rounds half to even exactly and vectorizes
-                // (`round_ties_even` is a libm call on baseline x86-64).
-                *o = round_half_even_small((v * s).clamp(qn, qp)) / s;
-            }
-        }
-        FusedOutput::ClipMask => {
-            for (o, v) in os.iter_mut().zip(xs) {
-                let u = v * s;
-                *o = f32::from(u8::from(u >= qn && u <= qp));
-            }
-        }
-        FusedOutput::Residual => {
-            for (o, v) in os.iter_mut().zip(xs) {
-                let c = (v * s).clamp(qn, qp);
-                *o = c - round_half_even_small(c);
-            }
-        }
+    // As the tensor path: s = qp / max(stat, eps).
+    let group = |stat: f32, center: f32| (qp / stat.max(spec.eps as f32), center);
+    let write = |xs: &[f32], os: &mut [f32], (s, center): (f32, f32)| {
+        write_group(xs, os, s, center, qn, qp, spec.centered, output)
     };
     let stat = |xs: &[f32]| {
         if spec.abs_mean {
             xs.iter().map(|v| v.abs()).sum::<f32>() / xs.len() as f32
         } else {
             xs.iter().fold(0f32, |m, v| m.max(v.abs()))
+        }
+    };
+    let mean = |xs: &[f32]| {
+        if spec.centered {
+            xs.iter().sum::<f32>() / xs.len() as f32
+        } else {
+            0.0
         }
     };
     let mut out = vec![0f32; x.len()];
@@ -192,7 +214,7 @@ pub(crate) fn fake_quant_slice(
         let rows_per_task = (TASK / row_len).max(1) * row_len;
         let run = |(xs, os): (&[f32], &mut [f32])| {
             for (xr, or) in xs.chunks(row_len).zip(os.chunks_mut(row_len)) {
-                quantize(xr, or, scale(stat(xr)));
+                write(xr, or, group(stat(xr), mean(xr)));
             }
         };
         if parallel {
@@ -203,25 +225,74 @@ pub(crate) fn fake_quant_slice(
             run((x, &mut out));
         }
     } else {
-        let s = if spec.abs_mean {
-            // The sum in f32, in one order whatever the thread count.
-            let sum: f32 = x
-                .chunks(TASK)
-                .map(|c| c.iter().map(|v| v.abs()).sum::<f32>())
-                .sum();
-            scale(sum / x.len().max(1) as f32)
-        } else {
-            scale(stat(x))
+        // Sums in f32, in one order whatever the thread count.
+        let chunked_sum = |f: fn(f32) -> f32| -> f32 {
+            x.chunks(TASK)
+                .map(|c| c.iter().map(|&v| f(v)).sum::<f32>())
+                .sum()
         };
+        let n = x.len().max(1) as f32;
+        let stat = if spec.abs_mean {
+            chunked_sum(f32::abs) / n
+        } else {
+            stat(x)
+        };
+        let center = if spec.centered {
+            chunked_sum(|v| v) / n
+        } else {
+            0.0
+        };
+        let g = group(stat, center);
         if parallel {
             x.par_chunks(TASK)
                 .zip(out.par_chunks_mut(TASK))
-                .for_each(|(xs, os)| quantize(xs, os, s));
+                .for_each(|(xs, os)| write(xs, os, g));
         } else {
-            quantize(x, &mut out, s);
+            write(x, &mut out, g);
         }
     }
     out
+}
+
+/// Writes `output` for the elements `xs` of one scale group with scale `s` (and `center`, for
+/// the centered binary format): `u = (x - center) s`; the dequantized code
+/// (`clamp(round_half_even(u), qn, qp) / s`, binary `±1 / s` with `sign(0) = -1`), the clip
+/// mask (`qn <= u <= qp`) or the rounding residual (`clamp(u) - code`).
+#[allow(clippy::too_many_arguments)]
+fn write_group(
+    xs: &[f32],
+    os: &mut [f32],
+    s: f32,
+    center: f32,
+    qn: f32,
+    qp: f32,
+    centered: bool,
+    output: FusedOutput,
+) {
+    let sign = |u: f32| if u > 0.0 { 1.0 } else { -1.0 };
+    let pairs = os.iter_mut().zip(xs);
+    // One loop per case, so that the common one (integer codes) vectorizes.
+    match (output, centered) {
+        (FusedOutput::Quantized, false) => pairs.for_each(|(o, v)| {
+            // Clamping to integer bounds commutes with rounding; below 2^22 in magnitude,
+            // adding and subtracting 1.5 * 2^23 rounds half to even exactly and vectorizes
+            // (`round_ties_even` is a libm call on baseline x86-64).
+            *o = round_half_even_small((v * s).clamp(qn, qp)) / s;
+        }),
+        (FusedOutput::Quantized, true) => pairs.for_each(|(o, v)| *o = sign((v - center) * s) / s),
+        (FusedOutput::ClipMask, _) => pairs.for_each(|(o, v)| {
+            let u = (v - center) * s;
+            *o = f32::from(u8::from(u >= qn && u <= qp));
+        }),
+        (FusedOutput::Residual, false) => pairs.for_each(|(o, v)| {
+            let c = (v * s).clamp(qn, qp);
+            *o = c - round_half_even_small(c);
+        }),
+        (FusedOutput::Residual, true) => pairs.for_each(|(o, v)| {
+            let u = (v - center) * s;
+            *o = u.clamp(qn, qp) - sign(u);
+        }),
+    }
 }
 
 /// Round half to even for `|v| <= 2^22` (and NaN stays NaN).
@@ -234,10 +305,10 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
 /// Whether fake quantization on `device` runs the fused kernels (Flex with the
 /// `flex` feature, CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather
 /// than the portable tensor-operation path. Both compute the same values; the fused one costs
-/// two passes over the data instead of a dozen operations. The standard STE with a ternary or
-/// integer format, an absmean or absmax statistic, and one scale per tensor, per token, per
-/// channel or per group takes it (BitLinear's defaults for weights and activations), for f32 tensors (and
-/// f16 / bf16 on CubeCL devices).
+/// two passes over the data instead of a dozen operations. The standard, clipped and adaptive
+/// STEs with a ternary, binary or integer format, an absmean or absmax statistic, and one scale
+/// per tensor, token, channel or group take it (BitLinear's defaults for weights and
+/// activations), for f32 tensors (and f16 / bf16 on CubeCL devices).
 ///
 /// # Example
 /// ```
@@ -301,12 +372,10 @@ pub(crate) fn try_fused<const D: usize>(
         ScaleStat::AbsMax => false,
         ScaleStat::AbsMedian => return None,
     };
-    if config.format == QuantFormat::Binary {
-        return None;
-    }
     let (qn, qp) = config.code_range();
     let per_row = config.granularity != Granularity::PerTensor;
-    let spec = FusedSpec::new(qn, qp, config.eps, abs_mean, per_row);
+    let centered = config.format == QuantFormat::Binary;
+    let spec = FusedSpec::new(qn, qp, config.eps, abs_mean, per_row, centered);
     // One scale per slice along another axis (per-channel weights `[d_input, d_output]` reduce
     // along axis 0): move that axis last, quantize rows, move it back. The kernels read a
     // contiguous copy; the result comes back as a strided view, which Burn's ops take as is.
@@ -343,6 +412,7 @@ fn fused_call<const D: usize>(
                 spec.eps,
                 spec.abs_mean,
                 spec.per_row,
+                spec.centered,
                 ste,
                 delta,
             ),
@@ -422,8 +492,25 @@ mod tests {
                 .into_data()
                 .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
-        // Not covered: the median, binary.
-        assert!(try_fused(&x, &QuantConfig::binary(), 1, FusedSte::Standard).is_none());
+        // Binary (centered on the mean): per tensor, per token, per channel along axis 0.
+        for (config, axis) in [
+            (QuantConfig::binary(), 1),
+            (
+                QuantConfig::binary().with_granularity(Granularity::PerToken),
+                1,
+            ),
+            (
+                QuantConfig::binary().with_granularity(Granularity::PerChannel),
+                0,
+            ),
+        ] {
+            let fused = try_fused(&x, &config, axis, FusedSte::Standard).expect("binary");
+            let portable = quant_grid(x.clone(), &config, axis).dequantize();
+            fused
+                .into_data()
+                .assert_approx_eq::<f32>(&portable.into_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        }
+        // Not covered: the median.
         let median = QuantConfig::ternary().with_stat(ScaleStat::AbsMedian);
         assert!(try_fused(&x, &median, 1, FusedSte::Standard).is_none());
         // NdArray takes the portable path.
@@ -489,6 +576,7 @@ mod tests {
                     .with_granularity(Granularity::PerChannel),
                 0,
             ),
+            (QuantConfig::binary(), 1),
         ] {
             let x = x.clone().require_grad();
             let q = try_fused(&x, &config, axis, FusedSte::Clipped).unwrap();

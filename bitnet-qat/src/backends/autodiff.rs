@@ -69,6 +69,7 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            centered: bool,
             ste: usize,
             delta: f64,
         ) -> FloatTensor<Self> {
@@ -90,15 +91,11 @@ mod fused {
                     unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
                         None | Some((_, _, FusedSte::Standard)) => grad,
                         Some((x, s, FusedSte::Clipped)) => {
-                            let mask = B::fused_ste_aux(
-                                x, s.qn, s.qp, s.eps, s.abs_mean, s.per_row, false,
-                            );
-                            B::float_mul(grad, mask)
+                            B::float_mul(grad, s.ste_aux::<B>(x, false))
                         }
                         Some((x, s, FusedSte::Adaptive(delta))) => {
                             // g + delta |g| e  ==  g (1 + delta sign(g) e)
-                            let e =
-                                B::fused_ste_aux(x, s.qn, s.qp, s.eps, s.abs_mean, s.per_row, true);
+                            let e = s.ste_aux::<B>(x, true);
                             let scaled = B::float_mul(B::float_abs(grad.clone()), e);
                             B::float_add(grad, B::float_mul_scalar(scaled, delta.into()))
                         }
@@ -108,10 +105,10 @@ mod fused {
 
             let node = x.node();
             let x = x.into_primitive();
-            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
+            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
             let fused = FusedSte::decode(ste, delta);
             let saved = (fused != FusedSte::Standard).then(|| x.clone());
-            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, ste, delta);
+            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, centered, ste, delta);
             match StraightThrough
                 .prepare::<C>([node])
                 .compute_bound()
@@ -129,6 +126,7 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            centered: bool,
             residual: bool,
         ) -> FloatTensor<Self> {
             // A constant: no gradient flows through a mask or a residual.
@@ -139,6 +137,7 @@ mod fused {
                 eps,
                 abs_mean,
                 per_row,
+                centered,
                 residual,
             ))
         }

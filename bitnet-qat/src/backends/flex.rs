@@ -39,10 +39,11 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            centered: bool,
             _ste: usize,
             _delta: f64,
         ) -> FlexTensor {
-            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
+            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
             run(x, spec, FusedOutput::Quantized)
         }
 
@@ -53,9 +54,10 @@ mod fused {
             eps: f64,
             abs_mean: bool,
             per_row: bool,
+            centered: bool,
             residual: bool,
         ) -> FlexTensor {
-            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row);
+            let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
             let output = if residual {
                 FusedOutput::Residual
             } else {

@@ -6,7 +6,7 @@
 //! custom backward pass of [`crate::ops::QatBackend::ewgs_ste`].
 //!
 //! On Flex and GPU devices, `Standard`, `Clipped` and `Adaptive` with the usual quantizers
-//! (ternary or integer, absmean or absmax, any granularity) take a fused path instead: one
+//! (ternary, binary or integer, absmean or absmax, any granularity) take a fused path instead: one
 //! backend op for the forward pass whose backward pass is the STE's (the identity, a fused clip
 //! mask, or EWGS with a fused rounding residual). It computes the same values;
 //! [`crate::quant::has_fused_kernels`] says whether a device has it.
