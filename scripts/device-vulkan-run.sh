@@ -21,7 +21,7 @@ fi
 export LD_LIBRARY_PATH="$here:/usr/local/nvidia/lib64:/usr/lib:${LD_LIBRARY_PATH:-}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 echo "== gpu-check (wgpu)"
-timeout 240 "$bin/gpu-check" --device wgpu --samples 21 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
+timeout 300 "$bin/gpu-check" --device wgpu --samples 11 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
 echo "exit ${PIPESTATUS[0]}"
 # The QAT step against the full-precision step: BitLinear as BitNet has it, its two quantizers
 # alone, the clipped STE (fused) and the portable path (LSQ on the weights).
