@@ -1,0 +1,150 @@
+//! The fused QAT fake quantization on the GPU and the backward factors of its STEs.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::kernels::{self, ROW_THREADS};
+use super::{float_elem, grid};
+
+/// Elements of a per-tensor partial reduction per cube.
+const CHUNK: usize = 16 * ROW_THREADS as usize;
+
+/// The quantizer of the fused fake-quantization kernels: codes `qn..=qp`, the scale
+/// `s = qp / max(stat, eps)` with `stat` the mean (`abs_mean`) or max of `|x|` over the whole
+/// tensor or over each row of the last axis (`per_row`); `centered` is the binary format
+/// (`sign(x - mean(x))`, with the mean over the same group).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FakeQuant {
+    /// The smallest code.
+    pub qn: i32,
+    /// The largest code.
+    pub qp: i32,
+    /// The lower bound of the statistic.
+    pub eps: f64,
+    /// `true`: `mean |x|`; `false`: `max |x|`.
+    pub abs_mean: bool,
+    /// `true`: one scale per row of the last axis; `false`: one per tensor.
+    pub per_row: bool,
+    /// `true`: the binary format, codes `sign((x - mean(x)) s)` with `sign(0) = -1`.
+    pub centered: bool,
+}
+
+/// Fused fake quantization of a float tensor for QAT: `y = clamp(round_half_even(x s), qn, qp)
+/// / s`, or `sign((x - mean(x)) s) / s` when `centered` (see [`FakeQuant`]), in `x`'s type.
+/// Per row: one kernel; per tensor: partial reduction, scale, apply (two passes over the data).
+pub fn fake_quantize(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
+    scaled_elementwise(x, quant, 0)
+}
+
+/// The clipped STE's gradient mask for [`fake_quantize`] with the same quantizer: 1 where
+/// `qn <= u <= qp` for `u = (x - center) s`, 0 elsewhere, in `x`'s type.
+pub fn clip_mask(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
+    scaled_elementwise(x, quant, 1)
+}
+
+/// The rounding residual of [`fake_quantize`] with the same quantizer, `clamp(u) - code` for
+/// `u = (x - center) s` (what the EWGS STE scales its gradient by), in `x`'s type.
+pub fn rounding_residual(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
+    scaled_elementwise(x, quant, 2)
+}
+
+/// [`fake_quantize`] (`output` 0), [`clip_mask`] (1) or [`rounding_residual`] (2).
+fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32) -> CubeTensor {
+    let FakeQuant {
+        qn,
+        qp,
+        eps,
+        abs_mean,
+        per_row,
+        centered,
+    } = quant;
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().clone();
+    let len = shape.num_elements();
+    let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let dtype = float_elem(x.dtype);
+    if len == 0 {
+        return out;
+    }
+    let (qn, qp, eps) = (qn as f32, qp as f32, eps as f32);
+    let client = x.client.clone();
+    if per_row {
+        let row_len = shape[shape.num_dims() - 1].max(1);
+        kernels::fake_quant_rows_kernel::launch(
+            &client,
+            grid(len / row_len),
+            CubeDim::new_1d(ROW_THREADS),
+            x.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            (len / row_len) as u32,
+            row_len as u32,
+            qn,
+            qp,
+            eps,
+            abs_mean,
+            centered,
+            output,
+            dtype,
+        );
+        return out;
+    }
+    let chunks = len.div_ceil(CHUNK);
+    // Centered (binary): the plain sums follow the statistics, the center the scale.
+    let slots = if centered { 2 } else { 1 };
+    let partials = empty_device_dtype(
+        client.clone(),
+        x.device.clone(),
+        Shape::new([chunks * slots]),
+        DType::F32,
+    );
+    let scale = empty_device_dtype(
+        client.clone(),
+        x.device.clone(),
+        Shape::new([slots]),
+        DType::F32,
+    );
+    kernels::abs_partials_kernel::launch(
+        &client,
+        grid(chunks),
+        CubeDim::new_1d(ROW_THREADS),
+        x.clone().into_tensor_arg(),
+        partials.clone().into_tensor_arg(),
+        len as u32,
+        CHUNK as u32,
+        chunks as u32,
+        abs_mean,
+        centered,
+        dtype,
+    );
+    kernels::scale_kernel::launch(
+        &client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(ROW_THREADS),
+        partials.into_tensor_arg(),
+        scale.clone().into_tensor_arg(),
+        chunks as u32,
+        len as u32,
+        qp,
+        eps,
+        abs_mean,
+        centered,
+    );
+    kernels::apply_scale_kernel::launch(
+        &client,
+        grid(len.div_ceil(ROW_THREADS as usize)),
+        CubeDim::new_1d(ROW_THREADS),
+        x.into_tensor_arg(),
+        scale.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        len as u32,
+        qn,
+        qp,
+        centered,
+        output,
+        dtype,
+    );
+    out
+}

@@ -1,0 +1,207 @@
+//! The fused fake-quantization kernels: per row, or per tensor in partial reduction, scale and
+//! apply.
+
+use cubecl::prelude::*;
+
+use super::{ROW_THREADS, reduce_cube};
+
+/// What the fake-quantization kernels write per element, for `u = (v - center) s` (`center` 0
+/// unless `centered`, the binary format): 0, the dequantized code — `clamp(round_half_even(u),
+/// qn, qp) / s`, or `sign(u) / s` (`sign(0) = -1`) when centered; 1, the clipped STE's mask (1
+/// where `qn <= u <= qp`, else 0); 2, the rounding residual `clamp(u) - code` that EWGS scales
+/// its gradient by.
+#[cube]
+fn scaled_output(
+    v: f32,
+    center: f32,
+    s: f32,
+    qn: f32,
+    qp: f32,
+    #[comptime] centered: bool,
+    #[comptime] output: u32,
+) -> f32 {
+    let u = (v - center) * s;
+    let sign = if u > 0.0f32 { 1.0f32 } else { -1.0f32 };
+    if comptime![output == 1] {
+        f32::cast_from(u >= qn && u <= qp)
+    } else if comptime![output == 2] {
+        let c = clamp(u, qn, qp);
+        if comptime![centered] {
+            c - sign
+        } else {
+            c - c.round()
+        }
+    } else if comptime![centered] {
+        sign / s
+    } else {
+        clamp(u, qn, qp).round() / s
+    }
+}
+
+/// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
+/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or another `output` of [`scaled_output`]).
+/// One cube per row.
+#[cube(launch)]
+pub(crate) fn fake_quant_rows_kernel<F: Float>(
+    x: &Tensor<F>,
+    out: &mut Tensor<F>,
+    rows: u32,
+    row_len: u32,
+    qn: f32,
+    qp: f32,
+    eps: f32,
+    #[comptime] abs_mean: bool,
+    #[comptime] centered: bool,
+    #[comptime] output: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let len = row_len as usize;
+    let mut local = 0.0f32;
+    let mut local_sum = 0.0f32;
+    let mut k = t;
+    while k < len {
+        let x_k = f32::cast_from(x[row * len + k]);
+        let v = x_k.abs();
+        if comptime![abs_mean] {
+            local += v;
+        } else {
+            local = max(local, v);
+        }
+        local_sum += x_k;
+        k += ROW_THREADS as usize;
+    }
+    let mut stat = reduce_cube(local, !abs_mean);
+    if comptime![abs_mean] {
+        stat /= f32::cast_from(row_len);
+    }
+    let mut center = 0.0f32;
+    if comptime![centered] {
+        center = reduce_cube(local_sum, false) / f32::cast_from(row_len);
+    }
+    let s = qp / max(stat, eps);
+    let mut k = t;
+    while k < len {
+        let i = row * len + k;
+        let v = f32::cast_from(x[i]);
+        out[i] = F::cast_from(scaled_output(v, center, s, qn, qp, centered, output));
+        k += ROW_THREADS as usize;
+    }
+}
+
+/// Partial sums (or maxima) of `|x|` over chunks of `chunk` elements, one cube per chunk.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn abs_partials_kernel<F: Float>(
+    x: &Tensor<F>,
+    partials: &mut Tensor<f32>,
+    len: u32,
+    chunk: u32,
+    chunks: u32,
+    #[comptime] abs_mean: bool,
+    #[comptime] centered: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let c = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let t = UNIT_POS_X as usize;
+    let len = len as usize;
+    let start = c * chunk as usize;
+    let end = min(start + chunk as usize, len);
+    let mut local = 0.0f32;
+    let mut local_sum = 0.0f32;
+    let mut k = start + t;
+    while k < end {
+        let x_k = f32::cast_from(x[k]);
+        let v = x_k.abs();
+        if comptime![abs_mean] {
+            local += v;
+        } else {
+            local = max(local, v);
+        }
+        local_sum += x_k;
+        k += ROW_THREADS as usize;
+    }
+    let total = reduce_cube(local, !abs_mean);
+    if t == 0 && start < len {
+        partials[c] = total;
+    }
+    if comptime![centered] {
+        // The plain sums follow the statistics: `partials[chunks + c]`.
+        let sum = reduce_cube(local_sum, false);
+        if t == 0 && start < len {
+            partials[chunks as usize + c] = sum;
+        }
+    }
+}
+
+/// Reduces the partials to the scale `qp / max(stat, eps)` in `scale[0]`. One cube.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scale_kernel(
+    partials: &Tensor<f32>,
+    scale: &mut Tensor<f32>,
+    count: u32,
+    len: u32,
+    qp: f32,
+    eps: f32,
+    #[comptime] abs_mean: bool,
+    #[comptime] centered: bool,
+) {
+    let t = UNIT_POS_X as usize;
+    let mut local = 0.0f32;
+    let mut local_sum = 0.0f32;
+    let mut k = t;
+    while k < count as usize {
+        if comptime![abs_mean] {
+            local += partials[k];
+        } else {
+            local = max(local, partials[k]);
+        }
+        if comptime![centered] {
+            local_sum += partials[count as usize + k];
+        }
+        k += ROW_THREADS as usize;
+    }
+    let mut stat = reduce_cube(local, !abs_mean);
+    if comptime![abs_mean] {
+        stat /= f32::cast_from(len);
+    }
+    if t == 0 {
+        scale[0] = qp / max(stat, eps);
+    }
+    if comptime![centered] {
+        let center = reduce_cube(local_sum, false) / f32::cast_from(len);
+        if t == 0 {
+            scale[1] = center;
+        }
+    }
+}
+
+/// `y = clamp(round_half_even(x s), qn, qp) / s` with `s = scale[0]`, one element per thread.
+#[cube(launch)]
+pub(crate) fn apply_scale_kernel<F: Float>(
+    x: &Tensor<F>,
+    scale: &Tensor<f32>,
+    out: &mut Tensor<F>,
+    len: u32,
+    qn: f32,
+    qp: f32,
+    #[comptime] centered: bool,
+    #[comptime] output: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    if i < len as usize {
+        let s = scale[0];
+        let mut center = 0.0f32;
+        if comptime![centered] {
+            center = scale[1];
+        }
+        let v = f32::cast_from(x[i]);
+        out[i] = F::cast_from(scaled_output(v, center, s, qn, qp, centered, output));
+    }
+}

@@ -1,0 +1,65 @@
+//! The `#[cube]` kernels. Layout of the packed codes: see [`crate::packed`]; a `u32` word `i`
+//! of block `b` holds, in byte `t` at bits `6 - 2q`, the code of weight `256 b + 64 q + 4 i + t`.
+//! So `(word >> (6 - 2q)) & 0x03030303` is four codes of four consecutive weights, one per
+//! byte, in the same order as four int8 activations packed in one word: one `dp4a`.
+
+mod activations;
+mod dense;
+mod fake_quant;
+mod matmul;
+
+pub(crate) use activations::{quantize_rows_float_kernel, quantize_rows_kernel};
+pub(crate) use dense::{finish_rows_kernel, unpack_dense_kernel};
+pub(crate) use fake_quant::{
+    abs_partials_kernel, apply_scale_kernel, fake_quant_rows_kernel, scale_kernel,
+};
+pub(crate) use matmul::{ternary_float_kernel, ternary_int8_kernel};
+
+use cubecl::prelude::*;
+
+/// Threads per cube of the row kernels.
+pub(crate) const ROW_THREADS: u32 = 256;
+/// Lanes splitting the words of one output row.
+pub(crate) const LANES: u32 = 32;
+/// Output rows per cube of the matmul kernels.
+pub(crate) const ROWS_PER_CUBE: u32 = 8;
+/// Activation rows each thread of the matmul kernels handles (reusing each weight word).
+pub(crate) const TILE_M: u32 = 4;
+
+/// Tree reduction over the `ROW_THREADS` threads of a cube in shared memory (sum or max);
+/// every thread returns the result.
+#[cube]
+fn reduce_cube(value: f32, #[comptime] is_max: bool) -> f32 {
+    let mut shared = Shared::new_slice(ROW_THREADS as usize);
+    let t = UNIT_POS_X as usize;
+    shared[t] = value;
+    sync_cube();
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if t < stride {
+            let other = shared[t + stride];
+            if comptime![is_max] {
+                shared[t] = max(shared[t], other);
+            } else {
+                shared[t] += other;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let result = shared[0];
+    sync_cube();
+    result
+}
+
+/// The scale of weight row `j` in group `g` of its `groups` (one scale in all: per tensor).
+#[cube]
+fn weight_scale(scales: &Tensor<f32>, j: usize, groups: usize, g: usize) -> f32 {
+    if scales.len() == 1 {
+        scales[0]
+    } else if groups == 1 {
+        scales[j]
+    } else {
+        scales[j * groups + g]
+    }
+}

@@ -1,0 +1,164 @@
+//! The fused fake quantization on a CPU buffer (what the Flex backend runs): one pass for the
+//! statistics of each scale group, one to write the codes, the clip mask or the rounding
+//! residual, on Rayon's pool for large buffers.
+#![cfg_attr(not(feature = "flex"), allow(dead_code))]
+
+use super::FusedSpec;
+
+/// What the fused op writes per element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FusedOutput {
+    /// The fake-quantized value.
+    Quantized,
+    /// 1 inside the representable range, 0 outside.
+    ClipMask,
+    /// `clamp(u) - round(clamp(u))`.
+    Residual,
+}
+
+/// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
+/// elements, on Rayon's pool for large buffers.
+pub(crate) fn fake_quant_slice(
+    x: &[f32],
+    row_len: usize,
+    spec: FusedSpec,
+    output: FusedOutput,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    /// Below this many elements one thread is faster.
+    const PARALLEL: usize = 1 << 15;
+    /// Elements per parallel task.
+    const TASK: usize = 1 << 14;
+    let (qn, qp) = (spec.qn as f32, spec.qp as f32);
+    // As the tensor path: s = qp / max(stat, eps).
+    let group = |stat: f32, center: f32| (qp / stat.max(spec.eps as f32), center);
+    let write = |xs: &[f32], os: &mut [f32], (s, center): (f32, f32)| {
+        write_group(xs, os, s, center, qn, qp, spec.centered, output)
+    };
+    let stat = |xs: &[f32]| {
+        if spec.abs_mean {
+            xs.iter().map(|v| v.abs()).sum::<f32>() / xs.len() as f32
+        } else {
+            xs.iter().fold(0f32, |m, v| m.max(v.abs()))
+        }
+    };
+    let mean = |xs: &[f32]| {
+        if spec.centered {
+            xs.iter().sum::<f32>() / xs.len() as f32
+        } else {
+            0.0
+        }
+    };
+    let mut out = vec![0f32; x.len()];
+    let parallel = x.len() >= PARALLEL;
+    if spec.per_row {
+        let row_len = row_len.max(1);
+        let rows_per_task = (TASK / row_len).max(1) * row_len;
+        let run = |(xs, os): (&[f32], &mut [f32])| {
+            for (xr, or) in xs.chunks(row_len).zip(os.chunks_mut(row_len)) {
+                write(xr, or, group(stat(xr), mean(xr)));
+            }
+        };
+        if parallel {
+            x.par_chunks(rows_per_task)
+                .zip(out.par_chunks_mut(rows_per_task))
+                .for_each(run);
+        } else {
+            run((x, &mut out));
+        }
+    } else {
+        // Sums in f32, in one order whatever the thread count.
+        let chunked_sum = |f: fn(f32) -> f32| -> f32 {
+            x.chunks(TASK)
+                .map(|c| c.iter().map(|&v| f(v)).sum::<f32>())
+                .sum()
+        };
+        let n = x.len().max(1) as f32;
+        let stat = if spec.abs_mean {
+            chunked_sum(f32::abs) / n
+        } else {
+            stat(x)
+        };
+        let center = if spec.centered {
+            chunked_sum(|v| v) / n
+        } else {
+            0.0
+        };
+        let g = group(stat, center);
+        if parallel {
+            x.par_chunks(TASK)
+                .zip(out.par_chunks_mut(TASK))
+                .for_each(|(xs, os)| write(xs, os, g));
+        } else {
+            write(x, &mut out, g);
+        }
+    }
+    out
+}
+
+/// Writes `output` for the elements `xs` of one scale group with scale `s` (and `center`, for
+/// the centered binary format): `u = (x - center) s`; the dequantized code
+/// (`clamp(round_half_even(u), qn, qp) / s`, binary `±1 / s` with `sign(0) = -1`), the clip
+/// mask (`qn <= u <= qp`) or the rounding residual (`clamp(u) - code`).
+#[allow(clippy::too_many_arguments)]
+fn write_group(
+    xs: &[f32],
+    os: &mut [f32],
+    s: f32,
+    center: f32,
+    qn: f32,
+    qp: f32,
+    centered: bool,
+    output: FusedOutput,
+) {
+    let sign = |u: f32| if u > 0.0 { 1.0 } else { -1.0 };
+    let pairs = os.iter_mut().zip(xs);
+    // One loop per case, so that the common one (integer codes) vectorizes.
+    match (output, centered) {
+        (FusedOutput::Quantized, false) => pairs.for_each(|(o, v)| {
+            // Clamping to integer bounds commutes with rounding; below 2^22 in magnitude,
+            // adding and subtracting 1.5 * 2^23 rounds half to even exactly and vectorizes
+            // (`round_ties_even` is a libm call on baseline x86-64).
+            *o = round_half_even_small((v * s).clamp(qn, qp)) / s;
+        }),
+        (FusedOutput::Quantized, true) => pairs.for_each(|(o, v)| *o = sign((v - center) * s) / s),
+        (FusedOutput::ClipMask, _) => pairs.for_each(|(o, v)| {
+            let u = (v - center) * s;
+            *o = f32::from(u8::from(u >= qn && u <= qp));
+        }),
+        (FusedOutput::Residual, false) => pairs.for_each(|(o, v)| {
+            let c = (v * s).clamp(qn, qp);
+            *o = c - round_half_even_small(c);
+        }),
+        (FusedOutput::Residual, true) => pairs.for_each(|(o, v)| {
+            let u = (v - center) * s;
+            *o = u.clamp(qn, qp) - sign(u);
+        }),
+    }
+}
+
+/// Round half to even for `|v| <= 2^22` (and NaN stays NaN).
+#[inline(always)]
+pub(crate) fn round_half_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_rounding_is_half_to_even() {
+        for v in [
+            -128.0f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 126.5, 127.0,
+        ] {
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
+        let mut x = -130.0f32;
+        while x < 130.0 {
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            x += 0.0371;
+        }
+    }
+}
