@@ -142,6 +142,8 @@ impl FusedSte {
         match *ste {
             Ste::Standard => Some(Self::Standard),
             Ste::Clipped => Some(Self::Clipped),
+            // delta = 0 is the standard STE: no residual pass.
+            Ste::Adaptive { delta } if delta == 0.0 => Some(Self::Standard),
             Ste::Adaptive { delta } => Some(Self::Adaptive(delta)),
             Ste::Soft { .. } | Ste::LearnedStepSize => None,
         }
