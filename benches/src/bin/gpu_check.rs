@@ -1,6 +1,7 @@
 //! The prepared GPU check: the CubeCL ternary kernels against the CPU kernels on random shapes
-//! (bit-exact integer products, 1e-5 relative otherwise, f16 activations within one f16 rounding), then ternary GEMV/GEMM against Burn's
-//! f16 and f32 `matmul` on the same device, as a table (and JSON).
+//! (bit-exact integer products, 1e-5 relative otherwise, f16 activations within one f16
+//! rounding), then ternary GEMV/GEMM against Burn's f16 and f32 `matmul` on the same device, as
+//! a table (and JSON).
 //!
 //! ```text
 //! scripts/gpu-check.sh                       # builds with cuda, runs this on Device::cuda(0)

@@ -12,14 +12,15 @@ use super::matmul::{Operands, group_words};
 use super::{float_elem, grid};
 use crate::burn_ext::ScaleKind;
 
-/// From this many activation rows on, [`ternary_matmul_int8`](super::ternary_matmul_int8) unpacks the weights once to f32
-/// and sums the int8 codes (held exactly in f32) with Burn's tuned matmul: on an H200 through
-/// Vulkan the per-row kernel beats Burn's f32 matmul up to M = 128 and loses 2–4× at M = 512.
+/// From this many activation rows on, [`ternary_matmul_int8`](super::ternary_matmul_int8)
+/// unpacks the weights once to f32 and sums the int8 codes (held exactly in f32) with Burn's
+/// tuned matmul: on an H200 through Vulkan the per-row kernel beat Burn's f32 matmul up to
+/// M = 128 and lost 2–4× at M = 512.
 pub const INT8_DENSE_MIN_M: usize = 256;
 
-/// From this many activation rows on, [`ternary_matmul_float`](super::ternary_matmul_float) unpacks the weights (with their
-/// scales folded in) to f32 and runs Burn's matmul: the per-row float kernel loses to it from
-/// M = 128 on an H200 (and still wins at M = 32).
+/// From this many activation rows on, [`ternary_matmul_float`](super::ternary_matmul_float)
+/// unpacks the weights (with their scales folded in) to f32 and runs Burn's matmul: the
+/// per-row float kernel lost to it from M = 128 on an H200 (and still won at M = 32).
 pub const FLOAT_DENSE_MIN_M: usize = 64;
 
 /// The largest transient f32 copy of the weights the dense route makes (512 MiB: a LLaMA-7B

@@ -39,8 +39,8 @@ fn scaled_output(
 }
 
 /// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
-/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or another `output` of [`scaled_output`]).
-/// One cube per row.
+/// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or another
+/// `output` of [`scaled_output`]). One cube per row.
 #[cube(launch)]
 pub(crate) fn fake_quant_rows_kernel<F: Float>(
     x: &Tensor<F>,
