@@ -143,7 +143,7 @@ impl FusedSte {
             Ste::Standard => Some(Self::Standard),
             Ste::Clipped => Some(Self::Clipped),
             // delta = 0 is the standard STE: no residual pass.
-            Ste::Adaptive { delta } if delta == 0.0 => Some(Self::Standard),
+            Ste::Adaptive { delta: 0.0 } => Some(Self::Standard),
             Ste::Adaptive { delta } => Some(Self::Adaptive(delta)),
             Ste::Soft { .. } | Ste::LearnedStepSize => None,
         }
