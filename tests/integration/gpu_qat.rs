@@ -32,13 +32,14 @@ fn bitlinear_forward_and_backward_match_flex() {
     cpu.seed(3);
     let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
     let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
-    // BitNet's per-tensor ternary weights (standard, clipped and adaptive STE), binary weights
+    // BitNet's per-tensor ternary weights (standard, clipped, adaptive and soft STE), binary weights
     // (per tensor; per channel with the clipped STE), per-channel int4 (the axis-0 fused path)
     // and int4 in groups of 32 inputs.
     for (weights, ste) in [
         (QuantConfig::ternary(), Ste::Standard),
         (QuantConfig::ternary(), Ste::Clipped),
         (QuantConfig::ternary(), Ste::Adaptive { delta: 0.1 }),
+        (QuantConfig::ternary(), Ste::Soft { temperature: 0.3 }),
         (QuantConfig::binary(), Ste::Standard),
         (
             QuantConfig::binary().with_granularity(Granularity::PerChannel),

@@ -36,23 +36,37 @@ pub struct FakeQuant {
 /// / s`, or `sign((x - mean(x)) s) / s` when `centered` (see [`FakeQuant`]), in `x`'s type.
 /// Per row: one kernel; per tensor: partial reduction, scale, apply (two passes over the data).
 pub fn fake_quantize(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
-    scaled_elementwise(x, quant, 0)
+    scaled_elementwise(x, quant, 0, 1.0)
 }
 
 /// The clipped STE's gradient mask for [`fake_quantize`] with the same quantizer: 1 where
 /// `qn <= u <= qp` for `u = (x - center) s`, 0 elsewhere, in `x`'s type.
 pub fn clip_mask(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
-    scaled_elementwise(x, quant, 1)
+    scaled_elementwise(x, quant, 1, 1.0)
 }
 
 /// The rounding residual of [`fake_quantize`] with the same quantizer, `clamp(u) - code` for
 /// `u = (x - center) s` (what the EWGS STE scales its gradient by), in `x`'s type.
 pub fn rounding_residual(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
-    scaled_elementwise(x, quant, 2)
+    scaled_elementwise(x, quant, 2, 1.0)
 }
 
-/// [`fake_quantize`] (`output` 0), [`clip_mask`] (1) or [`rounding_residual`] (2).
-fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32) -> CubeTensor {
+/// The soft STE's forward value: the staircase `qn + Σ_k σ((u - t_k) / T)` over the thresholds
+/// `t_k = qn + k + 1/2` (binary: `2 σ(u / T) - 1`) divided by `s`, with `u = (x - center) s` as
+/// in [`fake_quantize`], in `x`'s type.
+pub fn soft_quantize(x: CubeTensor, quant: FakeQuant, temperature: f64) -> CubeTensor {
+    scaled_elementwise(x, quant, 3, temperature as f32)
+}
+
+/// The slope of [`soft_quantize`] with respect to `x` (`Σ_k σ_k (1 - σ_k) / T`, binary
+/// `2 σ (1 - σ) / T`): the soft STE's gradient factor.
+pub fn soft_slope(x: CubeTensor, quant: FakeQuant, temperature: f64) -> CubeTensor {
+    scaled_elementwise(x, quant, 4, temperature as f32)
+}
+
+/// [`fake_quantize`] (`output` 0), [`clip_mask`] (1), [`rounding_residual`] (2),
+/// [`soft_quantize`] (3) or [`soft_slope`] (4) at temperature `t`.
+fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> CubeTensor {
     let FakeQuant {
         qn,
         qp,
@@ -84,6 +98,7 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32) -> CubeTenso
             qn,
             qp,
             eps,
+            t,
             abs_mean,
             centered,
             output,
@@ -142,6 +157,7 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32) -> CubeTenso
         len as u32,
         qn,
         qp,
+        t,
         centered,
         output,
         dtype,

@@ -48,7 +48,8 @@ impl<B: Backend + QatBackend, C: CheckpointStrategy> QatBackend for Autodiff<B, 
     }
 }
 
-/// The fused fake quantization with the backward pass of the standard, clipped or adaptive STE.
+/// The fused fake quantization with the backward pass of the standard, clipped, adaptive or
+/// soft STE.
 mod fused {
     use burn::backend::Backend;
     use burn::backend::autodiff::{
@@ -59,7 +60,7 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::{FusedQuantBackend, FusedSpec, FusedSte};
+    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, FusedSte};
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -71,7 +72,7 @@ mod fused {
             per_row: bool,
             centered: bool,
             ste: usize,
-            delta: f64,
+            param: f64,
         ) -> FloatTensor<Self> {
             /// The standard STE (no state), or the clipped / adaptive one (the input, its spec
             /// and the STE).
@@ -91,13 +92,17 @@ mod fused {
                     unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
                         None | Some((_, _, FusedSte::Standard)) => grad,
                         Some((x, s, FusedSte::Clipped)) => {
-                            B::float_mul(grad, s.ste_aux::<B>(x, false))
+                            B::float_mul(grad, s.ste_aux::<B>(x, FusedOutput::ClipMask))
                         }
                         Some((x, s, FusedSte::Adaptive(delta))) => {
                             // g + delta |g| e  ==  g (1 + delta sign(g) e)
-                            let e = s.ste_aux::<B>(x, true);
+                            let e = s.ste_aux::<B>(x, FusedOutput::Residual);
                             let scaled = B::float_mul(B::float_abs(grad.clone()), e);
                             B::float_add(grad, B::float_mul_scalar(scaled, delta.into()))
+                        }
+                        Some((x, s, FusedSte::Soft(t))) => {
+                            let slope = s.ste_aux::<B>(x, FusedOutput::SoftSlope(t as f32));
+                            B::float_mul(grad, slope)
                         }
                     });
                 }
@@ -106,9 +111,9 @@ mod fused {
             let node = x.node();
             let x = x.into_primitive();
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
-            let fused = FusedSte::decode(ste, delta);
+            let fused = FusedSte::decode(ste, param);
             let saved = (fused != FusedSte::Standard).then(|| x.clone());
-            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, centered, ste, delta);
+            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, centered, ste, param);
             match StraightThrough
                 .prepare::<C>([node])
                 .compute_bound()
@@ -127,7 +132,8 @@ mod fused {
             abs_mean: bool,
             per_row: bool,
             centered: bool,
-            residual: bool,
+            aux: usize,
+            param: f64,
         ) -> FloatTensor<Self> {
             // A constant: no gradient flows through a mask or a residual.
             FloatTensor::<Self>::new(B::fused_ste_aux(
@@ -138,7 +144,8 @@ mod fused {
                 abs_mean,
                 per_row,
                 centered,
-                residual,
+                aux,
+                param,
             ))
         }
     }

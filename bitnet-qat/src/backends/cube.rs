@@ -6,7 +6,7 @@ use bitnet_kernels::gpu::FakeQuant;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::fused::FusedQuantBackend;
+use crate::fused::{FusedOutput, FusedQuantBackend, FusedSte};
 use crate::ops::QatBackend;
 
 impl QatBackend for CubeBackend {}
@@ -32,10 +32,16 @@ impl FusedQuantBackend for CubeBackend {
         abs_mean: bool,
         per_row: bool,
         centered: bool,
-        _ste: usize,
-        _delta: f64,
+        ste: usize,
+        param: f64,
     ) -> CubeTensor {
-        bitnet_kernels::gpu::fake_quantize(x, quant(qn, qp, eps, abs_mean, per_row, centered))
+        let quant = quant(qn, qp, eps, abs_mean, per_row, centered);
+        match FusedSte::decode(ste, param) {
+            FusedSte::Soft(temperature) => {
+                bitnet_kernels::gpu::soft_quantize(x, quant, temperature)
+            }
+            _ => bitnet_kernels::gpu::fake_quantize(x, quant),
+        }
     }
 
     fn fused_ste_aux(
@@ -46,13 +52,16 @@ impl FusedQuantBackend for CubeBackend {
         abs_mean: bool,
         per_row: bool,
         centered: bool,
-        residual: bool,
+        aux: usize,
+        param: f64,
     ) -> CubeTensor {
         let quant = quant(qn, qp, eps, abs_mean, per_row, centered);
-        if residual {
-            bitnet_kernels::gpu::rounding_residual(x, quant)
-        } else {
-            bitnet_kernels::gpu::clip_mask(x, quant)
+        match FusedOutput::decode(aux, param) {
+            FusedOutput::Residual => bitnet_kernels::gpu::rounding_residual(x, quant),
+            FusedOutput::SoftSlope(t) => bitnet_kernels::gpu::soft_slope(x, quant, t as f64),
+            FusedOutput::SoftValue(t) => bitnet_kernels::gpu::soft_quantize(x, quant, t as f64),
+            FusedOutput::Quantized => bitnet_kernels::gpu::fake_quantize(x, quant),
+            FusedOutput::ClipMask => bitnet_kernels::gpu::clip_mask(x, quant),
         }
     }
 }

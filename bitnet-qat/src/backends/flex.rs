@@ -12,7 +12,7 @@ mod fused {
     use burn::backend::flex::FlexTensor;
     use burn::tensor::TensorData;
 
-    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, fake_quant_slice};
+    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, fake_quant_slice};
 
     /// Runs [`fake_quant_slice`] on the tensor's (contiguous) storage.
     fn run(x: FlexTensor, spec: FusedSpec, output: FusedOutput) -> FlexTensor {
@@ -40,11 +40,11 @@ mod fused {
             abs_mean: bool,
             per_row: bool,
             centered: bool,
-            _ste: usize,
-            _delta: f64,
+            ste: usize,
+            param: f64,
         ) -> FlexTensor {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
-            run(x, spec, FusedOutput::Quantized)
+            run(x, spec, FusedSte::decode(ste, param).forward_output())
         }
 
         fn fused_ste_aux(
@@ -55,15 +55,11 @@ mod fused {
             abs_mean: bool,
             per_row: bool,
             centered: bool,
-            residual: bool,
+            aux: usize,
+            param: f64,
         ) -> FlexTensor {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
-            let output = if residual {
-                FusedOutput::Residual
-            } else {
-                FusedOutput::ClipMask
-            };
-            run(x, spec, output)
+            run(x, spec, FusedOutput::decode(aux, param))
         }
     }
 }

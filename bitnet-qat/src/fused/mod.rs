@@ -1,9 +1,10 @@
 //! Fused fake quantization: the statistic, the scale, rounding, clamping and dequantization in
 //! one backend call (two passes over the data) instead of a dozen tensor operations, with the
 //! STE's gradient as a custom backward pass (standard: the identity; clipped: a fused mask;
-//! adaptive: scaled by a fused rounding residual).
+//! adaptive: scaled by a fused rounding residual; soft: the soft staircase forward and its fused
+//! slope backward).
 //!
-//! Used by [`crate::ste`] for those three STEs on Flex and CubeCL (GPU) devices when the
+//! Used by [`crate::ste`] for those four STEs on Flex and CubeCL (GPU) devices when the
 //! quantizer is ternary, binary or integer, with an absmean or absmax scale per tensor, per slice
 //! along one axis (per token; per channel, whose axis is moved last for the kernel) or per group
 //! (rows of a `[-1, size]` view). Everything else takes the portable tensor-operation path, and
@@ -65,8 +66,9 @@ impl FusedSpec {
     pub(crate) fn ste_aux<B: FusedQuantBackend>(
         &self,
         x: FloatTensor<B>,
-        residual: bool,
+        output: FusedOutput,
     ) -> FloatTensor<B> {
+        let (aux, param) = output.encode();
         B::fused_ste_aux(
             x,
             self.qn,
@@ -75,7 +77,8 @@ impl FusedSpec {
             self.abs_mean,
             self.per_row,
             self.centered,
-            residual,
+            aux,
+            param,
         )
     }
 }
@@ -89,10 +92,12 @@ impl FusedSpec {
 )]
 pub trait FusedQuantBackend: Backend {
     /// `clamp(round(u), qn, qp) / s` for `u = x s`, `s = qp / max(stat, eps)`; with `centered`
-    /// (the binary format) `u = (x - mean(x)) s` and the code `sign(u)` (`sign(0) = -1`). Under
-    /// autodiff the gradient `g` is that of the STE `ste` ([`FusedSte::encode`]): standard,
-    /// `g`; clipped, `g` where `qn <= u <= qp`, else 0; adaptive (EWGS), `g + delta |g| e` with
-    /// `e` the rounding residual of [`fused_ste_aux`](FusedQuantBackend::fused_ste_aux).
+    /// (the binary format) `u = (x - mean(x)) s` and the code `sign(u)` (`sign(0) = -1`). The
+    /// STE `ste` ([`FusedSte::encode`], with its parameter `param`) sets the gradient `g` under
+    /// autodiff: standard, `g`; clipped, `g` where `qn <= u <= qp`, else 0; adaptive (EWGS),
+    /// `g + delta |g| e` with `e` the rounding residual; soft, the forward value is the soft
+    /// staircase at temperature `param` and the gradient its slope (the factors come from
+    /// [`fused_ste_aux`](FusedQuantBackend::fused_ste_aux)).
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
     fn fused_fake_quant(
@@ -104,12 +109,13 @@ pub trait FusedQuantBackend: Backend {
         per_row: bool,
         centered: bool,
         ste: usize,
-        delta: f64,
+        param: f64,
     ) -> FloatTensor<Self>;
 
-    /// With `u` as in [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant): the clipped
-    /// STE's mask (1 where `qn <= u <= qp`, else 0), or with `residual` EWGS's rounding residual
-    /// `clamp(u) - code`. Not differentiable.
+    /// With `u` as in [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant), the output
+    /// `aux` (`FusedOutput::encode`, with its temperature `param`): the clipped STE's mask (1
+    /// where `qn <= u <= qp`, else 0), EWGS's rounding residual `clamp(u) - code`, or the soft
+    /// staircase's slope. Not differentiable.
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
     fn fused_ste_aux(
@@ -120,7 +126,8 @@ pub trait FusedQuantBackend: Backend {
         abs_mean: bool,
         per_row: bool,
         centered: bool,
-        residual: bool,
+        aux: usize,
+        param: f64,
     ) -> FloatTensor<Self>;
 }
 
@@ -133,9 +140,20 @@ pub(crate) enum FusedSte {
     Clipped,
     /// EWGS with its `delta`.
     Adaptive(f64),
+    /// The soft staircase at its temperature.
+    Soft(f64),
 }
 
 impl FusedSte {
+    /// What the forward pass writes: the soft staircase for the soft STE, else the code.
+    #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+    pub(crate) fn forward_output(self) -> FusedOutput {
+        match self {
+            Self::Soft(temperature) => FusedOutput::SoftValue(temperature as f32),
+            _ => FusedOutput::Quantized,
+        }
+    }
+
     /// The fused STE of `ste`, if there is one.
     pub(crate) fn of(ste: &crate::ste::Ste) -> Option<Self> {
         use crate::ste::Ste;
@@ -145,16 +163,18 @@ impl FusedSte {
             // delta = 0 is the standard STE: no residual pass.
             Ste::Adaptive { delta: 0.0 } => Some(Self::Standard),
             Ste::Adaptive { delta } => Some(Self::Adaptive(delta)),
-            Ste::Soft { .. } | Ste::LearnedStepSize => None,
+            Ste::Soft { temperature } => Some(Self::Soft(temperature)),
+            Ste::LearnedStepSize => None,
         }
     }
 
-    /// `(ste, delta)` as the backend op takes them.
+    /// `(ste, param)` as the backend op takes them (`param`: EWGS's delta, the temperature).
     pub(crate) fn encode(self) -> (usize, f64) {
         match self {
             Self::Standard => (0, 0.0),
             Self::Clipped => (1, 0.0),
             Self::Adaptive(delta) => (2, delta),
+            Self::Soft(temperature) => (3, temperature),
         }
     }
 
@@ -164,18 +184,19 @@ impl FusedSte {
         match ste {
             1 => Self::Clipped,
             2 => Self::Adaptive(delta),
+            3 => Self::Soft(delta),
             _ => Self::Standard,
         }
     }
 }
 
-/// Whether fake quantization on `device` runs the fused kernels (Flex with the
-/// `flex` feature, CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather
-/// than the portable tensor-operation path. Both compute the same values; the fused one costs
-/// two passes over the data instead of a dozen operations. The standard, clipped and adaptive
-/// STEs with a ternary, binary or integer format, an absmean or absmax statistic, and one scale
-/// per tensor, token, channel or group take it (BitLinear's defaults for weights and
-/// activations), for f32 tensors (and f16 / bf16 on CubeCL devices).
+/// Whether fake quantization on `device` runs the fused kernels (Flex with the `flex` feature,
+/// CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather than the portable
+/// tensor-operation path. Both compute the same values; the fused one costs two passes over the
+/// data instead of a dozen operations. Every STE but LSQ with a ternary, binary or integer
+/// format, an absmean or absmax statistic, and one scale per tensor, token, channel or group
+/// takes it (BitLinear's defaults for weights and activations), for f32 tensors (and f16 / bf16
+/// on CubeCL devices).
 ///
 /// # Example
 /// ```
@@ -270,7 +291,7 @@ fn fused_call<const D: usize>(
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;
-        let (ste, delta) = ste.encode();
+        let (ste, param) = ste.encode();
         Some(burn::tensor::Tensor::from_dispatch(
             <Dispatch as FusedQuantBackend>::fused_fake_quant(
                 x.into_dispatch(),
@@ -281,7 +302,7 @@ fn fused_call<const D: usize>(
                 spec.per_row,
                 spec.centered,
                 ste,
-                delta,
+                param,
             ),
         ))
     }
@@ -480,6 +501,43 @@ mod tests {
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
             // The residuals are not all zero: the test sees the scaling.
             assert!(e.abs().sum().into_scalar::<f32>() > 1.0);
+        }
+    }
+
+    #[test]
+    fn the_fused_soft_staircase_and_its_gradient_are_the_portable_ones() {
+        use crate::ste::soft_staircase;
+        let device = Device::flex().autodiff();
+        device.seed(13);
+        let x = Tensor::<2>::random([4, 40], Distribution::Normal(0.0, 1.0), &device);
+        let c = Tensor::<2>::random([4, 40], Distribution::Normal(0.0, 1.0), &device);
+        for (config, axis, t) in [
+            (QuantConfig::ternary(), 1, 0.3),
+            (
+                QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+                0,
+                0.5,
+            ),
+            (
+                QuantConfig::binary().with_granularity(Granularity::PerToken),
+                1,
+                0.2,
+            ),
+        ] {
+            let run = |fused: bool| {
+                let x = x.clone().require_grad();
+                let q = if fused {
+                    try_fused(&x, &config, axis, FusedSte::Soft(t)).unwrap()
+                } else {
+                    let grid = quant_grid(x.clone(), &config, axis);
+                    soft_staircase(grid.regrid(x.clone()), config.format, t) / grid.scale
+                };
+                let grads = (q.clone() * c.clone()).sum().backward();
+                (q.inner().into_data(), x.grad(&grads).unwrap().into_data())
+            };
+            let ((q_fused, g_fused), (q_portable, g_portable)) = (run(true), run(false));
+            q_fused.assert_approx_eq::<f32>(&q_portable, Tolerance::rel_abs(1e-5, 1e-6));
+            g_fused.assert_approx_eq::<f32>(&g_portable, Tolerance::rel_abs(1e-4, 1e-5));
         }
     }
 }

@@ -5,15 +5,43 @@
 
 use super::FusedSpec;
 
-/// What the fused op writes per element.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the fused op writes per element, for `u` on the integer grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum FusedOutput {
     /// The fake-quantized value.
     Quantized,
     /// 1 inside the representable range, 0 outside.
     ClipMask,
-    /// `clamp(u) - round(clamp(u))`.
+    /// `clamp(u) - code`.
     Residual,
+    /// The soft STE's staircase at this temperature, dequantized.
+    SoftValue(f32),
+    /// The soft staircase's derivative with respect to `x`.
+    SoftSlope(f32),
+}
+
+impl FusedOutput {
+    /// The code the backend ops and the GPU kernels take, and the temperature (0 unless soft).
+    pub(crate) fn encode(self) -> (usize, f64) {
+        match self {
+            Self::Quantized => (0, 0.0),
+            Self::ClipMask => (1, 0.0),
+            Self::Residual => (2, 0.0),
+            Self::SoftValue(t) => (3, t as f64),
+            Self::SoftSlope(t) => (4, t as f64),
+        }
+    }
+
+    /// The inverse of [`FusedOutput::encode`] (unknown codes are the quantized value).
+    pub(crate) fn decode(code: usize, temperature: f64) -> Self {
+        match code {
+            1 => Self::ClipMask,
+            2 => Self::Residual,
+            3 => Self::SoftValue(temperature as f32),
+            4 => Self::SoftSlope(temperature as f32),
+            _ => Self::Quantized,
+        }
+    }
 }
 
 /// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
@@ -99,7 +127,8 @@ pub(crate) fn fake_quant_slice(
 /// Writes `output` for the elements `xs` of one scale group with scale `s` (and `center`, for
 /// the centered binary format): `u = (x - center) s`; the dequantized code
 /// (`clamp(round_half_even(u), qn, qp) / s`, binary `±1 / s` with `sign(0) = -1`), the clip
-/// mask (`qn <= u <= qp`) or the rounding residual (`clamp(u) - code`).
+/// mask (`qn <= u <= qp`), the rounding residual (`clamp(u) - code`), or the soft staircase
+/// and its slope (see [`soft_value`]).
 #[allow(clippy::too_many_arguments)]
 fn write_group(
     xs: &[f32],
@@ -134,7 +163,34 @@ fn write_group(
             let u = (v - center) * s;
             *o = u.clamp(qn, qp) - sign(u);
         }),
+        (FusedOutput::SoftValue(t), _) => pairs.for_each(|(o, v)| {
+            *o = soft_value((v - center) * s, qn, qp, t, centered).0 / s;
+        }),
+        (FusedOutput::SoftSlope(t), _) => pairs.for_each(|(o, v)| {
+            *o = soft_value((v - center) * s, qn, qp, t, centered).1;
+        }),
     }
+}
+
+/// The soft STE's staircase at `u` and its derivative with respect to `x` (`du/dx = s`, the
+/// staircase's value is divided by `s`): `qn + Σ_k σ((u - t_k) / T)` over the thresholds
+/// `t_k = qn + k + 1/2`, or for binary (`centered`) `2 σ(u / T) - 1`; the slope is
+/// `Σ_k σ_k (1 - σ_k) / T` (binary: `2 σ (1 - σ) / T`).
+fn soft_value(u: f32, qn: f32, qp: f32, t: f32, centered: bool) -> (f32, f32) {
+    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+    if centered {
+        let p = sigmoid(u / t);
+        return (2.0 * p - 1.0, 2.0 * p * (1.0 - p) / t);
+    }
+    let (mut value, mut slope) = (qn, 0.0);
+    let mut threshold = qn + 0.5;
+    while threshold < qp {
+        let p = sigmoid((u - threshold) / t);
+        value += p;
+        slope += p * (1.0 - p) / t;
+        threshold += 1.0;
+    }
+    (value, slope)
 }
 
 /// Round half to even for `|v| <= 2^22` (and NaN stays NaN).

@@ -9,14 +9,17 @@ use super::{ROW_THREADS, reduce_cube};
 /// unless `centered`, the binary format): 0, the dequantized code — `clamp(round_half_even(u),
 /// qn, qp) / s`, or `sign(u) / s` (`sign(0) = -1`) when centered; 1, the clipped STE's mask (1
 /// where `qn <= u <= qp`, else 0); 2, the rounding residual `clamp(u) - code` that EWGS scales
-/// its gradient by.
+/// its gradient by; 3, the soft STE's staircase at temperature `t`, dequantized; 4, its slope
+/// with respect to `v`.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn scaled_output(
     v: f32,
     center: f32,
     s: f32,
     qn: f32,
     qp: f32,
+    t: f32,
     #[comptime] centered: bool,
     #[comptime] output: u32,
 ) -> f32 {
@@ -30,6 +33,29 @@ fn scaled_output(
             c - sign
         } else {
             c - c.round()
+        }
+    } else if comptime![output >= 3] {
+        // qn + Σ_k σ((u - t_k) / t) over t_k = qn + k + 1/2 (binary: 2 σ(u / t) - 1), and its
+        // slope Σ_k σ_k (1 - σ_k) / t (binary: 2 σ (1 - σ) / t).
+        let mut value = qn;
+        let mut slope = 0.0f32;
+        if comptime![centered] {
+            let p = 1.0f32 / (1.0f32 + (-u / t).exp());
+            value = 2.0f32 * p - 1.0f32;
+            slope = 2.0f32 * p * (1.0f32 - p) / t;
+        } else {
+            let mut threshold = qn + 0.5f32;
+            while threshold < qp {
+                let p = 1.0f32 / (1.0f32 + (-(u - threshold) / t).exp());
+                value += p;
+                slope += p * (1.0f32 - p) / t;
+                threshold += 1.0f32;
+            }
+        }
+        if comptime![output == 3] {
+            value / s
+        } else {
+            slope
         }
     } else if comptime![centered] {
         sign / s
@@ -50,6 +76,7 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     qn: f32,
     qp: f32,
     eps: f32,
+    temperature: f32,
     #[comptime] abs_mean: bool,
     #[comptime] centered: bool,
     #[comptime] output: u32,
@@ -88,7 +115,16 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     while k < len {
         let i = row * len + k;
         let v = f32::cast_from(x[i]);
-        out[i] = F::cast_from(scaled_output(v, center, s, qn, qp, centered, output));
+        out[i] = F::cast_from(scaled_output(
+            v,
+            center,
+            s,
+            qn,
+            qp,
+            temperature,
+            centered,
+            output,
+        ));
         k += ROW_THREADS as usize;
     }
 }
@@ -190,6 +226,7 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     len: u32,
     qn: f32,
     qp: f32,
+    temperature: f32,
     #[comptime] centered: bool,
     #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
@@ -202,6 +239,15 @@ pub(crate) fn apply_scale_kernel<F: Float>(
             center = scale[1];
         }
         let v = f32::cast_from(x[i]);
-        out[i] = F::cast_from(scaled_output(v, center, s, qn, qp, centered, output));
+        out[i] = F::cast_from(scaled_output(
+            v,
+            center,
+            s,
+            qn,
+            qp,
+            temperature,
+            centered,
+            output,
+        ));
     }
 }
