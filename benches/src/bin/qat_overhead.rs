@@ -264,7 +264,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "device {} | fake quantization {} | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
         args.device,
         match (fused, ste) {
-            (true, Ste::Standard | Ste::Clipped) => "fused kernels".to_string(),
+            (true, ste) if ste != Ste::LearnedStepSize => "fused kernels".to_string(),
             (_, ste) => format!("portable tensor ops for the weights ({ste:?} STE)"),
         },
         args.batch,
