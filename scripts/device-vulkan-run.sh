@@ -24,7 +24,7 @@ echo "== gpu-check (wgpu)"
 timeout 300 "$bin/gpu-check" --device wgpu --samples 11 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
 echo "exit ${PIPESTATUS[0]}"
 # The QAT step against the full-precision step: BitLinear as BitNet has it, its two quantizers
-# alone, the clipped STE (fused) and the portable path (LSQ on the weights).
+# alone, and the clipped and LSQ weight STEs.
 for v in "full standard" "weights standard" "activations standard" "full clipped" "full lsq"; do
   set -- $v
   echo "== qat-overhead (wgpu) --bitlinear $1 --weight-ste $2"

@@ -32,9 +32,10 @@ fn bitlinear_forward_and_backward_match_flex() {
     cpu.seed(3);
     let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
     let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
-    // BitNet's per-tensor ternary weights (standard, clipped, adaptive and soft STE), binary weights
-    // (per tensor; per channel with the clipped STE), per-channel int4 (the axis-0 fused path)
-    // and int4 in groups of 32 inputs.
+    // BitNet's per-tensor ternary weights (standard, clipped, adaptive and soft STE), binary
+    // weights (per tensor; per channel with the clipped STE), per-channel int4 (the axis-0 fused
+    // path; standard and LSQ, whose learned step's gradient is compared too) and int4 in groups
+    // of 32 inputs.
     for (weights, ste) in [
         (QuantConfig::ternary(), Ste::Standard),
         (QuantConfig::ternary(), Ste::Clipped),
@@ -64,18 +65,24 @@ fn bitlinear_forward_and_backward_match_flex() {
             let x = Tensor::<2>::from_data(x.to_data(), &device).require_grad();
             let y = layer.forward(x.clone());
             let grads = (y.clone() * y.clone()).sum().backward();
+            let step = layer.weight_quantizer.step.as_ref();
             (
                 values(y),
                 values(layer.weight.val().grad(&grads).unwrap()),
                 values(x.grad(&grads).unwrap()),
+                step.map(|s| values(s.val().grad(&grads).unwrap())),
             )
         };
-        let (y_cpu, gw_cpu, gx_cpu) = run(&cpu);
-        let (y_gpu, gw_gpu, gx_gpu) = run(&gpu);
+        let (y_cpu, gw_cpu, gx_cpu, gs_cpu) = run(&cpu);
+        let (y_gpu, gw_gpu, gx_gpu, gs_gpu) = run(&gpu);
         let what = format!("{:?} {:?} {ste:?}", weights.format, weights.granularity);
         assert_close(&y_gpu, &y_cpu, 1e-4, &format!("{what}: BitLinear output"));
         assert_close(&gw_gpu, &gw_cpu, 1e-4, &format!("{what}: weight gradient"));
         assert_close(&gx_gpu, &gx_cpu, 1e-4, &format!("{what}: input gradient"));
+        assert_eq!(gs_gpu.is_some(), ste == Ste::LearnedStepSize);
+        if let (Some(gpu), Some(cpu)) = (gs_gpu, gs_cpu) {
+            assert_close(&gpu, &cpu, 1e-4, &format!("{what}: learned step gradient"));
+        }
     }
 }
 

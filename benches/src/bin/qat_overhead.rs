@@ -73,8 +73,7 @@ struct Args {
     /// with the STE blend at 0).
     #[arg(long, default_value = "full")]
     bitlinear: String,
-    /// The weight STE: `standard` or `clipped` (fused kernels on Flex and GPUs), or `lsq` (the
-    /// portable tensor-operation path).
+    /// The weight STE: `standard`, `clipped` or `lsq` (learned step size).
     #[arg(long, default_value = "standard")]
     weight_ste: String,
 }
@@ -154,7 +153,7 @@ struct Report {
     device: String,
     /// Whether the device has the fused fake-quantization kernels (the standard STE uses them).
     fused_fake_quant: bool,
-    /// The weight STE (`lsq` takes the portable path for the weights).
+    /// The weight STE.
     weight_ste: String,
     batch: usize,
     samples: usize,
@@ -264,8 +263,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "device {} | fake quantization {} | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
         args.device,
         match (fused, ste) {
-            (true, ste) if ste != Ste::LearnedStepSize => "fused kernels".to_string(),
-            (_, ste) => format!("portable tensor ops for the weights ({ste:?} STE)"),
+            (true, Ste::Standard) => "fused kernels".to_string(),
+            (true, ste) => format!("fused kernels ({ste:?} weight STE)"),
+            (false, _) => "portable tensor ops".to_string(),
         },
         args.batch,
         args.samples

@@ -164,3 +164,44 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
     );
     out
 }
+
+/// LSQ's fake quantization on the GPU (`output` 0: `round_half_even(clamp(x / step, qn, qp)) *
+/// step`) or its backward factors (1: the inside mask; 2: the step factor, `round(v) - v`
+/// inside, `qn` / `qp` outside), with `step` one value per row of the last axis (`per_row`) or
+/// one in all, in `x`'s type (`step` must have it too).
+pub fn lsq(
+    x: CubeTensor,
+    step: CubeTensor,
+    qn: i32,
+    qp: i32,
+    per_row: bool,
+    output: u32,
+) -> CubeTensor {
+    let x = into_contiguous(x);
+    let step = into_contiguous(step);
+    let shape = x.meta.shape().clone();
+    let len = shape.num_elements();
+    let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    if len == 0 {
+        return out;
+    }
+    let row_len = shape[shape.num_dims() - 1].max(1);
+    let dtype = float_elem(x.dtype);
+    let client = x.client.clone();
+    kernels::lsq_kernel::launch(
+        &client,
+        grid(len.div_ceil(ROW_THREADS as usize)),
+        CubeDim::new_1d(ROW_THREADS),
+        x.into_tensor_arg(),
+        step.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        len as u32,
+        row_len as u32,
+        qn as f32,
+        qp as f32,
+        per_row,
+        output,
+        dtype,
+    );
+    out
+}

@@ -28,7 +28,7 @@ use cubecl::prelude::*;
 
 pub use dense::{DENSE_MAX_BYTES, FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M};
 pub use fake_quant::{
-    FakeQuant, clip_mask, fake_quantize, rounding_residual, soft_quantize, soft_slope,
+    FakeQuant, clip_mask, fake_quantize, lsq, rounding_residual, soft_quantize, soft_slope,
 };
 pub use matmul::{quantize_rows, ternary_matmul_float, ternary_matmul_int8};
 

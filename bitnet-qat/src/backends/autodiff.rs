@@ -52,11 +52,12 @@ impl<B: Backend + QatBackend, C: CheckpointStrategy> QatBackend for Autodiff<B, 
 /// soft STE.
 mod fused {
     use burn::backend::Backend;
+    use burn::backend::TensorMetadata;
     use burn::backend::autodiff::{
         Autodiff,
         checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
         grads::Gradients,
-        ops::{Backward, Ops, OpsKind, unary},
+        ops::{Backward, Ops, OpsKind, binary, unary},
     };
     use burn::backend::tensor::FloatTensor;
 
@@ -146,6 +147,78 @@ mod fused {
                 centered,
                 aux,
                 param,
+            ))
+        }
+
+        fn fused_lsq(
+            x: FloatTensor<Self>,
+            step: FloatTensor<Self>,
+            qn: i32,
+            qp: i32,
+            per_row: bool,
+            grad_scale: f64,
+        ) -> FloatTensor<Self> {
+            /// LSQ's gradients: `x` inside the range; `step` the per-scale sums of the factors.
+            #[derive(Debug)]
+            struct Lsq;
+
+            impl<B: Backend + FusedQuantBackend> Backward<B, 2> for Lsq {
+                type State = (FloatTensor<B>, FloatTensor<B>, i32, i32, bool, f64);
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 2>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let (x, step, qn, qp, per_row, grad_scale) = ops.state;
+                    let step_shape = step.shape();
+                    let (x2, step2) = (x.clone(), step.clone());
+                    binary::<B, _, _>(
+                        ops.parents,
+                        ops.node,
+                        grads,
+                        |grad| B::float_mul(grad, B::fused_lsq_aux(x, step, qn, qp, per_row, 0)),
+                        |grad| {
+                            let factor = B::fused_lsq_aux(x2, step2, qn, qp, per_row, 1);
+                            let terms = B::float_mul(grad, factor);
+                            let rank = terms.shape().num_dims();
+                            let sums = if per_row {
+                                B::float_sum_dim(terms, rank - 1)
+                            } else {
+                                B::float_sum(terms)
+                            };
+                            let sums = B::float_reshape(sums, step_shape);
+                            B::float_mul_scalar(sums, grad_scale.into())
+                        },
+                    );
+                }
+            }
+
+            let nodes = [x.node(), step.node()];
+            let (x, step) = (x.into_primitive(), step.into_primitive());
+            let out = B::fused_lsq(x.clone(), step.clone(), qn, qp, per_row, grad_scale);
+            match Lsq.prepare::<C>(nodes).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish((x, step, qn, qp, per_row, grad_scale), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+
+        fn fused_lsq_aux(
+            x: FloatTensor<Self>,
+            step: FloatTensor<Self>,
+            qn: i32,
+            qp: i32,
+            per_row: bool,
+            aux: usize,
+        ) -> FloatTensor<Self> {
+            FloatTensor::<Self>::new(B::fused_lsq_aux(
+                x.into_primitive(),
+                step.into_primitive(),
+                qn,
+                qp,
+                per_row,
+                aux,
             ))
         }
     }

@@ -64,4 +64,26 @@ impl FusedQuantBackend for CubeBackend {
             FusedOutput::ClipMask => bitnet_kernels::gpu::clip_mask(x, quant),
         }
     }
+
+    fn fused_lsq(
+        x: CubeTensor,
+        step: CubeTensor,
+        qn: i32,
+        qp: i32,
+        per_row: bool,
+        _grad_scale: f64,
+    ) -> CubeTensor {
+        bitnet_kernels::gpu::lsq(x, step, qn, qp, per_row, 0)
+    }
+
+    fn fused_lsq_aux(
+        x: CubeTensor,
+        step: CubeTensor,
+        qn: i32,
+        qp: i32,
+        per_row: bool,
+        aux: usize,
+    ) -> CubeTensor {
+        bitnet_kernels::gpu::lsq(x, step, qn, qp, per_row, aux as u32 + 1)
+    }
 }

@@ -12,23 +12,54 @@ mod fused {
     use burn::backend::flex::FlexTensor;
     use burn::tensor::TensorData;
 
-    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, fake_quant_slice};
+    use crate::fused::{
+        FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, fake_quant_slice, lsq_slice,
+    };
 
-    /// Runs [`fake_quant_slice`] on the tensor's (contiguous) storage.
-    fn run(x: FlexTensor, spec: FusedSpec, output: FusedOutput) -> FlexTensor {
+    /// `x` with a contiguous storage starting at 0, and the length of its last axis.
+    fn contiguous(x: FlexTensor) -> (FlexTensor, usize) {
         let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
             x
         } else {
             x.to_contiguous()
         };
-        let shape = x.layout().shape().clone();
-        let row_len = if shape.is_empty() {
+        let dims = x.layout().shape();
+        let row_len = if dims.is_empty() {
             1
         } else {
-            shape[shape.len() - 1]
+            dims[dims.len() - 1]
         };
+        (x, row_len)
+    }
+
+    /// Runs [`fake_quant_slice`] on the tensor's (contiguous) storage.
+    fn run(x: FlexTensor, spec: FusedSpec, output: FusedOutput) -> FlexTensor {
+        let (x, row_len) = contiguous(x);
         let out = fake_quant_slice(x.storage::<f32>(), row_len, spec, output);
-        FlexTensor::from_data(TensorData::new(out, shape))
+        FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
+    }
+
+    /// Runs [`lsq_slice`] on the tensors' (contiguous) storage.
+    fn lsq(
+        x: FlexTensor,
+        step: FlexTensor,
+        qn: i32,
+        qp: i32,
+        per_row: bool,
+        aux: Option<usize>,
+    ) -> FlexTensor {
+        let (x, row_len) = contiguous(x);
+        let (step, _) = contiguous(step);
+        let out = lsq_slice(
+            x.storage::<f32>(),
+            step.storage::<f32>(),
+            row_len,
+            per_row,
+            qn as f32,
+            qp as f32,
+            aux,
+        );
+        FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
     }
 
     impl FusedQuantBackend for Flex {
@@ -60,6 +91,28 @@ mod fused {
         ) -> FlexTensor {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
             run(x, spec, FusedOutput::decode(aux, param))
+        }
+
+        fn fused_lsq(
+            x: FlexTensor,
+            step: FlexTensor,
+            qn: i32,
+            qp: i32,
+            per_row: bool,
+            _grad_scale: f64,
+        ) -> FlexTensor {
+            lsq(x, step, qn, qp, per_row, None)
+        }
+
+        fn fused_lsq_aux(
+            x: FlexTensor,
+            step: FlexTensor,
+            qn: i32,
+            qp: i32,
+            per_row: bool,
+            aux: usize,
+        ) -> FlexTensor {
+            lsq(x, step, qn, qp, per_row, Some(aux))
         }
     }
 }

@@ -2,9 +2,10 @@
 //! one backend call (two passes over the data) instead of a dozen tensor operations, with the
 //! STE's gradient as a custom backward pass (standard: the identity; clipped: a fused mask;
 //! adaptive: scaled by a fused rounding residual; soft: the soft staircase forward and its fused
-//! slope backward).
+//! slope backward), and LSQ's quantization from its learned step with LSQ's gradients.
 //!
-//! Used by [`crate::ste`] for those four STEs on Flex and CubeCL (GPU) devices when the
+//! Used by [`crate::ste`] and [`crate::nn::Quantizer`] for every STE on Flex and CubeCL (GPU)
+//! devices when the
 //! quantizer is ternary, binary or integer, with an absmean or absmax scale per tensor, per slice
 //! along one axis (per token; per channel, whose axis is moved last for the kernel) or per group
 //! (rows of a `[-1, size]` view). Everything else takes the portable tensor-operation path, and
@@ -20,7 +21,7 @@ mod slice;
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 
 #[cfg_attr(not(feature = "flex"), allow(unused_imports))]
-pub(crate) use slice::{FusedOutput, fake_quant_slice};
+pub(crate) use slice::{FusedOutput, fake_quant_slice, lsq_slice};
 
 /// The statistic and layout of a fused fake quantization.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +130,102 @@ pub trait FusedQuantBackend: Backend {
         aux: usize,
         param: f64,
     ) -> FloatTensor<Self>;
+
+    /// LSQ's fake quantization `round(clamp(x / step, qn, qp)) * step` with `step` one value
+    /// per row of the last axis (`per_row`) or one for the tensor. Under autodiff the gradient
+    /// reaches `x` inside the code range, and `step` as LSQ's: `round(v) - v` inside, `qn` /
+    /// `qp` outside (`v = x / step`), summed per step and scaled by `grad_scale`.
+    #[fusion(dtype = x, shape = x)]
+    fn fused_lsq(
+        x: FloatTensor<Self>,
+        step: FloatTensor<Self>,
+        qn: i32,
+        qp: i32,
+        per_row: bool,
+        grad_scale: f64,
+    ) -> FloatTensor<Self>;
+
+    /// LSQ's elementwise backward factors for `v = x / step`: `aux` 0, 1 where
+    /// `qn <= v <= qp`, else 0; 1, `round(v) - v` inside and `qn` / `qp` outside. Not
+    /// differentiable.
+    #[fusion(dtype = x, shape = x)]
+    fn fused_lsq_aux(
+        x: FloatTensor<Self>,
+        step: FloatTensor<Self>,
+        qn: i32,
+        qp: i32,
+        per_row: bool,
+        aux: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// LSQ through the fused op when `x` lives on a device that has it: `step` holds one value per
+/// scale of `config`'s layout along `axis` (the learned step of a
+/// [`Quantizer`](crate::nn::Quantizer)); `None` otherwise.
+pub(crate) fn try_fused_lsq<const D: usize>(
+    x: &burn::tensor::Tensor<D>,
+    step: &burn::tensor::Tensor<1>,
+    config: &crate::quant::QuantConfig,
+    axis: usize,
+    grad_scale: f64,
+) -> Option<burn::tensor::Tensor<D>> {
+    use crate::quant::Granularity;
+    if !has_fused_kernels(&x.device())
+        || !fused_dtype(&x.device(), x.dtype())
+        || step.dtype() != x.dtype()
+    {
+        return None;
+    }
+    let per_row = config.granularity != Granularity::PerTensor;
+    if per_row && axis != D - 1 {
+        return try_fused_lsq(
+            &x.clone().swap_dims(axis, D - 1),
+            step,
+            config,
+            D - 1,
+            grad_scale,
+        )
+        .map(|q| q.swap_dims(axis, D - 1));
+    }
+    let (qn, qp) = config.code_range();
+    Some(match config.granularity {
+        Granularity::PerGroup { size } => {
+            let dims = x.dims();
+            let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, size as i64]);
+            fused_lsq_call(rows, step.clone(), qn, qp, per_row, grad_scale)?.reshape(dims)
+        }
+        _ => fused_lsq_call(x.clone(), step.clone(), qn, qp, per_row, grad_scale)?,
+    })
+}
+
+/// The fused LSQ op of the device's backend.
+fn fused_lsq_call<const D: usize>(
+    x: burn::tensor::Tensor<D>,
+    step: burn::tensor::Tensor<1>,
+    qn: i32,
+    qp: i32,
+    per_row: bool,
+    grad_scale: f64,
+) -> Option<burn::tensor::Tensor<D>> {
+    #[cfg(any(feature = "flex", feature = "cube"))]
+    {
+        use burn::backend::Dispatch;
+        Some(burn::tensor::Tensor::from_dispatch(
+            <Dispatch as FusedQuantBackend>::fused_lsq(
+                x.into_dispatch(),
+                step.into_dispatch(),
+                qn,
+                qp,
+                per_row,
+                grad_scale,
+            ),
+        ))
+    }
+    #[cfg(not(any(feature = "flex", feature = "cube")))]
+    {
+        let _ = (x, step, qn, qp, per_row, grad_scale);
+        None
+    }
 }
 
 /// The STEs the fused op has a backward pass for.
@@ -193,7 +290,7 @@ impl FusedSte {
 /// Whether fake quantization on `device` runs the fused kernels (Flex with the `flex` feature,
 /// CubeCL devices — wgpu, Vulkan, Metal, CUDA, … — with a GPU feature) rather than the portable
 /// tensor-operation path. Both compute the same values; the fused one costs two passes over the
-/// data instead of a dozen operations. Every STE but LSQ with a ternary, binary or integer
+/// data instead of a dozen operations. Every STE with a ternary, binary or integer
 /// format, an absmean or absmax statistic, and one scale per tensor, token, channel or group
 /// takes it (BitLinear's defaults for weights and activations), for f32 tensors (and f16 / bf16
 /// on CubeCL devices).
@@ -538,6 +635,62 @@ mod tests {
             let ((q_fused, g_fused), (q_portable, g_portable)) = (run(true), run(false));
             q_fused.assert_approx_eq::<f32>(&q_portable, Tolerance::rel_abs(1e-5, 1e-6));
             g_fused.assert_approx_eq::<f32>(&g_portable, Tolerance::rel_abs(1e-4, 1e-5));
+        }
+    }
+
+    #[test]
+    fn the_fused_lsq_matches_the_portable_one() {
+        use crate::quant::layout::ScaleLayout;
+        use crate::ste::{lsq_grad_scale, lsq_quantize};
+        let device = Device::flex().autodiff();
+        device.seed(21);
+        let x = Tensor::<2>::random([12, 16], Distribution::Normal(0.0, 1.0), &device);
+        let c = Tensor::<2>::random([12, 16], Distribution::Normal(0.0, 1.0), &device);
+        for (config, axis) in [
+            (QuantConfig::int(4), 0),
+            (
+                QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+                0,
+            ),
+            (
+                QuantConfig::int(2).with_granularity(Granularity::PerGroup { size: 4 }),
+                0,
+            ),
+            (
+                QuantConfig::ternary().with_granularity(Granularity::PerToken),
+                1,
+            ),
+        ] {
+            let layout = ScaleLayout::new(config.granularity, axis, [12, 16]);
+            let (qn, qp) = config.code_range();
+            let g = lsq_grad_scale(layout.elems_per_scale(), qp);
+            let step = Tensor::<1>::random(
+                [layout.num_scales()],
+                Distribution::Uniform(0.1, 0.6),
+                &device,
+            );
+            let run = |fused: bool| {
+                let x = x.clone().require_grad();
+                let step = step.clone().require_grad();
+                let q = if fused {
+                    try_fused_lsq(&x, &step, &config, axis, g).unwrap()
+                } else {
+                    lsq_quantize(x.clone(), layout.broadcast(step.clone()), qn, qp, g)
+                };
+                let grads = (q.clone() * c.clone()).sum().backward();
+                (
+                    q.inner().into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    step.grad(&grads).unwrap().into_data(),
+                )
+            };
+            let (fused, portable) = (run(true), run(false));
+            let tol = Tolerance::rel_abs(1e-5, 1e-6);
+            fused.0.assert_approx_eq::<f32>(&portable.0, tol);
+            fused.1.assert_approx_eq::<f32>(&portable.1, tol);
+            fused
+                .2
+                .assert_approx_eq::<f32>(&portable.2, Tolerance::rel_abs(1e-4, 1e-6));
         }
     }
 }

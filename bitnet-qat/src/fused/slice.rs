@@ -200,6 +200,44 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
+/// LSQ on a contiguous f32 buffer with rows of `row_len` elements and `step` one value per row
+/// (`per_row`) or one in all: `aux` `None`, `round(clamp(v, qn, qp)) * step` for
+/// `v = x / step`; `Some(0)`, the inside mask; `Some(1)`, the step factor (`round(v) - v`
+/// inside, `qn` / `qp` outside).
+pub(crate) fn lsq_slice(
+    x: &[f32],
+    step: &[f32],
+    row_len: usize,
+    per_row: bool,
+    qn: f32,
+    qp: f32,
+    aux: Option<usize>,
+) -> Vec<f32> {
+    let row_len = row_len.max(1);
+    let mut out = vec![0f32; x.len()];
+    for (r, (xr, or)) in x.chunks(row_len).zip(out.chunks_mut(row_len)).enumerate() {
+        let st = if per_row { step[r] } else { step[0] };
+        for (o, v) in or.iter_mut().zip(xr) {
+            let v = v / st;
+            let c = v.clamp(qn, qp);
+            *o = match aux {
+                None => round_half_even_small(c) * st,
+                Some(0) => f32::from(u8::from(v >= qn && v <= qp)),
+                Some(_) => {
+                    if v < qn {
+                        qn
+                    } else if v > qp {
+                        qp
+                    } else {
+                        round_half_even_small(v) - v
+                    }
+                }
+            };
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

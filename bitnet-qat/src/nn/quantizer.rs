@@ -180,7 +180,10 @@ impl Quantizer {
                 }
                 let (qn, qp) = quant.code_range();
                 let g = lsq_grad_scale(layout.elems_per_scale(), qp);
-                lsq_quantize(x, layout.broadcast(step.val()), qn, qp, g)
+                match crate::fused::try_fused_lsq(&x, &step.val(), &quant, axis, g) {
+                    Some(q) => q,
+                    None => lsq_quantize(x, layout.broadcast(step.val()), qn, qp, g),
+                }
             }
             None => apply_ste(x, &quant, &ste, axis),
         })

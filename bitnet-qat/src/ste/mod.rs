@@ -5,10 +5,10 @@
 //! of the incoming gradient, which no composition of tensor operations can see, so it uses the
 //! custom backward pass of [`crate::ops::QatBackend::ewgs_ste`].
 //!
-//! On Flex and GPU devices, every STE but `LearnedStepSize` with the usual quantizers (ternary,
-//! binary or integer, absmean or absmax, any granularity) takes a fused path instead: one
-//! backend op for the forward pass whose backward pass is the STE's (the identity, a fused clip
-//! mask, EWGS with a fused rounding residual, or the soft staircase's fused slope). It computes the same values;
+//! On Flex and GPU devices, every STE with the usual quantizers (ternary, binary or integer,
+//! absmean or absmax, any granularity) takes a fused path instead: one backend op for the
+//! forward pass whose backward pass is the STE's (the identity, a fused clip mask, EWGS with a
+//! fused rounding residual, the soft staircase's fused slope, or LSQ's fused factors). It computes the same values;
 //! [`crate::quant::has_fused_kernels`] says whether a device has it.
 
 mod lsq;

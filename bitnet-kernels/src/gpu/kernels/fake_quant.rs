@@ -251,3 +251,44 @@ pub(crate) fn apply_scale_kernel<F: Float>(
         ));
     }
 }
+
+/// LSQ, one element per thread: `v = x / step` with `step[row]` (`per_row`, rows of `row_len`)
+/// or `step[0]`; `output` 0, `round_half_even(clamp(v, qn, qp)) * step`; 1, 1 where
+/// `qn <= v <= qp`, else 0; 2, the step factor `round(v) - v` inside, `qn` / `qp` outside.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lsq_kernel<F: Float>(
+    x: &Tensor<F>,
+    step: &Tensor<F>,
+    out: &mut Tensor<F>,
+    len: u32,
+    row_len: u32,
+    qn: f32,
+    qp: f32,
+    #[comptime] per_row: bool,
+    #[comptime] output: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    if i < len as usize {
+        let mut st = f32::cast_from(step[0]);
+        if comptime![per_row] {
+            st = f32::cast_from(step[i / row_len as usize]);
+        }
+        let v = f32::cast_from(x[i]) / st;
+        let c = clamp(v, qn, qp);
+        let mut r = c.round() * st;
+        if comptime![output == 1] {
+            r = f32::cast_from(v >= qn && v <= qp);
+        } else if comptime![output == 2] {
+            r = c.round() - v;
+            if v < qn {
+                r = qn;
+            }
+            if v > qp {
+                r = qp;
+            }
+        }
+        out[i] = F::cast_from(r);
+    }
+}

@@ -11,7 +11,7 @@ mod matmul;
 pub(crate) use activations::{quantize_rows_float_kernel, quantize_rows_kernel};
 pub(crate) use dense::{finish_rows_kernel, unpack_dense_kernel};
 pub(crate) use fake_quant::{
-    abs_partials_kernel, apply_scale_kernel, fake_quant_rows_kernel, scale_kernel,
+    abs_partials_kernel, apply_scale_kernel, fake_quant_rows_kernel, lsq_kernel, scale_kernel,
 };
 pub(crate) use matmul::{ternary_float_kernel, ternary_int8_kernel};
 
