@@ -16,7 +16,7 @@ mod ndarray;
 mod ops;
 
 pub use fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback, unpack_codes};
-pub use ops::{TernaryOps, has_kernels, ternary_matmul, ternary_matmul_float};
+pub use ops::{TernaryOps, has_kernels, kernel_dtype, ternary_matmul, ternary_matmul_float};
 
 /// How the scales tensor of a packed matrix is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,7 +102,19 @@ fn run(
 
 /// The float type the kernels read on `device` for activations of type `dtype`: the GPU
 /// kernels take f16 and bf16 as they are (and sum in f32), everything else is read as f32.
-fn kernel_dtype(device: &burn::tensor::Device, dtype: burn::tensor::DType) -> burn::tensor::DType {
+///
+/// # Example
+/// ```
+/// use bitnet_kernels::burn_ext::kernel_dtype;
+/// use burn::tensor::{DType, Device};
+///
+/// assert_eq!(kernel_dtype(&Device::flex(), DType::F16), DType::F32);
+/// assert_eq!(kernel_dtype(&Device::flex(), DType::F32), DType::F32);
+/// ```
+pub fn kernel_dtype(
+    device: &burn::tensor::Device,
+    dtype: burn::tensor::DType,
+) -> burn::tensor::DType {
     #[allow(unused_imports)]
     use burn::backend::DispatchDevice;
     use burn::tensor::DType;

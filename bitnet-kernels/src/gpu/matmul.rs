@@ -37,6 +37,12 @@ impl Operands {
         self.m == 0 || self.rows == 0 || self.words == 0
     }
 
+    /// Whether the product takes the dense route: at least `min_m` activation rows, and an f32
+    /// copy of the weights within `DENSE_MAX_BYTES`.
+    fn takes_dense_route(&self, min_m: usize, cols: usize) -> bool {
+        self.m >= min_m && dense_fits(self.rows, cols)
+    }
+
     /// Activation rows per thread: 1 for a GEMV, [`TILE_M`] otherwise.
     fn tile(&self) -> u32 {
         if self.m == 1 { 1 } else { TILE_M }
@@ -115,7 +121,7 @@ fn matmul_grid(m: usize, rows: usize, tile: u32) -> (CubeCount, CubeDim) {
     )
 }
 
-/// Quantizes `x [m, cols]` (f32) to int8 per row: returns the packed activations
+/// Quantizes `x [m, cols]` (f32, f16 or bf16) to int8 per row: returns the packed activations
 /// `[m, padded_cols / 4]` (`u32`, zero past `cols`) and the row scales `s_x [m]`.
 pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
     let x = into_contiguous(x);
@@ -151,8 +157,9 @@ pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
     (packed, scale)
 }
 
-/// `y = q(x) · Wᵀ` with BitNet's int8 per-row activations: `x [m, cols]` f32, `codes
-/// [rows, words_per_row(cols)]` u32, `scales` as `kind` says. Returns `[m, rows]` f32.
+/// `y = q(x) · Wᵀ` with BitNet's int8 per-row activations: `x [m, cols]` (f32, f16 or bf16),
+/// `codes [rows, words_per_row(cols)]` u32, `scales` as `kind` says. Returns `[m, rows]` in
+/// `x`'s type.
 ///
 /// # Panics
 /// On operands of the wrong shapes.
@@ -167,7 +174,7 @@ pub fn ternary_matmul_int8(
     if op.is_trivial() {
         return op.out;
     }
-    if op.m >= INT8_DENSE_MIN_M && dense_fits(op.rows, cols) {
+    if op.takes_dense_route(INT8_DENSE_MIN_M, cols) {
         return dense_int8(x, op, cols, kind);
     }
     let dtype = float_elem(x.dtype);
@@ -194,7 +201,8 @@ pub fn ternary_matmul_int8(
     op.out
 }
 
-/// `y = x · Wᵀ` with float activations and ternary weights (no activation quantization).
+/// `y = x · Wᵀ` with float activations (f32, f16 or bf16) and ternary weights (no activation
+/// quantization). Returns `[m, rows]` in `x`'s type.
 ///
 /// # Panics
 /// On operands of the wrong shapes.
@@ -209,7 +217,7 @@ pub fn ternary_matmul_float(
     if op.is_trivial() {
         return op.out;
     }
-    if op.m >= FLOAT_DENSE_MIN_M && dense_fits(op.rows, cols) {
+    if op.takes_dense_route(FLOAT_DENSE_MIN_M, cols) {
         return dense_float(x, op, cols, kind);
     }
     let (count, dim) = op.grid();

@@ -170,43 +170,31 @@ pub(crate) fn try_fused_lsq<const D: usize>(
     grad_scale: f64,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::Granularity;
-    if !has_fused_kernels(&x.device())
-        || !fused_dtype(&x.device(), x.dtype())
-        || step.dtype() != x.dtype()
-    {
+    if !fused_takes(x) || step.dtype() != x.dtype() {
         return None;
     }
     let per_row = config.granularity != Granularity::PerTensor;
-    if per_row && axis != D - 1 {
-        return try_fused_lsq(
-            &x.clone().swap_dims(axis, D - 1),
-            step,
-            config,
-            D - 1,
-            grad_scale,
-        )
-        .map(|q| q.swap_dims(axis, D - 1));
-    }
     let (qn, qp) = config.code_range();
-    Some(match config.granularity {
-        Granularity::PerGroup { size } => {
-            let dims = x.dims();
-            let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, size as i64]);
-            fused_lsq_call(rows, step.clone(), qn, qp, per_row, grad_scale)?.reshape(dims)
-        }
-        _ => fused_lsq_call(x.clone(), step.clone(), qn, qp, per_row, grad_scale)?,
-    })
+    let (rows, restore) = as_rows(x, config.granularity, axis);
+    Some(restore(fused_lsq_call(
+        rows,
+        step.clone(),
+        qn,
+        qp,
+        per_row,
+        grad_scale,
+    )?))
 }
 
 /// The fused LSQ op of the device's backend.
-fn fused_lsq_call<const D: usize>(
-    x: burn::tensor::Tensor<D>,
+fn fused_lsq_call(
+    x: burn::tensor::Tensor<2>,
     step: burn::tensor::Tensor<1>,
     qn: i32,
     qp: i32,
     per_row: bool,
     grad_scale: f64,
-) -> Option<burn::tensor::Tensor<D>> {
+) -> Option<burn::tensor::Tensor<2>> {
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;
@@ -322,22 +310,11 @@ pub fn has_fused_kernels(device: &burn::tensor::Device) -> bool {
     }
 }
 
-/// Whether the fused kernels take tensors of `dtype` on `device`: f32 everywhere, f16 and bf16
+/// Whether the fused kernels take tensors of `dtype` on `device`: the types the ternary kernels
+/// read as they are ([`bitnet_kernels::burn_ext::kernel_dtype`]): f32 everywhere, f16 and bf16
 /// on CubeCL devices (the kernels compute in f32 and round the result once).
 fn fused_dtype(device: &burn::tensor::Device, dtype: burn::tensor::DType) -> bool {
-    use burn::tensor::DType;
-    match dtype {
-        DType::F32 => true,
-        #[cfg(feature = "cube")]
-        DType::F16 | DType::BF16 => matches!(
-            device.clone().inner().as_dispatch(),
-            burn::backend::DispatchDevice::Cube(_)
-        ),
-        _ => {
-            let _ = device;
-            false
-        }
-    }
+    bitnet_kernels::burn_ext::kernel_dtype(device, dtype) == dtype
 }
 
 /// Runs the fused op if `x` lives on a device that has it and the quantizer is one it covers
@@ -349,7 +326,7 @@ pub(crate) fn try_fused<const D: usize>(
     ste: FusedSte,
 ) -> Option<burn::tensor::Tensor<D>> {
     use crate::quant::{Granularity, QuantFormat, ScaleStat};
-    if !has_fused_kernels(&x.device()) || !fused_dtype(&x.device(), x.dtype()) {
+    if !fused_takes(x) {
         return None;
     }
     let abs_mean = match config.stat {
@@ -361,30 +338,58 @@ pub(crate) fn try_fused<const D: usize>(
     let per_row = config.granularity != Granularity::PerTensor;
     let centered = config.format == QuantFormat::Binary;
     let spec = FusedSpec::new(qn, qp, config.eps, abs_mean, per_row, centered);
-    // One scale per slice along another axis (per-channel weights `[d_input, d_output]` reduce
-    // along axis 0): move that axis last, quantize rows, move it back. The kernels read a
-    // contiguous copy; the result comes back as a strided view, which Burn's ops take as is.
-    if spec.per_row && axis != D - 1 {
-        return try_fused(&x.clone().swap_dims(axis, D - 1), config, D - 1, ste)
-            .map(|q| q.swap_dims(axis, D - 1));
-    }
-    Some(match config.granularity {
-        // Groups are runs of `size` along the (last) axis: rows of a `[-1, size]` view.
-        Granularity::PerGroup { size } => {
-            let dims = x.dims();
-            let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, size as i64]);
-            fused_call(rows, spec, ste)?.reshape(dims)
-        }
-        _ => fused_call(x.clone(), spec, ste)?,
-    })
+    let (rows, restore) = as_rows(x, config.granularity, axis);
+    Some(restore(fused_call(rows, spec, ste)?))
+}
+
+/// Whether `x`'s device has the fused kernels for `x`'s float type.
+fn fused_takes<const D: usize>(x: &burn::tensor::Tensor<D>) -> bool {
+    let device = x.device();
+    has_fused_kernels(&device) && fused_dtype(&device, x.dtype())
+}
+
+/// `x` as the rows the kernels quantize (one scale per row, or one for the whole tensor) and
+/// the inverse: the scale axis moved last (per-channel weights `[d_input, d_output]` reduce
+/// along axis 0), and groups as rows of a `[-1, size]` view. The kernels read a contiguous copy
+/// of a moved view; the result comes back as a strided view, which Burn's ops take as is.
+fn as_rows<const D: usize>(
+    x: &burn::tensor::Tensor<D>,
+    granularity: crate::quant::Granularity,
+    axis: usize,
+) -> (
+    burn::tensor::Tensor<2>,
+    impl FnOnce(burn::tensor::Tensor<2>) -> burn::tensor::Tensor<D>,
+) {
+    use crate::quant::Granularity;
+    let moved = granularity != Granularity::PerTensor && axis != D - 1;
+    let x = if moved {
+        x.clone().swap_dims(axis, D - 1)
+    } else {
+        x.clone()
+    };
+    let dims = x.dims();
+    let row_len = match granularity {
+        Granularity::PerGroup { size } => size,
+        _ => dims[D - 1],
+    };
+    let rows = dims
+        .iter()
+        .product::<usize>()
+        .checked_div(row_len)
+        .unwrap_or(0);
+    let restore = move |y: burn::tensor::Tensor<2>| {
+        let y: burn::tensor::Tensor<D> = y.reshape(dims);
+        if moved { y.swap_dims(axis, D - 1) } else { y }
+    };
+    (x.reshape([rows, row_len]), restore)
 }
 
 /// The fused op of the device's backend on `x` (rows of its last axis when `spec.per_row`).
-fn fused_call<const D: usize>(
-    x: burn::tensor::Tensor<D>,
+fn fused_call(
+    x: burn::tensor::Tensor<2>,
     spec: FusedSpec,
     ste: FusedSte,
-) -> Option<burn::tensor::Tensor<D>> {
+) -> Option<burn::tensor::Tensor<2>> {
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;

@@ -2,7 +2,7 @@
 
 use cubecl::prelude::*;
 
-use super::{ROW_THREADS, reduce_cube};
+use super::{ROW_THREADS, cube_index, reduce_cube};
 
 /// BitNet's per-row activation scale `s = 127 / max(max|x|, 1e-5)` of row `row`, computed by
 /// the whole cube (every thread returns it).
@@ -38,7 +38,7 @@ pub(crate) fn quantize_rows_kernel<F: Float>(
     words: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_index();
     if row >= rows as usize {
         terminate!();
     }
@@ -77,7 +77,7 @@ pub(crate) fn quantize_rows_float_kernel<F: Float>(
     cols: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_index();
     if row >= rows as usize {
         terminate!();
     }

@@ -2,7 +2,7 @@
 
 use cubecl::prelude::*;
 
-use super::{ROW_THREADS, weight_scale};
+use super::{elem_index, weight_scale};
 
 /// Dense weights `[rows, cols]` in f32 from the packed codes: `code - 1`, divided by the
 /// weight's scale when `fold_scale` (per tensor, per row, or per group of `group_words` words).
@@ -19,7 +19,7 @@ pub(crate) fn unpack_dense_kernel(
     group_words: u32,
     #[comptime] fold_scale: bool,
 ) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    let i = elem_index();
     let cols = cols as usize;
     let words = words as usize;
     if i >= rows as usize * cols {
@@ -53,7 +53,7 @@ pub(crate) fn finish_rows_kernel<F: Float>(
     #[comptime] mode: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    let i = elem_index();
     let rows = rows as usize;
     if i >= m as usize * rows {
         terminate!();

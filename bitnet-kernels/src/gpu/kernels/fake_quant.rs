@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{ROW_THREADS, reduce_cube};
+use super::{ROW_THREADS, cube_index, elem_index, reduce_cube};
 
 /// What the fake-quantization kernels write per element, for `u = (v - center) s` (`center` 0
 /// unless `centered`, the binary format): 0, the dequantized code — `clamp(round_half_even(u),
@@ -82,7 +82,7 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_index();
     if row >= rows as usize {
         terminate!();
     }
@@ -142,7 +142,7 @@ pub(crate) fn abs_partials_kernel<F: Float>(
     #[comptime] centered: bool,
     #[define(F)] _dtype: ElemType,
 ) {
-    let c = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let c = cube_index();
     let t = UNIT_POS_X as usize;
     let len = len as usize;
     let start = c * chunk as usize;
@@ -231,7 +231,7 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    let i = elem_index();
     if i < len as usize {
         let s = scale[0];
         let mut center = 0.0f32;
@@ -269,7 +269,7 @@ pub(crate) fn lsq_kernel<F: Float>(
     #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * ROW_THREADS + UNIT_POS_X) as usize;
+    let i = elem_index();
     if i < len as usize {
         let mut st = f32::cast_from(step[0]);
         if comptime![per_row] {

@@ -16,6 +16,39 @@ fn lanes_total(shared: &Shared<[f32]>, slot: usize, row: u32, #[comptime] tile: 
     sum
 }
 
+/// The first activation row of this cube's tile of `tile` rows: tiles run along y, then z
+/// (past 65,535 tiles).
+#[cube]
+fn first_tile_row(#[comptime] tile: u32) -> usize {
+    ((CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) * tile) as usize
+}
+
+/// `tile` f32 accumulators set to 0.
+#[cube]
+fn zeros(#[comptime] tile: u32) -> Array<f32> {
+    let mut acc = Array::<f32>::new(tile as usize);
+    #[unroll]
+    for t in 0..tile as usize {
+        acc[t] = 0.0f32;
+    }
+    acc
+}
+
+/// Leaves the thread's partial sums `acc` (one per activation row of the tile) in `shared` at
+/// `slot`, for [`lanes_total`].
+#[cube]
+fn store_partials(
+    shared: &mut Shared<[f32]>,
+    acc: &Array<f32>,
+    slot: usize,
+    #[comptime] tile: u32,
+) {
+    #[unroll]
+    for t in 0..tile as usize {
+        shared[slot * tile as usize + t] = acc[t];
+    }
+}
+
 /// `(word >> shift) & 0x03030303` holds codes 0..=2; `+ 0x7F` per byte gives 127..=129 (no
 /// carry) and `^ 0x80` turns that into the signed bytes -1, 0, 1.
 #[cube]
@@ -48,8 +81,7 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
 ) {
     let lane = UNIT_POS_X as usize;
     let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
-    // Tiles of activation rows run along y, then z (past 65,535 tiles).
-    let r0 = ((CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) * tile) as usize;
+    let r0 = first_tile_row(tile);
     let m = m as usize;
     let rows = rows as usize;
     let words = words as usize;
@@ -60,11 +92,7 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
     // Activation rows of this tile that exist (the same for the whole cube).
     let live = min(m - min(r0, m), tile as usize);
 
-    let mut acc = Array::<f32>::new(tile as usize);
-    #[unroll]
-    for t in 0..tile as usize {
-        acc[t] = 0.0f32;
-    }
+    let mut acc = zeros(tile);
     if j < rows {
         let groups = words / group_words;
         for g in 0..groups {
@@ -103,10 +131,7 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
             }
         }
     }
-    #[unroll]
-    for t in 0..tile as usize {
-        shared[(slot + lane) * tile as usize + t] = acc[t];
-    }
+    store_partials(&mut shared, &acc, slot + lane, tile);
     sync_cube();
     if lane == 0 && j < rows {
         let groups = words / group_words;
@@ -145,8 +170,7 @@ pub(crate) fn ternary_float_kernel<F: Float>(
 ) {
     let lane = UNIT_POS_X as usize;
     let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
-    // Tiles of activation rows run along y, then z (past 65,535 tiles).
-    let r0 = ((CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) * tile) as usize;
+    let r0 = first_tile_row(tile);
     let m = m as usize;
     let rows = rows as usize;
     let cols = cols as usize;
@@ -156,11 +180,7 @@ pub(crate) fn ternary_float_kernel<F: Float>(
     let slot = (UNIT_POS_Y * LANES) as usize;
     let live = min(m - min(r0, m), tile as usize);
 
-    let mut acc = Array::<f32>::new(tile as usize);
-    #[unroll]
-    for t in 0..tile as usize {
-        acc[t] = 0.0f32;
-    }
+    let mut acc = zeros(tile);
     if j < rows {
         let groups = words / group_words;
         for g in 0..groups {
@@ -199,10 +219,7 @@ pub(crate) fn ternary_float_kernel<F: Float>(
             }
         }
     }
-    #[unroll]
-    for t in 0..tile as usize {
-        shared[(slot + lane) * tile as usize + t] = acc[t];
-    }
+    store_partials(&mut shared, &acc, slot + lane, tile);
     sync_cube();
     if lane == 0 && j < rows {
         let mut t = 0u32;

@@ -26,6 +26,18 @@ pub(crate) const ROWS_PER_CUBE: u32 = 8;
 /// Activation rows each thread of the matmul kernels handles (reusing each weight word).
 pub(crate) const TILE_M: u32 = 4;
 
+/// The index of this cube in a grid laid out by `gpu::grid` (x first, then y).
+#[cube]
+fn cube_index() -> usize {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+}
+
+/// The element of this thread in a grid of `ROW_THREADS`-thread cubes laid out by `gpu::grid`.
+#[cube]
+fn elem_index() -> usize {
+    cube_index() * ROW_THREADS as usize + UNIT_POS_X as usize
+}
+
 /// Tree reduction over the `ROW_THREADS` threads of a cube in shared memory (sum or max);
 /// every thread returns the result.
 #[cube]
