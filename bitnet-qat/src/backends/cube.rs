@@ -23,6 +23,18 @@ fn quant(qn: i32, qp: i32, eps: f64, abs_mean: bool, per_row: bool, centered: bo
     }
 }
 
+/// The kernel that writes `output`.
+fn run(x: CubeTensor, quant: FakeQuant, output: FusedOutput) -> CubeTensor {
+    use bitnet_kernels::gpu;
+    match output {
+        FusedOutput::Quantized => gpu::fake_quantize(x, quant),
+        FusedOutput::ClipMask => gpu::clip_mask(x, quant),
+        FusedOutput::Residual => gpu::rounding_residual(x, quant),
+        FusedOutput::SoftValue(t) => gpu::soft_quantize(x, quant, t as f64),
+        FusedOutput::SoftSlope(t) => gpu::soft_slope(x, quant, t as f64),
+    }
+}
+
 impl FusedQuantBackend for CubeBackend {
     fn fused_fake_quant(
         x: CubeTensor,
@@ -36,12 +48,7 @@ impl FusedQuantBackend for CubeBackend {
         param: f64,
     ) -> CubeTensor {
         let quant = quant(qn, qp, eps, abs_mean, per_row, centered);
-        match FusedSte::decode(ste, param) {
-            FusedSte::Soft(temperature) => {
-                bitnet_kernels::gpu::soft_quantize(x, quant, temperature)
-            }
-            _ => bitnet_kernels::gpu::fake_quantize(x, quant),
-        }
+        run(x, quant, FusedSte::decode(ste, param).forward_output())
     }
 
     fn fused_ste_aux(
@@ -56,13 +63,7 @@ impl FusedQuantBackend for CubeBackend {
         param: f64,
     ) -> CubeTensor {
         let quant = quant(qn, qp, eps, abs_mean, per_row, centered);
-        match FusedOutput::decode(aux, param) {
-            FusedOutput::Residual => bitnet_kernels::gpu::rounding_residual(x, quant),
-            FusedOutput::SoftSlope(t) => bitnet_kernels::gpu::soft_slope(x, quant, t as f64),
-            FusedOutput::SoftValue(t) => bitnet_kernels::gpu::soft_quantize(x, quant, t as f64),
-            FusedOutput::Quantized => bitnet_kernels::gpu::fake_quantize(x, quant),
-            FusedOutput::ClipMask => bitnet_kernels::gpu::clip_mask(x, quant),
-        }
+        run(x, quant, FusedOutput::decode(aux, param))
     }
 
     fn fused_lsq(

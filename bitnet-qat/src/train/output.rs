@@ -69,8 +69,8 @@ impl QatClassificationOutput {
     }
 }
 
-/// `sqrt` of the one-element tensor `grad_sq`.
-fn norm_of(grad_sq: Tensor<1>) -> Result<f64, ExecutionError> {
+/// `sqrt` of the one-element tensor `grad_sq` (a read-back from the device).
+pub(super) fn norm_of(grad_sq: Tensor<1>) -> Result<f64, ExecutionError> {
     let data = grad_sq.try_into_data()?;
     let sum = data
         .convert::<f64>()

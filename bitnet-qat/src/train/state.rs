@@ -280,7 +280,7 @@ impl QatState {
     ) -> QatStats {
         let mut stats = self.stats_without_grad_norm(model);
         stats.grad_norm = grad_sq_sum(grad_source, grads)
-            .map(|t| t.into_scalar::<f64>().sqrt())
+            .map(|t| super::output::norm_of(t).expect("reading the gradient norm back"))
             .unwrap_or(0.0);
         stats
     }
