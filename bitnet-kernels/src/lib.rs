@@ -20,6 +20,7 @@ pub mod base3;
 pub mod burn_ext;
 pub mod cpu;
 pub mod error;
+pub mod fake_quant;
 pub mod file;
 #[cfg(feature = "cube")]
 pub mod gpu;

@@ -8,29 +8,10 @@ use cubecl::prelude::*;
 
 use super::kernels::{self, ROW_THREADS};
 use super::{float_elem, grid};
+use crate::fake_quant::FakeQuant;
 
 /// Elements of a per-tensor partial reduction per cube.
 const CHUNK: usize = 16 * ROW_THREADS as usize;
-
-/// The quantizer of the fused fake-quantization kernels: codes `qn..=qp`, the scale
-/// `s = qp / max(stat, eps)` with `stat` the mean (`abs_mean`) or max of `|x|` over the whole
-/// tensor or over each row of the last axis (`per_row`); `centered` is the binary format
-/// (`sign(x - mean(x))`, with the mean over the same group).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FakeQuant {
-    /// The smallest code.
-    pub qn: i32,
-    /// The largest code.
-    pub qp: i32,
-    /// The lower bound of the statistic.
-    pub eps: f64,
-    /// `true`: `mean |x|`; `false`: `max |x|`.
-    pub abs_mean: bool,
-    /// `true`: one scale per row of the last axis; `false`: one per tensor.
-    pub per_row: bool,
-    /// `true`: the binary format, codes `sign((x - mean(x)) s)` with `sign(0) = -1`.
-    pub centered: bool,
-}
 
 /// Fused fake quantization of a float tensor for QAT: `y = clamp(round_half_even(x s), qn, qp)
 /// / s`, or `sign((x - mean(x)) s) / s` when `centered` (see [`FakeQuant`]), in `x`'s type.

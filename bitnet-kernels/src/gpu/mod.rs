@@ -26,10 +26,9 @@ use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+pub use crate::fake_quant::FakeQuant;
 pub use dense::{DENSE_MAX_BYTES, FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M};
-pub use fake_quant::{
-    FakeQuant, clip_mask, fake_quantize, lsq, rounding_residual, soft_quantize, soft_slope,
-};
+pub use fake_quant::{clip_mask, fake_quantize, lsq, rounding_residual, soft_quantize, soft_slope};
 pub use matmul::{quantize_rows, ternary_matmul_float, ternary_matmul_int8};
 
 /// The shape of `t`.

@@ -61,7 +61,7 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, FusedSte};
+    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, ste_aux};
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -93,16 +93,16 @@ mod fused {
                     unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
                         None | Some((_, _, FusedSte::Standard)) => grad,
                         Some((x, s, FusedSte::Clipped)) => {
-                            B::float_mul(grad, s.ste_aux::<B>(x, FusedOutput::ClipMask))
+                            B::float_mul(grad, ste_aux::<B>(&s, x, FusedOutput::ClipMask))
                         }
                         Some((x, s, FusedSte::Adaptive(delta))) => {
                             // g + delta |g| e  ==  g (1 + delta sign(g) e)
-                            let e = s.ste_aux::<B>(x, FusedOutput::Residual);
+                            let e = ste_aux::<B>(&s, x, FusedOutput::Residual);
                             let scaled = B::float_mul(B::float_abs(grad.clone()), e);
                             B::float_add(grad, B::float_mul_scalar(scaled, delta.into()))
                         }
                         Some((x, s, FusedSte::Soft(t))) => {
-                            let slope = s.ste_aux::<B>(x, FusedOutput::SoftSlope(t as f32));
+                            let slope = ste_aux::<B>(&s, x, FusedOutput::SoftSlope(t as f32));
                             B::float_mul(grad, slope)
                         }
                     });

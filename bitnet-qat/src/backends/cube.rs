@@ -11,18 +11,6 @@ use crate::ops::QatBackend;
 
 impl QatBackend for CubeBackend {}
 
-/// The kernels' quantizer from the backend op's arguments.
-fn quant(qn: i32, qp: i32, eps: f64, abs_mean: bool, per_row: bool, centered: bool) -> FakeQuant {
-    FakeQuant {
-        qn,
-        qp,
-        eps,
-        abs_mean,
-        per_row,
-        centered,
-    }
-}
-
 /// The kernel that writes `output`.
 fn run(x: CubeTensor, quant: FakeQuant, output: FusedOutput) -> CubeTensor {
     use bitnet_kernels::gpu;
@@ -47,7 +35,7 @@ impl FusedQuantBackend for CubeBackend {
         ste: usize,
         param: f64,
     ) -> CubeTensor {
-        let quant = quant(qn, qp, eps, abs_mean, per_row, centered);
+        let quant = FakeQuant::new(qn, qp, eps, abs_mean, per_row, centered);
         run(x, quant, FusedSte::decode(ste, param).forward_output())
     }
 
@@ -62,7 +50,7 @@ impl FusedQuantBackend for CubeBackend {
         aux: usize,
         param: f64,
     ) -> CubeTensor {
-        let quant = quant(qn, qp, eps, abs_mean, per_row, centered);
+        let quant = FakeQuant::new(qn, qp, eps, abs_mean, per_row, centered);
         run(x, quant, FusedOutput::decode(aux, param))
     }
 

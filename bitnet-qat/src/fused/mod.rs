@@ -23,65 +23,27 @@ use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 #[cfg_attr(not(feature = "flex"), allow(unused_imports))]
 pub(crate) use slice::{FusedOutput, fake_quant_slice, lsq_slice};
 
-/// The statistic and layout of a fused fake quantization.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct FusedSpec {
-    /// The smallest code.
-    pub qn: i32,
-    /// The largest code.
-    pub qp: i32,
-    /// Lower bound of the statistic.
-    pub eps: f64,
-    /// `true`: `mean |x|`; `false`: `max |x|`.
-    pub abs_mean: bool,
-    /// `true`: one scale per row of the last axis; `false`: one per tensor.
-    pub per_row: bool,
-    /// `true`: the binary format, `sign(x - mean(x))` per scale group.
-    pub centered: bool,
-}
+/// The statistic and layout of a fused fake quantization (the kernels' description).
+pub(crate) use bitnet_kernels::fake_quant::FakeQuant as FusedSpec;
 
-impl FusedSpec {
-    /// The spec from the backend op's arguments.
-    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
-    pub(crate) fn new(
-        qn: i32,
-        qp: i32,
-        eps: f64,
-        abs_mean: bool,
-        per_row: bool,
-        centered: bool,
-    ) -> Self {
-        Self {
-            qn,
-            qp,
-            eps,
-            abs_mean,
-            per_row,
-            centered,
-        }
-    }
-}
-
-impl FusedSpec {
-    /// [`FusedQuantBackend::fused_ste_aux`] of `x` with this spec on backend `B`.
-    pub(crate) fn ste_aux<B: FusedQuantBackend>(
-        &self,
-        x: FloatTensor<B>,
-        output: FusedOutput,
-    ) -> FloatTensor<B> {
-        let (aux, param) = output.encode();
-        B::fused_ste_aux(
-            x,
-            self.qn,
-            self.qp,
-            self.eps,
-            self.abs_mean,
-            self.per_row,
-            self.centered,
-            aux,
-            param,
-        )
-    }
+/// [`FusedQuantBackend::fused_ste_aux`] of `x` with `spec` on backend `B`.
+pub(crate) fn ste_aux<B: FusedQuantBackend>(
+    spec: &FusedSpec,
+    x: FloatTensor<B>,
+    output: FusedOutput,
+) -> FloatTensor<B> {
+    let (aux, param) = output.encode();
+    B::fused_ste_aux(
+        x,
+        spec.qn,
+        spec.qp,
+        spec.eps,
+        spec.abs_mean,
+        spec.per_row,
+        spec.centered,
+        aux,
+        param,
+    )
 }
 
 /// Fused fake quantization supplied by a backend extension.
