@@ -62,6 +62,21 @@ pub fn load_average() -> f64 {
 
 pub use bitnet_kernels::file::write_atomic;
 
+/// The weight shapes `(N, K)` of `shared/reference/benchmarking.md`: square layers and the
+/// LLaMA-7B and BitNet 2B4T FFN matrices.
+pub const SHAPES: [(usize, usize); 7] = [
+    (2048, 2048),
+    (4096, 4096),
+    (4096, 11008),
+    (11008, 4096),
+    (2560, 2560),
+    (6912, 2560),
+    (2560, 6912),
+];
+
+/// The activation row counts M of the measuring rules: GEMV, small batches, prefill.
+pub const MS: [usize; 5] = [1, 8, 32, 128, 512];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
-use bitnet_qat_benches::{Stats, load_average};
+use bitnet_qat_benches::{MS, SHAPES, Stats, load_average};
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorCreationOptions, TensorData};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
@@ -284,22 +284,14 @@ fn main() {
     } else if args.quick {
         vec![(4096, 11008), (11008, 4096)]
     } else {
-        vec![
-            (2048, 2048),
-            (4096, 4096),
-            (4096, 11008),
-            (11008, 4096),
-            (2560, 2560),
-            (6912, 2560),
-            (2560, 6912),
-        ]
+        SHAPES.to_vec()
     };
     let ms: &[usize] = if !args.ms.is_empty() {
         &args.ms
     } else if args.quick {
         &[1, 512]
     } else {
-        &[1, 8, 32, 128, 512]
+        &MS
     };
     let samples = if args.quick {
         args.samples.min(11)

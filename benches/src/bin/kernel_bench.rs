@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use bitnet_kernels::cpu::{Kernel, MatmulOptions, ternary_matmul};
 use bitnet_kernels::file::{Encoding, to_bytes};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
-use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
+use bitnet_qat_benches::{MS, SHAPES, Stats, interleaved, load_average, write_atomic};
 use burn::tensor::{Device, Tensor, TensorData};
 use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, cblas_sgemm, cblas_sgemv};
 use clap::Parser;
@@ -43,18 +43,6 @@ struct Args {
     #[arg(long, default_value_t = 1.1 * (1u64 << 30) as f64)]
     cold_bytes: f64,
 }
-
-/// (N, K) shapes from the measuring rules.
-const SHAPES: [(usize, usize); 7] = [
-    (2048, 2048),
-    (4096, 4096),
-    (4096, 11008),
-    (11008, 4096),
-    (2560, 2560),
-    (6912, 2560),
-    (2560, 6912),
-];
-const MS: [usize; 5] = [1, 8, 32, 128, 512];
 
 #[derive(Debug, Serialize)]
 struct Record {
