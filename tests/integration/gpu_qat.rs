@@ -150,3 +150,36 @@ fn more_rows_than_one_grid_dimension_holds() {
         "per-row int8 on 70,000 rows",
     );
 }
+
+#[test]
+fn per_tensor_scales_agree_folded_and_apart() {
+    // Up to 256 chunks of 4,096 elements the apply pass reduces the partials itself; past that a
+    // scale kernel does. Multiples of 1/4 keep every sum exact in f32, so both devices compute
+    // the same scale and the codes must agree to the last bit.
+    let Some(gpu) = gpu_device() else { return };
+    let cpu = Device::flex();
+    let mut rng = Lcg(23);
+    for len in [3 * 4096 + 5, 300 * 4096 + 7] {
+        let data: Vec<f32> = (0..len)
+            .map(|_| ((rng.uniform() * 17.0).floor() - 8.0) / 4.0)
+            .collect();
+        for config in [
+            QuantConfig::ternary(),
+            QuantConfig::int(8),
+            QuantConfig::binary(),
+        ] {
+            let run = |device: &Device| {
+                let device = device.clone().autodiff();
+                let x = Tensor::<1>::from_data(data.as_slice(), &device).require_grad();
+                let y = quantize_ste(x.clone(), &config, &Ste::Clipped).unwrap();
+                let grads = (y.clone() * y.clone()).sum().backward();
+                (values(y), values(x.grad(&grads).unwrap()))
+            };
+            let (y_gpu, g_gpu) = run(&gpu);
+            let (y_cpu, g_cpu) = run(&cpu);
+            let what = format!("{:?} per tensor over {len} elements", config.format);
+            assert_close(&y_gpu, &y_cpu, 1e-6, &what);
+            assert_close(&g_gpu, &g_cpu, 1e-6, &format!("{what}: clipped gradient"));
+        }
+    }
+}

@@ -15,7 +15,8 @@ const CHUNK: usize = 16 * ROW_THREADS as usize;
 
 /// Fused fake quantization of a float tensor for QAT: `y = clamp(round_half_even(x s), qn, qp)
 /// / s`, or `sign((x - mean(x)) s) / s` when `centered` (see [`FakeQuant`]), in `x`'s type.
-/// Per row: one kernel; per tensor: partial reduction, scale, apply (two passes over the data).
+/// Per row: one kernel; per tensor: partial reduction, (scale,) apply — two passes over the
+/// data; the scale kernel only past `ROW_THREADS` chunks of `CHUNK` elements (1 Mi).
 pub fn fake_quantize(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
     scaled_elementwise(x, quant, 0, 1.0)
 }
@@ -96,12 +97,6 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
         Shape::new([chunks * slots]),
         DType::F32,
     );
-    let scale = empty_device_dtype(
-        client.clone(),
-        x.device.clone(),
-        Shape::new([slots]),
-        DType::F32,
-    );
     kernels::abs_partials_kernel::launch(
         &client,
         grid(chunks),
@@ -115,31 +110,49 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
         centered,
         dtype,
     );
-    kernels::scale_kernel::launch(
-        &client,
-        CubeCount::Static(1, 1, 1),
-        CubeDim::new_1d(ROW_THREADS),
-        partials.into_tensor_arg(),
-        scale.clone().into_tensor_arg(),
-        chunks as u32,
-        len as u32,
-        qp,
-        eps,
-        abs_mean,
-        centered,
-    );
+    // Up to one partial per thread, each cube of the apply pass reduces them itself.
+    let fold = chunks <= ROW_THREADS as usize;
+    let stats = if fold {
+        partials
+    } else {
+        let scale = empty_device_dtype(
+            client.clone(),
+            x.device.clone(),
+            Shape::new([slots]),
+            DType::F32,
+        );
+        kernels::scale_kernel::launch(
+            &client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            partials.into_tensor_arg(),
+            scale.clone().into_tensor_arg(),
+            chunks as u32,
+            len as u32,
+            qp,
+            eps,
+            abs_mean,
+            centered,
+        );
+        scale
+    };
     kernels::apply_scale_kernel::launch(
         &client,
-        grid(len.div_ceil(ROW_THREADS as usize)),
+        grid(chunks),
         CubeDim::new_1d(ROW_THREADS),
         x.into_tensor_arg(),
-        scale.into_tensor_arg(),
+        stats.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         len as u32,
+        CHUNK as u32,
+        chunks as u32,
         qn,
         qp,
+        eps,
         t,
+        abs_mean,
         centered,
+        fold,
         output,
         dtype,
     );

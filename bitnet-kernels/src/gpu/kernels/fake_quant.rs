@@ -174,7 +174,56 @@ pub(crate) fn abs_partials_kernel<F: Float>(
     }
 }
 
-/// Reduces the partials to the scale `qp / max(stat, eps)` in `scale[0]`. One cube.
+/// Reduces `count` partials from `offset` over the cube (sum, or max when `take_max`); every
+/// thread returns the result.
+#[cube]
+fn reduce_partials(
+    partials: &Tensor<f32>,
+    offset: usize,
+    count: usize,
+    #[comptime] take_max: bool,
+) -> f32 {
+    let mut local = 0.0f32;
+    let mut k = UNIT_POS_X as usize;
+    while k < count {
+        let p = partials[offset + k];
+        if comptime![take_max] {
+            local = max(local, p);
+        } else {
+            local += p;
+        }
+        k += ROW_THREADS as usize;
+    }
+    reduce_cube(local, take_max)
+}
+
+/// The per-tensor scale `qp / max(stat, eps)` from the `count` partials of
+/// [`abs_partials_kernel`] over `len` elements.
+#[cube]
+fn tensor_scale(
+    partials: &Tensor<f32>,
+    count: usize,
+    len: u32,
+    qp: f32,
+    eps: f32,
+    #[comptime] abs_mean: bool,
+) -> f32 {
+    let mut stat = reduce_partials(partials, 0, count, !abs_mean);
+    if comptime![abs_mean] {
+        stat /= f32::cast_from(len);
+    }
+    qp / max(stat, eps)
+}
+
+/// The mean of the tensor from the plain sums that follow the statistics in the partials of a
+/// centered [`abs_partials_kernel`].
+#[cube]
+fn tensor_center(partials: &Tensor<f32>, count: usize, len: u32) -> f32 {
+    reduce_partials(partials, count, count, false) / f32::cast_from(len)
+}
+
+/// Reduces the partials to the scale `qp / max(stat, eps)` in `scale[0]` (and the center in
+/// `scale[1]` when `centered`). One cube.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scale_kernel(
@@ -187,57 +236,55 @@ pub(crate) fn scale_kernel(
     #[comptime] abs_mean: bool,
     #[comptime] centered: bool,
 ) {
-    let t = UNIT_POS_X as usize;
-    let mut local = 0.0f32;
-    let mut local_sum = 0.0f32;
-    let mut k = t;
-    while k < count as usize {
-        if comptime![abs_mean] {
-            local += partials[k];
-        } else {
-            local = max(local, partials[k]);
-        }
-        if comptime![centered] {
-            local_sum += partials[count as usize + k];
-        }
-        k += ROW_THREADS as usize;
-    }
-    let mut stat = reduce_cube(local, !abs_mean);
-    if comptime![abs_mean] {
-        stat /= f32::cast_from(len);
-    }
-    if t == 0 {
-        scale[0] = qp / max(stat, eps);
+    let s = tensor_scale(partials, count as usize, len, qp, eps, abs_mean);
+    if UNIT_POS_X == 0 {
+        scale[0] = s;
     }
     if comptime![centered] {
-        let center = reduce_cube(local_sum, false) / f32::cast_from(len);
-        if t == 0 {
+        let center = tensor_center(partials, count as usize, len);
+        if UNIT_POS_X == 0 {
             scale[1] = center;
         }
     }
 }
 
-/// `y = clamp(round_half_even(x s), qn, qp) / s` with `s = scale[0]`, one element per thread.
+/// `y = clamp(round_half_even(x s), qn, qp) / s` (or another `output` of [`scaled_output`]) over
+/// the chunks of `chunk` elements of [`abs_partials_kernel`], one cube per chunk. `stats` holds
+/// `[s, center]` from [`scale_kernel`], or — `fold`, at most `ROW_THREADS` chunks — the
+/// `chunks` partials themselves, which every cube reduces to the scale (one launch fewer).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_scale_kernel<F: Float>(
     x: &Tensor<F>,
-    scale: &Tensor<f32>,
+    stats: &Tensor<f32>,
     out: &mut Tensor<F>,
     len: u32,
+    chunk: u32,
+    chunks: u32,
     qn: f32,
     qp: f32,
+    eps: f32,
     temperature: f32,
+    #[comptime] abs_mean: bool,
     #[comptime] centered: bool,
+    #[comptime] fold: bool,
     #[comptime] output: u32,
     #[define(F)] _dtype: ElemType,
 ) {
-    let i = elem_index();
-    if i < len as usize {
-        let s = scale[0];
-        let mut center = 0.0f32;
+    let mut s = stats[0];
+    let mut center = 0.0f32;
+    if comptime![fold] {
+        s = tensor_scale(stats, chunks as usize, len, qp, eps, abs_mean);
         if comptime![centered] {
-            center = scale[1];
+            center = tensor_center(stats, chunks as usize, len);
         }
+    } else if comptime![centered] {
+        center = stats[1];
+    }
+    let start = cube_index() * chunk as usize;
+    let end = min(start + chunk as usize, len as usize);
+    let mut i = start + UNIT_POS_X as usize;
+    while i < end {
         let v = f32::cast_from(x[i]);
         out[i] = F::cast_from(scaled_output(
             v,
@@ -249,6 +296,7 @@ pub(crate) fn apply_scale_kernel<F: Float>(
             centered,
             output,
         ));
+        i += ROW_THREADS as usize;
     }
 }
 
