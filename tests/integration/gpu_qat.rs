@@ -34,8 +34,8 @@ fn bitlinear_forward_and_backward_match_flex() {
     let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
     // BitNet's per-tensor ternary weights (standard, clipped, adaptive and soft STE), binary
     // weights (per tensor; per channel with the clipped STE), per-channel int4 (the axis-0 fused
-    // path; standard and LSQ, whose learned step's gradient is compared too) and int4 in groups
-    // of 32 inputs.
+    // path; standard and LSQ, whose learned step's gradient is compared too), per-tensor int4
+    // with LSQ and int4 in groups of 32 inputs.
     for (weights, ste) in [
         (QuantConfig::ternary(), Ste::Standard),
         (QuantConfig::ternary(), Ste::Clipped),
@@ -50,6 +50,11 @@ fn bitlinear_forward_and_backward_match_flex() {
             QuantConfig::int(4).with_granularity(Granularity::PerChannel),
             Ste::Standard,
         ),
+        (
+            QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+            Ste::LearnedStepSize,
+        ),
+        (QuantConfig::int(4), Ste::LearnedStepSize),
         (
             QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 32 }),
             Ste::Standard,

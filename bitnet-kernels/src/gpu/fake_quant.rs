@@ -18,37 +18,51 @@ const CHUNK: usize = 16 * ROW_THREADS as usize;
 /// Per row: one kernel; per tensor: partial reduction, (scale,) apply — two passes over the
 /// data; the scale kernel only past `ROW_THREADS` chunks of `CHUNK` elements (1 Mi).
 pub fn fake_quantize(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
-    scaled_elementwise(x, quant, 0, 1.0)
-}
-
-/// The clipped STE's gradient mask for [`fake_quantize`] with the same quantizer: 1 where
-/// `qn <= u <= qp` for `u = (x - center) s`, 0 elsewhere, in `x`'s type.
-pub fn clip_mask(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
-    scaled_elementwise(x, quant, 1, 1.0)
-}
-
-/// The rounding residual of [`fake_quantize`] with the same quantizer, `clamp(u) - code` for
-/// `u = (x - center) s` (what the EWGS STE scales its gradient by), in `x`'s type.
-pub fn rounding_residual(x: CubeTensor, quant: FakeQuant) -> CubeTensor {
-    scaled_elementwise(x, quant, 2, 1.0)
+    scaled_elementwise(x, None, quant, 0, 1.0)
 }
 
 /// The soft STE's forward value: the staircase `qn + Σ_k σ((u - t_k) / T)` over the thresholds
 /// `t_k = qn + k + 1/2` (binary: `2 σ(u / T) - 1`) divided by `s`, with `u = (x - center) s` as
 /// in [`fake_quantize`], in `x`'s type.
 pub fn soft_quantize(x: CubeTensor, quant: FakeQuant, temperature: f64) -> CubeTensor {
-    scaled_elementwise(x, quant, 3, temperature as f32)
+    scaled_elementwise(x, None, quant, 3, temperature as f32)
 }
 
-/// The slope of [`soft_quantize`] with respect to `x` (`Σ_k σ_k (1 - σ_k) / T`, binary
-/// `2 σ (1 - σ) / T`): the soft STE's gradient factor.
-pub fn soft_slope(x: CubeTensor, quant: FakeQuant, temperature: f64) -> CubeTensor {
-    scaled_elementwise(x, quant, 4, temperature as f32)
+/// The clipped STE's gradient of [`fake_quantize`] with the same quantizer: `grad` where
+/// `qn <= u <= qp` for `u = (x - center) s`, 0 elsewhere, in `x`'s type (`grad` has `x`'s
+/// shape and type).
+pub fn clipped_grad(x: CubeTensor, grad: CubeTensor, quant: FakeQuant) -> CubeTensor {
+    scaled_elementwise(x, Some(grad), quant, 1, 0.0)
 }
 
-/// [`fake_quantize`] (`output` 0), [`clip_mask`] (1), [`rounding_residual`] (2),
-/// [`soft_quantize`] (3) or [`soft_slope`] (4) at temperature `t`.
-fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> CubeTensor {
+/// The adaptive (EWGS) STE's gradient of [`fake_quantize`] with the same quantizer:
+/// `grad + delta |grad| e`, with `e = clamp(u) - code` the rounding residual of
+/// `u = (x - center) s`, in `x`'s type.
+pub fn adaptive_grad(x: CubeTensor, grad: CubeTensor, quant: FakeQuant, delta: f64) -> CubeTensor {
+    scaled_elementwise(x, Some(grad), quant, 2, delta as f32)
+}
+
+/// The soft STE's gradient: `grad` times the slope of [`soft_quantize`] with respect to `x`
+/// (`Σ_k σ_k (1 - σ_k) / T`, binary `2 σ (1 - σ) / T`), in `x`'s type.
+pub fn soft_grad(
+    x: CubeTensor,
+    grad: CubeTensor,
+    quant: FakeQuant,
+    temperature: f64,
+) -> CubeTensor {
+    scaled_elementwise(x, Some(grad), quant, 4, temperature as f32)
+}
+
+/// [`fake_quantize`] (`output` 0) or [`soft_quantize`] (3), or with `grad` the gradients of
+/// [`clipped_grad`] (1), [`adaptive_grad`] (2) and [`soft_grad`] (4); `param` is the
+/// temperature or EWGS's delta.
+fn scaled_elementwise(
+    x: CubeTensor,
+    grad: Option<CubeTensor>,
+    quant: FakeQuant,
+    output: u32,
+    param: f32,
+) -> CubeTensor {
     let FakeQuant {
         qn,
         qp,
@@ -58,6 +72,9 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
         centered,
     } = quant;
     let x = into_contiguous(x);
+    let backward = grad.is_some();
+    // Forward: the kernels take `x` in `grad`'s place and never read it.
+    let grad = grad.map_or_else(|| x.clone(), into_contiguous);
     let shape = x.meta.shape().clone();
     let len = shape.num_elements();
     let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
@@ -74,16 +91,18 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
             grid(len / row_len),
             CubeDim::new_1d(ROW_THREADS),
             x.into_tensor_arg(),
+            grad.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             (len / row_len) as u32,
             row_len as u32,
             qn,
             qp,
             eps,
-            t,
+            param,
             abs_mean,
             centered,
             output,
+            backward,
             dtype,
         );
         return out;
@@ -141,6 +160,7 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
         grid(chunks),
         CubeDim::new_1d(ROW_THREADS),
         x.into_tensor_arg(),
+        grad.into_tensor_arg(),
         stats.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         len as u32,
@@ -149,23 +169,46 @@ fn scaled_elementwise(x: CubeTensor, quant: FakeQuant, output: u32, t: f32) -> C
         qn,
         qp,
         eps,
-        t,
+        param,
         abs_mean,
         centered,
         fold,
         output,
+        backward,
         dtype,
     );
     out
 }
 
-/// LSQ's fake quantization on the GPU (`output` 0: `round_half_even(clamp(x / step, qn, qp)) *
-/// step`) or its backward factors (1: the inside mask; 2: the step factor, `round(v) - v`
-/// inside, `qn` / `qp` outside), with `step` one value per row of the last axis (`per_row`) or
-/// one in all, in `x`'s type (`step` must have it too).
-pub fn lsq(
+/// LSQ's fake quantization on the GPU, `round_half_even(clamp(x / step, qn, qp)) * step`, with
+/// `step` one value per row of the last axis (`per_row`) or one in all, in `x`'s type (`step`
+/// must have it too).
+pub fn lsq(x: CubeTensor, step: CubeTensor, qn: i32, qp: i32, per_row: bool) -> CubeTensor {
+    lsq_elementwise(x, step, None, qn, qp, per_row, 0)
+}
+
+/// The terms of LSQ's gradients for the incoming gradient `grad` of [`lsq`] (same shape and
+/// type as `x`), with `v = x / step`: for `x` (`of_step` false) `grad` where `qn <= v <= qp`,
+/// else 0; for the step (`of_step`) `grad` times `round(v) - v` inside and `qn` / `qp`
+/// outside, which the caller sums per step.
+pub fn lsq_grad(
     x: CubeTensor,
     step: CubeTensor,
+    grad: CubeTensor,
+    qn: i32,
+    qp: i32,
+    per_row: bool,
+    of_step: bool,
+) -> CubeTensor {
+    let output = if of_step { 2 } else { 1 };
+    lsq_elementwise(x, step, Some(grad), qn, qp, per_row, output)
+}
+
+/// [`lsq`] (`output` 0) or [`lsq_grad`] (1: of `x`, 2: the step's terms).
+fn lsq_elementwise(
+    x: CubeTensor,
+    step: CubeTensor,
+    grad: Option<CubeTensor>,
     qn: i32,
     qp: i32,
     per_row: bool,
@@ -173,6 +216,8 @@ pub fn lsq(
 ) -> CubeTensor {
     let x = into_contiguous(x);
     let step = into_contiguous(step);
+    // Forward: the kernel takes `x` in `grad`'s place and never reads it.
+    let grad = grad.map_or_else(|| x.clone(), into_contiguous);
     let shape = x.meta.shape().clone();
     let len = shape.num_elements();
     let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
@@ -188,6 +233,7 @@ pub fn lsq(
         CubeDim::new_1d(ROW_THREADS),
         x.into_tensor_arg(),
         step.into_tensor_arg(),
+        grad.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         len as u32,
         row_len as u32,

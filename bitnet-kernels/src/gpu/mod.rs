@@ -9,8 +9,9 @@
 //! - [`ternary_matmul_float`]: float activations times ternary weights, no multiplication.
 //! - Many activation rows ([`INT8_DENSE_MIN_M`], [`FLOAT_DENSE_MIN_M`]): the dense route,
 //!   Burn's matmul on the unpacked weights.
-//! - [`fake_quantize`], [`clip_mask`], [`rounding_residual`]: the fused QAT fake quantization
-//!   and its STEs' backward factors.
+//! - [`fake_quantize`], [`soft_quantize`], [`lsq`]: the fused QAT fake quantization, and its
+//!   STEs' backward passes ([`clipped_grad`], [`adaptive_grad`], [`soft_grad`], [`lsq_grad`]),
+//!   each one kernel over the incoming gradient.
 //!
 //! The matmuls read the packed words of [`crate::packed`] as stored in a `[rows, words]` `u32`
 //! tensor.
@@ -28,7 +29,9 @@ use cubecl::prelude::*;
 
 pub use crate::fake_quant::FakeQuant;
 pub use dense::{DENSE_MAX_BYTES, FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M};
-pub use fake_quant::{clip_mask, fake_quantize, lsq, rounding_residual, soft_quantize, soft_slope};
+pub use fake_quant::{
+    adaptive_grad, clipped_grad, fake_quantize, lsq, lsq_grad, soft_grad, soft_quantize,
+};
 pub use matmul::{quantize_rows, ternary_matmul_float, ternary_matmul_int8};
 
 /// The shape of `t`.

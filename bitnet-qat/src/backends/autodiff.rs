@@ -61,7 +61,7 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::{FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, ste_aux};
+    use crate::fused::{FusedQuantBackend, FusedSpec, FusedSte, ste_grad};
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -75,8 +75,8 @@ mod fused {
             ste: usize,
             param: f64,
         ) -> FloatTensor<Self> {
-            /// The standard STE (no state), or the clipped / adaptive one (the input, its spec
-            /// and the STE).
+            /// The standard STE (no state), or the clipped / adaptive / soft one (the input, its
+            /// spec and the STE), whose gradient is one fused op.
             #[derive(Debug)]
             struct StraightThrough;
 
@@ -91,20 +91,8 @@ mod fused {
                 ) {
                     let state = ops.state;
                     unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
-                        None | Some((_, _, FusedSte::Standard)) => grad,
-                        Some((x, s, FusedSte::Clipped)) => {
-                            B::float_mul(grad, ste_aux::<B>(&s, x, FusedOutput::ClipMask))
-                        }
-                        Some((x, s, FusedSte::Adaptive(delta))) => {
-                            // g + delta |g| e  ==  g (1 + delta sign(g) e)
-                            let e = ste_aux::<B>(&s, x, FusedOutput::Residual);
-                            let scaled = B::float_mul(B::float_abs(grad.clone()), e);
-                            B::float_add(grad, B::float_mul_scalar(scaled, delta.into()))
-                        }
-                        Some((x, s, FusedSte::Soft(t))) => {
-                            let slope = ste_aux::<B>(&s, x, FusedOutput::SoftSlope(t as f32));
-                            B::float_mul(grad, slope)
-                        }
+                        None => grad,
+                        Some((x, spec, ste)) => ste_grad::<B>(&spec, x, grad, ste),
                     });
                 }
             }
@@ -125,27 +113,29 @@ mod fused {
             }
         }
 
-        fn fused_ste_aux(
+        fn fused_ste_grad(
             x: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
             qn: i32,
             qp: i32,
             eps: f64,
             abs_mean: bool,
             per_row: bool,
             centered: bool,
-            aux: usize,
+            ste: usize,
             param: f64,
         ) -> FloatTensor<Self> {
-            // A constant: no gradient flows through a mask or a residual.
-            FloatTensor::<Self>::new(B::fused_ste_aux(
+            // A constant: no second-order gradient flows through an STE's backward pass.
+            FloatTensor::<Self>::new(B::fused_ste_grad(
                 x.into_primitive(),
+                grad.into_primitive(),
                 qn,
                 qp,
                 eps,
                 abs_mean,
                 per_row,
                 centered,
-                aux,
+                ste,
                 param,
             ))
         }
@@ -178,10 +168,9 @@ mod fused {
                         ops.parents,
                         ops.node,
                         grads,
-                        |grad| B::float_mul(grad, B::fused_lsq_aux(x, step, qn, qp, per_row, 0)),
+                        |grad| B::fused_lsq_grad(x, step, grad, qn, qp, per_row, false),
                         |grad| {
-                            let factor = B::fused_lsq_aux(x2, step2, qn, qp, per_row, 1);
-                            let terms = B::float_mul(grad, factor);
+                            let terms = B::fused_lsq_grad(x2, step2, grad, qn, qp, per_row, true);
                             let rank = terms.shape().num_dims();
                             let sums = if per_row {
                                 B::float_sum_dim(terms, rank - 1)
@@ -204,21 +193,23 @@ mod fused {
             }
         }
 
-        fn fused_lsq_aux(
+        fn fused_lsq_grad(
             x: FloatTensor<Self>,
             step: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
             qn: i32,
             qp: i32,
             per_row: bool,
-            aux: usize,
+            of_step: bool,
         ) -> FloatTensor<Self> {
-            FloatTensor::<Self>::new(B::fused_lsq_aux(
+            FloatTensor::<Self>::new(B::fused_lsq_grad(
                 x.into_primitive(),
                 step.into_primitive(),
+                grad.into_primitive(),
                 qn,
                 qp,
                 per_row,
-                aux,
+                of_step,
             ))
         }
     }

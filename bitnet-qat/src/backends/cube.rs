@@ -6,22 +6,10 @@ use bitnet_kernels::gpu::FakeQuant;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::fused::{FusedOutput, FusedQuantBackend, FusedSte};
+use crate::fused::{FusedQuantBackend, FusedSte};
 use crate::ops::QatBackend;
 
 impl QatBackend for CubeBackend {}
-
-/// The kernel that writes `output`.
-fn run(x: CubeTensor, quant: FakeQuant, output: FusedOutput) -> CubeTensor {
-    use bitnet_kernels::gpu;
-    match output {
-        FusedOutput::Quantized => gpu::fake_quantize(x, quant),
-        FusedOutput::ClipMask => gpu::clip_mask(x, quant),
-        FusedOutput::Residual => gpu::rounding_residual(x, quant),
-        FusedOutput::SoftValue(t) => gpu::soft_quantize(x, quant, t as f64),
-        FusedOutput::SoftSlope(t) => gpu::soft_slope(x, quant, t as f64),
-    }
-}
 
 impl FusedQuantBackend for CubeBackend {
     fn fused_fake_quant(
@@ -35,23 +23,34 @@ impl FusedQuantBackend for CubeBackend {
         ste: usize,
         param: f64,
     ) -> CubeTensor {
+        use bitnet_kernels::gpu;
         let quant = FakeQuant::new(qn, qp, eps, abs_mean, per_row, centered);
-        run(x, quant, FusedSte::decode(ste, param).forward_output())
+        match FusedSte::decode(ste, param) {
+            FusedSte::Soft(temperature) => gpu::soft_quantize(x, quant, temperature),
+            _ => gpu::fake_quantize(x, quant),
+        }
     }
 
-    fn fused_ste_aux(
+    fn fused_ste_grad(
         x: CubeTensor,
+        grad: CubeTensor,
         qn: i32,
         qp: i32,
         eps: f64,
         abs_mean: bool,
         per_row: bool,
         centered: bool,
-        aux: usize,
+        ste: usize,
         param: f64,
     ) -> CubeTensor {
+        use bitnet_kernels::gpu;
         let quant = FakeQuant::new(qn, qp, eps, abs_mean, per_row, centered);
-        run(x, quant, FusedOutput::decode(aux, param))
+        match FusedSte::decode(ste, param) {
+            FusedSte::Standard => grad,
+            FusedSte::Clipped => gpu::clipped_grad(x, grad, quant),
+            FusedSte::Adaptive(delta) => gpu::adaptive_grad(x, grad, quant, delta),
+            FusedSte::Soft(temperature) => gpu::soft_grad(x, grad, quant, temperature),
+        }
     }
 
     fn fused_lsq(
@@ -62,17 +61,18 @@ impl FusedQuantBackend for CubeBackend {
         per_row: bool,
         _grad_scale: f64,
     ) -> CubeTensor {
-        bitnet_kernels::gpu::lsq(x, step, qn, qp, per_row, 0)
+        bitnet_kernels::gpu::lsq(x, step, qn, qp, per_row)
     }
 
-    fn fused_lsq_aux(
+    fn fused_lsq_grad(
         x: CubeTensor,
         step: CubeTensor,
+        grad: CubeTensor,
         qn: i32,
         qp: i32,
         per_row: bool,
-        aux: usize,
+        of_step: bool,
     ) -> CubeTensor {
-        bitnet_kernels::gpu::lsq(x, step, qn, qp, per_row, aux as u32 + 1)
+        bitnet_kernels::gpu::lsq_grad(x, step, grad, qn, qp, per_row, of_step)
     }
 }

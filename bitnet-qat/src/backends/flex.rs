@@ -14,6 +14,7 @@ mod fused {
 
     use crate::fused::{
         FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, fake_quant_slice, lsq_slice,
+        ste_grad_slice,
     };
 
     /// `x` with a contiguous storage starting at 0, and the length of its last axis.
@@ -39,17 +40,19 @@ mod fused {
         FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
     }
 
-    /// Runs [`lsq_slice`] on the tensors' (contiguous) storage.
+    /// Runs [`lsq_slice`] on the tensors' (contiguous) storage; `grad`: the incoming gradient
+    /// and whether the step's terms are wanted.
     fn lsq(
         x: FlexTensor,
         step: FlexTensor,
         qn: i32,
         qp: i32,
         per_row: bool,
-        aux: Option<usize>,
+        grad: Option<(FlexTensor, bool)>,
     ) -> FlexTensor {
         let (x, row_len) = contiguous(x);
         let (step, _) = contiguous(step);
+        let grad = grad.map(|(g, of_step)| (contiguous(g).0, of_step));
         let out = lsq_slice(
             x.storage::<f32>(),
             step.storage::<f32>(),
@@ -57,7 +60,8 @@ mod fused {
             per_row,
             qn as f32,
             qp as f32,
-            aux,
+            grad.as_ref()
+                .map(|(g, of_step)| (g.storage::<f32>(), *of_step)),
         );
         FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
     }
@@ -78,19 +82,29 @@ mod fused {
             run(x, spec, FusedSte::decode(ste, param).forward_output())
         }
 
-        fn fused_ste_aux(
+        fn fused_ste_grad(
             x: FlexTensor,
+            grad: FlexTensor,
             qn: i32,
             qp: i32,
             eps: f64,
             abs_mean: bool,
             per_row: bool,
             centered: bool,
-            aux: usize,
+            ste: usize,
             param: f64,
         ) -> FlexTensor {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
-            run(x, spec, FusedOutput::decode(aux, param))
+            let (x, row_len) = contiguous(x);
+            let (grad, _) = contiguous(grad);
+            let out = ste_grad_slice(
+                x.storage::<f32>(),
+                grad.storage::<f32>(),
+                row_len,
+                spec,
+                FusedSte::decode(ste, param),
+            );
+            FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
         }
 
         fn fused_lsq(
@@ -104,15 +118,16 @@ mod fused {
             lsq(x, step, qn, qp, per_row, None)
         }
 
-        fn fused_lsq_aux(
+        fn fused_lsq_grad(
             x: FlexTensor,
             step: FlexTensor,
+            grad: FlexTensor,
             qn: i32,
             qp: i32,
             per_row: bool,
-            aux: usize,
+            of_step: bool,
         ) -> FlexTensor {
-            lsq(x, step, qn, qp, per_row, Some(aux))
+            lsq(x, step, qn, qp, per_row, Some((grad, of_step)))
         }
     }
 }

@@ -21,27 +21,29 @@ mod slice;
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 
 #[cfg_attr(not(feature = "flex"), allow(unused_imports))]
-pub(crate) use slice::{FusedOutput, fake_quant_slice, lsq_slice};
+pub(crate) use slice::{FusedOutput, fake_quant_slice, lsq_slice, ste_grad_slice};
 
 /// The statistic and layout of a fused fake quantization (the kernels' description).
 pub(crate) use bitnet_kernels::fake_quant::FakeQuant as FusedSpec;
 
-/// [`FusedQuantBackend::fused_ste_aux`] of `x` with `spec` on backend `B`.
-pub(crate) fn ste_aux<B: FusedQuantBackend>(
+/// [`FusedQuantBackend::fused_ste_grad`] of `x` with `spec` on backend `B`.
+pub(crate) fn ste_grad<B: FusedQuantBackend>(
     spec: &FusedSpec,
     x: FloatTensor<B>,
-    output: FusedOutput,
+    grad: FloatTensor<B>,
+    ste: FusedSte,
 ) -> FloatTensor<B> {
-    let (aux, param) = output.encode();
-    B::fused_ste_aux(
+    let (ste, param) = ste.encode();
+    B::fused_ste_grad(
         x,
+        grad,
         spec.qn,
         spec.qp,
         spec.eps,
         spec.abs_mean,
         spec.per_row,
         spec.centered,
-        aux,
+        ste,
         param,
     )
 }
@@ -59,8 +61,8 @@ pub trait FusedQuantBackend: Backend {
     /// STE `ste` ([`FusedSte::encode`], with its parameter `param`) sets the gradient `g` under
     /// autodiff: standard, `g`; clipped, `g` where `qn <= u <= qp`, else 0; adaptive (EWGS),
     /// `g + delta |g| e` with `e` the rounding residual; soft, the forward value is the soft
-    /// staircase at temperature `param` and the gradient its slope (the factors come from
-    /// [`fused_ste_aux`](FusedQuantBackend::fused_ste_aux)).
+    /// staircase at temperature `param` and the gradient its slope (the backward pass is
+    /// [`fused_ste_grad`](FusedQuantBackend::fused_ste_grad)).
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
     fn fused_fake_quant(
@@ -75,21 +77,23 @@ pub trait FusedQuantBackend: Backend {
         param: f64,
     ) -> FloatTensor<Self>;
 
-    /// With `u` as in [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant), the output
-    /// `aux` (`FusedOutput::encode`, with its temperature `param`): the clipped STE's mask (1
-    /// where `qn <= u <= qp`, else 0), EWGS's rounding residual `clamp(u) - code`, or the soft
-    /// staircase's slope. Not differentiable.
+    /// The STE `ste`'s gradient of [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant)
+    /// for the incoming gradient `grad` (same shape), with `u` as there: clipped, `grad` where
+    /// `qn <= u <= qp`, else 0; adaptive (EWGS, `param` = delta), `grad + delta |grad| e` with
+    /// `e = clamp(u) - code`; soft (`param` = the temperature), `grad` times the staircase's
+    /// slope. One pass (per tensor: two) over `x` and `grad`; not differentiable.
     #[fusion(dtype = x, shape = x)]
     #[allow(clippy::too_many_arguments)]
-    fn fused_ste_aux(
+    fn fused_ste_grad(
         x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
         qn: i32,
         qp: i32,
         eps: f64,
         abs_mean: bool,
         per_row: bool,
         centered: bool,
-        aux: usize,
+        ste: usize,
         param: f64,
     ) -> FloatTensor<Self>;
 
@@ -107,17 +111,20 @@ pub trait FusedQuantBackend: Backend {
         grad_scale: f64,
     ) -> FloatTensor<Self>;
 
-    /// LSQ's elementwise backward factors for `v = x / step`: `aux` 0, 1 where
-    /// `qn <= v <= qp`, else 0; 1, `round(v) - v` inside and `qn` / `qp` outside. Not
-    /// differentiable.
+    /// The terms of LSQ's gradients for the incoming gradient `grad` of
+    /// [`fused_lsq`](FusedQuantBackend::fused_lsq), with `v = x / step`: for `x` (`of_step`
+    /// false) `grad` where `qn <= v <= qp`, else 0; for the step, `grad` times `round(v) - v`
+    /// inside and `qn` / `qp` outside (to be summed per step). Not differentiable.
     #[fusion(dtype = x, shape = x)]
-    fn fused_lsq_aux(
+    #[allow(clippy::too_many_arguments)]
+    fn fused_lsq_grad(
         x: FloatTensor<Self>,
         step: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
         qn: i32,
         qp: i32,
         per_row: bool,
-        aux: usize,
+        of_step: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -198,6 +205,30 @@ impl FusedSte {
         match self {
             Self::Soft(temperature) => FusedOutput::SoftValue(temperature as f32),
             _ => FusedOutput::Quantized,
+        }
+    }
+
+    /// What the backward pass computes per element before [`FusedSte::grad`] combines it with
+    /// the incoming gradient: the clip mask, the rounding residual or the soft slope (`None`:
+    /// the standard STE passes the gradient through).
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    pub(crate) fn backward_output(self) -> Option<FusedOutput> {
+        match self {
+            Self::Standard => None,
+            Self::Clipped => Some(FusedOutput::ClipMask),
+            Self::Adaptive(_) => Some(FusedOutput::Residual),
+            Self::Soft(temperature) => Some(FusedOutput::SoftSlope(temperature as f32)),
+        }
+    }
+
+    /// The input gradient from the incoming gradient `g` and the factor `a` of
+    /// [`FusedSte::backward_output`]: EWGS `g + (|g| a) delta`, otherwise `g a` (as the GPU
+    /// kernels compute it).
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    pub(crate) fn grad(self, g: f32, a: f32) -> f32 {
+        match self {
+            Self::Adaptive(delta) => g + g.abs() * a * delta as f32,
+            _ => g * a,
         }
     }
 

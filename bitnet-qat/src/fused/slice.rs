@@ -3,7 +3,7 @@
 //! residual, on Rayon's pool for large buffers.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
-use super::FusedSpec;
+use super::{FusedSpec, FusedSte};
 
 /// What the fused op writes per element, for `u` on the integer grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,30 +18,6 @@ pub(crate) enum FusedOutput {
     SoftValue(f32),
     /// The soft staircase's derivative with respect to `x`.
     SoftSlope(f32),
-}
-
-impl FusedOutput {
-    /// The code the backend ops and the GPU kernels take, and the temperature (0 unless soft).
-    pub(crate) fn encode(self) -> (usize, f64) {
-        match self {
-            Self::Quantized => (0, 0.0),
-            Self::ClipMask => (1, 0.0),
-            Self::Residual => (2, 0.0),
-            Self::SoftValue(t) => (3, t as f64),
-            Self::SoftSlope(t) => (4, t as f64),
-        }
-    }
-
-    /// The inverse of [`FusedOutput::encode`] (unknown codes are the quantized value).
-    pub(crate) fn decode(code: usize, temperature: f64) -> Self {
-        match code {
-            1 => Self::ClipMask,
-            2 => Self::Residual,
-            3 => Self::SoftValue(temperature as f32),
-            4 => Self::SoftSlope(temperature as f32),
-            _ => Self::Quantized,
-        }
-    }
 }
 
 /// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
@@ -124,6 +100,30 @@ pub(crate) fn fake_quant_slice(
     out
 }
 
+/// The gradient of the fused fake quantization under `ste` for the incoming gradient `grad`
+/// (same length as `x`): the STE's factor per element ([`FusedSte::backward_output`]) combined
+/// with `grad` by [`FusedSte::grad`]; the standard STE passes `grad` through.
+pub(crate) fn ste_grad_slice(
+    x: &[f32],
+    grad: &[f32],
+    row_len: usize,
+    spec: FusedSpec,
+    ste: FusedSte,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let Some(output) = ste.backward_output() else {
+        return grad.to_vec();
+    };
+    let mut out = fake_quant_slice(x, row_len, spec, output);
+    let combine = |(o, g): (&mut f32, &f32)| *o = ste.grad(*g, *o);
+    if out.len() >= 1 << 15 {
+        out.par_iter_mut().zip(grad).for_each(combine);
+    } else {
+        out.iter_mut().zip(grad).for_each(combine);
+    }
+    out
+}
+
 /// Writes `output` for the elements `xs` of one scale group with scale `s` (and `center`, for
 /// the centered binary format): `u = (x - center) s`; the dequantized code
 /// (`clamp(round_half_even(u), qn, qp) / s`, binary `±1 / s` with `sign(0) = -1`), the clip
@@ -201,9 +201,9 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
 }
 
 /// LSQ on a contiguous f32 buffer with rows of `row_len` elements and `step` one value per row
-/// (`per_row`) or one in all: `aux` `None`, `round(clamp(v, qn, qp)) * step` for
-/// `v = x / step`; `Some(0)`, the inside mask; `Some(1)`, the step factor (`round(v) - v`
-/// inside, `qn` / `qp` outside).
+/// (`per_row`) or one in all, for `v = x / step`: without `grad`, `round(clamp(v, qn, qp)) *
+/// step`; with `(grad, of_step)`, `grad` times the inside mask (`of_step` false: the gradient
+/// of `x`) or times the step factor (`round(v) - v` inside, `qn` / `qp` outside).
 pub(crate) fn lsq_slice(
     x: &[f32],
     step: &[f32],
@@ -211,26 +211,28 @@ pub(crate) fn lsq_slice(
     per_row: bool,
     qn: f32,
     qp: f32,
-    aux: Option<usize>,
+    grad: Option<(&[f32], bool)>,
 ) -> Vec<f32> {
     let row_len = row_len.max(1);
     let mut out = vec![0f32; x.len()];
     for (r, (xr, or)) in x.chunks(row_len).zip(out.chunks_mut(row_len)).enumerate() {
         let st = if per_row { step[r] } else { step[0] };
-        for (o, v) in or.iter_mut().zip(xr) {
+        let start = r * row_len;
+        for (k, (o, v)) in or.iter_mut().zip(xr).enumerate() {
             let v = v / st;
             let c = v.clamp(qn, qp);
-            *o = match aux {
+            *o = match grad {
                 None => round_half_even_small(c) * st,
-                Some(0) => f32::from(u8::from(v >= qn && v <= qp)),
-                Some(_) => {
-                    if v < qn {
+                Some((g, false)) => g[start + k] * f32::from(u8::from(v >= qn && v <= qp)),
+                Some((g, true)) => {
+                    let factor = if v < qn {
                         qn
                     } else if v > qp {
                         qp
                     } else {
                         round_half_even_small(v) - v
-                    }
+                    };
+                    g[start + k] * factor
                 }
             };
         }

@@ -64,22 +64,65 @@ fn scaled_output(
     }
 }
 
+/// The STE's input gradient from the incoming gradient `g` and the factor `a` that
+/// [`scaled_output`] wrote for `output`: EWGS (2, the rounding residual) `g + (|g| a) delta`,
+/// otherwise (1, the clip mask; 4, the soft slope) `g a`.
+#[cube]
+fn with_gradient(a: f32, g: f32, delta: f32, #[comptime] output: u32) -> f32 {
+    if comptime![output == 2] {
+        g + g.abs() * a * delta
+    } else {
+        g * a
+    }
+}
+
+/// What the fake-quantization kernels write for element `i`: [`scaled_output`], or with
+/// `backward` the gradient [`with_gradient`] makes of it and `grad[i]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn element_output<F: Float>(
+    x: &Tensor<F>,
+    grad: &Tensor<F>,
+    i: usize,
+    center: f32,
+    s: f32,
+    qn: f32,
+    qp: f32,
+    param: f32,
+    #[comptime] centered: bool,
+    #[comptime] output: u32,
+    #[comptime] backward: bool,
+) -> f32 {
+    let v = f32::cast_from(x[i]);
+    let a = scaled_output(v, center, s, qn, qp, param, centered, output);
+    if comptime![backward] {
+        with_gradient(a, f32::cast_from(grad[i]), param, output)
+    } else {
+        a
+    }
+}
+
 /// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
 /// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or another
-/// `output` of [`scaled_output`]). One cube per row.
+/// `output` of [`scaled_output`]; with `backward`, that output applied to the gradient `grad`
+/// by [`with_gradient`]). `param`: the soft STE's temperature, or EWGS's delta. One cube per
+/// row.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fake_quant_rows_kernel<F: Float>(
     x: &Tensor<F>,
+    grad: &Tensor<F>,
     out: &mut Tensor<F>,
     rows: u32,
     row_len: u32,
     qn: f32,
     qp: f32,
     eps: f32,
-    temperature: f32,
+    param: f32,
     #[comptime] abs_mean: bool,
     #[comptime] centered: bool,
     #[comptime] output: u32,
+    #[comptime] backward: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = cube_index();
@@ -114,16 +157,8 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     let mut k = t;
     while k < len {
         let i = row * len + k;
-        let v = f32::cast_from(x[i]);
-        out[i] = F::cast_from(scaled_output(
-            v,
-            center,
-            s,
-            qn,
-            qp,
-            temperature,
-            centered,
-            output,
+        out[i] = F::cast_from(element_output(
+            x, grad, i, center, s, qn, qp, param, centered, output, backward,
         ));
         k += ROW_THREADS as usize;
     }
@@ -252,10 +287,12 @@ pub(crate) fn scale_kernel(
 /// the chunks of `chunk` elements of [`abs_partials_kernel`], one cube per chunk. `stats` holds
 /// `[s, center]` from [`scale_kernel`], or — `fold`, at most `ROW_THREADS` chunks — the
 /// `chunks` partials themselves, which every cube reduces to the scale (one launch fewer).
+/// `grad`, `param`, `backward`: as in [`fake_quant_rows_kernel`].
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_scale_kernel<F: Float>(
     x: &Tensor<F>,
+    grad: &Tensor<F>,
     stats: &Tensor<f32>,
     out: &mut Tensor<F>,
     len: u32,
@@ -264,11 +301,12 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     qn: f32,
     qp: f32,
     eps: f32,
-    temperature: f32,
+    param: f32,
     #[comptime] abs_mean: bool,
     #[comptime] centered: bool,
     #[comptime] fold: bool,
     #[comptime] output: u32,
+    #[comptime] backward: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let mut s = stats[0];
@@ -285,29 +323,23 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     let end = min(start + chunk as usize, len as usize);
     let mut i = start + UNIT_POS_X as usize;
     while i < end {
-        let v = f32::cast_from(x[i]);
-        out[i] = F::cast_from(scaled_output(
-            v,
-            center,
-            s,
-            qn,
-            qp,
-            temperature,
-            centered,
-            output,
+        out[i] = F::cast_from(element_output(
+            x, grad, i, center, s, qn, qp, param, centered, output, backward,
         ));
         i += ROW_THREADS as usize;
     }
 }
 
 /// LSQ, one element per thread: `v = x / step` with `step[row]` (`per_row`, rows of `row_len`)
-/// or `step[0]`; `output` 0, `round_half_even(clamp(v, qn, qp)) * step`; 1, 1 where
-/// `qn <= v <= qp`, else 0; 2, the step factor `round(v) - v` inside, `qn` / `qp` outside.
+/// or `step[0]`; `output` 0, `round_half_even(clamp(v, qn, qp)) * step`; 1, `grad` where
+/// `qn <= v <= qp`, else 0 (the gradient of `x`); 2, `grad` times the step factor
+/// `round(v) - v` inside, `qn` / `qp` outside (the terms of the step's gradient).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lsq_kernel<F: Float>(
     x: &Tensor<F>,
     step: &Tensor<F>,
+    grad: &Tensor<F>,
     out: &mut Tensor<F>,
     len: u32,
     row_len: u32,
@@ -327,15 +359,16 @@ pub(crate) fn lsq_kernel<F: Float>(
         let c = clamp(v, qn, qp);
         let mut r = c.round() * st;
         if comptime![output == 1] {
-            r = f32::cast_from(v >= qn && v <= qp);
+            r = f32::cast_from(grad[i]) * f32::cast_from(v >= qn && v <= qp);
         } else if comptime![output == 2] {
-            r = c.round() - v;
+            let mut factor = c.round() - v;
             if v < qn {
-                r = qn;
+                factor = qn;
             }
             if v > qp {
-                r = qp;
+                factor = qp;
             }
+            r = f32::cast_from(grad[i]) * factor;
         }
         out[i] = F::cast_from(r);
     }
