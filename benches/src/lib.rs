@@ -77,6 +77,36 @@ pub const SHAPES: [(usize, usize); 7] = [
 /// The activation row counts M of the measuring rules: GEMV, small batches, prefill.
 pub const MS: [usize; 5] = [1, 8, 32, 128, 512];
 
+/// The GPU kernels `f` launches (CubeCL's launch observer: every kernel issued while `f` runs,
+/// from any thread), or `None` in a build without a GPU runtime. `f` should end with a device
+/// sync so that lazily fused operations are issued inside the window.
+pub fn count_launches(f: impl FnOnce()) -> Option<usize> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use cubecl_runtime::logging::{LaunchObservation, LaunchObserver};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        struct Count(AtomicUsize);
+        impl LaunchObserver for Count {
+            fn launched(&self, _kernel: &'static str) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let watching = LaunchObservation::new(count.clone());
+        f();
+        drop(watching);
+        Some(count.0.load(Ordering::Relaxed))
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        f();
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! `qat-overhead`: the cost of a QAT training step against the full-precision step of the same
-//! model and batch (time and peak heap memory), on Flex.
+//! model and batch: time and peak heap memory, on Flex or (with the `wgpu` / `cuda` feature) a
+//! GPU, where it also counts each step's kernel launches.
 //!
 //! ```text
 //! cargo run --release --bin qat-overhead -- --json qat-overhead.json
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
 use bitnet_qat::quant::has_fused_kernels;
 use bitnet_qat::ste::Ste;
-use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
+use bitnet_qat_benches::{Stats, count_launches, interleaved, load_average, write_atomic};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
@@ -146,6 +147,9 @@ struct Variant {
     name: &'static str,
     stats: Stats,
     peak_step_bytes: usize,
+    /// GPU kernels launched by one step (GPU devices only): on a GPU where a small model's
+    /// step is bound by launch overhead, what its time follows.
+    launches_per_step: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +169,8 @@ struct Report {
     time_ratio_vs_linear: f64,
     memory_ratio_vs_norm_linear: f64,
     memory_ratio_vs_linear: f64,
+    /// Kernel launches of the QAT step over those of the RMSNorm+Linear step (GPU devices).
+    launch_ratio_vs_norm_linear: Option<f64>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -233,6 +239,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut || (step.borrow_mut())(2),
         ],
     );
+    // One more step of each, counting its kernel launches (GPU builds; the step ends with a
+    // device sync, so the lazily fused operations are issued inside the count).
+    let launches: Vec<Option<usize>> = if args.device == "flex" {
+        vec![None; 3]
+    } else {
+        (0..3)
+            .map(|i| count_launches(|| (step.borrow_mut())(i)))
+            .collect()
+    };
     let load_after = load_average();
     let median = |i: usize| stats[i].median_s;
     let report = Report {
@@ -248,14 +263,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         time_ratio_vs_linear: median(2) / median(0),
         memory_ratio_vs_norm_linear: peaks[2] as f64 / peaks[1] as f64,
         memory_ratio_vs_linear: peaks[2] as f64 / peaks[0] as f64,
+        launch_ratio_vs_norm_linear: launches[2]
+            .zip(launches[1])
+            .map(|(qat, fp)| qat as f64 / fp as f64),
         variants: names
             .iter()
             .zip(&stats)
             .zip(peaks)
-            .map(|((name, s), peak)| Variant {
+            .zip(&launches)
+            .map(|(((name, s), peak), launches)| Variant {
                 name,
                 stats: s.clone(),
                 peak_step_bytes: peak,
+                launches_per_step: *launches,
             })
             .collect(),
     };
@@ -271,17 +291,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.samples
     );
     println!(
-        "{:>12} {:>10} {:>10} {:>10} {:>14}",
-        "model", "median ms", "p10 ms", "p90 ms", "peak step MB"
+        "{:>12} {:>10} {:>10} {:>10} {:>14} {:>9}",
+        "model", "median ms", "p10 ms", "p90 ms", "peak step MB", "launches"
     );
     for v in &report.variants {
         println!(
-            "{:>12} {:>10.3} {:>10.3} {:>10.3} {:>14.2}",
+            "{:>12} {:>10.3} {:>10.3} {:>10.3} {:>14.2} {:>9}",
             v.name,
             v.stats.median_s * 1e3,
             v.stats.p10_s * 1e3,
             v.stats.p90_s * 1e3,
-            v.peak_step_bytes as f64 / 1e6
+            v.peak_step_bytes as f64 / 1e6,
+            v.launches_per_step
+                .map_or_else(|| "-".to_string(), |n| n.to_string())
         );
     }
     println!(
@@ -291,6 +313,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.time_ratio_vs_linear,
         report.memory_ratio_vs_linear
     );
+    if let Some(ratio) = report.launch_ratio_vs_norm_linear {
+        println!("QAT step / FP32 step: {ratio:.2}x kernel launches (vs RMSNorm+Linear)");
+    }
     if let Some(path) = &args.json {
         write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         println!("wrote {}", path.display());
