@@ -12,6 +12,10 @@
 //!   variants chosen at run time, two threads for large shapes.
 //! - [`burn_ext`] (feature `burn`, on with `flex` or `ndarray`): the `ternary_matmul` Burn
 //!   backend extension over packed weights held in ordinary tensors, with a tensor-op fallback.
+//! - `gpu` (feature `cube`, on with `wgpu`, `vulkan`, `metal`, `webgpu` or `cuda`): the CubeCL
+//!   kernels — ternary GEMV/GEMM, the fused QAT fake quantization and its STEs' gradients;
+//!   [`fake_quant`] describes a fused fake quantization, [`int8_dot`] chooses how the int8
+//!   kernel forms its dot products.
 
 pub mod activation;
 mod aligned;
@@ -24,6 +28,7 @@ pub mod fake_quant;
 pub mod file;
 #[cfg(feature = "cube")]
 pub mod gpu;
+pub mod int8_dot;
 pub mod packed;
 
 pub use error::{KernelError, Result};

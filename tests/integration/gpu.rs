@@ -136,13 +136,27 @@ const SHAPES: [(usize, usize, usize); 5] = [
 
 #[test]
 fn int8_products_are_bit_exact_on_the_gpu() {
+    use bitnet_kernels::int8_dot::{Int8Dot, set_int8_dot};
     let Some(gpu) = gpu_device() else { return };
-    for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
-        let c = case(m, rows, cols, ScaleKind::PerTensor, true, i as u64);
-        let cpu = run(&c, &Device::flex(), true);
-        let got = run(&c, &gpu, true);
-        assert!(cpu.iter().all(|v| v.fract() == 0.0), "integer products");
-        assert_eq!(got, cpu, "m={m} rows={rows} cols={cols}");
+    // Both ways of forming the dot products (lavapipe runs WGSL, where `Auto` takes the SWAR
+    // masks and `dp4a` is polyfilled). Other tests running meanwhile see the same sums.
+    for dot in [Int8Dot::Dp4a, Int8Dot::Swar, Int8Dot::Auto] {
+        set_int8_dot(dot);
+        for (i, &(m, rows, cols)) in SHAPES.iter().enumerate() {
+            for kind in kinds(cols) {
+                let c = case(m, rows, cols, kind, true, i as u64);
+                let cpu = run(&c, &Device::flex(), true);
+                let got = run(&c, &gpu, true);
+                let what = format!("{dot:?} {kind:?} m={m} rows={rows} cols={cols}");
+                if kind == ScaleKind::PerTensor {
+                    // Unit scales: the integer products themselves.
+                    assert!(cpu.iter().all(|v| v.fract() == 0.0), "integer products");
+                    assert_eq!(got, cpu, "{what}");
+                } else {
+                    assert_matches_cpu(&c, &got, &cpu, 1e-5, &what);
+                }
+            }
+        }
     }
 }
 

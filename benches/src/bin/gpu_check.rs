@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
+use bitnet_kernels::int8_dot::{Int8Dot, set_int8_dot};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use bitnet_qat_benches::{MS, SHAPES, Stats, load_average};
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorCreationOptions, TensorData};
@@ -230,8 +231,13 @@ struct Row {
     n: usize,
     k: usize,
     m: usize,
-    /// int8 activations quantized from f32, f32 output.
+    /// int8 activations quantized from f32, f32 output, dot products as the runtime's default
+    /// (`Int8Dot::Auto`: the faster of the two below where `dp4a` is a polyfill).
     ternary: Stats,
+    /// The same, forced to `dp4a` (native or polyfilled).
+    ternary_dp4a: Stats,
+    /// The same, forced to the SWAR masks.
+    ternary_swar: Stats,
     /// int8 activations quantized from f16, f16 output (the like-for-like of the f16 matmul).
     ternary_f16: Stats,
     /// f32 activations, no activation quantization.
@@ -298,10 +304,43 @@ fn main() {
     } else {
         args.samples
     };
+    // Which way `Int8Dot::Auto` forms the int8 dot products on this runtime.
+    let auto_swar = Int8Dot::Auto.takes_swar(match args.device {
+        Gpu::Cuda => "cuda",
+        // The `wgpu` feature compiles WGSL whatever the platform's graphics API.
+        Gpu::Wgpu => "wgpu<wgsl>",
+    });
     println!(
-        "\n| N×K | M | ternary int8 (f32 in/out) µs | ternary int8 (f16 in/out) µs | ternary f32-acts µs | f16 matmul µs | f32 matmul µs | × f16 | × f32 | weights GB/s |\n|---|---|---|---|---|---|---|---|---|---|"
+        "int8 dot products by default: {}",
+        if auto_swar { "SWAR masks" } else { "dp4a" }
+    );
+    println!(
+        "\n| N×K | M | ternary int8 dp4a µs | ternary int8 SWAR µs | ternary int8 (f16 in/out) µs | ternary f32-acts µs | f16 matmul µs | f32 matmul µs | × f16 | × f32 | weights GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut rows = Vec::new();
+    let write_json = |rows: &[Row], done: bool| {
+        let Some(path) = &args.json else { return };
+        let json = serde_json::json!({
+            "device": format!("{gpu:?}"),
+            "int8_dot_default": if auto_swar { "swar" } else { "dp4a" },
+            "checks_passed": passed,
+            "checks_failed": failed,
+            "load_before": load,
+            "load_after": load_average(),
+            "complete": done,
+            "rows": rows,
+        });
+        bitnet_kernels::file::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)
+                .expect("json")
+                .as_bytes(),
+        )
+        .expect("write json");
+        if done {
+            println!("wrote {}", path.display());
+        }
+    };
     for &(n, k) in &shapes {
         let (codes, scales) = weights(n, k, ScaleKind::PerTensor, 1, &gpu);
         let w32 = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), &gpu);
@@ -310,21 +349,27 @@ fn main() {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &gpu);
             let x16 = x.clone().cast(DType::F16);
             let reps = if m == 1 { 50 } else { 5 };
+            // The int8 product with each way of forming the dot products (set before the calls
+            // of a sample and read when their kernels launch, at the sync that ends it).
+            let int8 = |dot: Int8Dot| {
+                set_int8_dot(dot);
+                ternary_matmul(
+                    x.clone(),
+                    codes.clone(),
+                    scales.clone(),
+                    k,
+                    ScaleKind::PerTensor,
+                )
+            };
             let stats = time(
                 samples,
                 &gpu,
                 reps,
                 &mut [
+                    &mut || int8(Int8Dot::Dp4a),
+                    &mut || int8(Int8Dot::Swar),
                     &mut || {
-                        ternary_matmul(
-                            x.clone(),
-                            codes.clone(),
-                            scales.clone(),
-                            k,
-                            ScaleKind::PerTensor,
-                        )
-                    },
-                    &mut || {
+                        set_int8_dot(Int8Dot::Auto);
                         ternary_matmul(
                             x16.clone(),
                             codes.clone(),
@@ -346,11 +391,18 @@ fn main() {
                     &mut || x.clone().matmul(w32.clone()),
                 ],
             );
-            let [t, t16, tf, h, f]: [Stats; 5] = stats.try_into().expect("five variants");
+            let [dp4a, swar, t16, tf, h, f]: [Stats; 6] = stats.try_into().expect("six variants");
+            let t = if auto_swar {
+                swar.clone()
+            } else {
+                dp4a.clone()
+            };
             let row = Row {
                 n,
                 k,
                 m,
+                ternary_dp4a: dp4a,
+                ternary_swar: swar,
                 speedup_vs_f16: h.median_s / t16.median_s,
                 speedup_vs_f32: f.median_s / t.median_s,
                 weight_gbs: (n * k) as f64 / 4.0 / t.median_s / 1e9,
@@ -361,8 +413,9 @@ fn main() {
                 f32: f,
             };
             println!(
-                "| {n}×{k} | {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} |",
-                row.ternary.median_s * 1e6,
+                "| {n}×{k} | {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} |",
+                row.ternary_dp4a.median_s * 1e6,
+                row.ternary_swar.median_s * 1e6,
                 row.ternary_f16.median_s * 1e6,
                 row.ternary_f32_acts.median_s * 1e6,
                 row.f16.median_s * 1e6,
@@ -372,26 +425,11 @@ fn main() {
                 row.weight_gbs
             );
             rows.push(row);
+            // After every row, so that a run cut short keeps what it measured.
+            write_json(&rows, false);
         }
     }
-    if let Some(path) = args.json {
-        let json = serde_json::json!({
-            "device": format!("{gpu:?}"),
-            "checks_passed": passed,
-            "checks_failed": failed,
-            "load_before": load,
-            "load_after": load_average(),
-            "rows": rows,
-        });
-        bitnet_kernels::file::write_atomic(
-            &path,
-            serde_json::to_string_pretty(&json)
-                .expect("json")
-                .as_bytes(),
-        )
-        .expect("write json");
-        println!("wrote {}", path.display());
-    }
+    write_json(&rows, true);
     if failed > 0 {
         std::process::exit(1);
     }

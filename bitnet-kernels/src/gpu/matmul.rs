@@ -11,6 +11,7 @@ use super::dense::{FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M, dense_fits, dense_float,
 use super::kernels::{self, LANES, ROW_THREADS, ROWS_PER_CUBE, TILE_M};
 use super::{dims, float_elem, grid};
 use crate::burn_ext::ScaleKind;
+use crate::int8_dot::int8_dot;
 use crate::packed::{BLOCK, BLOCK_WORDS, padded_cols, words_per_row};
 
 /// Words of one scale group (the whole row for per-tensor and per-row scales).
@@ -178,6 +179,7 @@ pub fn ternary_matmul_int8(
         return dense_int8(x, op, cols, kind);
     }
     let dtype = float_elem(x.dtype);
+    let swar = int8_dot().takes_swar(op.codes.client.name());
     let (xq, row_scale) = quantize_rows(x, cols);
     let (count, dim) = op.grid();
     let tile = op.tile();
@@ -196,6 +198,7 @@ pub fn ternary_matmul_int8(
         (padded_cols(cols) / 4) as u32,
         group_words(kind, op.words) as u32,
         tile,
+        swar,
         dtype,
     );
     op.out

@@ -4,8 +4,9 @@
 //!
 //! - [`ternary_matmul_int8`]: BitNet's int8 per-row activations (one cube per row: absmax,
 //!   scale, round half to even, four codes per `u32`), then `dp4a` against the packed codes
-//!   (native on CUDA and SPIR-V, a portable byte polyfill in WGSL). Integer results are exact;
-//!   the float output equals the CPU kernels' to float rounding.
+//!   where the runtime has it natively (CUDA, SPIR-V) and SWAR byte masks where `dp4a` would be
+//!   a byte-by-byte polyfill (WGSL, MSL; see [`Int8Dot`](crate::int8_dot::Int8Dot)). Integer results are exact; the float
+//!   output equals the CPU kernels' to float rounding.
 //! - [`ternary_matmul_float`]: float activations times ternary weights, no multiplication.
 //! - Many activation rows ([`INT8_DENSE_MIN_M`], [`FLOAT_DENSE_MIN_M`]): the dense route,
 //!   Burn's matmul on the unpacked weights.

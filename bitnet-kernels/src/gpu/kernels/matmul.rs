@@ -57,12 +57,41 @@ fn signed_codes(word: u32, shift: u32) -> i32 {
     i32::cast_from((codes + 0x7F7F_7F7Fu32) ^ 0x8080_8080u32)
 }
 
+/// Byte masks of the four codes `(word >> shift) & 0x03030303` for [`ternary_int8_kernel`]'s
+/// SWAR path: `(keep, flip)` with `keep` 0xFF where the code is 0 or 2 (weight -1 or +1) and
+/// `flip` 0x80 where it is 2, 0x7F where it is 0. For an int8 activation byte `a`,
+/// `(a ^ flip) & keep` is `a + 128` under a +1, `127 - a` under a -1 and 0 under a 0.
+#[cube]
+fn swar_masks(word: u32, shift: u32) -> (u32, u32) {
+    let codes = (word >> shift) & 0x0303_0303u32;
+    let low = codes & 0x0101_0101u32;
+    let keep = (low ^ 0x0101_0101u32) * 0xFFu32;
+    let negative = ((codes | (codes >> 1u32)) & 0x0101_0101u32) ^ 0x0101_0101u32;
+    (keep, (negative * 0xFFu32) ^ 0x8080_8080u32)
+}
+
+/// The sum of the four bytes of `(a ^ flip) & keep` ([`swar_masks`]) as two 16-bit lanes:
+/// summed over up to 32 words (4 codes × 4 bytes each, at most 510 per lane and code) before
+/// a lane can overflow.
+#[cube]
+fn swar_lanes(a: u32, keep: u32, flip: u32) -> u32 {
+    let selected = (a ^ flip) & keep;
+    (selected & 0x00FF_00FFu32) + ((selected >> 8u32) & 0x00FF_00FFu32)
+}
+
 /// `y[r, j] = Σ_k q(x)[r, k] (code[j, k] - 1) / (s_x[r] s_w)` with int8 activations and `dp4a`.
 /// Cube: `LANES × ROWS_PER_CUBE` threads; lanes split the words of output row `j`, and each
 /// thread applies every weight word it loads to the `tile` activation rows of its tile (1 for a
 /// GEMV, `TILE_M` otherwise: a compile-time constant, so the accumulators are registers).
 /// `group_words`: the words of one scale group (the whole row for per-tensor and per-row
 /// scales).
+///
+/// `swar`, for runtimes whose `dp4a` is a byte-by-byte polyfill (WGSL, MSL): the same exact
+/// sums with SIMD-within-a-register masks instead of `dp4a` — per word of 16 weights, the
+/// selected bytes ([`swar_masks`], [`swar_lanes`]) summed in two 16-bit lanes, less
+/// `128 n₊ + 127 n₋` for the `n₊` codes 2 and `n₋` codes 0 of the word (popcounts: code 3
+/// never occurs, so `n₊ = popcount(word & 0xAAAAAAAA)`, `n₋ = 16 - popcount(word)`): in the
+/// generated WGSL GEMV loop 123 operations per weight word against the polyfill's 195.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ternary_int8_kernel<F: Float>(
@@ -77,6 +106,7 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
     act_words: u32,
     group_words: u32,
     #[comptime] tile: u32,
+    #[comptime] swar: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X as usize;
@@ -106,14 +136,41 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
             while w < (g + 1) * group_words {
                 let word = codes[j * words + w];
                 let base = (w / 16) * 64 + (w % 16);
-                #[unroll]
-                for q in 0..4u32 {
-                    let c = signed_codes(word, 6 - 2 * q);
+                if comptime![swar] {
+                    let mut lanes = Array::<u32>::new(tile as usize);
                     #[unroll]
                     for t in 0..tile as usize {
-                        if t < live {
-                            let a = xq[(r0 + t) * act_words + base + 16 * q as usize];
-                            dot[t] = dp4a(i32::cast_from(a), c, dot[t]);
+                        lanes[t] = 0u32;
+                    }
+                    #[unroll]
+                    for q in 0..4u32 {
+                        let (keep, flip) = swar_masks(word, 6 - 2 * q);
+                        #[unroll]
+                        for t in 0..tile as usize {
+                            if t < live {
+                                let a = xq[(r0 + t) * act_words + base + 16 * q as usize];
+                                lanes[t] += swar_lanes(a, keep, flip);
+                            }
+                        }
+                    }
+                    let positive = i32::cast_from((word & 0xAAAA_AAAAu32).count_ones());
+                    let negative = 16i32 - i32::cast_from(word.count_ones());
+                    let bias = 128i32 * positive + 127i32 * negative;
+                    #[unroll]
+                    for t in 0..tile as usize {
+                        let sum = (lanes[t] & 0xFFFFu32) + (lanes[t] >> 16u32);
+                        dot[t] += i32::cast_from(sum) - bias;
+                    }
+                } else {
+                    #[unroll]
+                    for q in 0..4u32 {
+                        let c = signed_codes(word, 6 - 2 * q);
+                        #[unroll]
+                        for t in 0..tile as usize {
+                            if t < live {
+                                let a = xq[(r0 + t) * act_words + base + 16 * q as usize];
+                                dot[t] = dp4a(i32::cast_from(a), c, dot[t]);
+                            }
                         }
                     }
                 }
