@@ -41,14 +41,14 @@ pub(crate) fn fake_quant_slice(
     };
     let stat = |xs: &[f32]| {
         if spec.abs_mean {
-            xs.iter().map(|v| v.abs()).sum::<f32>() / xs.len() as f32
+            lane_sum(xs, f32::abs) / xs.len() as f32
         } else {
-            xs.iter().fold(0f32, |m, v| m.max(v.abs()))
+            lane_abs_max(xs)
         }
     };
     let mean = |xs: &[f32]| {
         if spec.centered {
-            xs.iter().sum::<f32>() / xs.len() as f32
+            lane_sum(xs, |v| v) / xs.len() as f32
         } else {
             0.0
         }
@@ -71,20 +71,36 @@ pub(crate) fn fake_quant_slice(
             run((x, &mut out));
         }
     } else {
-        // Sums in f32, in one order whatever the thread count.
-        let chunked_sum = |f: fn(f32) -> f32| -> f32 {
-            x.chunks(TASK)
-                .map(|c| c.iter().map(|&v| f(v)).sum::<f32>())
-                .sum()
+        // Sums in f32, in one order whatever the thread count: per task, then the tasks' in
+        // order.
+        // `abs`: of `|x|`, else of `x` (two monomorphic calls, so that each inlines).
+        let chunked_sum = |abs: bool| -> f32 {
+            let task_sum = |c: &[f32]| {
+                if abs {
+                    lane_sum(c, f32::abs)
+                } else {
+                    lane_sum(c, |v| v)
+                }
+            };
+            let partials: Vec<f32> = if parallel {
+                x.par_chunks(TASK).map(task_sum).collect()
+            } else {
+                x.chunks(TASK).map(task_sum).collect()
+            };
+            partials.iter().sum()
         };
         let n = x.len().max(1) as f32;
         let stat = if spec.abs_mean {
-            chunked_sum(f32::abs) / n
+            chunked_sum(true) / n
+        } else if parallel {
+            x.par_chunks(TASK)
+                .map(lane_abs_max)
+                .reduce(|| 0.0, f32::max)
         } else {
-            stat(x)
+            lane_abs_max(x)
         };
         let center = if spec.centered {
-            chunked_sum(|v| v) / n
+            chunked_sum(false) / n
         } else {
             0.0
         };
@@ -122,6 +138,39 @@ pub(crate) fn ste_grad_slice(
         out.iter_mut().zip(grad).for_each(combine);
     }
     out
+}
+
+/// Accumulators of [`lane_sum`] and [`lane_abs_max`]: independent lanes the compiler keeps in
+/// one SIMD register, instead of one chain of dependent adds.
+const LANES: usize = 8;
+
+/// `Σ f(x)` over `xs` in f32, in [`LANES`] interleaved partial sums added in a fixed order.
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    rest.iter().fold(acc.iter().sum(), |total, &v| total + f(v))
+}
+
+/// `max |x|` over `xs` (0 for none; NaN values are passed over, as `f32::max` does).
+fn lane_abs_max(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v.abs());
+        }
+    }
+    rest.iter()
+        .fold(acc.iter().fold(0f32, |m, &a| m.max(a)), |m, &v| {
+            m.max(v.abs())
+        })
 }
 
 /// Writes `output` for the elements `xs` of one scale group with scale `s` (and `center`, for
@@ -243,6 +292,22 @@ pub(crate) fn lsq_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lane_reductions_match_the_plain_ones() {
+        for len in [0usize, 1, 7, 8, 9, 300, 1027] {
+            let xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 8.0)
+                .collect();
+            // Multiples of 1/8: every partial sum is exact, so the order cannot matter.
+            let plain: f32 = xs.iter().map(|v| v.abs()).sum();
+            assert_eq!(lane_sum(&xs, f32::abs), plain, "{len}");
+            assert_eq!(lane_sum(&xs, |v| v), xs.iter().sum::<f32>(), "{len}");
+            let max = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(lane_abs_max(&xs), max, "{len}");
+        }
+        assert_eq!(lane_abs_max(&[1.0, f32::NAN, -3.0]), 3.0);
+    }
 
     #[test]
     fn small_rounding_is_half_to_even() {
