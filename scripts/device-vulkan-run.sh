@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The device check through Vulkan on an NVIDIA machine without a CUDA build: gpu-check and
-# qat-overhead built on the development machine with
-#   cargo build --release -p bitnet-qat-benches --features wgpu --bin gpu-check --bin qat-overhead
-# (stripped, gzipped next to this script as gpu-check.gz and qat-overhead.gz, with Debian's
-# libvulkan.so.1), the NVIDIA EGL library as the Vulkan ICD. Writes JSON to $OUT.
+# qat-overhead built on the development machine by scripts/device-stage.sh (`wgpu`: WGSL; and
+# gpu-check-vulkan: SPIR-V), stripped and gzipped next to this script with Debian's
+# libvulkan.so.1, the NVIDIA EGL library as the Vulkan ICD. Writes JSON to $OUT; one call of
+# at most ~8.5 minutes: five QAT steps (36 s each) first, the open target; then gpu-check (220 s)
+# and the SPIR-V check (90 s).
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 bin=/tmp/bitnet-gpu; mkdir -p $bin
-for f in gpu-check qat-overhead; do gunzip -c "$here/$f.gz" > "$bin/$f"; chmod +x "$bin/$f"; done
+for f in gpu-check gpu-check-vulkan qat-overhead; do
+  [ -f "$here/$f.gz" ] && { gunzip -c "$here/$f.gz" > "$bin/$f"; chmod +x "$bin/$f"; }
+done
 echo "== machine"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3
 ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1 | head
 # Headless: the GLX ICD cannot create an instance here; the EGL one can.
@@ -20,15 +23,22 @@ if [ -n "$glx" ]; then
 fi
 export LD_LIBRARY_PATH="$here:/usr/local/nvidia/lib64:/usr/lib:${LD_LIBRARY_PATH:-}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-echo "== gpu-check (wgpu)"
-timeout 300 "$bin/gpu-check" --device wgpu --samples 11 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
-echo "exit ${PIPESTATUS[0]}"
 # The QAT step against the full-precision step: BitLinear as BitNet has it, its two quantizers
 # alone, and the clipped and LSQ weight STEs.
 for v in "full standard" "weights standard" "activations standard" "full clipped" "full lsq"; do
   set -- $v
   echo "== qat-overhead (wgpu) --bitlinear $1 --weight-ste $2"
-  timeout 40 "$bin/qat-overhead" --device wgpu --samples 21 --bitlinear "$1" --weight-ste "$2" \
+  timeout 36 "$bin/qat-overhead" --device wgpu --samples 21 --bitlinear "$1" --weight-ste "$2" \
     --json "$OUT/qat-overhead-wgpu-$1-$2.json" 2>&1 | tail -6
   echo "exit ${PIPESTATUS[0]}"
 done
+echo "== gpu-check (wgpu: WGSL)"
+timeout 220 "$bin/gpu-check" --device wgpu --samples 11 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
+echo "exit ${PIPESTATUS[0]}"
+# SPIR-V (native dp4a where the driver has it): the kernel checks and the LLaMA FFN GEMVs.
+if [ -x "$bin/gpu-check-vulkan" ]; then
+  echo "== gpu-check (vulkan: SPIR-V)"
+  timeout 90 "$bin/gpu-check-vulkan" --device vulkan --samples 11 --shape 4096x11008 \
+    --shape 11008x4096 --m 1 --m 8 --json "$OUT/gpu-check-vulkan.json" 2>&1 | tail -12
+  echo "exit ${PIPESTATUS[0]}"
+fi

@@ -81,7 +81,7 @@ pub const MS: [usize; 5] = [1, 8, 32, 128, 512];
 /// from any thread), or `None` in a build without a GPU runtime. `f` should end with a device
 /// sync so that lazily fused operations are issued inside the window.
 pub fn count_launches(f: impl FnOnce()) -> Option<usize> {
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    #[cfg(any(feature = "wgpu", feature = "cuda", feature = "vulkan"))]
     {
         use cubecl_runtime::logging::{LaunchObservation, LaunchObserver};
         use std::sync::Arc;
@@ -100,7 +100,7 @@ pub fn count_launches(f: impl FnOnce()) -> Option<usize> {
         drop(watching);
         Some(count.0.load(Ordering::Relaxed))
     }
-    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    #[cfg(not(any(feature = "wgpu", feature = "cuda", feature = "vulkan")))]
     {
         f();
         None

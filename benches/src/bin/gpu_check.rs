@@ -22,8 +22,10 @@ use serde::Serialize;
 enum Gpu {
     /// `Device::cuda(0)` (feature `cuda`).
     Cuda,
-    /// `Device::wgpu(DefaultDevice)` (feature `wgpu`).
+    /// `Device::wgpu(DefaultDevice)` (feature `wgpu`: WGSL).
     Wgpu,
+    /// `Device::vulkan(DefaultDevice)` (feature `vulkan`: SPIR-V).
+    Vulkan,
 }
 
 /// Correctness of the GPU kernels against the CPU, then their speed against Burn's matmul.
@@ -73,8 +75,10 @@ fn device(gpu: Gpu) -> Device {
         Gpu::Cuda => Device::cuda(0),
         #[cfg(feature = "wgpu")]
         Gpu::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "vulkan")]
+        Gpu::Vulkan => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         #[allow(unreachable_patterns)]
-        other => panic!("{other:?} needs the matching cargo feature (cuda / wgpu)"),
+        other => panic!("{other:?} needs the matching cargo feature (cuda / wgpu / vulkan)"),
     }
 }
 
@@ -309,6 +313,7 @@ fn main() {
         Gpu::Cuda => "cuda",
         // The `wgpu` feature compiles WGSL whatever the platform's graphics API.
         Gpu::Wgpu => "wgpu<wgsl>",
+        Gpu::Vulkan => "wgpu<spirv>",
     });
     println!(
         "int8 dot products by default: {}",

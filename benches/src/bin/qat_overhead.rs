@@ -65,7 +65,7 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// `flex` (CPU) or, with the `wgpu` / `cuda` feature, `wgpu` / `cuda` (each step ends with
+    /// `flex` (CPU) or, with the `wgpu` / `vulkan` / `cuda` feature, that GPU (each step ends with
     /// a device sync; the peak-memory column counts host allocations only).
     #[arg(long, default_value = "flex")]
     device: String,
@@ -180,6 +180,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flex" => Device::flex(),
         #[cfg(feature = "wgpu")]
         "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
         other => return Err(format!("unknown or disabled device {other:?}").into()),
