@@ -13,8 +13,9 @@
 #   (qat-overhead is taken from the same folder as GPU_CHECK_BIN)
 #
 # Building `cuda` needs network access beyond crates.io: cubecl-cuda 0.11.3 depends on
-# cubecl-llvm, whose build script downloads an LLVM bundle from github.com/tracel-ai. Without
-# it, build with `--features wgpu` and run `--device wgpu` (Vulkan on the NVIDIA driver).
+# cubecl-llvm, whose build script downloads an LLVM bundle from github.com/tracel-ai (or takes
+# it from ~/.cache/tracel: docs/gpu.md, "CUDA offline"). When that build fails and the Vulkan
+# loader is installed, the script goes on with `wgpu` alone (Vulkan on the NVIDIA driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
@@ -23,16 +24,26 @@ vulkan=0
 if ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
   vulkan=1
 fi
+default_devices="cuda$([ "$vulkan" = 1 ] && echo ' wgpu')"
 if [ -z "$bin" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitnet-qat-target}"
+  build() {
+    cargo build --release -p bitnet-qat-benches --features "$1" --bin gpu-check --bin qat-overhead
+  }
   features=cuda
   [ "$vulkan" = 1 ] && features=cuda,wgpu
-  cargo build --release -p bitnet-qat-benches --features "$features" --bin gpu-check --bin qat-overhead
+  if ! build "$features"; then
+    # Usually cubecl-llvm's download of its LLVM bundle (see docs/gpu.md, "CUDA offline").
+    [ "$vulkan" = 1 ] || { echo "the cuda build failed and there is no Vulkan loader" >&2; exit 1; }
+    echo "== the cuda build failed: checking through Vulkan (wgpu) only" >&2
+    build wgpu
+    default_devices=wgpu
+  fi
   bin="$CARGO_TARGET_DIR/release/gpu-check"
 fi
 overhead="$(dirname "$bin")/qat-overhead"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-devices="${GPU_CHECK_DEVICES:-cuda$([ "$vulkan" = 1 ] && echo ' wgpu')}"
+devices="${GPU_CHECK_DEVICES:-$default_devices}"
 status=0
 for d in $devices; do
   echo "== $d"
