@@ -202,9 +202,20 @@ impl Numeric for QatMetric {
 /// Registers every [`QatMetric`] as a training metric of `training`.
 ///
 /// # Example
-/// ```ignore
-/// let training = with_qat_metrics(SupervisedTraining::new(dir, train, valid))
-///     .metrics((AccuracyMetric::new(), LossMetric::new()));
+/// ```
+/// use bitnet_qat::train::{QatStats, with_qat_metrics};
+/// use burn::train::metric::Adaptor;
+/// use burn::train::{LearnerModel, SupervisedTraining, TrainStep};
+///
+/// /// Any model whose training output adapts to `QatStats`, as `QatClassificationOutput` does
+/// /// (`examples/train_fashion_mnist.rs` has one).
+/// fn with_dashboard<M>(training: SupervisedTraining<M>) -> SupervisedTraining<M>
+/// where
+///     M: LearnerModel,
+///     <M as TrainStep>::Output: Adaptor<QatStats>,
+/// {
+///     with_qat_metrics(training)
+/// }
 /// ```
 pub fn with_qat_metrics<M>(mut training: SupervisedTraining<M>) -> SupervisedTraining<M>
 where

@@ -14,8 +14,13 @@ use burn::train::renderer::{
 /// terminal).
 ///
 /// # Example
-/// ```ignore
-/// SupervisedTraining::new(dir, train, valid).renderer(Box::new(QuietRenderer::new()))
+/// ```
+/// use bitnet_qat::train::QuietRenderer;
+/// use burn::train::{LearnerModel, SupervisedTraining};
+///
+/// fn quietly<M: LearnerModel>(training: SupervisedTraining<M>) -> SupervisedTraining<M> {
+///     training.renderer(Box::new(QuietRenderer::new()))
+/// }
 /// ```
 pub struct QuietRenderer {
     out: Box<dyn Write + Send + Sync>,

@@ -326,9 +326,20 @@ impl QatState {
 /// every [`QatPlan::stats_every`] steps, records the weight statistics and the flip rate.
 ///
 /// # Example
-/// ```ignore
-/// fn optimize(self, optim: &mut ModuleOptimizer, lr: ModuleLearningRate, grads: GradientsParams) -> Self {
-///     bitnet_qat::train::optimize(self, optim, lr, grads)
+/// The body of `TrainStep::optimize` for a QAT model (`examples/train_fashion_mnist.rs` has the
+/// whole model):
+/// ```
+/// use bitnet_qat::train::{QatTrainModel, optimize};
+/// use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+/// use burn::optim::{GradientsParams, ModuleOptimizer};
+///
+/// fn optimize_step<M: QatTrainModel>(
+///     model: M,
+///     optim: &mut ModuleOptimizer,
+///     lr: ModuleLearningRate,
+///     grads: GradientsParams,
+/// ) -> M {
+///     optimize(model, optim, lr, grads)
 /// }
 /// ```
 pub fn optimize<M: QatTrainModel>(
