@@ -131,6 +131,25 @@ fn fused_fake_quantization_keeps_f16_on_the_gpu() {
             &format!("{:?}", config.format),
         );
     }
+    // The fused backward pass reads and writes f16 too: the clipped STE's gradient of a sum is
+    // its 0/1 mask, exact in f16.
+    let clipped_grad = |x: Tensor<2>| {
+        let x = x.require_grad();
+        let q = quantize_ste(x.clone(), &QuantConfig::ternary(), &Ste::Clipped).unwrap();
+        let grads = q.sum().backward();
+        let g = x.grad(&grads).unwrap();
+        (g.dtype(), values(g))
+    };
+    let x = Tensor::<2>::from_data(x16.to_data(), &gpu.clone().autodiff()).cast(DType::F16);
+    let (dtype, got) = clipped_grad(x);
+    assert_eq!(dtype, DType::F16);
+    let x = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(rounded, [6, 96]),
+        &cpu.autodiff(),
+    );
+    let (_, expected) = clipped_grad(x);
+    assert_eq!(got, expected, "f16 clipped gradient");
+    assert!(got.contains(&0.0) && got.contains(&1.0), "the mask clips");
 }
 
 #[test]
