@@ -3,8 +3,8 @@
 # qat-overhead built on the development machine by scripts/device-stage.sh (`wgpu`: WGSL; and
 # gpu-check-vulkan: SPIR-V), stripped and gzipped next to this script with Debian's
 # libvulkan.so.1, the NVIDIA EGL library as the Vulkan ICD. Writes JSON to $OUT; one call of
-# at most ~8.5 minutes: five QAT steps (36 s each) first, the open target; then gpu-check (220 s)
-# and the SPIR-V check (90 s).
+# at most ~9 minutes: five QAT steps (36 s each) and one with a 4096-wide model (45 s) first,
+# the open target; then gpu-check (200 s) and the SPIR-V check (90 s).
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 bin=/tmp/bitnet-gpu; mkdir -p $bin
@@ -32,8 +32,13 @@ for v in "full standard" "weights standard" "activations standard" "full clipped
     --json "$OUT/qat-overhead-wgpu-$1-$2.json" 2>&1 | tail -6
   echo "exit ${PIPESTATUS[0]}"
 done
+# The same step where the matmuls, not the launches, set the time: MLP 784-4096-4096-10.
+echo "== qat-overhead (wgpu) --hidden 4096 --batch 2048"
+timeout 45 "$bin/qat-overhead" --device wgpu --samples 21 --hidden 4096 --batch 2048 \
+  --json "$OUT/qat-overhead-wgpu-hidden4096.json" 2>&1 | tail -6
+echo "exit ${PIPESTATUS[0]}"
 echo "== gpu-check (wgpu: WGSL)"
-timeout 220 "$bin/gpu-check" --device wgpu --samples 11 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
+timeout 200 "$bin/gpu-check" --device wgpu --samples 11 --json "$OUT/gpu-check-wgpu.json" 2>&1 | tail -60
 echo "exit ${PIPESTATUS[0]}"
 # SPIR-V (native dp4a where the driver has it): the kernel checks and the LLaMA FFN GEMVs.
 if [ -x "$bin/gpu-check-vulkan" ]; then

@@ -6,7 +6,8 @@
 //! cargo run --release --bin qat-overhead -- --json qat-overhead.json
 //! ```
 //!
-//! Models: an MLP 784-256-256-10 (Fashion-MNIST sized, synthetic data) built three ways —
+//! Models: an MLP 784-H-H-10 (H = `--hidden`, 256 by default: Fashion-MNIST sized; synthetic
+//! data) built three ways —
 //! `linear` (Burn `Linear`), `norm-linear` (RMSNorm + `Linear`, the FP32 twin of `BitLinear`) and
 //! `bitlinear` (W1.58 A8 with RMSNorm). One step = forward, cross-entropy, backward, Adam.
 //! Variants are interleaved, at least 21 samples each, medians reported.
@@ -65,6 +66,10 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Width of the two hidden layers (256: launch-bound on a GPU; 4096 with a large batch: bound
+    /// by the matmuls).
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
     /// `flex` (CPU) or, with the `wgpu` / `vulkan` / `cuda` feature, that GPU (each step ends with
     /// a device sync; the peak-memory column counts host allocations only).
     #[arg(long, default_value = "flex")]
@@ -99,8 +104,8 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(kind: &str, quantizers: &str, ste: Ste, device: &Device) -> Self {
-        let sizes = [784, 256, 256, 10];
+    fn new(kind: &str, hidden: usize, quantizers: &str, ste: Ste, device: &Device) -> Self {
+        let sizes = [784, hidden, hidden, 10];
         let layers = sizes
             .windows(2)
             .map(|w| match kind {
@@ -160,6 +165,7 @@ struct Report {
     /// The weight STE.
     weight_ste: String,
     batch: usize,
+    hidden: usize,
     samples: usize,
     load_average_before: f64,
     load_average_after: f64,
@@ -216,7 +222,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names = ["linear", "norm-linear", "bitlinear"];
     let mut models: Vec<Option<Mlp>> = names
         .iter()
-        .map(|n| Some(Mlp::new(n, &args.bitlinear, ste, &device)))
+        .map(|n| Some(Mlp::new(n, args.hidden, &args.bitlinear, ste, &device)))
         .collect();
     let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
     let mut peaks = [0usize; 3];
@@ -257,6 +263,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fused_fake_quant: fused,
         weight_ste: args.weight_ste.clone(),
         batch: args.batch,
+        hidden: args.hidden,
         samples: args.samples,
         load_average_before: load_before,
         load_average_after: load_after,
@@ -282,7 +289,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     };
     println!(
-        "device {} | fake quantization {} | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
+        "device {} | fake quantization {} | MLP 784-{h}-{h}-10 | batch {} | samples {} | load average {load_before:.2} -> {load_after:.2}",
         args.device,
         match (fused, ste) {
             (true, Ste::Standard) => "fused kernels".to_string(),
@@ -290,7 +297,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (false, _) => "portable tensor ops".to_string(),
         },
         args.batch,
-        args.samples
+        args.samples,
+        h = args.hidden
     );
     println!(
         "{:>12} {:>10} {:>10} {:>10} {:>14} {:>9}",
