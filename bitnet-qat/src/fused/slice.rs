@@ -20,11 +20,6 @@ pub(crate) enum FusedOutput {
     SoftSlope(f32),
 }
 
-/// Below this many elements one thread is faster.
-const PARALLEL: usize = 1 << 15;
-/// Elements per parallel task.
-const TASK: usize = 1 << 14;
-
 /// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
 /// elements, on Rayon's pool for large buffers.
 pub(crate) fn fake_quant_slice(
@@ -34,6 +29,10 @@ pub(crate) fn fake_quant_slice(
     output: FusedOutput,
 ) -> Vec<f32> {
     use rayon::prelude::*;
+    /// Below this many elements one thread is faster.
+    const PARALLEL: usize = 1 << 15;
+    /// Elements per parallel task.
+    const TASK: usize = 1 << 14;
     let (qn, qp) = (spec.qn as f32, spec.qp as f32);
     // As the tensor path: s = qp / max(stat, eps).
     let group = |stat: f32, center: f32| (qp / stat.max(spec.eps as f32), center);
@@ -263,28 +262,18 @@ pub(crate) fn lsq_slice(
     qp: f32,
     grad: Option<(&[f32], bool)>,
 ) -> Vec<f32> {
-    use rayon::prelude::*;
     let row_len = row_len.max(1);
     let mut out = vec![0f32; x.len()];
-    // Whole rows per task; `first` is the task's first row. One loop per output, so that each
-    // vectorizes.
-    let run = |first: usize, xs: &[f32], os: &mut [f32]| {
-        let rows = xs.chunks(row_len).zip(os.chunks_mut(row_len)).enumerate();
-        for (i, (xr, or)) in rows {
-            let r = first + i;
-            let st = if per_row { step[r] } else { step[0] };
-            let gr = grad.map(|(g, of_step)| (&g[r * row_len..r * row_len + xr.len()], of_step));
-            let pairs = or.iter_mut().zip(xr);
-            match gr {
-                None => pairs.for_each(|(o, v)| {
-                    *o = round_half_even_small((v / st).clamp(qn, qp)) * st;
-                }),
-                Some((g, false)) => pairs.zip(g).for_each(|((o, v), g)| {
-                    let v = v / st;
-                    *o = g * f32::from(u8::from(v >= qn && v <= qp));
-                }),
-                Some((g, true)) => pairs.zip(g).for_each(|((o, v), g)| {
-                    let v = v / st;
+    for (r, (xr, or)) in x.chunks(row_len).zip(out.chunks_mut(row_len)).enumerate() {
+        let st = if per_row { step[r] } else { step[0] };
+        let start = r * row_len;
+        for (k, (o, v)) in or.iter_mut().zip(xr).enumerate() {
+            let v = v / st;
+            let c = v.clamp(qn, qp);
+            *o = match grad {
+                None => round_half_even_small(c) * st,
+                Some((g, false)) => g[start + k] * f32::from(u8::from(v >= qn && v <= qp)),
+                Some((g, true)) => {
                     let factor = if v < qn {
                         qn
                     } else if v > qp {
@@ -292,19 +281,10 @@ pub(crate) fn lsq_slice(
                     } else {
                         round_half_even_small(v) - v
                     };
-                    *o = g * factor;
-                }),
-            }
+                    g[start + k] * factor
+                }
+            };
         }
-    };
-    let rows_per_task = (TASK / row_len).max(1);
-    if x.len() >= PARALLEL {
-        x.par_chunks(rows_per_task * row_len)
-            .zip(out.par_chunks_mut(rows_per_task * row_len))
-            .enumerate()
-            .for_each(|(t, (xs, os))| run(t * rows_per_task, xs, os));
-    } else {
-        run(0, x, &mut out);
     }
     out
 }
@@ -331,7 +311,6 @@ mod tests {
 
     #[test]
     fn lsq_on_many_rows_matches_the_elementwise_formulas() {
-        // 300 rows of 200: past PARALLEL, so the rows are split over tasks.
         let (rows, len, qn, qp) = (300usize, 200usize, -8.0f32, 7.0f32);
         let x: Vec<f32> = (0..rows * len)
             .map(|i| ((i * 7919 % 4001) as f32 - 2000.0) / 97.0)
