@@ -159,9 +159,6 @@ fn decode(t: &Tensor<1, Int>) -> (usize, Option<(WeightStats, f64)>) {
     (values[0] as usize, measured)
 }
 
-/// The codes of the weights of the step they were read at, shared by the clones of a state so
-/// that consecutive measurements read them once. A pure cache: whatever it holds, results are
-/// the same.
 /// The decoded recorded state: the step and the last measurement.
 type Recorded = (usize, Option<(WeightStats, f64)>);
 
@@ -184,6 +181,9 @@ impl Mirror {
     }
 }
 
+/// The codes of the weights of the step they were read at, shared by the clones of a state so
+/// that consecutive measurements read them once. A pure cache: whatever it holds, results are
+/// the same.
 #[derive(Debug, Clone, Default)]
 struct CodesCache(Arc<Mutex<Option<(usize, FlipTracker)>>>);
 
@@ -409,7 +409,6 @@ fn settings(model: &impl QatModule) -> (f64, f64, Option<f64>) {
     )
 }
 
-/// L2 norm of the gradients of every float parameter of `module`.
 /// The sum of the squared gradients of `module`'s parameters (on the device), `None` without
 /// any.
 fn grad_sq_sum(module: &impl Module, grads: &GradientsParams) -> Option<Tensor<1>> {
