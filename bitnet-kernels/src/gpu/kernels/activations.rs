@@ -2,19 +2,13 @@
 
 use cubecl::prelude::*;
 
-use super::{ROW_THREADS, cube_index, reduce_cube};
+use super::{ROW_THREADS, cube_index, reduce_cube, thread_stats};
 
 /// BitNet's per-row activation scale `s = 127 / max(max|x|, 1e-5)` of row `row`, computed by
 /// the whole cube (every thread returns it).
 #[cube]
 fn int8_row_scale<F: Float>(x: &Tensor<F>, row: usize, cols: usize) -> f32 {
-    let t = UNIT_POS_X as usize;
-    let mut local = 0.0f32;
-    let mut k = t;
-    while k < cols {
-        local = max(local, f32::cast_from(x[row * cols + k]).abs());
-        k += ROW_THREADS as usize;
-    }
+    let (local, _) = thread_stats::<F>(x, row * cols, (row + 1) * cols, true, false);
     let absmax = reduce_cube(local, true);
     127.0f32 / max(absmax, 1e-5f32)
 }

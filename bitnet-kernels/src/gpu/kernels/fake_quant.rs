@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{ROW_THREADS, cube_index, elem_index, reduce_cube};
+use super::{ROW_THREADS, cube_index, elem_index, group_scale, reduce_cube, thread_stats};
 
 /// What the fake-quantization kernels write per element, for `u = (v - center) s` (`center` 0
 /// unless `centered`, the binary format): 0, the dequantized code — `clamp(round_half_even(u),
@@ -131,29 +131,12 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     }
     let t = UNIT_POS_X as usize;
     let len = row_len as usize;
-    let mut local = 0.0f32;
-    let mut local_sum = 0.0f32;
-    let mut k = t;
-    while k < len {
-        let x_k = f32::cast_from(x[row * len + k]);
-        let v = x_k.abs();
-        if comptime![abs_mean] {
-            local += v;
-        } else {
-            local = max(local, v);
-        }
-        local_sum += x_k;
-        k += ROW_THREADS as usize;
-    }
-    let mut stat = reduce_cube(local, !abs_mean);
-    if comptime![abs_mean] {
-        stat /= f32::cast_from(row_len);
-    }
+    let (local, local_sum) = thread_stats::<F>(x, row * len, (row + 1) * len, !abs_mean, centered);
+    let s = group_scale(reduce_cube(local, !abs_mean), row_len, qp, eps, abs_mean);
     let mut center = 0.0f32;
     if comptime![centered] {
         center = reduce_cube(local_sum, false) / f32::cast_from(row_len);
     }
-    let s = qp / max(stat, eps);
     let mut k = t;
     while k < len {
         let i = row * len + k;
@@ -182,20 +165,7 @@ pub(crate) fn abs_partials_kernel<F: Float>(
     let len = len as usize;
     let start = c * chunk as usize;
     let end = min(start + chunk as usize, len);
-    let mut local = 0.0f32;
-    let mut local_sum = 0.0f32;
-    let mut k = start + t;
-    while k < end {
-        let x_k = f32::cast_from(x[k]);
-        let v = x_k.abs();
-        if comptime![abs_mean] {
-            local += v;
-        } else {
-            local = max(local, v);
-        }
-        local_sum += x_k;
-        k += ROW_THREADS as usize;
-    }
+    let (local, local_sum) = thread_stats::<F>(x, start, end, !abs_mean, centered);
     let total = reduce_cube(local, !abs_mean);
     if t == 0 && start < len {
         partials[c] = total;
@@ -243,11 +213,13 @@ fn tensor_scale(
     eps: f32,
     #[comptime] abs_mean: bool,
 ) -> f32 {
-    let mut stat = reduce_partials(partials, 0, count, !abs_mean);
-    if comptime![abs_mean] {
-        stat /= f32::cast_from(len);
-    }
-    qp / max(stat, eps)
+    group_scale(
+        reduce_partials(partials, 0, count, !abs_mean),
+        len,
+        qp,
+        eps,
+        abs_mean,
+    )
 }
 
 /// The mean of the tensor from the plain sums that follow the statistics in the partials of a

@@ -64,6 +64,46 @@ fn reduce_cube(value: f32, #[comptime] is_max: bool) -> f32 {
     result
 }
 
+/// This thread's share of the statistics of `x[start..end)` (its elements `start + UNIT_POS_X`,
+/// then every `ROW_THREADS`-th): `Σ |x|`, or `max |x|` when `take_max`, and, `with_sum`, `Σ x`
+/// (else 0). Reduce each over the cube with [`reduce_cube`].
+#[cube]
+fn thread_stats<F: Float>(
+    x: &Tensor<F>,
+    start: usize,
+    end: usize,
+    #[comptime] take_max: bool,
+    #[comptime] with_sum: bool,
+) -> (f32, f32) {
+    let mut stat = 0.0f32;
+    let mut sum = 0.0f32;
+    let mut k = start + UNIT_POS_X as usize;
+    while k < end {
+        let v = f32::cast_from(x[k]);
+        if comptime![take_max] {
+            stat = max(stat, v.abs());
+        } else {
+            stat += v.abs();
+        }
+        if comptime![with_sum] {
+            sum += v;
+        }
+        k += ROW_THREADS as usize;
+    }
+    (stat, sum)
+}
+
+/// The scale `qp / max(stat, eps)` of a group of `len` elements from the cube-reduced `Σ |x|`
+/// (`abs_mean`: the statistic is its mean) or `max |x|`.
+#[cube]
+fn group_scale(reduced: f32, len: u32, qp: f32, eps: f32, #[comptime] abs_mean: bool) -> f32 {
+    let mut stat = reduced;
+    if comptime![abs_mean] {
+        stat /= f32::cast_from(len);
+    }
+    qp / max(stat, eps)
+}
+
 /// The scale of weight row `j` in group `g` of its `groups` (one scale in all: per tensor).
 #[cube]
 fn weight_scale(scales: &Tensor<f32>, j: usize, groups: usize, g: usize) -> f32 {
