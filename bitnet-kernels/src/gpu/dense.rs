@@ -1,15 +1,14 @@
 //! The dense route of the ternary matmul for many activation rows: the weights unpacked once to
 //! f32 and Burn's autotuned matmul doing the products.
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::kernels::{self, ROW_THREADS};
 use super::matmul::{Operands, group_words};
-use super::{float_elem, grid};
+use super::{empty_like, float_elem, grid};
 use crate::burn_ext::ScaleKind;
 
 /// From this many activation rows on, [`ternary_matmul_int8`](super::ternary_matmul_int8)
@@ -35,12 +34,7 @@ pub(super) fn dense_fits(rows: usize, cols: usize) -> bool {
 /// The weights `[rows, cols]` as f32 `code - 1` (divided by their scales when `fold_scale`).
 fn unpack_dense(op: &Operands, cols: usize, kind: ScaleKind, fold_scale: bool) -> CubeTensor {
     let client = op.codes.client.clone();
-    let dense = empty_device_dtype(
-        client.clone(),
-        op.codes.device.clone(),
-        Shape::new([op.rows, cols]),
-        DType::F32,
-    );
+    let dense = empty_like(&op.codes, vec![op.rows, cols], DType::F32);
     kernels::unpack_dense_kernel::launch(
         &client,
         grid((op.rows * cols).div_ceil(ROW_THREADS as usize)),
@@ -91,18 +85,8 @@ fn finish_rows(y: CubeTensor, row_scale: CubeTensor, op: Operands, mode: u32) ->
 pub(super) fn dense_int8(x: CubeTensor, op: Operands, cols: usize, kind: ScaleKind) -> CubeTensor {
     let x = into_contiguous(x);
     let client = x.client.clone();
-    let codes = empty_device_dtype(
-        client.clone(),
-        x.device.clone(),
-        Shape::new([op.m, cols]),
-        DType::F32,
-    );
-    let row_scale = empty_device_dtype(
-        client.clone(),
-        x.device.clone(),
-        Shape::new([op.m]),
-        DType::F32,
-    );
+    let codes = empty_like(&x, vec![op.m, cols], DType::F32);
+    let row_scale = empty_like(&x, vec![op.m], DType::F32);
     let dtype = float_elem(x.dtype);
     kernels::quantize_rows_float_kernel::launch(
         &client,

@@ -1,13 +1,12 @@
 //! The fused QAT fake quantization on the GPU and the backward factors of its STEs.
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::kernels::{self, ROW_THREADS};
-use super::{float_elem, grid};
+use super::{dims, empty_like, float_elem, grid};
 use crate::fake_quant::FakeQuant;
 
 /// Elements of a per-tensor partial reduction per cube.
@@ -53,6 +52,42 @@ pub fn soft_grad(
     scaled_elementwise(x, Some(grad), quant, 4, temperature as f32)
 }
 
+/// The operands of an elementwise fake-quantization kernel.
+struct Elementwise {
+    /// The input, contiguous.
+    x: CubeTensor,
+    /// The incoming gradient, contiguous; a forward pass passes `x` in its place, which the
+    /// kernels never read.
+    grad: CubeTensor,
+    /// The output: `x`'s shape and type.
+    out: CubeTensor,
+    /// Elements of `x`.
+    len: usize,
+    /// Length of `x`'s last axis (at least 1).
+    row_len: usize,
+    /// Whether `grad` is the incoming gradient (a backward pass).
+    backward: bool,
+}
+
+impl Elementwise {
+    fn new(x: CubeTensor, grad: Option<CubeTensor>) -> Self {
+        let x = into_contiguous(x);
+        let backward = grad.is_some();
+        let grad = grad.map_or_else(|| x.clone(), into_contiguous);
+        let shape = dims(&x);
+        let row_len = shape.last().copied().unwrap_or(1).max(1);
+        let out = empty_like(&x, shape.clone(), x.dtype);
+        Self {
+            len: shape.iter().product(),
+            row_len,
+            x,
+            grad,
+            out,
+            backward,
+        }
+    }
+}
+
 /// [`fake_quantize`] (`output` 0) or [`soft_quantize`] (3), or with `grad` the gradients of
 /// [`clipped_grad`] (1), [`adaptive_grad`] (2) and [`soft_grad`] (4); `param` is the
 /// temperature or EWGS's delta.
@@ -71,13 +106,14 @@ fn scaled_elementwise(
         per_row,
         centered,
     } = quant;
-    let x = into_contiguous(x);
-    let backward = grad.is_some();
-    // Forward: the kernels take `x` in `grad`'s place and never read it.
-    let grad = grad.map_or_else(|| x.clone(), into_contiguous);
-    let shape = x.meta.shape().clone();
-    let len = shape.num_elements();
-    let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let Elementwise {
+        x,
+        grad,
+        out,
+        len,
+        row_len,
+        backward,
+    } = Elementwise::new(x, grad);
     let dtype = float_elem(x.dtype);
     if len == 0 {
         return out;
@@ -85,7 +121,6 @@ fn scaled_elementwise(
     let (qn, qp, eps) = (qn as f32, qp as f32, eps as f32);
     let client = x.client.clone();
     if per_row {
-        let row_len = shape[shape.num_dims() - 1].max(1);
         kernels::fake_quant_rows_kernel::launch(
             &client,
             grid(len / row_len),
@@ -110,12 +145,7 @@ fn scaled_elementwise(
     let chunks = len.div_ceil(CHUNK);
     // Centered (binary): the plain sums follow the statistics, the center the scale.
     let slots = if centered { 2 } else { 1 };
-    let partials = empty_device_dtype(
-        client.clone(),
-        x.device.clone(),
-        Shape::new([chunks * slots]),
-        DType::F32,
-    );
+    let partials = empty_like(&x, vec![chunks * slots], DType::F32);
     kernels::abs_partials_kernel::launch(
         &client,
         grid(chunks),
@@ -134,12 +164,7 @@ fn scaled_elementwise(
     let stats = if fold {
         partials
     } else {
-        let scale = empty_device_dtype(
-            client.clone(),
-            x.device.clone(),
-            Shape::new([slots]),
-            DType::F32,
-        );
+        let scale = empty_like(&x, vec![slots], DType::F32);
         kernels::scale_kernel::launch(
             &client,
             CubeCount::Static(1, 1, 1),
@@ -214,17 +239,18 @@ fn lsq_elementwise(
     per_row: bool,
     output: u32,
 ) -> CubeTensor {
-    let x = into_contiguous(x);
-    let step = into_contiguous(step);
-    // Forward: the kernel takes `x` in `grad`'s place and never reads it.
-    let grad = grad.map_or_else(|| x.clone(), into_contiguous);
-    let shape = x.meta.shape().clone();
-    let len = shape.num_elements();
-    let out = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let Elementwise {
+        x,
+        grad,
+        out,
+        len,
+        row_len,
+        ..
+    } = Elementwise::new(x, grad);
     if len == 0 {
         return out;
     }
-    let row_len = shape[shape.num_dims() - 1].max(1);
+    let step = into_contiguous(step);
     let dtype = float_elem(x.dtype);
     let client = x.client.clone();
     kernels::lsq_kernel::launch(

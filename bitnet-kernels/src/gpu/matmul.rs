@@ -1,15 +1,14 @@
 //! The ternary matmul launchers: operand checks, the int8 activation quantizer, the per-row
 //! kernels (GEMV and small GEMM) and the hand-off to the dense route for many rows.
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::dense::{FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M, dense_fits, dense_float, dense_int8};
 use super::kernels::{self, LANES, ROW_THREADS, ROWS_PER_CUBE, TILE_M};
-use super::{dims, float_elem, grid};
+use super::{dims, empty_like, float_elem, grid};
 use crate::burn_ext::ScaleKind;
 use crate::int8_dot::int8_dot;
 use crate::packed::{BLOCK, BLOCK_WORDS, padded_cols, words_per_row};
@@ -91,12 +90,7 @@ fn operands(
         "ternary_matmul: {expected} scales expected for {kind:?}, got {n}"
     );
     let m = xd[0];
-    let out = empty_device_dtype(
-        codes.client.clone(),
-        codes.device.clone(),
-        Shape::new([m, rows]),
-        x.dtype,
-    );
+    let out = empty_like(&codes, vec![m, rows], x.dtype);
     Operands {
         m,
         rows,
@@ -128,18 +122,8 @@ pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
     let x = into_contiguous(x);
     let m = dims(&x)[0];
     let act_words = padded_cols(cols) / 4;
-    let packed = empty_device_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        Shape::new([m, act_words]),
-        DType::U32,
-    );
-    let scale = empty_device_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        Shape::new([m]),
-        DType::F32,
-    );
+    let packed = empty_like(&x, vec![m, act_words], DType::U32);
+    let scale = empty_like(&x, vec![m], DType::F32);
     if m > 0 {
         let dtype = float_elem(x.dtype);
         kernels::quantize_rows_kernel::launch(

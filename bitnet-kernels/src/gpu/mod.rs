@@ -40,6 +40,16 @@ pub(crate) fn dims(t: &CubeTensor) -> Vec<usize> {
     t.meta.shape().to_vec()
 }
 
+/// A new uninitialized tensor of `shape` and `dtype` on `like`'s device.
+pub(crate) fn empty_like(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> CubeTensor {
+    burn_cubecl::ops::numeric::empty_device_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        burn::tensor::Shape::from(shape),
+        dtype,
+    )
+}
+
 /// A grid of `cubes` cubes within the 65,535-per-dimension limit.
 pub(crate) fn grid(cubes: usize) -> CubeCount {
     let x = cubes.clamp(1, 65_535);
