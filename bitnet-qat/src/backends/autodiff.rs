@@ -61,7 +61,7 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::{FusedQuantBackend, FusedSpec, FusedSte, ste_grad};
+    use crate::fused::{FusedQuantBackend, FusedSpec, FusedSte, fake_quant, ste_grad};
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -102,7 +102,7 @@ mod fused {
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
             let fused = FusedSte::decode(ste, param);
             let saved = (fused != FusedSte::Standard).then(|| x.clone());
-            let out = B::fused_fake_quant(x, qn, qp, eps, abs_mean, per_row, centered, ste, param);
+            let out = fake_quant::<B>(&spec, x, fused);
             match StraightThrough
                 .prepare::<C>([node])
                 .compute_bound()

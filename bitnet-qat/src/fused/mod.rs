@@ -26,6 +26,27 @@ pub(crate) use slice::{FusedOutput, fake_quant_slice, lsq_slice, ste_grad_slice}
 /// The statistic and layout of a fused fake quantization (the kernels' description).
 pub(crate) use bitnet_kernels::fake_quant::FakeQuant as FusedSpec;
 
+/// [`FusedQuantBackend::fused_fake_quant`] of `x` with `spec` and `ste` on backend `B`.
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+pub(crate) fn fake_quant<B: FusedQuantBackend>(
+    spec: &FusedSpec,
+    x: FloatTensor<B>,
+    ste: FusedSte,
+) -> FloatTensor<B> {
+    let (ste, param) = ste.encode();
+    B::fused_fake_quant(
+        x,
+        spec.qn,
+        spec.qp,
+        spec.eps,
+        spec.abs_mean,
+        spec.per_row,
+        spec.centered,
+        ste,
+        param,
+    )
+}
+
 /// [`FusedQuantBackend::fused_ste_grad`] of `x` with `spec` on backend `B`.
 pub(crate) fn ste_grad<B: FusedQuantBackend>(
     spec: &FusedSpec,
@@ -386,20 +407,11 @@ fn fused_call(
     #[cfg(any(feature = "flex", feature = "cube"))]
     {
         use burn::backend::Dispatch;
-        let (ste, param) = ste.encode();
-        Some(burn::tensor::Tensor::from_dispatch(
-            <Dispatch as FusedQuantBackend>::fused_fake_quant(
-                x.into_dispatch(),
-                spec.qn,
-                spec.qp,
-                spec.eps,
-                spec.abs_mean,
-                spec.per_row,
-                spec.centered,
-                ste,
-                param,
-            ),
-        ))
+        Some(burn::tensor::Tensor::from_dispatch(fake_quant::<Dispatch>(
+            &spec,
+            x.into_dispatch(),
+            ste,
+        )))
     }
     #[cfg(not(any(feature = "flex", feature = "cube")))]
     {
