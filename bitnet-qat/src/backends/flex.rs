@@ -36,7 +36,7 @@ mod fused {
     /// Runs [`fake_quant_slice`] on the tensor's (contiguous) storage.
     fn run(x: FlexTensor, spec: FusedSpec, output: FusedOutput) -> FlexTensor {
         let (x, row_len) = contiguous(x);
-        let out = fake_quant_slice(x.storage::<f32>(), row_len, spec, output);
+        let out = fake_quant_slice(x.storage::<f32>(), row_len, spec, output, None);
         FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
     }
 

@@ -20,24 +20,34 @@ pub(crate) enum FusedOutput {
     SoftSlope(f32),
 }
 
+/// Below this many elements one thread is faster.
+const PARALLEL: usize = 1 << 15;
+/// Elements per parallel task.
+const TASK: usize = 1 << 14;
+
 /// Fake-quantizes (or writes the clip mask of) a contiguous f32 buffer whose rows have `row_len`
-/// elements, on Rayon's pool for large buffers.
+/// elements, on Rayon's pool for large buffers. With `grad` (the incoming gradient, `x`'s
+/// length, and the STE), each task then turns what it wrote into the STE's gradient
+/// ([`FusedSte::grad`]) while it is still in cache.
 pub(crate) fn fake_quant_slice(
     x: &[f32],
     row_len: usize,
     spec: FusedSpec,
     output: FusedOutput,
+    grad: Option<(&[f32], FusedSte)>,
 ) -> Vec<f32> {
     use rayon::prelude::*;
-    /// Below this many elements one thread is faster.
-    const PARALLEL: usize = 1 << 15;
-    /// Elements per parallel task.
-    const TASK: usize = 1 << 14;
     let (qn, qp) = (spec.qn as f32, spec.qp as f32);
     // As the tensor path: s = qp / max(stat, eps).
     let group = |stat: f32, center: f32| (qp / stat.max(spec.eps as f32), center);
-    let write = |xs: &[f32], os: &mut [f32], (s, center): (f32, f32)| {
-        write_group(xs, os, s, center, qn, qp, spec.centered, output)
+    // `start`: the offset of `xs` in `x`.
+    let write = |xs: &[f32], os: &mut [f32], start: usize, (s, center): (f32, f32)| {
+        write_group(xs, os, s, center, qn, qp, spec.centered, output);
+        if let Some((grad, ste)) = grad {
+            for (o, g) in os.iter_mut().zip(&grad[start..start + xs.len()]) {
+                *o = ste.grad(*g, *o);
+            }
+        }
     };
     let stat = |xs: &[f32]| {
         if spec.abs_mean {
@@ -58,17 +68,19 @@ pub(crate) fn fake_quant_slice(
     if spec.per_row {
         let row_len = row_len.max(1);
         let rows_per_task = (TASK / row_len).max(1) * row_len;
-        let run = |(xs, os): (&[f32], &mut [f32])| {
-            for (xr, or) in xs.chunks(row_len).zip(os.chunks_mut(row_len)) {
-                write(xr, or, group(stat(xr), mean(xr)));
+        let run = |start: usize, xs: &[f32], os: &mut [f32]| {
+            let rows = xs.chunks(row_len).zip(os.chunks_mut(row_len));
+            for (r, (xr, or)) in rows.enumerate() {
+                write(xr, or, start + r * row_len, group(stat(xr), mean(xr)));
             }
         };
         if parallel {
             x.par_chunks(rows_per_task)
                 .zip(out.par_chunks_mut(rows_per_task))
-                .for_each(run);
+                .enumerate()
+                .for_each(|(t, (xs, os))| run(t * rows_per_task, xs, os));
         } else {
-            run((x, &mut out));
+            run(0, x, &mut out);
         }
     } else {
         // Sums in f32, in one order whatever the thread count: per task, then the tasks' in
@@ -108,9 +120,10 @@ pub(crate) fn fake_quant_slice(
         if parallel {
             x.par_chunks(TASK)
                 .zip(out.par_chunks_mut(TASK))
-                .for_each(|(xs, os)| write(xs, os, g));
+                .enumerate()
+                .for_each(|(t, (xs, os))| write(xs, os, t * TASK, g));
         } else {
-            write(x, &mut out, g);
+            write(x, &mut out, 0, g);
         }
     }
     out
@@ -126,18 +139,10 @@ pub(crate) fn ste_grad_slice(
     spec: FusedSpec,
     ste: FusedSte,
 ) -> Vec<f32> {
-    use rayon::prelude::*;
-    let Some(output) = ste.backward_output() else {
-        return grad.to_vec();
-    };
-    let mut out = fake_quant_slice(x, row_len, spec, output);
-    let combine = |(o, g): (&mut f32, &f32)| *o = ste.grad(*g, *o);
-    if out.len() >= 1 << 15 {
-        out.par_iter_mut().zip(grad).for_each(combine);
-    } else {
-        out.iter_mut().zip(grad).for_each(combine);
+    match ste.backward_output() {
+        Some(output) => fake_quant_slice(x, row_len, spec, output, Some((grad, ste))),
+        None => grad.to_vec(),
     }
-    out
 }
 
 /// Accumulators of [`lane_sum`] and [`lane_abs_max`]: independent lanes the compiler keeps in
@@ -307,6 +312,38 @@ mod tests {
             assert_eq!(lane_abs_max(&xs), max, "{len}");
         }
         assert_eq!(lane_abs_max(&[1.0, f32::NAN, -3.0]), 3.0);
+    }
+
+    #[test]
+    fn ste_gradients_on_many_rows_combine_the_factor_with_the_incoming_gradient() {
+        // 300 rows of 200: past PARALLEL, so tasks write the factors and combine them.
+        let (rows, len) = (300usize, 200usize);
+        let x: Vec<f32> = (0..rows * len)
+            .map(|i| ((i * 7919 % 4001) as f32 - 2000.0) / 997.0)
+            .collect();
+        let g: Vec<f32> = (0..rows * len).map(|i| (i % 13) as f32 - 6.0).collect();
+        for per_row in [false, true] {
+            let spec = FusedSpec::new(-1, 1, 1e-5, true, per_row, false);
+            for ste in [
+                FusedSte::Clipped,
+                FusedSte::Adaptive(0.3),
+                FusedSte::Soft(0.5),
+            ] {
+                let factor = ste.backward_output().unwrap();
+                let a = fake_quant_slice(&x, len, spec, factor, None);
+                let got = ste_grad_slice(&x, &g, len, spec, ste);
+                for i in 0..rows * len {
+                    assert_eq!(
+                        got[i],
+                        ste.grad(g[i], a[i]),
+                        "{ste:?} per_row={per_row} [{i}]"
+                    );
+                }
+                assert!(a.iter().any(|&v| v != 0.0) && a.iter().any(|&v| v != 1.0));
+            }
+            let standard = ste_grad_slice(&x, &g, len, spec, FusedSte::Standard);
+            assert_eq!(standard, g);
+        }
     }
 
     #[test]
