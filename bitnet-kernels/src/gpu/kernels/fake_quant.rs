@@ -76,14 +76,17 @@ fn with_gradient(a: f32, g: f32, delta: f32, #[comptime] output: u32) -> f32 {
     }
 }
 
-/// What the fake-quantization kernels write for element `i`: [`scaled_output`], or with
-/// `backward` the gradient [`with_gradient`] makes of it and `grad[i]`.
+/// Writes `out[k]` for `k` in `[start, end)` (this thread's elements: `start + UNIT_POS_X`, then
+/// every `ROW_THREADS`-th): [`scaled_output`] of `x[k]`, or with `backward` the gradient
+/// [`with_gradient`] makes of it and `grad[k]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn element_output<F: Float>(
+fn write_outputs<F: Float>(
     x: &Tensor<F>,
     grad: &Tensor<F>,
-    i: usize,
+    out: &mut Tensor<F>,
+    start: usize,
+    end: usize,
     center: f32,
     s: f32,
     qn: f32,
@@ -92,20 +95,23 @@ fn element_output<F: Float>(
     #[comptime] centered: bool,
     #[comptime] output: u32,
     #[comptime] backward: bool,
-) -> f32 {
-    let v = f32::cast_from(x[i]);
-    let a = scaled_output(v, center, s, qn, qp, param, centered, output);
-    if comptime![backward] {
-        with_gradient(a, f32::cast_from(grad[i]), param, output)
-    } else {
-        a
+) {
+    let mut i = start + UNIT_POS_X as usize;
+    while i < end {
+        let v = f32::cast_from(x[i]);
+        let mut a = scaled_output(v, center, s, qn, qp, param, centered, output);
+        if comptime![backward] {
+            a = with_gradient(a, f32::cast_from(grad[i]), param, output);
+        }
+        out[i] = F::cast_from(a);
+        i += ROW_THREADS as usize;
     }
 }
 
 /// Fake quantization with one scale per row: `s = qp / max(stat, eps)` with `stat` the mean or
 /// max of `|x|` over the row, `y = clamp(round_half_even(x s), qn, qp) / s` (or another
 /// `output` of [`scaled_output`]; with `backward`, that output applied to the gradient `grad`
-/// by [`with_gradient`]). `param`: the soft STE's temperature, or EWGS's delta. One cube per
+/// by [`write_outputs`]). `param`: the soft STE's temperature, or EWGS's delta. One cube per
 /// row.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -129,7 +135,6 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     if row >= rows as usize {
         terminate!();
     }
-    let t = UNIT_POS_X as usize;
     let len = row_len as usize;
     let (local, local_sum) = thread_stats::<F>(x, row * len, (row + 1) * len, !abs_mean, centered);
     let s = group_scale(reduce_cube(local, !abs_mean), row_len, qp, eps, abs_mean);
@@ -137,14 +142,21 @@ pub(crate) fn fake_quant_rows_kernel<F: Float>(
     if comptime![centered] {
         center = reduce_cube(local_sum, false) / f32::cast_from(row_len);
     }
-    let mut k = t;
-    while k < len {
-        let i = row * len + k;
-        out[i] = F::cast_from(element_output(
-            x, grad, i, center, s, qn, qp, param, centered, output, backward,
-        ));
-        k += ROW_THREADS as usize;
-    }
+    write_outputs(
+        x,
+        grad,
+        out,
+        row * len,
+        (row + 1) * len,
+        center,
+        s,
+        qn,
+        qp,
+        param,
+        centered,
+        output,
+        backward,
+    );
 }
 
 /// Partial sums (or maxima) of `|x|` over chunks of `chunk` elements, one cube per chunk.
@@ -293,13 +305,9 @@ pub(crate) fn apply_scale_kernel<F: Float>(
     }
     let start = cube_index() * chunk as usize;
     let end = min(start + chunk as usize, len as usize);
-    let mut i = start + UNIT_POS_X as usize;
-    while i < end {
-        out[i] = F::cast_from(element_output(
-            x, grad, i, center, s, qn, qp, param, centered, output, backward,
-        ));
-        i += ROW_THREADS as usize;
-    }
+    write_outputs(
+        x, grad, out, start, end, center, s, qn, qp, param, centered, output, backward,
+    );
 }
 
 /// LSQ, one element per thread: `v = x / step` with `step[row]` (`per_row`, rows of `row_len`)
