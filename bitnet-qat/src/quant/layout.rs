@@ -72,10 +72,7 @@ impl<const D: usize> ScaleLayout<D> {
     /// [`broadcast`](Self::broadcast) reads.
     pub fn reduce_compact(&self, t: Tensor<D>, reduce: Reduce) -> Tensor<1> {
         match self.granularity {
-            Granularity::PerTensor => {
-                let flat: Tensor<1> = t.flatten(0, D - 1);
-                apply_reduce(flat, 0, reduce)
-            }
+            Granularity::PerTensor => reduce_all(t.flatten(0, D - 1), reduce),
             Granularity::PerChannel | Granularity::PerToken => {
                 apply_reduce(t, self.axis, reduce).flatten(0, D - 1)
             }
@@ -116,6 +113,55 @@ impl<const D: usize> ScaleLayout<D> {
 
     fn move_axis_back(&self, t: Tensor<D>) -> Tensor<D> {
         self.move_axis_last(t)
+    }
+}
+
+/// The longest axis a per-tensor statistic reduces in one kernel launch.
+///
+/// Mesa's software Vulkan (lavapipe, llvmpipe's `gallivm`) leaves every loop of a shader once
+/// the loops of one invocation have run 65,535 iterations together (`LP_MAX_TGSI_LOOP_ITERATIONS`),
+/// silently. Burn 0.22.1's autotuned reduction can pick a routine where one invocation loops
+/// over the whole axis (four elements an iteration): over one axis of more than 262,140
+/// elements it then returns the statistic of a prefix. Blocks of this length keep such a loop
+/// at 4,096 iterations or fewer (1,024 at four elements an iteration), on every backend.
+pub(crate) const REDUCE_BLOCK: usize = 4096;
+
+/// The statistic of all of `flat`, as one value (`[1]`): sums and maxima in blocks of
+/// [`REDUCE_BLOCK`] (then blocks of the block results), so that no reduction runs over a long
+/// axis; the median sorts the whole tensor.
+fn reduce_all(flat: Tensor<1>, reduce: Reduce) -> Tensor<1> {
+    let n = flat.dims()[0];
+    match reduce {
+        Reduce::Median => flat.median(0),
+        Reduce::Max => blocked(flat, |t, dim| t.max_dim(dim)),
+        // The mean of the block sums would weigh a short last block like a full one.
+        Reduce::Mean => blocked(flat, |t, dim| t.sum_dim(dim)).div_scalar(n.max(1) as f64),
+    }
+}
+
+/// Folds `flat` to one value with `fold` (an associative reduction along `dim`), never along an
+/// axis longer than [`REDUCE_BLOCK`]: full blocks as rows of a `[blocks, REDUCE_BLOCK]` view,
+/// the remainder on its own, then the same over the block results.
+fn blocked(mut flat: Tensor<1>, fold: impl Fn(Tensor<2>, usize) -> Tensor<2>) -> Tensor<1> {
+    loop {
+        let n = flat.dims()[0];
+        if n <= REDUCE_BLOCK {
+            let row: Tensor<2> = flat.reshape([1, n]);
+            return fold(row, 1).reshape([1]);
+        }
+        let (blocks, rest) = (n / REDUCE_BLOCK, n % REDUCE_BLOCK);
+        let rows: Tensor<2> = flat
+            .clone()
+            .narrow(0, 0, blocks * REDUCE_BLOCK)
+            .reshape([blocks, REDUCE_BLOCK]);
+        let mut parts = vec![fold(rows, 1).reshape([blocks])];
+        if rest > 0 {
+            let tail: Tensor<2> = flat
+                .narrow(0, blocks * REDUCE_BLOCK, rest)
+                .reshape([1, rest]);
+            parts.push(fold(tail, 1).reshape([1]));
+        }
+        flat = Tensor::cat(parts, 0);
     }
 }
 
@@ -174,6 +220,35 @@ mod tests {
             expanded
                 .into_data()
                 .assert_eq(&(full + t.zeros_like()).into_data(), false);
+        }
+    }
+
+    #[test]
+    fn per_tensor_statistics_fold_blocks_and_remainders() {
+        // Lengths around one block, and one past REDUCE_BLOCK² with remainders at two levels
+        // (4097 blocks and 3 left, then one block of the 4098 results and 2 left).
+        for n in [
+            1,
+            REDUCE_BLOCK - 1,
+            REDUCE_BLOCK,
+            REDUCE_BLOCK + 1,
+            3 * REDUCE_BLOCK + 5,
+            REDUCE_BLOCK * REDUCE_BLOCK + REDUCE_BLOCK + 3,
+        ] {
+            // Ones and zeros: every partial sum is an exact f32 integer, whatever the order.
+            let mut data: Vec<f32> = (0..n).map(|i| (i % 8 == 0) as u8 as f32).collect();
+            data[n - 1] = 9.0; // the maximum in the last remainder
+            let sum: f64 = data.iter().map(|&v| v as f64).sum();
+            let t = Tensor::<1>::from_data(TensorData::new(data, [n]), &device());
+            let layout = ScaleLayout::new(Granularity::PerTensor, 0, [n]);
+            let max: f32 = layout.reduce_compact(t.clone(), Reduce::Max).into_scalar();
+            assert_eq!(max, 9.0, "max of {n}");
+            let mean: f32 = layout.reduce_compact(t, Reduce::Mean).into_scalar();
+            let expected = sum / n as f64;
+            assert!(
+                (mean as f64 - expected).abs() <= 1e-6 * expected,
+                "mean of {n}: {mean}, expected {expected}"
+            );
         }
     }
 }
