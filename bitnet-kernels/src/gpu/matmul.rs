@@ -48,7 +48,7 @@ impl Operands {
         if self.m == 1 { 1 } else { TILE_M }
     }
 
-    fn grid(&self) -> (CubeCount, CubeDim) {
+    fn grid(&self) -> (CubeCount, CubeDim, u32) {
         matmul_grid(self.m, self.rows, self.tile())
     }
 }
@@ -101,18 +101,16 @@ fn operands(
     }
 }
 
-/// Cubes of `ROWS_PER_CUBE` output rows along x, tiles of `tile` activation rows along y and,
-/// past 65,535 tiles, z.
-fn matmul_grid(m: usize, rows: usize, tile: u32) -> (CubeCount, CubeDim) {
+/// The launch of a per-row matmul kernel: `row_blocks` blocks of `ROWS_PER_CUBE` output rows
+/// times the tiles of `tile` activation rows, one cube each, spread by [`grid`] over as many
+/// grid dimensions as the count needs (any `rows` and `m`).
+fn matmul_grid(m: usize, rows: usize, tile: u32) -> (CubeCount, CubeDim, u32) {
+    let row_blocks = rows.div_ceil(ROWS_PER_CUBE as usize).max(1);
     let tiles = m.div_ceil(tile as usize).max(1);
-    let y = tiles.min(65_535);
     (
-        CubeCount::Static(
-            rows.div_ceil(ROWS_PER_CUBE as usize) as u32,
-            y as u32,
-            tiles.div_ceil(y) as u32,
-        ),
+        grid(row_blocks * tiles),
         CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+        row_blocks as u32,
     )
 }
 
@@ -165,7 +163,7 @@ pub fn ternary_matmul_int8(
     let dtype = float_elem(x.dtype);
     let swar = int8_dot().takes_swar(op.codes.client.name());
     let (xq, row_scale) = quantize_rows(x, cols);
-    let (count, dim) = op.grid();
+    let (count, dim, row_blocks) = op.grid();
     let tile = op.tile();
     kernels::ternary_int8_kernel::launch(
         &op.codes.client,
@@ -181,6 +179,7 @@ pub fn ternary_matmul_int8(
         op.words as u32,
         (padded_cols(cols) / 4) as u32,
         group_words(kind, op.words) as u32,
+        row_blocks,
         tile,
         swar,
         dtype,
@@ -207,7 +206,7 @@ pub fn ternary_matmul_float(
     if op.takes_dense_route(FLOAT_DENSE_MIN_M, cols) {
         return dense_float(x, op, cols, kind);
     }
-    let (count, dim) = op.grid();
+    let (count, dim, row_blocks) = op.grid();
     let tile = op.tile();
     let dtype = float_elem(x.dtype);
     kernels::ternary_float_kernel::launch(
@@ -223,8 +222,38 @@ pub fn ternary_matmul_float(
         cols as u32,
         op.words as u32,
         group_words(kind, op.words) as u32,
+        row_blocks,
         tile,
         dtype,
     );
     op.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_holds_any_number_of_output_rows_and_tiles() {
+        // 600,000 output rows are 75,000 blocks: more than one grid dimension holds (a layout
+        // with one row block per x position could not launch them).
+        for (m, rows, tile, cubes) in [
+            (1, 600_000, 1, 75_000),
+            (160, 16_392, TILE_M, 2_049 * 40),
+            (1, 8, 1, 1),
+        ] {
+            let (count, dim, blocks) = matmul_grid(m, rows, tile);
+            assert_eq!(blocks as usize, rows.div_ceil(ROWS_PER_CUBE as usize));
+            assert_eq!((dim.x, dim.y), (LANES, ROWS_PER_CUBE));
+            let CubeCount::Static(x, y, z) = count else {
+                panic!("a static grid")
+            };
+            assert!(x <= 65_535 && y <= 65_535 && z == 1, "{x} {y} {z}");
+            let launched = x as usize * y as usize;
+            assert!(
+                launched >= cubes && launched < cubes + x as usize,
+                "{launched} cubes for {cubes}"
+            );
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{LANES, ROWS_PER_CUBE, weight_scale};
+use super::{LANES, ROWS_PER_CUBE, cube_index, weight_scale};
 
 /// The sum of the `LANES` partials that the threads of output-row slot `slot` left in `shared`
 /// for activation row `row` of their tile of `tile` rows.
@@ -16,11 +16,16 @@ fn lanes_total(shared: &Shared<[f32]>, slot: usize, row: u32, #[comptime] tile: 
     sum
 }
 
-/// The first activation row of this cube's tile of `tile` rows: tiles run along y, then z
-/// (past 65,535 tiles).
+/// This thread's output row and the first activation row of its cube's tile of `tile` rows.
+/// Cubes (laid out by `gpu::grid`, so any count fits the per-dimension limits) run over the
+/// `row_blocks` blocks of `ROWS_PER_CUBE` output rows first, then over the tiles; a cube past
+/// the last tile gets a first row past `m` and writes nothing.
 #[cube]
-fn first_tile_row(#[comptime] tile: u32) -> usize {
-    ((CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) * tile) as usize
+fn output_and_tile_row(row_blocks: u32, #[comptime] tile: u32) -> (usize, usize) {
+    let c = cube_index();
+    let blocks = row_blocks as usize;
+    let j = (c % blocks) * ROWS_PER_CUBE as usize + UNIT_POS_Y as usize;
+    (j, (c / blocks) * tile as usize)
 }
 
 /// `tile` f32 accumulators set to 0.
@@ -105,13 +110,13 @@ pub(crate) fn ternary_int8_kernel<F: Float>(
     words: u32,
     act_words: u32,
     group_words: u32,
+    row_blocks: u32,
     #[comptime] tile: u32,
     #[comptime] swar: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X as usize;
-    let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
-    let r0 = first_tile_row(tile);
+    let (j, r0) = output_and_tile_row(row_blocks, tile);
     let m = m as usize;
     let rows = rows as usize;
     let words = words as usize;
@@ -222,12 +227,12 @@ pub(crate) fn ternary_float_kernel<F: Float>(
     cols: u32,
     words: u32,
     group_words: u32,
+    row_blocks: u32,
     #[comptime] tile: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X as usize;
-    let j = (CUBE_POS_X * ROWS_PER_CUBE + UNIT_POS_Y) as usize;
-    let r0 = first_tile_row(tile);
+    let (j, r0) = output_and_tile_row(row_blocks, tile);
     let m = m as usize;
     let rows = rows as usize;
     let cols = cols as usize;
