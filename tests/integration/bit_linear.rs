@@ -22,7 +22,8 @@ fn forward_and_gradients_equal_the_reference() {
         .collect::<Vec<_>>();
     let c = pseudo_random(batch * d_out, 43);
 
-    // Reference forward (shared/reference/bitnet.md §1).
+    // Reference forward: RMSNorm, absmax int8 per token (BitNet, arXiv:2310.11453), absmean
+    // ternary weights (BitNet b1.58, arXiv:2402.17764).
     let x_n = r::rms_norm(&x, d_in, EPS);
     let x_q = r::per_row(&x_n, d_in, r::act8);
     let w_q = r::ternary(&w, 1e-5);

@@ -10,7 +10,7 @@ use bitnet_qat_examples::report::{FONT, Variant, plot_curves};
 use burn::tensor::Device;
 
 /// `Some(dir)` when the files are there; panics under CI when they are not.
-fn fashion_dir() -> Option<&'static Path> {
+pub(crate) fn fashion_dir() -> Option<&'static Path> {
     let dir = Path::new(FASHION_MNIST_DIR);
     if dir.join("train-labels-idx1-ubyte.gz").exists() {
         return Some(dir);

@@ -301,3 +301,33 @@ fn f16_activations_run_in_f16_on_the_gpu() {
     }
     assert_eq!(checked, 10);
 }
+
+#[test]
+fn gpu_kernels_match_the_cpu_kernels_at_large_sizes() {
+    let Some(gpu) = gpu_device() else { return };
+    // Long reductions: K = 140,032 (past 2^24 / 127, where the int8 per-tensor sum of exact
+    // integer partials starts rounding), a ragged long K in tiles, activation rows of the
+    // packed format's longest (2^18 - 1: the int8 quantizer's absmax over a long row). Grids past 65,535 cubes: 2,049 blocks of output rows
+    // × 40 tiles of activation rows (int8), 4,097 × 16 (float activations, below the dense
+    // route).
+    let shapes: [(usize, usize, usize, &[bool]); 5] = [
+        (1, 16, 140_032, &[true, false]),
+        (5, 40, 16_643, &[true, false]),
+        (2, 8, 262_143, &[true, false]),
+        (160, 16_392, 256, &[true]),
+        (63, 32_776, 256, &[false]),
+    ];
+    let mut checked = 0;
+    for (i, &(m, rows, cols, int8s)) in shapes.iter().enumerate() {
+        for kind in kinds(cols) {
+            let c = case(m, rows, cols, kind, false, 400 + i as u64);
+            for &int8 in int8s {
+                let cpu = run(&c, &Device::flex(), int8);
+                let got = run(&c, &gpu, int8);
+                assert_matches_cpu(&c, &got, &cpu, 1e-5, &format!("int8={int8}"));
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 2 + 2 * 2 + 2 * 2 + 3 + 3);
+}

@@ -7,7 +7,7 @@ use bitnet_qat::quant::{QuantConfig, has_fused_kernels};
 use bitnet_qat::ste::{Ste, quantize_ste};
 use burn::module::Module;
 use burn::tensor::DType;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use super::gpu::gpu_device;
 use super::{Lcg, assert_close, values};
@@ -24,70 +24,104 @@ fn fake_quantization_takes_the_fused_kernels_on_flex_and_the_gpu() {
     assert!(has_fused_kernels(&gpu.autodiff()));
 }
 
-#[test]
-fn bitlinear_forward_and_backward_match_flex() {
-    use bitnet_qat::quant::Granularity;
-    let Some(gpu) = gpu_device() else { return };
-    let cpu = Device::flex().autodiff();
-    cpu.seed(3);
-    let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
-    let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
-    // BitNet's per-tensor ternary weights (standard, clipped, adaptive and soft STE), binary
-    // weights (per tensor; per channel with the clipped STE), per-channel int4 (the axis-0 fused
-    // path; standard and LSQ, whose learned step's gradient is compared too), per-tensor int4
-    // with LSQ and int4 in groups of 32 inputs.
-    for (weights, ste) in [
+/// The weight quantizers the BitLinear comparisons run: BitNet's per-tensor ternary weights
+/// (standard, clipped, adaptive and soft STE), binary weights (per tensor; per channel with the
+/// clipped STE), int4 per tensor, per channel (the axis-0 fused path; standard and LSQ, whose
+/// learned step's gradient is compared too) and in groups of 16 inputs, per-tensor int4 with
+/// LSQ and per-channel ternary.
+pub fn weight_quantizer_cases() -> Vec<(QuantConfig, Ste)> {
+    use bitnet_qat::quant::Granularity::{PerChannel, PerGroup};
+    vec![
         (QuantConfig::ternary(), Ste::Standard),
         (QuantConfig::ternary(), Ste::Clipped),
         (QuantConfig::ternary(), Ste::Adaptive { delta: 0.1 }),
         (QuantConfig::ternary(), Ste::Soft { temperature: 0.3 }),
         (QuantConfig::binary(), Ste::Standard),
         (
-            QuantConfig::binary().with_granularity(Granularity::PerChannel),
+            QuantConfig::binary().with_granularity(PerChannel),
             Ste::Clipped,
         ),
+        (QuantConfig::int(4), Ste::Standard),
         (
-            QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+            QuantConfig::int(4).with_granularity(PerChannel),
             Ste::Standard,
         ),
         (
-            QuantConfig::int(4).with_granularity(Granularity::PerChannel),
+            QuantConfig::int(4).with_granularity(PerChannel),
             Ste::LearnedStepSize,
         ),
         (QuantConfig::int(4), Ste::LearnedStepSize),
         (
-            QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 32 }),
+            QuantConfig::int(4).with_granularity(PerGroup { size: 16 }),
             Ste::Standard,
         ),
-    ] {
-        let run = |device: &Device| {
-            let device = device.clone().autodiff();
-            let layer = BitLinearConfig::new(96, 40)
-                .with_weight_quant(weights.clone())
-                .with_weight_ste(ste)
-                .init_with(Tensor::from_data(w.to_data(), &device), None, &device)
-                .unwrap();
-            let x = Tensor::<2>::from_data(x.to_data(), &device).require_grad();
-            let y = layer.forward(x.clone());
-            let grads = (y.clone() * y.clone()).sum().backward();
-            let step = layer.weight_quantizer.step.as_ref();
-            (
-                values(y),
-                values(layer.weight.val().grad(&grads).unwrap()),
-                values(x.grad(&grads).unwrap()),
-                step.map(|s| values(s.val().grad(&grads).unwrap())),
-            )
-        };
-        let (y_cpu, gw_cpu, gx_cpu, gs_cpu) = run(&cpu);
-        let (y_gpu, gw_gpu, gx_gpu, gs_gpu) = run(&gpu);
+        (
+            QuantConfig::ternary().with_granularity(PerChannel),
+            Ste::Standard,
+        ),
+    ]
+}
+
+#[test]
+fn bitlinear_forward_and_backward_match_flex() {
+    let Some(gpu) = gpu_device() else { return };
+    let cpu = Device::flex().autodiff();
+    cpu.seed(3);
+    let w = Tensor::<2>::random([96, 40], Distribution::Normal(0.0, 0.2), &cpu);
+    let x = Tensor::<2>::random([6, 96], Distribution::Normal(0.0, 1.0), &cpu);
+    for (weights, ste) in weight_quantizer_cases() {
+        let config = BitLinearConfig::new(96, 40)
+            .with_weight_quant(weights.clone())
+            .with_weight_ste(ste);
+        let (w, x) = (values(w.clone()), values(x.clone()));
+        let expected = bitlinear_outputs(&config, &w, &x, &cpu);
+        let got = bitlinear_outputs(&config, &w, &x, &gpu);
         let what = format!("{:?} {:?} {ste:?}", weights.format, weights.granularity);
-        assert_close(&y_gpu, &y_cpu, 1e-4, &format!("{what}: BitLinear output"));
-        assert_close(&gw_gpu, &gw_cpu, 1e-4, &format!("{what}: weight gradient"));
-        assert_close(&gx_gpu, &gx_cpu, 1e-4, &format!("{what}: input gradient"));
-        assert_eq!(gs_gpu.is_some(), ste == Ste::LearnedStepSize);
-        if let (Some(gpu), Some(cpu)) = (gs_gpu, gs_cpu) {
-            assert_close(&gpu, &cpu, 1e-4, &format!("{what}: learned step gradient"));
-        }
+        assert_same_bitlinear(&got, &expected, &what);
+        assert_eq!(expected[3].is_empty(), ste != Ste::LearnedStepSize);
+    }
+}
+
+/// The parts [`bitlinear_outputs`] compares.
+const BITLINEAR_PARTS: [&str; 4] = [
+    "output",
+    "weight gradient",
+    "input gradient",
+    "learned step gradient",
+];
+
+/// A BitLinear built by `config` with the weight `w` (`[d_input, d_output]`, row-major) on
+/// `device` with autodiff: its output for the input `x` (`[_, d_input]`) and the gradients of
+/// `Σ y²` for the weight, the input and LSQ's learned step (empty without one).
+pub fn bitlinear_outputs(
+    config: &BitLinearConfig,
+    w: &[f32],
+    x: &[f32],
+    device: &Device,
+) -> [Vec<f32>; 4] {
+    let device = device.clone().autodiff();
+    let (d_in, d_out) = (config.d_input, config.d_output);
+    let w = Tensor::<2>::from_data(TensorData::new(w.to_vec(), [d_in, d_out]), &device);
+    let layer = config.init_with(w, None, &device).unwrap();
+    let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [x.len() / d_in, d_in]), &device)
+        .require_grad();
+    let y = layer.forward(x.clone());
+    let grads = (y.clone() * y.clone()).sum().backward();
+    let step = layer.weight_quantizer.step.as_ref();
+    [
+        values(y),
+        values(layer.weight.val().grad(&grads).unwrap()),
+        values(x.grad(&grads).unwrap()),
+        step.map_or_else(Vec::new, |s| values(s.val().grad(&grads).unwrap())),
+    ]
+}
+
+/// Asserts that every part of [`bitlinear_outputs`] agrees within 1e-4 relative (sums of
+/// products in another order).
+#[track_caller]
+pub fn assert_same_bitlinear(got: &[Vec<f32>; 4], expected: &[Vec<f32>; 4], what: &str) {
+    for ((part, got), expected) in BITLINEAR_PARTS.iter().zip(got).zip(expected) {
+        assert_close(got, expected, 1e-4, &format!("{what}: {part}"));
     }
 }
 

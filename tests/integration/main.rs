@@ -8,6 +8,7 @@ mod convert;
 mod fashion_mnist;
 mod gpu;
 mod gpu_qat;
+mod gpu_sizes;
 mod learner;
 mod quantizers;
 mod reference;

@@ -1,5 +1,7 @@
-//! Independent plain-Rust reference quantizers, written from the formulas in
-//! `shared/reference/bitnet.md` (and the LSQ / EWGS papers). No Burn code is used here.
+//! Independent plain-Rust reference quantizers, written from the published formulas: BitNet
+//! (Wang et al. 2023, arXiv:2310.11453), BitNet b1.58 (Ma et al. 2024, arXiv:2402.17764), LSQ
+//! (Esser et al. 2020, arXiv:1902.08153) and EWGS (Lee et al. 2021, arXiv:2104.00903). No Burn
+//! code is used here.
 
 /// Which statistic of |x| sets the scale.
 #[derive(Clone, Copy)]
