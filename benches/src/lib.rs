@@ -1,7 +1,9 @@
 #![warn(missing_docs)]
-//! Measuring helpers shared by the benchmark binaries, following
-//! `shared/reference/benchmarking.md`: variants interleaved in one process, at least 21
-//! samples each, medians and spreads, load average before and after.
+//! Measuring helpers shared by the benchmark binaries: variants interleaved in one process, at
+//! least 21 samples each, medians and spreads, load average before and after (so that machine
+//! noise hits every variant alike and shows in the spread).
+
+pub mod quant_table;
 
 use std::time::Instant;
 
@@ -62,8 +64,38 @@ pub fn load_average() -> f64 {
 
 pub use bitnet_kernels::file::write_atomic;
 
-/// The weight shapes `(N, K)` of `shared/reference/benchmarking.md`: square layers and the
-/// LLaMA-7B and BitNet 2B4T FFN matrices.
+/// The GPU runtimes the GPU binaries run on (each needs its cargo feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Gpu {
+    /// `Device::cuda(0)` (feature `cuda`).
+    Cuda,
+    /// `Device::wgpu(DefaultDevice)` (feature `wgpu`: WGSL).
+    Wgpu,
+    /// `Device::vulkan(DefaultDevice)` (feature `vulkan`: SPIR-V).
+    Vulkan,
+}
+
+impl Gpu {
+    /// The device.
+    ///
+    /// # Panics
+    /// When the binary was built without the runtime's feature (a usage error of a benchmark).
+    pub fn device(self) -> burn::tensor::Device {
+        match self {
+            #[cfg(feature = "cuda")]
+            Gpu::Cuda => burn::tensor::Device::cuda(0),
+            #[cfg(feature = "wgpu")]
+            Gpu::Wgpu => burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            #[cfg(feature = "vulkan")]
+            Gpu::Vulkan => burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+            #[allow(unreachable_patterns)]
+            other => panic!("{other:?} needs the matching cargo feature (cuda / wgpu / vulkan)"),
+        }
+    }
+}
+
+/// The weight shapes `(N, K)` the benchmarks time: square layers and the LLaMA-7B and
+/// BitNet 2B4T FFN matrices.
 pub const SHAPES: [(usize, usize); 7] = [
     (2048, 2048),
     (4096, 4096),

@@ -1,7 +1,8 @@
 //! The prepared GPU check: the CubeCL ternary kernels against the CPU kernels on random shapes
 //! (bit-exact integer products, 1e-5 relative otherwise, f16 activations within one f16
-//! rounding), then ternary GEMV/GEMM against Burn's f16 and f32 `matmul` on the same device, as
-//! a table (and JSON).
+//! rounding), the quantizers against Flex at real layer sizes (every element, both the portable
+//! path and the fused kernels: [`bitnet_qat_benches::quant_table`]), then ternary GEMV/GEMM
+//! against Burn's f16 and f32 `matmul` on the same device, as a table (and JSON).
 //!
 //! ```text
 //! scripts/gpu-check.sh                       # builds with cuda, runs this on Device::cuda(0)
@@ -13,20 +14,11 @@ use std::time::Instant;
 use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
 use bitnet_kernels::int8_dot::{Int8Dot, set_int8_dot};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
-use bitnet_qat_benches::{MS, SHAPES, Stats, load_average};
+use bitnet_qat_benches::quant_table::{self, Cell};
+use bitnet_qat_benches::{Gpu, MS, SHAPES, Stats, load_average};
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorCreationOptions, TensorData};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Gpu {
-    /// `Device::cuda(0)` (feature `cuda`).
-    Cuda,
-    /// `Device::wgpu(DefaultDevice)` (feature `wgpu`: WGSL).
-    Wgpu,
-    /// `Device::vulkan(DefaultDevice)` (feature `vulkan`: SPIR-V).
-    Vulkan,
-}
 
 /// Correctness of the GPU kernels against the CPU, then their speed against Burn's matmul.
 #[derive(Parser, Debug)]
@@ -37,9 +29,13 @@ struct Args {
     /// Fewer shapes and samples.
     #[arg(long)]
     quick: bool,
-    /// Only the kernel checks, no timings (for a software adapter such as lavapipe).
+    /// Only the kernel and quantizer checks, no timings (for a software adapter such as
+    /// lavapipe).
     #[arg(long)]
     check_only: bool,
+    /// Only the timings (after a `--check-only` run of the same build).
+    #[arg(long, conflicts_with = "check_only")]
+    skip_checks: bool,
     /// Time these weight shapes `NxK` instead of the benchmark's (repeat the flag).
     #[arg(long = "shape", value_parser = parse_shape)]
     shapes: Vec<(usize, usize)>,
@@ -67,19 +63,6 @@ fn parse_shape(s: &str) -> Result<(usize, usize), String> {
             .ok_or_else(|| format!("{s:?}: {v:?} is not a positive integer"))
     };
     Ok((parse(n)?, parse(k)?))
-}
-
-fn device(gpu: Gpu) -> Device {
-    match gpu {
-        #[cfg(feature = "cuda")]
-        Gpu::Cuda => Device::cuda(0),
-        #[cfg(feature = "wgpu")]
-        Gpu::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "vulkan")]
-        Gpu::Vulkan => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
-        #[allow(unreachable_patterns)]
-        other => panic!("{other:?} needs the matching cargo feature (cuda / wgpu / vulkan)"),
-    }
 }
 
 struct Lcg(u64);
@@ -147,6 +130,12 @@ fn check(gpu: &Device) -> (usize, usize) {
         // Many rows: the dense routes (unpacked weights, Burn's matmul).
         (70, 25, 768),
         (300, 40, 512),
+        // Long rows (K past 2^24 / 127, the packed format's longest K) and grids past 65,535
+        // cubes (output-row blocks × activation tiles, below the dense routes).
+        (1, 16, 140_032),
+        (2, 8, 262_143),
+        (160, 16_392, 256),
+        (63, 32_776, 256),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (i, &(m, rows, cols)) in shapes.iter().enumerate() {
@@ -280,13 +269,60 @@ fn time(
 
 fn main() {
     let args = Args::parse();
-    let gpu = device(args.device);
+    let gpu = args.device.device();
     let load = load_average();
     println!("device: {:?} ({:?}), load {load:.2}", gpu, args.device);
-    let (passed, failed) = check(&gpu);
-    println!("kernel checks against the CPU: {passed} passed, {failed} failed");
+    let (passed, failed, quantizers) = if args.skip_checks {
+        (0, 0, Vec::new())
+    } else {
+        let (passed, failed) = check(&gpu);
+        println!("kernel checks against the CPU: {passed} passed, {failed} failed");
+        let quantizers: Vec<Cell> = quant_table::measure(&gpu);
+        (passed, failed, quantizers)
+    };
+    let quant_failed = quantizers.iter().filter(|c| c.failed()).count();
+    if !args.skip_checks {
+        println!(
+            "quantizers against Flex: {} cells, {quant_failed} with more differing elements \
+             than rounding ties explain",
+            quantizers.len()
+        );
+    }
+    // Which way `Int8Dot::Auto` forms the int8 dot products on this runtime.
+    let auto_swar = Int8Dot::Auto.takes_swar(match args.device {
+        Gpu::Cuda => "cuda",
+        // The `wgpu` feature compiles WGSL whatever the platform's graphics API.
+        Gpu::Wgpu => "wgpu<wgsl>",
+        Gpu::Vulkan => "wgpu<spirv>",
+    });
+    let write_json = |rows: &[Row], done: bool| {
+        let Some(path) = &args.json else { return };
+        let json = serde_json::json!({
+            "device": format!("{gpu:?}"),
+            "int8_dot_default": if auto_swar { "swar" } else { "dp4a" },
+            "checks_passed": passed,
+            "checks_failed": failed,
+            "quantizers_failed": quant_failed,
+            "quantizers": quantizers,
+            "load_before": load,
+            "load_after": load_average(),
+            "complete": done,
+            "rows": rows,
+        });
+        bitnet_kernels::file::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)
+                .expect("json")
+                .as_bytes(),
+        )
+        .expect("write json");
+        if done {
+            println!("wrote {}", path.display());
+        }
+    };
     if args.check_only {
-        std::process::exit(if failed > 0 { 1 } else { 0 });
+        write_json(&[], true);
+        std::process::exit(if failed + quant_failed > 0 { 1 } else { 0 });
     }
 
     let shapes: Vec<(usize, usize)> = if !args.shapes.is_empty() {
@@ -308,13 +344,6 @@ fn main() {
     } else {
         args.samples
     };
-    // Which way `Int8Dot::Auto` forms the int8 dot products on this runtime.
-    let auto_swar = Int8Dot::Auto.takes_swar(match args.device {
-        Gpu::Cuda => "cuda",
-        // The `wgpu` feature compiles WGSL whatever the platform's graphics API.
-        Gpu::Wgpu => "wgpu<wgsl>",
-        Gpu::Vulkan => "wgpu<spirv>",
-    });
     println!(
         "int8 dot products by default: {}",
         if auto_swar { "SWAR masks" } else { "dp4a" }
@@ -323,29 +352,6 @@ fn main() {
         "\n| N×K | M | ternary int8 dp4a µs | ternary int8 SWAR µs | ternary int8 (f16 in/out) µs | ternary f32-acts µs | f16 matmul µs | f32 matmul µs | × f16 | × f32 | weights GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut rows = Vec::new();
-    let write_json = |rows: &[Row], done: bool| {
-        let Some(path) = &args.json else { return };
-        let json = serde_json::json!({
-            "device": format!("{gpu:?}"),
-            "int8_dot_default": if auto_swar { "swar" } else { "dp4a" },
-            "checks_passed": passed,
-            "checks_failed": failed,
-            "load_before": load,
-            "load_after": load_average(),
-            "complete": done,
-            "rows": rows,
-        });
-        bitnet_kernels::file::write_atomic(
-            path,
-            serde_json::to_string_pretty(&json)
-                .expect("json")
-                .as_bytes(),
-        )
-        .expect("write json");
-        if done {
-            println!("wrote {}", path.display());
-        }
-    };
     for &(n, k) in &shapes {
         let (codes, scales) = weights(n, k, ScaleKind::PerTensor, 1, &gpu);
         let w32 = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), &gpu);

@@ -6,8 +6,8 @@
 //! cargo run --release --bin kernel-bench -- --quick
 //! ```
 //!
-//! Measuring rules: `shared/reference/benchmarking.md` (interleaved variants, >= 21 samples,
-//! medians, load average before and after, cold = rotating through > 1 GiB of weight copies).
+//! Measuring rules: interleaved variants, >= 21 samples, medians, load average before and
+//! after, cold = rotating through > 1 GiB of weight copies.
 
 use std::path::PathBuf;
 
