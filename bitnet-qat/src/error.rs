@@ -69,6 +69,9 @@ pub enum QatError {
     /// A dataset could not be read or parsed.
     #[error("dataset error: {0}")]
     Dataset(String),
+    /// A record (checkpoint, saved model) holds values that cannot be what this crate wrote.
+    #[error("malformed record: {0}")]
+    Record(String),
 }
 
 /// A `Result` whose error is [`QatError`].

@@ -30,7 +30,7 @@
 //! let x = Tensor::<2>::ones([2, 16], &device).require_grad();
 //! let y = layer.forward(x.clone());
 //! let grads = y.sum().backward();
-//! assert!(layer.weight.val().grad(&grads).is_some()); // the latent weight learns
+//! assert!(layer.weight.base().grad(&grads).is_some()); // the latent weight learns
 //! ```
 
 mod backends;

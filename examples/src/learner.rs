@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bitnet_qat::data::{EpochLoader, ImageBatch, ImageBatcher};
-use bitnet_qat::nn::Quantizer;
-use bitnet_qat::schedule::{BitNetLrSchedulerConfig, Decay, QatModule};
+use bitnet_qat::schedule::{BitNetLrSchedulerConfig, Decay};
 use bitnet_qat::ste::Ste;
 use bitnet_qat::train::{
     QatClassificationOutput, QatPlan, QatState, QatTrainModel, QuietRenderer, WeightDecaySchedule,
-    optimize, with_qat_metrics,
+    optimize, prepare, with_qat_metrics,
 };
 use bitnet_qat::{QatError, Result};
 use burn::data::dataloader::DataLoader;
@@ -23,7 +22,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use burn::train::logger::{FileMetricLogger, MetricLogger};
 use burn::train::metric::store::Split;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, NumericEntry};
@@ -54,16 +53,6 @@ impl Classifier {
     }
 }
 
-impl QatModule for Classifier {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        self.mlp.for_each_quantizer(f);
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        self.mlp.for_each_weight(f);
-    }
-}
-
 impl QatTrainModel for Classifier {
     fn qat_state(&self) -> &QatState {
         &self.qat
@@ -79,7 +68,6 @@ impl TrainStep for Classifier {
     type Output = QatClassificationOutput;
 
     fn step(&self, batch: ImageBatch) -> TrainOutput<QatClassificationOutput> {
-        self.qat.begin(self);
         let output = self.classify(batch);
         let grads = output.loss.backward();
         self.qat.train_output(self, grads, output)
@@ -217,10 +205,10 @@ where
         Some(mlp) => mlp.fork(&device).train(),
         None => Mlp::with_ste(&sizes, config.precision, config.ste, &device)?,
     };
-    let model = Classifier {
+    let model = prepare(Classifier {
         mlp,
         qat: plan.init(&device),
-    };
+    })?;
     let optim = model.qat.optimizer(AdamConfig::new().build());
     let learner = Learner::new(model, optim, lr.init()?);
 

@@ -12,9 +12,8 @@ use std::time::Instant;
 
 use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset, shuffle};
 use bitnet_qat::infer::{TernaryLinear, ToTernary};
-use bitnet_qat::nn::{BitLinear, BitLinearConfig, Quantizer};
+use bitnet_qat::nn::{BitLinear, BitLinearConfig};
 use bitnet_qat::quant::{QuantConfig, QuantFormat};
-use bitnet_qat::schedule::QatModule;
 use bitnet_qat::ste::Ste;
 use bitnet_qat::{QatError, Result};
 use burn::module::Module;
@@ -55,22 +54,6 @@ fn relu_chain<L>(
         let y = forward(layer, x);
         if i < last { relu(y) } else { y }
     })
-}
-
-impl QatModule for Dense {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        match self {
-            Dense::Fp32(l) => l.for_each_quantizer(f),
-            Dense::Bit(l) => l.for_each_quantizer(f),
-        }
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        match self {
-            Dense::Fp32(l) => l.for_each_weight(f),
-            Dense::Bit(l) => l.for_each_weight(f),
-        }
-    }
 }
 
 /// Which layers an [`Mlp`] is built from.
@@ -142,16 +125,6 @@ impl Mlp {
     /// The logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         relu_chain(&self.layers, x, |layer, x| layer.forward(x))
-    }
-}
-
-impl QatModule for Mlp {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        self.layers.for_each_quantizer(f);
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        self.layers.for_each_weight(f);
     }
 }
 

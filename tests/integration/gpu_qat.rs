@@ -107,10 +107,10 @@ pub fn bitlinear_outputs(
         .require_grad();
     let y = layer.forward(x.clone());
     let grads = (y.clone() * y.clone()).sum().backward();
-    let step = layer.weight_quantizer.step.as_ref();
+    let step = layer.weight_quantizer().and_then(|q| q.step.as_ref());
     [
         values(y),
-        values(layer.weight.val().grad(&grads).unwrap()),
+        values(layer.weight.base().grad(&grads).unwrap()),
         values(x.grad(&grads).unwrap()),
         step.map_or_else(Vec::new, |s| values(s.val().grad(&grads).unwrap())),
     ]

@@ -2,6 +2,7 @@
 //! BitLinear against the BitNet reference, the reparameterizer, training and bad input,
 //! burn-train integration (metrics, exact resume) and real Fashion-MNIST data.
 
+mod any_model;
 mod bad_input;
 mod bit_linear;
 mod convert;

@@ -16,7 +16,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+use bitnet_qat::nn::{BitLinear, BitLinearConfig, update_quantizers};
 use bitnet_qat::quant::has_fused_kernels;
 use bitnet_qat::ste::Ste;
 use bitnet_qat_benches::{Stats, count_launches, interleaved, load_average, write_atomic};
@@ -123,10 +123,19 @@ impl Mlp {
                         _ => config,
                     };
                     let layer = config.init(device).expect("valid");
-                    if quantizers == "activations" {
+                    let layer = if quantizers == "activations" {
                         // lambda 0: the weight quantizer passes the latent weight through.
-                        layer.weight_quantizer.control.set_lambda(0.0);
-                    }
+                        update_quantizers(layer, |path, s| {
+                            Ok(if path == "weight.qat" {
+                                s.clone().with_lambda(0.0)
+                            } else {
+                                s.clone()
+                            })
+                        })
+                        .expect("valid settings")
+                    } else {
+                        layer
+                    };
                     Layer::Bit(layer)
                 }
             })

@@ -59,23 +59,28 @@ impl ToTernary for BitLinear {
     fn to_ternary(&self) -> Result<TernaryLinear> {
         let int8_activations = match &self.activation_quantizer {
             None => false,
-            Some(q)
-                if q.quant == QuantConfig::activation_int8()
-                    && !matches!(q.ste, Ste::Soft { .. }) =>
-            {
+            Some(q) => {
+                let settings = q.try_settings()?;
+                let (quant, ste) = settings.effective();
+                if quant != QuantConfig::activation_int8()
+                    || matches!(ste, Ste::Soft { .. })
+                    || settings.lambda != 1.0
+                {
+                    return Err(QatError::Invalid(format!(
+                        "the packed kernels quantize activations to 8-bit absmax per token \
+                         (QuantConfig::activation_int8() with a hard STE at lambda 1); this \
+                         layer's activation quantizer is {quant:?} with {ste:?} at lambda {}",
+                        settings.lambda
+                    )));
+                }
                 true
             }
-            Some(q) => {
-                return Err(QatError::Invalid(format!(
-                    "the packed kernels quantize activations to 8-bit absmax per token \
-                     (QuantConfig::activation_int8() with a hard STE); this layer uses {:?} \
-                     with {:?}",
-                    q.quant, q.ste
-                )));
-            }
         };
-        let weight = self.weight.val();
-        let packed = pack_weight(weight.clone(), &self.weight_quantizer)?;
+        let quantizer = self.weight_quantizer().ok_or_else(|| {
+            QatError::Invalid("this BitLinear's weight has no quantizer attached".into())
+        })?;
+        let weight = self.weight.base();
+        let packed = pack_weight(weight.clone(), quantizer)?;
         let norm = self.norm.as_ref().map(burn::module::Module::valid);
         TernaryLinear::from_packed(
             &packed,
@@ -127,25 +132,36 @@ impl<T: ToTernary> ToTernary for Option<T> {
     }
 }
 
-/// Packs a latent weight `[d_input, d_output]` with its quantizer: rows of the packed matrix
-/// are outputs.
+/// Packs a latent weight `[d_input, d_output]` with its quantizer, as the forward pass
+/// quantizes it (the effective quantizer: scheduled format included): rows of the packed matrix
+/// are outputs. What the packed form cannot reproduce is an error: formats other than ternary
+/// and binary, the soft STE's soft forward pass, a lambda below 1 (a blend with the latent
+/// weight).
 pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<PackedTernary> {
-    let config = &quantizer.quant;
+    let settings = quantizer.try_settings()?;
+    let (config, ste) = settings.effective();
     if !matches!(config.format, QuantFormat::Ternary | QuantFormat::Binary) {
         return Err(QatError::Invalid(format!(
             "only ternary and binary weights have a packed form; this layer uses {:?}",
             config.format
         )));
     }
-    if let Ste::Soft { .. } = quantizer.ste {
+    if let Ste::Soft { .. } = ste {
         return Err(QatError::Invalid(
             "the soft STE's forward pass is not the hard quantizer: finish annealing and \
              switch to a hard STE before converting"
                 .into(),
         ));
     }
+    if settings.lambda != 1.0 {
+        return Err(QatError::Invalid(format!(
+            "the weight quantizer runs at lambda {} (a blend with the latent weight): convert \
+             once the lambda schedule has reached 1",
+            settings.lambda
+        )));
+    }
     let [d_in, d_out] = weight.dims();
-    let (codes, scale) = quantizer.weight_codes(weight);
+    let (codes, scale) = quantizer.weight_codes(weight)?;
     let codes: Vec<f32> = to_vec(codes.transpose());
     let scale: Vec<f32> = to_vec(scale.transpose()); // [d_out, d_in]
     let values: Vec<i8> = codes.iter().map(|c| *c as i8).collect();

@@ -1,7 +1,7 @@
 //! `BitLinear`: the BitNet b1.58 linear layer.
 
 use burn::config::Config;
-use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, Reparameterizer};
 use burn::nn::{Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
@@ -37,7 +37,7 @@ use crate::ste::Ste;
 ///     .with_norm(false)
 ///     .init(&device)
 ///     .unwrap();
-/// assert!(w4.weight_quantizer.step.is_some());
+/// assert!(w4.weight_quantizer().unwrap().step.is_some());
 ///
 /// // Invalid settings are reported when the layer is built.
 /// assert!(BitLinearConfig::new(64, 32).with_norm_eps(0.0).init(&device).is_err());
@@ -82,8 +82,11 @@ pub struct BitLinearConfig {
 /// `w_q = W + (weight_quant(W) - W).detach()`, `y = x_q W_q (+ b)`.
 ///
 /// The latent weight is stored `[d_input, d_output]` like Burn's `Linear`, so `Linear` weights
-/// load into it. In training the gradient of the configured STE reaches the latent weight; after
-/// [`Module::valid`] the forward pass is the same quantized computation, without the STE.
+/// load into it. Its weight quantizer is attached to it as a reparameterization (the same way
+/// the [`QatReparameterizer`](crate::reparam::QatReparameterizer) attaches one to any layer's
+/// weights): `weight.val()` is the quantized weight, `weight.base()` the latent one, and the
+/// gradient of the configured STE reaches the latent weight. After [`Module::valid`] the forward
+/// pass is the same quantized computation, without the STE.
 ///
 /// # Non-finite values
 /// [`BitLinear::forward`] does not look at the values (that would cost a device sync per call);
@@ -93,16 +96,38 @@ pub struct BitLinearConfig {
 #[derive(Module, Debug)]
 #[module(custom_display)]
 pub struct BitLinear {
-    /// The latent (full-precision) weight `[d_input, d_output]`.
+    /// The weight `[d_input, d_output]`: the latent values (`weight.base()`) with the weight
+    /// [`Quantizer`] attached (`weight.val()` is the quantized weight; see
+    /// [`BitLinear::weight_quantizer`]).
     pub weight: Param<Tensor<2>>,
     /// The optional bias `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
     /// The input RMSNorm, when the layer normalises its input.
     pub norm: Option<RmsNorm>,
-    /// The weight quantizer (and its learned step, if any).
-    pub weight_quantizer: Quantizer,
     /// The activation quantizer, if activations are quantized.
     pub activation_quantizer: Option<Quantizer>,
+}
+
+/// Attaches one quantizer to the parameter at one path (the weight of a layer being built).
+struct AttachAt {
+    path: &'static str,
+    quantizer: Option<Quantizer>,
+}
+
+impl Reparameterizer for AttachAt {
+    type Reparam = Quantizer;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<Quantizer>) {
+        if path == self.path {
+            (param, self.quantizer.take())
+        } else {
+            (param, None)
+        }
+    }
 }
 
 impl BitLinearConfig {
@@ -120,7 +145,8 @@ impl BitLinearConfig {
         self.weight_ste.validate(&self.weight_quant)?;
         self.weight_quant.validate_for_dim(self.d_input)?;
         if let Some(act) = &self.activation_quant {
-            self.activation_config(act).init_activation(self.d_input)?;
+            self.activation_config(act)
+                .validate_activation(self.d_input)?;
         }
         Ok(())
     }
@@ -185,7 +211,10 @@ impl BitLinearConfig {
             .with_ste(self.weight_ste)
             .init_weight(&weight.val())?;
         let activation_quantizer = match &self.activation_quant {
-            Some(act) => Some(self.activation_config(act).init_activation(self.d_input)?),
+            Some(act) => Some(
+                self.activation_config(act)
+                    .init_activation(self.d_input, device)?,
+            ),
             None => None,
         };
         let norm = self.norm.then(|| {
@@ -193,13 +222,16 @@ impl BitLinearConfig {
                 .with_epsilon(self.norm_eps)
                 .init(device)
         });
-        Ok(BitLinear {
+        let layer = BitLinear {
             weight,
             bias,
             norm,
-            weight_quantizer,
             activation_quantizer,
-        })
+        };
+        Ok(layer.apply_reparameterization(AttachAt {
+            path: "weight",
+            quantizer: Some(weight_quantizer),
+        }))
     }
 
     fn activation_config(&self, act: &QuantConfig) -> QuantizerConfig {
@@ -232,15 +264,21 @@ impl BitLinear {
         Ok(self.forward_unchecked(input))
     }
 
+    /// The weight quantizer: the [`Quantizer`] attached to [`BitLinear::weight`] (`None` only
+    /// once [`Module::materialize`] has folded it into the weight).
+    pub fn weight_quantizer(&self) -> Option<&Quantizer> {
+        self.weight.reparameterization::<Quantizer>()
+    }
+
     /// The quantized weight the forward pass uses, `[d_input, d_output]` (with the STE's
     /// gradient path to the latent weight).
     pub fn quantized_weight(&self) -> Tensor<2> {
-        self.weight_quantizer.forward(self.weight.val())
+        self.weight.val()
     }
 
     /// Checks the latent weight and bias for NaN and infinite values.
     pub fn check_finite(&self) -> crate::Result<()> {
-        check_finite(&self.weight.val(), "BitLinear weight")?;
+        check_finite(&self.weight.base(), "BitLinear weight")?;
         if let Some(b) = &self.bias {
             check_finite(&b.val(), "BitLinear bias")?;
         }
@@ -285,7 +323,13 @@ impl ModuleDisplay for BitLinear {
             .add("norm", &self.norm.is_some())
             .add(
                 "weight",
-                &format!("{:?}", self.weight_quantizer.quant.format),
+                &self
+                    .weight_quantizer()
+                    .and_then(|q| q.try_settings().ok())
+                    .map_or_else(
+                        || "unquantized".to_string(),
+                        |s| format!("{:?}", s.quant.format),
+                    ),
             )
             .optional()
     }

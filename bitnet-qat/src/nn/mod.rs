@@ -1,9 +1,13 @@
-//! Layers: [`BitLinear`] and the [`Quantizer`] module it (and the reparameterizer) is built on.
+//! Layers: [`BitLinear`] and the [`Quantizer`] module it (and the reparameterizer) is built on,
+//! with its recorded [`QuantizerSettings`] and [`quantizers`], which finds every quantizer of any
+//! model.
 
 mod bit_linear;
-mod control;
+mod discover;
 mod quantizer;
+mod settings;
 
 pub use bit_linear::{BitLinear, BitLinearConfig};
-pub use control::QatControl;
+pub use discover::{FoundQuantizer, quantizers, update_quantizers};
 pub use quantizer::{QuantAxis, Quantizer, QuantizerConfig};
+pub use settings::QuantizerSettings;

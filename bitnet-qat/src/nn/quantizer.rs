@@ -1,15 +1,15 @@
 //! A quantizer as a Burn module: configuration, STE and the learned step when there is one.
 
-use burn::config::Config;
-use burn::module::{Module, Param, Reparameterization};
-use burn::tensor::Tensor;
+use std::sync::Arc;
 
-use super::control::QatControl;
+use burn::config::Config;
+use burn::module::{Module, Param, ParamId, Reparameterization};
+use burn::tensor::{Device, Int, Tensor};
+
+use super::settings::QuantizerSettings;
 use crate::error::QatError;
 use crate::quant::layout::ScaleLayout;
-use crate::quant::{
-    QuantConfig, QuantFormat, ScaleStat, quant_grid, validate_shape, without_graph,
-};
+use crate::quant::{QuantConfig, QuantFormat, quant_grid, validate_shape, without_graph};
 use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
 
 /// Configuration of a [`Quantizer`]: the quantizer and its straight-through estimator.
@@ -51,32 +51,30 @@ pub enum QuantAxis {
 
 /// Fake quantization with a straight-through estimator, as a module.
 ///
-/// It holds the learned step of [`Ste::LearnedStepSize`] as a recorded, trainable parameter,
-/// so learned scales are saved and restored with the model. It is also the
-/// [`Reparameterization`] the [`QatReparameterizer`](crate::reparam::QatReparameterizer)
-/// attaches to the weights of any Burn model.
+/// Everything it does is recorded with the model: its learned step (with
+/// [`Ste::LearnedStepSize`]) as a trainable parameter, and its [`QuantizerSettings`] — the
+/// configuration and what schedules set (lambda, temperature, format) — as an integer
+/// parameter. So a checkpoint restores a scheduled quantizer exactly, a clone is independent of
+/// its original, and code that walks a model's parameters finds every quantizer of any model
+/// (see [`crate::schedule::QatScheduler`], [`crate::schedule::weight_stats`]). It is also the
+/// [`Reparameterization`] the [`QatReparameterizer`](crate::reparam::QatReparameterizer) and
+/// [`BitLinear`](super::BitLinear) attach to weights.
 #[derive(Module, Debug)]
 pub struct Quantizer {
     /// The learned step `1/s`, one value per scale (only with [`Ste::LearnedStepSize`]).
     pub step: Option<Param<Tensor<1>>>,
-    /// The quantizer.
+    /// The recorded [`QuantizerSettings`] (see `nn::settings`).
+    pub(crate) settings: Param<Tensor<1, Int>>,
+    /// The settings of the parameter id they were built with: the forward pass reads them
+    /// without a lock or a device round trip while the parameter is that one.
     #[module(skip)]
-    pub quant: QuantConfig,
-    /// The straight-through estimator.
-    #[module(skip)]
-    pub ste: Ste,
-    /// Whether the scales run along axis 0 (weights) or the last axis (activations).
-    #[module(skip)]
-    pub axis: QuantAxis,
-    /// Run-time settings (lambda, temperature, format) a schedule changes during training.
-    #[module(skip)]
-    pub control: QatControl,
+    host: Option<(ParamId, Arc<QuantizerSettings>)>,
 }
 
 impl QuantizerConfig {
-    /// Builds a quantizer for a Burn weight `[d_input, d_output]` (scales along axis 0).
-    /// A learned step is initialised from `weight` so the first forward pass equals the
-    /// non-learned quantizer.
+    /// Builds a quantizer for a Burn weight `[d_input, d_output]` (scales along axis 0), on the
+    /// weight's device. A learned step is initialised from `weight` so the first forward pass
+    /// equals the non-learned quantizer.
     pub fn init_weight(&self, weight: &Tensor<2>) -> crate::Result<Quantizer> {
         self.ste.validate(&self.quant)?;
         validate_shape(&self.quant, &weight.dims(), 0)?;
@@ -88,17 +86,26 @@ impl QuantizerConfig {
             ))),
             _ => None,
         };
-        Ok(Quantizer {
-            step,
-            quant: self.quant.clone(),
-            ste: self.ste,
-            axis: QuantAxis::Weight,
-            control: QatControl::default(),
-        })
+        let settings = QuantizerSettings::new(
+            self.quant.clone(),
+            self.ste,
+            QuantAxis::Weight,
+            step.is_some(),
+        );
+        Ok(Quantizer::from_settings(step, settings, &weight.device()))
     }
 
-    /// Builds a quantizer for activations whose last axis has `d_features` elements.
-    pub fn init_activation(&self, d_features: usize) -> crate::Result<Quantizer> {
+    /// Builds a quantizer for activations whose last axis has `d_features` elements, with its
+    /// recorded settings on `device`.
+    pub fn init_activation(&self, d_features: usize, device: &Device) -> crate::Result<Quantizer> {
+        self.validate_activation(d_features)?;
+        let settings =
+            QuantizerSettings::new(self.quant.clone(), self.ste, QuantAxis::Activation, false);
+        Ok(Quantizer::from_settings(None, settings, device))
+    }
+
+    /// Checks that [`QuantizerConfig::init_activation`] would build a quantizer.
+    pub fn validate_activation(&self, d_features: usize) -> crate::Result<()> {
         self.ste.validate(&self.quant)?;
         self.quant.validate_for_dim(d_features)?;
         if self.ste == Ste::LearnedStepSize {
@@ -108,13 +115,7 @@ impl QuantizerConfig {
                     .into(),
             ));
         }
-        Ok(Quantizer {
-            step: None,
-            quant: self.quant.clone(),
-            ste: self.ste,
-            axis: QuantAxis::Activation,
-            control: QatControl::default(),
-        })
+        Ok(())
     }
 }
 
@@ -133,13 +134,98 @@ fn initial_step<const D: usize>(x: Tensor<D>, config: &QuantConfig, axis: usize)
 }
 
 impl Quantizer {
+    /// A quantizer from its recorded parameters (as a traversal finds them).
+    pub(crate) fn from_params(
+        step: Option<Param<Tensor<1>>>,
+        settings: Param<Tensor<1, Int>>,
+    ) -> Self {
+        Self {
+            step,
+            settings,
+            host: None,
+        }
+    }
+
+    fn from_settings(
+        step: Option<Param<Tensor<1>>>,
+        settings: QuantizerSettings,
+        device: &Device,
+    ) -> Self {
+        let param = settings.to_param(device);
+        Self {
+            host: Some((param.id, Arc::new(settings))),
+            settings: param,
+            step,
+        }
+    }
+
+    /// The quantizer's recorded settings: its configuration and schedule values.
+    ///
+    /// # Panics
+    /// If the recorded settings are malformed (a corrupted or foreign record loaded into the
+    /// model); [`Quantizer::try_settings`] returns the error, and
+    /// [`crate::check::check_model`] checks a whole model after loading.
+    pub fn settings(&self) -> QuantizerSettings {
+        match self.try_settings() {
+            Ok(s) => (*s).clone(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Quantizer::settings`], with a typed error for malformed recorded settings.
+    pub fn try_settings(&self) -> crate::Result<Arc<QuantizerSettings>> {
+        match &self.host {
+            Some((id, s)) if *id == self.settings.id => Ok(s.clone()),
+            _ => QuantizerSettings::of(&self.settings),
+        }
+    }
+
+    /// The quantizer and STE in force (see [`QuantizerSettings::effective`]).
+    pub fn effective(&self) -> (QuantConfig, Ste) {
+        self.settings().effective()
+    }
+
+    /// This quantizer with `settings` recorded in place of its own. The configuration part
+    /// (`quant`, `ste`, `axis`, `learned_step`) must stay the same: only schedules change.
+    pub(crate) fn with_settings(self, settings: QuantizerSettings) -> Self {
+        let step = self.step;
+        Self::from_settings(step, settings, &self.settings.lazy_device())
+    }
+
+    /// This quantizer with lambda set (clamped to `[0, 1]`, NaN taken as 1): the forward pass
+    /// is `x + lambda (q(x) - x)`.
+    pub fn with_lambda(self, lambda: f64) -> Self {
+        let settings = self.settings().with_lambda(lambda);
+        self.with_settings(settings)
+    }
+
+    /// This quantizer with its soft STE temperature overridden (`None` restores the configured
+    /// one).
+    ///
+    /// # Errors
+    /// [`QatError::Temperature`] for a temperature that is not finite and positive.
+    pub fn with_temperature(self, temperature: Option<f64>) -> crate::Result<Self> {
+        let settings = self.settings().with_temperature(temperature)?;
+        Ok(self.with_settings(settings))
+    }
+
+    /// This quantizer with its weight format overridden (`None` restores the configured one;
+    /// see [`QuantizerSettings::effective`] for where it applies).
+    ///
+    /// # Errors
+    /// [`QatError::UnsupportedBits`] for an invalid format.
+    pub fn with_format(self, format: Option<QuantFormat>) -> crate::Result<Self> {
+        let settings = self.settings().with_format(format)?;
+        Ok(self.with_settings(settings))
+    }
+
     /// Fake-quantizes `x` (the forward pass of the configured quantizer, the gradient of the
     /// configured STE).
     ///
     /// # Panics
     /// If `x`'s shape does not fit the configuration checked when the quantizer was built
-    /// (for example a different group-divisibility); [`Quantizer::try_forward`] returns an error
-    /// instead.
+    /// (for example a different group-divisibility), or if the recorded settings are malformed;
+    /// [`Quantizer::try_forward`] returns an error instead.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self.try_forward(x) {
             Ok(y) => y,
@@ -147,14 +233,19 @@ impl Quantizer {
         }
     }
 
-    /// [`Quantizer::forward`], with a typed error for a shape that does not fit.
+    /// [`Quantizer::forward`], with a typed error for a shape that does not fit or malformed
+    /// recorded settings.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
-        let lambda = self.control.lambda();
+        // One read of the settings: the whole pass uses one consistent configuration.
+        let settings = self.try_settings()?;
+        let axis = axis_of::<D>(settings.axis);
+        let (quant, ste) = settings.effective();
+        validate_shape(&quant, &x.dims(), axis)?;
+        let lambda = settings.lambda;
         if lambda == 0.0 {
-            validate_shape(&self.effective().0, &x.dims(), self.axis_of::<D>())?;
             return Ok(x);
         }
-        let q = self.quantize(x.clone())?;
+        let q = self.quantize(x.clone(), &quant, &ste, axis)?;
         Ok(if lambda == 1.0 {
             q
         } else {
@@ -163,11 +254,14 @@ impl Quantizer {
         })
     }
 
-    /// The quantized value with the STE's gradient, whatever the control's lambda.
-    fn quantize<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
-        let axis = self.axis_of::<D>();
-        let (quant, ste) = self.effective();
-        validate_shape(&quant, &x.dims(), axis)?;
+    /// The quantized value with the STE's gradient, whatever lambda is.
+    fn quantize<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        quant: &QuantConfig,
+        ste: &Ste,
+        axis: usize,
+    ) -> crate::Result<Tensor<D>> {
         Ok(match &self.step {
             Some(step) => {
                 let layout = ScaleLayout::new(quant.granularity, axis, x.dims());
@@ -180,37 +274,13 @@ impl Quantizer {
                 }
                 let (qn, qp) = quant.code_range();
                 let g = lsq_grad_scale(layout.elems_per_scale(), qp);
-                match crate::fused::try_fused_lsq(&x, &step.val(), &quant, axis, g) {
+                match crate::fused::try_fused_lsq(&x, &step.val(), quant, axis, g) {
                     Some(q) => q,
                     None => lsq_quantize(x, layout.broadcast(step.val()), qn, qp, g),
                 }
             }
-            None => apply_ste(x, &quant, &ste, axis),
+            None => apply_ste(x, quant, ste, axis),
         })
-    }
-
-    /// The quantizer and STE in force: the configured ones with the control's overrides. A
-    /// format override applies to weight quantizers without a learned step and brings that
-    /// format's preset statistic (absmean for ternary and binary, absmax for integers); a
-    /// temperature override applies to the soft STE.
-    pub fn effective(&self) -> (QuantConfig, Ste) {
-        let mut quant = self.quant.clone();
-        if self.axis == QuantAxis::Weight
-            && self.step.is_none()
-            && let Some(format) = self.control.format()
-            && format != quant.format
-        {
-            quant.format = format;
-            quant.stat = match format {
-                QuantFormat::Int { .. } => ScaleStat::AbsMax,
-                QuantFormat::Ternary | QuantFormat::Binary => ScaleStat::AbsMean,
-            };
-        }
-        let ste = match (self.ste, self.control.temperature()) {
-            (Ste::Soft { .. }, Some(temperature)) => Ste::Soft { temperature },
-            (ste, _) => ste,
-        };
-        (quant, ste)
     }
 
     /// The integer codes of a weight `[d_input, d_output]` as the forward pass quantizes it (at
@@ -218,11 +288,13 @@ impl Quantizer {
     /// `[d_input, d_output]`, without autodiff. The codes are read off the forward pass itself,
     /// so they are exactly the ones it uses, whichever implementation (fused or portable) ran.
     ///
-    /// # Panics
-    /// If the weight's shape does not fit the quantizer (see [`Quantizer::forward`]).
-    pub fn weight_codes(&self, weight: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    /// # Errors
+    /// As [`Quantizer::try_forward`]: a weight whose shape does not fit, malformed settings.
+    pub fn weight_codes(&self, weight: Tensor<2>) -> crate::Result<(Tensor<2>, Tensor<2>)> {
         let weight = without_graph(weight);
-        let (quant, _) = self.effective();
+        let settings = self.try_settings()?;
+        let (quant, ste) = settings.effective();
+        validate_shape(&quant, &weight.dims(), 0)?;
         let scale: Tensor<2> = match &self.step {
             Some(step) => ScaleLayout::new(quant.granularity, 0, weight.dims())
                 .broadcast(without_graph(step.val()))
@@ -230,19 +302,17 @@ impl Quantizer {
             None => quant_grid(weight.clone(), &quant, 0).scale,
         };
         let scale = scale + weight.zeros_like(); // expand to [d_input, d_output]
-        let hard = match self.quantize(weight) {
-            Ok(q) => q,
-            Err(e) => panic!("{e}"),
-        };
+        let hard = self.quantize(weight, &quant, &ste, 0)?;
         let codes = (hard * scale.clone()).round();
-        (codes, scale)
+        Ok((codes, scale))
     }
+}
 
-    fn axis_of<const D: usize>(&self) -> usize {
-        match self.axis {
-            QuantAxis::Weight => 0,
-            QuantAxis::Activation => D - 1,
-        }
+/// The axis the scales of a `D`-dimensional input run along.
+fn axis_of<const D: usize>(axis: QuantAxis) -> usize {
+    match axis {
+        QuantAxis::Weight => 0,
+        QuantAxis::Activation => D - 1,
     }
 }
 
@@ -292,12 +362,16 @@ mod tests {
         let config =
             QuantizerConfig::new(QuantConfig::activation_int8()).with_ste(Ste::LearnedStepSize);
         assert!(matches!(
-            config.init_activation(16),
+            config.init_activation(16, &Device::flex()),
             Err(QatError::Invalid(_))
         ));
         let config = QuantizerConfig::new(QuantConfig::activation_int8());
         assert_eq!(
-            config.init_activation(16).unwrap().axis,
+            config
+                .init_activation(16, &Device::flex())
+                .unwrap()
+                .settings()
+                .axis,
             QuantAxis::Activation
         );
     }

@@ -1,106 +1,28 @@
 //! Applying schedules to the quantizers of a model.
 
-use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::module::Module;
 
 use super::{BitWidthSchedule, LambdaSchedule, TemperatureSchedule};
-use crate::nn::{BitLinear, QuantAxis, Quantizer};
-
-/// A model whose quantizers a schedule can reach.
-///
-/// Implemented for [`BitLinear`], reparameterized Burn `Linear`, `Vec` and `Option`; for a model
-/// of your own, call it on each field:
-///
-/// ```
-/// use bitnet_qat::nn::{BitLinear, Quantizer};
-/// use bitnet_qat::schedule::QatModule;
-///
-/// #[derive(burn::module::Module, Debug)]
-/// struct Mlp { fc1: BitLinear, fc2: BitLinear }
-///
-/// impl QatModule for Mlp {
-///     fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-///         self.fc1.for_each_quantizer(f);
-///         self.fc2.for_each_quantizer(f);
-///     }
-/// }
-/// ```
-pub trait QatModule {
-    /// Calls `f` on every quantizer of the module.
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer));
-
-    /// Calls `f` on every quantized weight (`[d_input, d_output]` latent values) with its
-    /// quantizer, for [`weight_stats`](super::weight_stats) and
-    /// [`FlipTracker`](super::FlipTracker). The default visits none.
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        let _ = f;
-    }
-}
-
-impl QatModule for BitLinear {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        f(&self.weight_quantizer);
-        if let Some(q) = &self.activation_quantizer {
-            f(q);
-        }
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        f(&self.weight_quantizer, self.weight.val());
-    }
-}
-
-impl QatModule for Linear {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        if let Some(q) = self.weight.reparameterization::<Quantizer>() {
-            f(q);
-        }
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        if let Some(q) = self.weight.reparameterization::<Quantizer>() {
-            f(q, self.weight.base());
-        }
-    }
-}
-
-impl<T: QatModule> QatModule for Vec<T> {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        self.iter().for_each(|m| m.for_each_quantizer(f));
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        self.iter().for_each(|m| m.for_each_weight(f));
-    }
-}
-
-impl<T: QatModule> QatModule for Option<T> {
-    fn for_each_quantizer(&self, f: &mut dyn FnMut(&Quantizer)) {
-        if let Some(m) = self {
-            m.for_each_quantizer(f);
-        }
-    }
-
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Quantizer, Tensor<2>)) {
-        if let Some(m) = self {
-            m.for_each_weight(f);
-        }
-    }
-}
+use crate::error::Result;
+use crate::nn::{QuantAxis, update_quantizers};
 
 /// The QAT schedules of a run, applied to a model at each global step (in `TrainStep::optimize`
 /// or a custom loop). Everything is derived from the step, so applying it after loading a
 /// checkpoint restores the exact settings.
 ///
+/// It reaches every [`Quantizer`](crate::nn::Quantizer) of any model through its recorded
+/// settings, so the scheduled values are part of the model: saved with it, restored with it,
+/// and carried by its clones and `valid()` copies.
+///
 /// # Example
 /// ```
 /// use bitnet_qat::nn::BitLinearConfig;
-/// use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatModule, QatScheduler};
+/// use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
 ///
-/// let layer = BitLinearConfig::new(8, 4).init(&burn::tensor::Device::flex()).unwrap();
+/// let layers = vec![BitLinearConfig::new(8, 4).init(&burn::tensor::Device::flex()).unwrap()];
 /// let scheduler = QatScheduler::default().with_lambda(LambdaSchedule::new(100, LambdaRamp::Linear));
-/// scheduler.apply(&layer, 25);
-/// assert_eq!(layer.weight_quantizer.control.lambda(), 0.25);
+/// let layers = scheduler.apply(layers, 25).unwrap();
+/// assert_eq!(layers[0].weight_quantizer().unwrap().settings().lambda, 0.25);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct QatScheduler {
@@ -131,25 +53,31 @@ impl QatScheduler {
         self
     }
 
-    /// Sets every quantizer of `model` to the values of global step `step`.
-    pub fn apply(&self, model: &impl QatModule, step: usize) {
+    /// `model` with every quantizer set to the values of global step `step`: lambda on all
+    /// quantizers, the temperature on all (it takes effect on soft STEs), the format on weight
+    /// quantizers.
+    ///
+    /// # Errors
+    /// [`crate::QatError::Record`] for a quantizer whose recorded settings are malformed.
+    pub fn apply<M: Module>(&self, model: M, step: usize) -> Result<M> {
         let lambda = self.lambda.as_ref().map(|s| s.value(step));
         let temperature = self.temperature.as_ref().map(|s| s.value(step));
         let format = self.bit_width.as_ref().map(|s| s.format_at(step));
-        model.for_each_quantizer(&mut |q| {
+        update_quantizers(model, |_, settings| {
+            let mut s = settings.clone();
             if let Some(l) = lambda {
-                q.control.set_lambda(l);
+                s = s.with_lambda(l);
             }
             if temperature.is_some() {
-                q.control.set_temperature(temperature);
+                s = s.with_temperature(temperature)?;
             }
             if let Some(f) = format
-                && q.axis == QuantAxis::Weight
+                && s.axis == QuantAxis::Weight
             {
-                // Formats in a BitWidthSchedule were validated when it was built.
-                q.control.set_format(Some(f)).expect("validated format");
+                s = s.with_format(Some(f))?;
             }
-        });
+            Ok(s)
+        })
     }
 }
 
@@ -171,33 +99,59 @@ mod tests {
     fn lambda_blends_full_precision_and_quantized() {
         let device = Device::flex().autodiff();
         let layer = BitLinearConfig::new(4, 2).init(&device).unwrap();
-        let q = &layer.weight_quantizer;
-        let w = layer.weight.val();
+        let q = layer.weight_quantizer().unwrap().clone();
+        let w = layer.weight.base();
         let hard = fake_quantize_weight(w.clone(), &QuantConfig::ternary()).unwrap();
-        q.control.set_lambda(0.0);
-        q.forward(w.clone())
+        q.clone()
+            .with_lambda(0.0)
+            .forward(w.clone())
             .into_data()
             .assert_eq(&w.clone().into_data(), true);
-        q.control.set_lambda(0.25);
+        let quarter = q.clone().with_lambda(0.25);
         let expected = w.clone().mul_scalar(0.75) + hard.clone().mul_scalar(0.25);
-        let blended = q.forward(w.clone().require_grad());
+        let blended = quarter.forward(w.clone().require_grad());
         blended
             .clone()
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
         // The gradient of the standard STE stays the identity at any lambda.
-        let leaf = layer.weight.val().require_grad();
-        let grads = q.forward(leaf.clone()).sum().backward();
+        let leaf = layer.weight.base().require_grad();
+        let grads = quarter.forward(leaf.clone()).sum().backward();
         let ones = leaf.ones_like().inner().into_data();
         leaf.grad(&grads)
             .unwrap()
             .into_data()
             .assert_eq(&ones, true);
-        // Validation copies share the control.
-        q.control.set_lambda(1.0);
-        let valid = layer.valid();
-        valid.weight_quantizer.control.set_lambda(0.5);
-        assert_eq!(q.control.lambda(), 0.5);
+        // A changed quantizer leaves its original alone.
+        assert_eq!(q.settings().lambda, 1.0);
+    }
+
+    #[test]
+    fn schedules_are_part_of_the_model_and_its_copies() {
+        let device = Device::flex().autodiff();
+        let model = vec![BitLinearConfig::new(4, 2).init(&device).unwrap()];
+        let scheduler =
+            QatScheduler::default().with_lambda(LambdaSchedule::new(10, LambdaRamp::Linear));
+        let before = model.clone();
+        let model = scheduler.apply(model, 3).unwrap();
+        let lambda =
+            |m: &Vec<crate::nn::BitLinear>| m[0].weight_quantizer().unwrap().settings().lambda;
+        // The clone taken before is independent; a valid() copy carries the values.
+        assert_eq!((lambda(&before), lambda(&model)), (1.0, 0.3));
+        assert_eq!(lambda(&model.valid()), 0.3);
+        // The record holds them: a fresh skeleton loads step 3's lambda.
+        let skeleton = vec![BitLinearConfig::new(4, 2).init(&device).unwrap()];
+        let loaded = skeleton.load_record(model.clone().into_record());
+        assert_eq!(lambda(&loaded), 0.3);
+        assert_eq!(
+            loaded[0]
+                .activation_quantizer
+                .as_ref()
+                .unwrap()
+                .settings()
+                .lambda,
+            0.3
+        );
     }
 
     #[test]
@@ -223,29 +177,31 @@ mod tests {
                 ])
                 .unwrap(),
             );
-        scheduler.apply(&layer, 15);
-        let act = layer.activation_quantizer.as_ref().unwrap();
-        assert_eq!(layer.weight_quantizer.control.lambda(), 0.5);
-        assert!((act.control.temperature().unwrap() - 0.1f64.powf(0.3)).abs() < 1e-12);
-        assert_eq!(layer.weight_quantizer.effective().0, QuantConfig::int(8));
+        let layer = scheduler.apply(layer, 15).unwrap();
+        let act = layer.activation_quantizer.as_ref().unwrap().settings();
+        let weight_q = layer.weight_quantizer().unwrap();
+        assert_eq!(weight_q.settings().lambda, 0.5);
+        assert!((act.temperature.unwrap() - 0.1f64.powf(0.3)).abs() < 1e-12);
+        assert_eq!(weight_q.effective().0, QuantConfig::int(8));
         // Activation quantizers keep their format.
-        assert_eq!(act.control.format(), None);
-        scheduler.apply(&layer, 60);
-        assert_eq!(layer.weight_quantizer.effective().0, QuantConfig::ternary());
-        let w = layer.weight.val();
-        layer
-            .weight_quantizer
-            .forward(w.clone())
-            .into_data()
-            .assert_approx_eq::<f32>(
-                &fake_quantize_weight(w, &QuantConfig::ternary())
-                    .unwrap()
-                    .into_data(),
-                Tolerance::absolute(1e-7),
-            );
+        assert_eq!(act.format, None);
+        let layer = scheduler.apply(layer, 60).unwrap();
+        let weight_q = layer.weight_quantizer().unwrap();
+        assert_eq!(weight_q.effective().0, QuantConfig::ternary());
+        let w = layer.weight.base();
+        layer.weight.val().into_data().assert_approx_eq::<f32>(
+            &fake_quantize_weight(w, &QuantConfig::ternary())
+                .unwrap()
+                .into_data(),
+            Tolerance::absolute(1e-7),
+        );
         // The soft STE reads the scheduled temperature.
         let xs = x(&device);
-        let cold = act.forward(xs.clone());
+        let cold = layer
+            .activation_quantizer
+            .as_ref()
+            .unwrap()
+            .forward(xs.clone());
         let hard = fake_quantize(xs, &QuantConfig::activation_int8()).unwrap();
         cold.into_data()
             .assert_approx_eq::<f32>(&hard.into_data(), Tolerance::absolute(0.02));

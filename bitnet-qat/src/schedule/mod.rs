@@ -18,9 +18,9 @@ mod lr;
 mod stats;
 mod temperature;
 
-pub use apply::{QatModule, QatScheduler};
+pub use apply::QatScheduler;
 pub use bit_width::{BitPhase, BitWidthSchedule, PlateauSwitch};
 pub use lambda::{LambdaRamp, LambdaSchedule};
 pub use lr::{BitNetLrScheduler, BitNetLrSchedulerConfig, Decay, WeightDecaySchedule};
-pub use stats::{FlipTracker, WeightStats, weight_stats};
+pub use stats::{FlipTracker, WeightStats, layer_stats, weight_stats};
 pub use temperature::{Anneal, TemperatureSchedule};

@@ -1,10 +1,11 @@
 //! Statistics of quantized weights for QAT dashboards: quantization error, code distribution,
 //! flip rate and scales.
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::QatModule;
-use crate::nn::Quantizer;
+use crate::error::Result;
+use crate::nn::{Quantizer, quantizers};
 use crate::quant::without_graph;
 
 /// Statistics of the quantized weights of a layer or a whole model.
@@ -28,10 +29,13 @@ pub struct WeightStats {
     pub numel: usize,
 }
 
+/// A weight read back: latent values, quantized values, codes, and the step of every element.
+type ReadBack = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// The latent weight, its quantized value, its codes and the step of every element, read back.
-fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> Result<ReadBack> {
     let weight = without_graph(weight);
-    let (codes, scale) = quantizer.weight_codes(weight.clone());
+    let (codes, scale) = quantizer.weight_codes(weight.clone())?;
     let q = codes.clone() / scale.clone();
     let read = |t: Tensor<2>| -> Vec<f32> {
         t.into_data()
@@ -39,7 +43,7 @@ fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> (Vec<f32>, Vec<f32>, Ve
             .try_to_vec()
             .expect("f32 data")
     };
-    (read(weight), read(q), read(codes), read(scale.recip()))
+    Ok((read(weight), read(q), read(codes), read(scale.recip())))
 }
 
 /// Accumulates [`WeightStats`] over layers.
@@ -55,8 +59,8 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, quantizer: &Quantizer, weight: Tensor<2>) -> Vec<f32> {
-        let (w, q, codes, steps) = codes_of(quantizer, weight);
+    fn add(&mut self, quantizer: &Quantizer, weight: Tensor<2>) -> Result<Vec<f32>> {
+        let (w, q, codes, steps) = codes_of(quantizer, weight)?;
         for ((wv, qv), c) in w.iter().zip(&q).zip(&codes) {
             self.err += ((wv - qv) as f64).powi(2);
             self.norm += (*wv as f64).powi(2);
@@ -71,7 +75,18 @@ impl Acc {
         distinct.dedup();
         self.steps.extend(distinct);
         self.numel += w.len();
-        codes
+        Ok(codes)
+    }
+
+    /// Adds every weight quantizer of `model`; returns all their codes in traversal order.
+    fn add_model(&mut self, model: &impl Module) -> Result<Vec<i8>> {
+        let mut codes = Vec::new();
+        for found in quantizers(model) {
+            if let Some(weight) = found.weight {
+                codes.extend(self.add(&found.quantizer, weight)?.iter().map(|c| *c as i8));
+            }
+        }
+        Ok(codes)
     }
 
     fn finish(self) -> WeightStats {
@@ -94,7 +109,11 @@ impl Acc {
     }
 }
 
-/// [`WeightStats`] of every quantized weight of `model`, pooled (weighted by weight count).
+/// [`WeightStats`] of every quantized weight of `model` (any Burn module: every weight with a
+/// [`Quantizer`] attached, found by [`quantizers`]), pooled (weighted by weight count).
+///
+/// # Errors
+/// [`crate::QatError::Record`] for a quantizer whose recorded settings are malformed.
 ///
 /// # Example
 /// ```
@@ -102,16 +121,42 @@ impl Acc {
 /// use bitnet_qat::schedule::weight_stats;
 ///
 /// let layer = BitLinearConfig::new(64, 32).init(&burn::tensor::Device::flex()).unwrap();
-/// let s = weight_stats(&layer);
+/// let s = weight_stats(&layer).unwrap();
 /// assert_eq!(s.numel, 64 * 32);
 /// assert!((s.fraction_negative + s.fraction_zero + s.fraction_positive - 1.0).abs() < 1e-12);
 /// ```
-pub fn weight_stats(model: &impl QatModule) -> WeightStats {
+pub fn weight_stats(model: &impl Module) -> Result<WeightStats> {
     let mut acc = Acc::default();
-    model.for_each_weight(&mut |q, w| {
-        acc.add(q, w);
-    });
-    acc.finish()
+    acc.add_model(model)?;
+    Ok(acc.finish())
+}
+
+/// [`WeightStats`] of each quantized weight of `model`, with the path of its quantizer (as
+/// [`quantizers`] reports it), in traversal order: the per-layer view of [`weight_stats`].
+///
+/// # Errors
+/// As [`weight_stats`].
+///
+/// # Example
+/// ```
+/// use bitnet_qat::nn::BitLinearConfig;
+/// use bitnet_qat::schedule::layer_stats;
+///
+/// let layers = vec![BitLinearConfig::new(16, 8).init(&burn::tensor::Device::flex()).unwrap()];
+/// let stats = layer_stats(&layers).unwrap();
+/// assert_eq!(stats.len(), 1);
+/// assert_eq!((stats[0].0.as_str(), stats[0].1.numel), ("0.weight.qat", 128));
+/// ```
+pub fn layer_stats(model: &impl Module) -> Result<Vec<(String, WeightStats)>> {
+    quantizers(model)
+        .into_iter()
+        .filter_map(|found| found.weight.map(|w| (found.path, found.quantizer, w)))
+        .map(|(path, quantizer, weight)| {
+            let mut acc = Acc::default();
+            acc.add(&quantizer, weight)?;
+            Ok((path, acc.finish()))
+        })
+        .collect()
 }
 
 /// Tracks the codes of a model's weights between steps to report the flip rate: the fraction of
@@ -135,12 +180,12 @@ impl FlipTracker {
 
     /// Fraction of codes that changed since the previous call (0 on the first call or when the
     /// model's size changed), and the model's current [`WeightStats`].
-    pub fn update(&mut self, model: &impl QatModule) -> (f64, WeightStats) {
+    ///
+    /// # Errors
+    /// As [`weight_stats`]; the tracker is unchanged then.
+    pub fn update(&mut self, model: &impl Module) -> Result<(f64, WeightStats)> {
         let mut acc = Acc::default();
-        let mut codes: Vec<i8> = Vec::new();
-        model.for_each_weight(&mut |q, w| {
-            codes.extend(acc.add(q, w).iter().map(|c| *c as i8));
-        });
+        let codes = acc.add_model(model)?;
         let rate = match &self.codes {
             Some(prev) if prev.len() == codes.len() && !codes.is_empty() => {
                 prev.iter().zip(&codes).filter(|(a, b)| a != b).count() as f64 / codes.len() as f64
@@ -148,7 +193,7 @@ impl FlipTracker {
             _ => 0.0,
         };
         self.codes = Some(codes);
-        (rate, acc.finish())
+        Ok((rate, acc.finish()))
     }
 }
 
@@ -167,7 +212,7 @@ mod tests {
         let layer = BitLinearConfig::new(2, 2)
             .init_with(w, None, &device)
             .unwrap();
-        let s = weight_stats(&layer);
+        let s = weight_stats(&layer).unwrap();
         assert!((s.relative_mse - 0.355 / 1.3).abs() < 1e-6, "{s:?}");
         assert_eq!(
             (s.fraction_negative, s.fraction_zero, s.fraction_positive),
@@ -176,16 +221,22 @@ mod tests {
         assert!((s.step_mean - 0.45).abs() < 1e-6 && s.step_min == s.step_max);
         assert_eq!(s.numel, 4);
         // During a lambda warm-up the statistics still describe the hard quantizer.
-        layer.weight_quantizer.control.set_lambda(0.5);
-        assert_eq!(weight_stats(&layer), s);
-        layer.weight_quantizer.control.set_lambda(1.0);
+        let warming = crate::schedule::QatScheduler::default()
+            .with_lambda(crate::schedule::LambdaSchedule::new(
+                4,
+                crate::schedule::LambdaRamp::Linear,
+            ))
+            .apply(layer.clone(), 2)
+            .unwrap();
+        assert_eq!(warming.weight_quantizer().unwrap().settings().lambda, 0.5);
+        assert_eq!(weight_stats(&warming).unwrap(), s);
 
         let mut flips = FlipTracker::default();
-        assert_eq!(flips.update(&layer).0, 0.0);
+        assert_eq!(flips.update(&layer).unwrap().0, 0.0);
         // Move one weight across a threshold: -0.1 -> 0.4 (code 0 -> 1); mean|W| becomes 0.525.
         let moved = Tensor::<2>::from_data([[0.5, 0.4], [-1.0, 0.2]], &device);
         let layer = layer.map(&mut SetWeight(Some(moved)));
-        let (rate, _) = flips.update(&layer);
+        let (rate, _) = flips.update(&layer).unwrap();
         assert_eq!(rate, 0.25);
         assert_eq!(flips.codes(), Some(&[1i8, 1, -1, 0][..]));
         assert_eq!(

@@ -16,4 +16,4 @@ pub use metric::{QatMetric, QatStat, with_qat_metrics};
 pub use optimizer::{DecayControl, QatOptimizer, ScaledLrScheduler, per_layer_lr};
 pub use output::{QatClassificationOutput, QatStats};
 pub use renderer::QuietRenderer;
-pub use state::{QatPlan, QatState, QatTrainModel, optimize};
+pub use state::{QatPlan, QatState, QatTrainModel, optimize, prepare};

@@ -9,8 +9,15 @@ use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, TrainOutput};
 
 use super::{DecayControl, QatClassificationOutput, QatOptimizer, QatStats, WeightDecaySchedule};
-use crate::schedule::{FlipTracker, QatModule, QatScheduler, WeightStats, weight_stats};
+use crate::error::Result;
+use crate::nn::quantizers;
+use crate::schedule::{FlipTracker, QatScheduler, WeightStats, weight_stats};
 use crate::ste::Ste;
+
+/// Why a hot path of training may unwrap quantizer settings: [`prepare`] decoded every one of
+/// them before training, and a model's settings only change through the scheduler, which writes
+/// valid ones.
+const CHECKED: &str = "quantizer settings are checked by bitnet_qat::train::prepare";
 
 /// What a QAT run schedules: the quantizer schedules, the weight-decay schedule and latent
 /// clipping. [`QatPlan::init`] builds the [`QatState`] a model holds.
@@ -206,10 +213,12 @@ impl CodesCache {
 /// the model, so a checkpoint holds them and a resumed run continues exactly; the [`QatPlan`]
 /// is configuration.
 ///
-/// Put one in your model, implement [`QatTrainModel`], and in `TrainStep`:
-/// 1. call [`QatState::begin`] before the forward pass (it sets the schedules of this step);
-/// 2. end `step` with [`QatState::train_output`];
-/// 3. implement `optimize` with [`optimize`](super::optimize).
+/// Put one in your model, implement [`QatTrainModel`] (two accessors), then:
+/// 1. before training, pass the model through [`prepare`] (it sets the schedules of the
+///    current step and checks every quantizer);
+/// 2. end `TrainStep::step` with [`QatState::train_output`];
+/// 3. implement `TrainStep::optimize` with [`optimize`] (it sets the schedules of the next
+///    step).
 ///
 /// See the `train_fashion_mnist` example and `docs/training.md`.
 #[derive(Module, Debug)]
@@ -227,8 +236,9 @@ pub struct QatState {
     mirror: Mirror,
 }
 
-/// A model with a [`QatState`], trainable with [`optimize`](super::optimize).
-pub trait QatTrainModel: QatModule + Module {
+/// A model with a [`QatState`], trainable with [`optimize`]. Its quantizers are found on their
+/// own (any layers, any nesting); only the state needs these accessors.
+pub trait QatTrainModel: Module {
     /// The model's QAT state.
     fn qat_state(&self) -> &QatState;
     /// The model's QAT state, to update.
@@ -256,12 +266,6 @@ impl QatState {
         &self.plan
     }
 
-    /// Sets the quantizers of `model` to this step's schedule values. Call it at the start of
-    /// `TrainStep::step`; validation copies of the model share the quantizer controls.
-    pub fn begin(&self, model: &impl QatModule) {
-        self.plan.scheduler.apply(model, self.step());
-    }
-
     /// A [`QatOptimizer`] around `inner` driven by this state's weight-decay schedule and
     /// latent clipping, for `Learner::new`.
     pub fn optimizer<O: Optimizer>(&self, inner: O) -> ModuleOptimizer {
@@ -274,7 +278,7 @@ impl QatState {
     /// the gradient norm and the schedule values.
     pub fn stats(
         &self,
-        model: &impl QatModule,
+        model: &impl Module,
         grads: &GradientsParams,
         grad_source: &impl Module,
     ) -> QatStats {
@@ -286,10 +290,11 @@ impl QatState {
     }
 
     /// [`QatState::stats`] with `grad_norm` left at 0.
-    fn stats_without_grad_norm(&self, model: &impl QatModule) -> QatStats {
+    fn stats_without_grad_norm(&self, model: &impl Module) -> QatStats {
         let (step, measured) = self.read();
         // Before the first measurement (step 0 of a run), measure the initial weights.
-        let (weights, flip_rate) = measured.unwrap_or_else(|| (weight_stats(model), 0.0));
+        let (weights, flip_rate) =
+            measured.unwrap_or_else(|| (weight_stats(model).expect(CHECKED), 0.0));
         let (lambda, bits, temperature) = settings(model);
         QatStats {
             step,
@@ -304,7 +309,7 @@ impl QatState {
 
     /// Ends `TrainStep::step` of a classifier: the gradients as Burn's `TrainOutput` wants them,
     /// and the output with this step's [`QatStats`].
-    pub fn train_output<M: QatModule + Module>(
+    pub fn train_output<M: Module>(
         &self,
         model: &M,
         grads: Gradients,
@@ -319,6 +324,36 @@ impl QatState {
             item: QatClassificationOutput::with_pending_grad_norm(output, qat, grad_sq),
         }
     }
+}
+
+/// Readies a model for training: sets its quantizers to the schedule values of its state's
+/// step (0 for a fresh run, the checkpoint's for a resumed one) and checks the recorded
+/// settings of every quantizer, so that training cannot meet a malformed one.
+///
+/// # Errors
+/// [`crate::QatError::Record`] for a quantizer whose recorded settings are malformed.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::nn::BitLinear;
+/// use bitnet_qat::train::{QatState, QatTrainModel};
+///
+/// #[derive(burn::module::Module, Debug)]
+/// struct Net { fc: BitLinear, qat: QatState }
+///
+/// impl QatTrainModel for Net {
+///     fn qat_state(&self) -> &QatState { &self.qat }
+///     fn qat_state_mut(&mut self) -> &mut QatState { &mut self.qat }
+/// }
+/// ```
+pub fn prepare<M: QatTrainModel>(model: M) -> Result<M> {
+    let state = model.qat_state();
+    let step = state.step();
+    let model = state.plan.scheduler.clone().apply(model, step)?;
+    for found in quantizers(&model) {
+        found.quantizer.try_settings()?;
+    }
+    Ok(model)
 }
 
 /// The `TrainStep::optimize` of a QAT model: applies the weight decay of the current step,
@@ -356,22 +391,24 @@ pub fn optimize<M: QatTrainModel>(
         Some(tracker) => tracker,
         None => {
             let mut tracker = FlipTracker::default();
-            tracker.update(&model);
+            tracker.update(&model).expect(CHECKED);
             tracker
         }
     });
-    let mut model = optim.step(lr, model, grads);
+    let scheduler = state.plan.scheduler.clone();
+    let model = optim.step(lr, model, grads);
+    let model = scheduler.apply(model, step + 1).expect(CHECKED);
     let state = model.qat_state();
-    state.plan.scheduler.apply(&model, step + 1);
     let device = state.recorded.val().device();
     let measured = match tracker {
         Some(mut tracker) => {
-            let (rate, stats) = tracker.update(&model);
+            let (rate, stats) = tracker.update(&model).expect(CHECKED);
             state.cache.set(step + 1, tracker);
             Some((stats, rate))
         }
         None => previous,
     };
+    let mut model = model;
     let state = model.qat_state_mut();
     // A fresh id marks the new value for the host mirror (see `Mirror`).
     let id = ParamId::new();
@@ -381,26 +418,28 @@ pub fn optimize<M: QatTrainModel>(
 }
 
 /// Mean lambda, numel-weighted bits of the weight formats, and mean soft-STE temperature.
-fn settings(model: &impl QatModule) -> (f64, f64, Option<f64>) {
-    let (mut lambda, mut quantizers) = (0.0, 0usize);
+fn settings(model: &impl Module) -> (f64, f64, Option<f64>) {
+    let (mut lambda, mut count) = (0.0, 0usize);
     let (mut temperature, mut soft) = (0.0, 0usize);
-    model.for_each_quantizer(&mut |q| {
-        lambda += q.control.lambda();
-        quantizers += 1;
-        if let (_, Ste::Soft { temperature: t }) = q.effective() {
+    let (mut bits, mut numel) = (0.0, 0usize);
+    for found in quantizers(model) {
+        let settings = found.quantizer.try_settings().expect(CHECKED);
+        lambda += settings.lambda;
+        count += 1;
+        let (quant, ste) = settings.effective();
+        if let Ste::Soft { temperature: t } = ste {
             temperature += t;
             soft += 1;
         }
-    });
-    let (mut bits, mut numel) = (0.0, 0usize);
-    model.for_each_weight(&mut |q, w| {
-        let n = w.shape().num_elements();
-        bits += q.effective().0.format.bits_per_value() * n as f64;
-        numel += n;
-    });
+        if let Some(w) = &found.weight {
+            let n = w.shape().num_elements();
+            bits += quant.format.bits_per_value() * n as f64;
+            numel += n;
+        }
+    }
     (
-        if quantizers > 0 {
-            lambda / quantizers as f64
+        if count > 0 {
+            lambda / count as f64
         } else {
             1.0
         },
@@ -444,15 +483,6 @@ mod tests {
         qat: QatState,
     }
 
-    impl QatModule for Net {
-        fn for_each_quantizer(&self, f: &mut dyn FnMut(&crate::nn::Quantizer)) {
-            self.fc.for_each_quantizer(f);
-        }
-        fn for_each_weight(&self, f: &mut dyn FnMut(&crate::nn::Quantizer, Tensor<2>)) {
-            self.fc.for_each_weight(f);
-        }
-    }
-
     impl QatTrainModel for Net {
         fn qat_state(&self) -> &QatState {
             &self.qat
@@ -484,9 +514,9 @@ mod tests {
                 QatScheduler::default().with_lambda(LambdaSchedule::new(4, LambdaRamp::Linear)),
             )
             .with_stats_every(1);
-        let net = small_net(&plan, &device);
-        net.qat.begin(&net);
-        assert_eq!(net.fc.weight_quantizer.control.lambda(), 0.0);
+        let net = prepare(small_net(&plan, &device)).unwrap();
+        let lambda = |net: &Net| net.fc.weight_quantizer().unwrap().settings().lambda;
+        assert_eq!(lambda(&net), 0.0);
         let x = Tensor::<2>::from_data([[1.0, 2.0]], &device);
         let loss = net.fc.forward(x).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -508,19 +538,16 @@ mod tests {
         let mut optim = net.qat.optimizer(SgdConfig::new().build());
         let net = optimize(net, &mut optim, 0.3, grads);
         assert_eq!(net.qat.step(), 1);
-        assert_eq!(net.fc.weight_quantizer.control.lambda(), 0.25);
+        assert_eq!(lambda(&net), 0.25);
         let next = net.qat.stats(&net, &GradientsParams::new(), &net);
         assert_eq!(next.flip_rate, 0.75);
         assert_eq!(next.step, 1);
         assert_eq!(next.weights.fraction_negative, 0.75);
-        // The step and the measurement are recorded with the model.
+        // The step, the measurement and the schedule values are recorded with the model.
         let record = net.clone().into_record();
-        let fresh = Net {
-            fc: net.fc.clone(),
-            qat: plan.init(&device),
-        }
-        .load_record(record);
+        let fresh = small_net(&plan, &device).load_record(record);
         assert_eq!(fresh.qat.read(), (1, Some((next.weights, 0.75))));
+        assert_eq!(lambda(&fresh), 0.25);
         assert_eq!(
             fresh.qat.stats(&fresh, &GradientsParams::new(), &fresh),
             next

@@ -1,0 +1,172 @@
+//! Any Burn model with no QAT code written for it: a struct of `BitLinear`s, a burn-nn
+//! `TransformerEncoder` made quantization-aware by the reparameterizer, and a struct nesting
+//! `Vec<Option<...>>` of both. Schedules, statistics, flips, finiteness checks and the recorded
+//! quantizer settings all find every quantizer on their own.
+
+use bitnet_qat::QatError;
+use bitnet_qat::check::check_model_finite;
+use bitnet_qat::nn::{BitLinear, BitLinearConfig, quantizers};
+use bitnet_qat::quant::{QuantConfig, QuantFormat};
+use bitnet_qat::reparam::QatReparameterizer;
+use bitnet_qat::schedule::{
+    BitWidthSchedule, FlipTracker, LambdaRamp, LambdaSchedule, QatScheduler, layer_stats,
+    weight_stats,
+};
+use burn::module::Module;
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::quantizers::pseudo_random;
+use crate::values;
+
+/// A reparameterized encoder: d_model 16, d_ff 32, 2 heads, 2 layers, no dropout (so forward
+/// passes are deterministic); every `Linear` weight ternary.
+pub fn encoder(device: &Device) -> TransformerEncoder {
+    let encoder = TransformerEncoderConfig::new(16, 32, 2, 2)
+        .with_dropout(0.0)
+        .init(device);
+    QatReparameterizer::new(QuantConfig::ternary())
+        .apply(encoder)
+        .unwrap()
+}
+
+/// `[2, 5, 16]` inputs for [`encoder`].
+pub fn tokens(device: &Device) -> Tensor<3> {
+    Tensor::from_data(
+        TensorData::new(pseudo_random(2 * 5 * 16, 19), [2, 5, 16]),
+        device,
+    )
+}
+
+#[derive(Module, Debug)]
+struct Mixed {
+    first: BitLinear,
+    stack: Vec<Option<BitLinear>>,
+    encoders: Vec<Option<TransformerEncoder>>,
+}
+
+fn mixed(device: &Device) -> Mixed {
+    let bit = |i, o| BitLinearConfig::new(i, o).init(device).unwrap();
+    Mixed {
+        first: bit(16, 16),
+        stack: vec![Some(bit(16, 16)), None, Some(bit(16, 8))],
+        encoders: vec![None, Some(encoder(device))],
+    }
+}
+
+/// Linear weights of one encoder layer: query, key, value, output, the FFN's two.
+const ENCODER_LAYER_WEIGHTS: usize = 6;
+
+#[test]
+fn every_quantizer_of_any_model_is_found() {
+    let device = Device::flex();
+    let model = mixed(&device);
+    let found = quantizers(&model);
+    // 3 BitLinears (weight + activations each) and 2 encoder layers of 6 weights.
+    assert_eq!(found.len(), 3 * 2 + 2 * ENCODER_LAYER_WEIGHTS);
+    let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
+    for path in [
+        "first.weight.qat",
+        "first.activation_quantizer",
+        "stack.2.weight.qat",
+        "encoders.1.layers.0.mha.query.weight.qat",
+        "encoders.1.layers.1.pwff.linear_outer.weight.qat",
+    ] {
+        assert!(paths.contains(&path), "{path} not in {paths:?}");
+    }
+    // Every weight quantizer comes with its weight; statistics cover all of them.
+    let weights: usize = found
+        .iter()
+        .filter_map(|f| f.weight.as_ref().map(|w| w.shape().num_elements()))
+        .sum();
+    let encoder_weights = 2 * (4 * 16 * 16 + 2 * 16 * 32);
+    assert_eq!(weights, 16 * 16 + 16 * 16 + 16 * 8 + encoder_weights);
+    assert_eq!(weight_stats(&model).unwrap().numel, weights);
+    let per_layer = layer_stats(&model).unwrap();
+    assert_eq!(per_layer.len(), 3 + 2 * ENCODER_LAYER_WEIGHTS);
+    for (path, stats) in &per_layer {
+        assert!(
+            stats.numel > 0 && stats.fraction_zero > 0.0,
+            "{path}: {stats:?}"
+        );
+    }
+}
+
+#[test]
+fn schedules_and_flips_reach_every_quantizer() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let model = mixed(&device);
+    let scheduler = QatScheduler::default().with_lambda(LambdaSchedule::new(8, LambdaRamp::Linear));
+    let model = scheduler.apply(model, 2).unwrap();
+    for f in quantizers(&model) {
+        assert_eq!(f.quantizer.settings().lambda, 0.25, "{}", f.path);
+    }
+
+    // One SGD step on a fixed projection of the encoder's output (its layer-normed output has
+    // a fixed norm, so not its square): codes flip in its layers.
+    let mut flips = FlipTracker::default();
+    assert_eq!(flips.update(&model).unwrap().0, 0.0);
+    let encoder = model.encoders[1].as_ref().unwrap();
+    let target = Tensor::<3>::from_data(
+        TensorData::new(pseudo_random(2 * 5 * 16, 23), [2, 5, 16]),
+        &device,
+    );
+    let loss = (encoder.forward(TransformerEncoderInput::new(tokens(&device))) * target).sum();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut optim = SgdConfig::new().init();
+    let model = optim.step(0.5, model, grads);
+    let (rate, _) = flips.update(&model).unwrap();
+    assert!(rate > 0.0 && rate < 1.0, "flip rate {rate}");
+    assert!(check_model_finite(&model).is_ok());
+}
+
+#[test]
+fn scheduled_settings_are_recorded_with_the_model() {
+    let device = Device::flex();
+    // Int8 weights annealed to ternary at step 5, then saved at step 9.
+    let bits =
+        BitWidthSchedule::by_steps(&[(0, QuantFormat::Int { bits: 8 }), (5, QuantFormat::Ternary)])
+            .unwrap();
+    let config = BitLinearConfig::new(16, 8).with_weight_quant(QuantConfig::int(8));
+    let layers = vec![config.init(&device).unwrap(), config.init(&device).unwrap()];
+    let layers = QatScheduler::default()
+        .with_bit_width(bits)
+        .apply(layers, 9)
+        .unwrap();
+    let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(3 * 16, 5), [3, 16]), &device);
+    let expected = values(layers[1].forward(x.clone()));
+    // A fresh int8 skeleton runs ternary weights once the record is loaded.
+    let skeleton = vec![config.init(&device).unwrap(), config.init(&device).unwrap()];
+    let loaded = skeleton.load_record(layers.into_record());
+    let q = loaded[1].weight_quantizer().unwrap();
+    assert_eq!(q.effective().0, QuantConfig::ternary());
+    assert_eq!(values(loaded[1].forward(x)), expected);
+}
+
+#[test]
+fn non_finite_weights_are_typed_errors_naming_the_parameter() {
+    let device = Device::flex();
+    let mut model = mixed(&device);
+    let mut data = vec![0.1f32; 16 * 8];
+    data[5] = f32::NAN;
+    let weight = Tensor::<2>::from_data(TensorData::new(data, [16, 8]), &device);
+    model.stack[2] = Some(
+        BitLinearConfig::new(16, 8)
+            .init_with(weight, None, &device)
+            .unwrap(),
+    );
+    match check_model_finite(&model) {
+        Err(QatError::NonFinite {
+            what,
+            nan: 1,
+            inf: 0,
+        }) => {
+            assert!(what.contains("stack.2.weight"), "{what}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
