@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use bitnet_qat::data::DigitsDataset;
-use bitnet_qat::infer::ToTernary;
+use bitnet_qat::infer::pack;
 use bitnet_qat_examples::{Precision, TrainSettings, accuracy, accuracy_of, train};
 use clap::Parser;
 
@@ -73,18 +73,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Convert the trained BitNet model to packed ternary weights and run it.
     let (model, qat_acc) = qat.expect("the BitNet model was trained");
-    let packed = model.to_ternary()?;
+    let packed = pack(&model)?;
     let packed_acc = accuracy_of(|x| packed.forward(x), &test_set, &device);
+    let (packed_bytes, f32_bytes) = (packed.size_bytes()?, model.size_bytes()?);
     println!(
-        "packed ternary accuracy: {packed_acc:.2} % ({} the QAT model); weights {} bytes packed vs {} bytes in f32 ({:.1}x smaller)",
+        "packed ternary accuracy: {packed_acc:.2} % ({} the QAT model); model {packed_bytes} bytes packed vs {f32_bytes} bytes in f32 ({:.1}x smaller)",
         if packed_acc == qat_acc {
             "equal to"
         } else {
             "DIFFERENT from"
         },
-        packed.size_bytes(),
-        model.size_bytes(),
-        model.size_bytes() as f64 / packed.size_bytes() as f64
+        f32_bytes as f64 / packed_bytes as f64
     );
     if packed_acc != qat_acc {
         return Err("the packed model's accuracy differs from the QAT model's".into());

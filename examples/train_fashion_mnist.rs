@@ -14,7 +14,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use bitnet_qat::infer::ToTernary;
+use bitnet_qat::infer::pack;
 use bitnet_qat::quant::QuantFormat;
 use bitnet_qat::schedule::{
     Anneal, BitWidthSchedule, LambdaRamp, LambdaSchedule, QatScheduler, TemperatureSchedule,
@@ -217,12 +217,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fitted.seconds
     );
     if matches!(args.weights, Weights::Ternary | Weights::Binary) {
-        let packed = model.mlp.to_ternary()?;
+        let packed = pack(&model.mlp)?;
         let packed_accuracy = accuracy_of_batches(|x| packed.forward(x), &test, &device);
         println!(
-            "packed accuracy: {packed_accuracy:.2} %; weights {} bytes packed vs {} bytes in f32",
-            packed.size_bytes(),
-            model.mlp.size_bytes()
+            "packed accuracy: {packed_accuracy:.2} %; model {} bytes packed vs {} bytes in f32",
+            packed.size_bytes()?,
+            model.mlp.size_bytes()?
         );
     }
     println!("logs and checkpoints: {}", args.out.display());

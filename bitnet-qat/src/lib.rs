@@ -42,6 +42,7 @@ pub mod infer;
 pub mod nn;
 pub mod ops;
 pub mod quant;
+mod recorded;
 pub mod reparam;
 pub mod schedule;
 pub mod ste;

@@ -11,7 +11,6 @@ pub mod report;
 use std::time::Instant;
 
 use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitItem, DigitsDataset, shuffle};
-use bitnet_qat::infer::{TernaryLinear, ToTernary};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
 use bitnet_qat::quant::{QuantConfig, QuantFormat};
 use bitnet_qat::ste::Ste;
@@ -128,56 +127,11 @@ impl Mlp {
     }
 }
 
-/// The packed inference form of a ternary [`Mlp`].
-#[derive(Module, Debug)]
-pub struct PackedMlp {
-    /// The packed layers, input first.
-    pub layers: Vec<TernaryLinear>,
-}
-
-impl PackedMlp {
-    /// The logits `[batch, classes]`.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        relu_chain(&self.layers, x, |layer, x| layer.forward(x))
-    }
-
-    /// Bytes of packed weights, scales and norms.
-    pub fn size_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                l.packed_bytes()
-                    + 4 * l
-                        .norm
-                        .as_ref()
-                        .map_or(0, |n| n.gamma.shape().num_elements())
-            })
-            .sum()
-    }
-}
-
-impl ToTernary for Mlp {
-    type Output = PackedMlp;
-
-    fn to_ternary(&self) -> Result<PackedMlp> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| match layer {
-                Dense::Bit(l) => l.to_ternary(),
-                Dense::Fp32(_) => Err(QatError::Invalid(
-                    "a full-precision layer has no packed ternary form".into(),
-                )),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(PackedMlp { layers })
-    }
-}
-
 impl Mlp {
-    /// Bytes of all parameters stored as f32.
-    pub fn size_bytes(&self) -> usize {
-        4 * self.num_params()
+    /// Bytes of the model's record (what `bitnet_qat::infer::save` writes): the f32 model's, or
+    /// after `bitnet_qat::infer::pack` the packed one's.
+    pub fn size_bytes(&self) -> Result<usize> {
+        bitnet_qat::infer::record_bytes(self.clone())
     }
 }
 

@@ -170,3 +170,163 @@ fn non_finite_weights_are_typed_errors_naming_the_parameter() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A larger encoder for the storage figures: d_model 256, d_ff 1024, 4 heads, 2 layers.
+fn big_encoder_config() -> TransformerEncoderConfig {
+    TransformerEncoderConfig::new(256, 1024, 4, 2).with_dropout(0.0)
+}
+
+fn logits(encoder: &TransformerEncoder, x: Tensor<3>) -> Vec<f32> {
+    values(encoder.forward(TransformerEncoderInput::new(x)))
+}
+
+#[test]
+fn a_reparameterized_transformer_encoder_trains_converts_saves_and_reloads() {
+    for (name, device) in crate::devices() {
+        let train_device = device.clone().autodiff();
+        train_device.seed(11);
+        let encoder = QatReparameterizer::new(QuantConfig::ternary())
+            .apply(big_encoder_config().init(&train_device))
+            .unwrap();
+        let x = Tensor::<3>::from_data(
+            TensorData::new(pseudo_random(2 * 8 * 256, 29), [2, 8, 256]),
+            &train_device,
+        );
+        let target = Tensor::<3>::from_data(
+            TensorData::new(pseudo_random(2 * 8 * 256, 31), [2, 8, 256]),
+            &train_device,
+        );
+        // Five steps with a lambda warm-up of four: trained from full precision to ternary.
+        let scheduler =
+            QatScheduler::default().with_lambda(LambdaSchedule::new(4, LambdaRamp::Linear));
+        let mut optim = burn::optim::AdamConfig::new().init();
+        let mut model = scheduler.apply(encoder, 0).unwrap();
+        let mut losses = Vec::new();
+        for step in 0..5 {
+            let y = model.forward(TransformerEncoderInput::new(x.clone()));
+            let loss = (y * target.clone()).sum();
+            losses.push(loss.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+            model = scheduler.apply(model, step + 1).unwrap();
+        }
+        assert!(losses[4] < losses[0], "{name}: {losses:?}");
+        // Statistics for every layer's weight.
+        let stats = layer_stats(&model).unwrap();
+        assert_eq!(stats.len(), 2 * ENCODER_LAYER_WEIGHTS, "{name}");
+        for (path, s) in &stats {
+            let total = s.fraction_negative + s.fraction_zero + s.fraction_positive;
+            assert!(
+                s.numel > 0 && (total - 1.0).abs() < 1e-12,
+                "{name} {path}: {s:?}"
+            );
+        }
+
+        // Converted: the packed model's logits equal the QAT model's, bit for bit (the packed
+        // weights dequantize to exactly the quantized weights).
+        let qat = model.valid();
+        let packed = bitnet_qat::infer::pack(&qat).unwrap();
+        let x = x.inner();
+        let expected = logits(&qat, x.clone());
+        assert_eq!(
+            logits(&packed, x.clone()),
+            expected,
+            "{name}: packed logits"
+        );
+
+        // Saved packed, reloaded into a fresh f32-free skeleton: the same logits again.
+        let dir = std::env::temp_dir().join(format!("bitnet-any-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (packed_file, f32_file) = (dir.join("packed.bpk"), dir.join("f32.bpk"));
+        bitnet_qat::infer::save(packed.clone(), &packed_file).unwrap();
+        bitnet_qat::infer::save(qat.clone().materialize(), &f32_file).unwrap();
+        let sizes = [&packed_file, &f32_file].map(|p| std::fs::metadata(p).unwrap().len());
+        let ratio = sizes[1] as f64 / sizes[0] as f64;
+        eprintln!(
+            "{name}: TransformerEncoder 256/1024/4x2: packed {} bytes, f32 {} bytes, {ratio:.1}x",
+            sizes[0], sizes[1]
+        );
+        assert!(ratio > 12.0, "{name}: packed file only {ratio:.1}x smaller");
+        let skeleton = big_encoder_config().init(&device);
+        let loaded = bitnet_qat::infer::load_packed(skeleton, &packed_file).unwrap();
+        assert_eq!(logits(&loaded, x), expected, "{name}: reloaded logits");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn bitlinear_models_pack_in_place() {
+    for (name, device) in crate::devices() {
+        let model = mixed(&device);
+        let packed = bitnet_qat::infer::pack(&model).unwrap();
+        let x =
+            Tensor::<2>::from_data(TensorData::new(pseudo_random(4 * 16, 37), [4, 16]), &device);
+        let pairs = [
+            (&model.first, &packed.first),
+            (
+                model.stack[2].as_ref().unwrap(),
+                packed.stack[2].as_ref().unwrap(),
+            ),
+        ];
+        for (qat, packed) in pairs {
+            assert!(packed.packed_weight().is_some() && packed.weight_quantizer().is_none());
+            // Int8 products summed exactly against float sums: float rounding apart.
+            crate::assert_close(
+                &values(packed.forward(x.clone())),
+                &values(qat.valid().forward(x.clone())),
+                1e-5,
+                &format!("{name}: packed BitLinear"),
+            );
+        }
+        let encoder = packed.encoders[1].as_ref().unwrap();
+        assert_eq!(
+            logits(encoder, tokens(&device)),
+            logits(
+                &model.encoders[1].as_ref().unwrap().valid(),
+                tokens(&device)
+            ),
+            "{name}: packed encoder"
+        );
+    }
+}
+
+#[test]
+fn what_packing_cannot_reproduce_is_a_typed_error_naming_the_layer() {
+    use bitnet_qat::ste::Ste;
+    let device = Device::flex();
+    let warming = QatScheduler::default()
+        .with_lambda(LambdaSchedule::new(4, LambdaRamp::Linear))
+        .apply(mixed(&device), 1)
+        .unwrap();
+    let soft = vec![
+        BitLinearConfig::new(16, 8)
+            .with_weight_ste(Ste::Soft { temperature: 0.5 })
+            .init(&device)
+            .unwrap(),
+    ];
+    let int4 = vec![
+        BitLinearConfig::new(16, 8)
+            .with_weight_quant(QuantConfig::int(4))
+            .init(&device)
+            .unwrap(),
+    ];
+    for (err, what) in [
+        (
+            bitnet_qat::infer::pack(&warming).unwrap_err(),
+            "lambda 0.25",
+        ),
+        (bitnet_qat::infer::pack(&soft).unwrap_err(), "soft STE"),
+        (
+            bitnet_qat::infer::pack(&int4).unwrap_err(),
+            "Int { bits: 4 }",
+        ),
+    ] {
+        match err {
+            QatError::Invalid(msg) => assert!(
+                msg.contains("cannot pack `") && msg.contains(what),
+                "{what}: {msg}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}

@@ -158,8 +158,8 @@ fn kernel_and_fallback_agree() {
             );
             let packed = qat.to_ternary().unwrap();
             let x = input(9, 512, &device);
-            let codes = packed.codes.val();
-            let scales = packed.scales.val();
+            let codes = packed.weight.codes.val();
+            let scales = packed.weight.scales.val();
             let a = values(ternary_matmul(
                 x.clone(),
                 codes.clone(),

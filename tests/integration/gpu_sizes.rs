@@ -9,7 +9,6 @@
 //! f32 rounding of the scale, and a code may differ only where the element sits at a rounding
 //! tie of the grid (see [`assert_same_quantization`]).
 
-use bitnet_qat::infer::ToTernary;
 use bitnet_qat::nn::BitLinearConfig;
 use bitnet_qat::quant::{
     Granularity, QuantConfig, QuantFormat, ScaleStat, fake_quantize, fake_quantize_weight,
@@ -353,16 +352,19 @@ fn a_trained_mlp_of_realistic_width_converts_exactly_on_the_gpu() {
     );
 
     let model = model.valid();
-    let packed = model.to_ternary().unwrap();
+    let packed = bitnet_qat::infer::pack(&model).unwrap();
     let inputs: Vec<usize> = (50_000..50_256).collect();
     let (x, labels) = train.batch(&inputs, &gpu);
     // Layer by layer, on the QAT model's own hidden activations: the same codes, so the
     // outputs agree to the float rounding of the sums.
     let mut h = x.clone();
     for (i, (qat, packed)) in model.layers.iter().zip(&packed.layers).enumerate() {
-        let bitnet_qat_examples::Dense::Bit(qat) = qat else {
+        let (bitnet_qat_examples::Dense::Bit(qat), bitnet_qat_examples::Dense::Bit(packed)) =
+            (qat, packed)
+        else {
             panic!("a ternary MLP has BitLinear layers")
         };
+        assert!(packed.packed_weight().is_some(), "layer {i} is packed");
         let expected = qat.forward(h.clone());
         let got = packed.forward(h);
         assert_eq!(got.device(), gpu, "the packed layer runs on the GPU");

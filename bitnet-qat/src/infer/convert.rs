@@ -41,7 +41,7 @@ use crate::ste::Ste;
 ///     fc2: BitLinearConfig::new(8, 2).init(&device)?,
 /// };
 /// let packed = mlp.to_ternary()?;
-/// assert_eq!(packed.fc2.d_output(), 2);
+/// assert_eq!(packed.fc2.layout()?.d_output, 2);
 /// # Ok::<(), bitnet_qat::QatError>(())
 /// ```
 pub trait ToTernary {
@@ -161,15 +161,14 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
         )));
     }
     let [d_in, d_out] = weight.dims();
-    let (codes, scale) = quantizer.weight_codes(weight)?;
-    let codes: Vec<f32> = to_vec(codes.transpose());
-    let scale: Vec<f32> = to_vec(scale.transpose()); // [d_out, d_in]
-    let values: Vec<i8> = codes.iter().map(|c| *c as i8).collect();
-    let scales = match config.granularity {
-        Granularity::PerTensor => TernaryScales::PerTensor(scale[0]),
-        Granularity::PerChannel | Granularity::PerToken => {
-            TernaryScales::PerRow((0..d_out).map(|n| scale[n * d_in]).collect())
-        }
+    // The codes and scales are read off the forward pass's own output: every nonzero value of
+    // a ternary or binary group is ±level, so the code is its sign and the multiplier `s` is
+    // the one whose `1 / s` is the level — `code / s`, what the packed weight dequantizes to,
+    // is then the quantized weight to the bit.
+    let hard: Vec<f32> = to_vec(quantizer.hard_weight(weight)?.transpose()); // [d_out, d_in]
+    let group = match config.granularity {
+        Granularity::PerTensor => d_in * d_out,
+        Granularity::PerChannel | Granularity::PerToken => d_in,
         Granularity::PerGroup { size } => {
             if !size.is_multiple_of(BLOCK) {
                 return Err(QatError::Invalid(format!(
@@ -177,18 +176,57 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
                      inputs; this layer uses groups of {size}"
                 )));
             }
-            let groups = d_in / size;
-            TernaryScales::PerGroup {
-                group: size,
-                scales: (0..d_out)
-                    .flat_map(|n| (0..groups).map(move |g| (n, g)))
-                    .map(|(n, g)| scale[n * d_in + g * size])
-                    .collect(),
-            }
+            size
         }
+    };
+    let mut multipliers = Vec::with_capacity(hard.len() / group);
+    for values in hard.chunks(group) {
+        let level = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if values.iter().any(|v| *v != 0.0 && v.abs() != level) {
+            return Err(QatError::Invalid(
+                "the quantized weight is not ternary (values other than 0 and ±one level in \
+                 a scale group)"
+                    .into(),
+            ));
+        }
+        multipliers.push(multiplier_of(level));
+    }
+    let values: Vec<i8> = hard
+        .iter()
+        .map(|v| (*v > 0.0) as i8 - (*v < 0.0) as i8)
+        .collect();
+    let scales = match config.granularity {
+        Granularity::PerTensor => TernaryScales::PerTensor(multipliers[0]),
+        Granularity::PerChannel | Granularity::PerToken => TernaryScales::PerRow(multipliers),
+        Granularity::PerGroup { size } => TernaryScales::PerGroup {
+            group: size,
+            scales: multipliers,
+        },
     };
     PackedTernary::pack(&values, d_out, d_in, scales)
         .map_err(|e| QatError::Invalid(format!("packing failed: {e}")))
+}
+
+/// The multiplier `s` whose `1 / s` (an f32 division, as the kernels and the dequantization
+/// compute `code / s`) is `level`: the f32 reciprocal or one of its neighbours. The level of a
+/// quantizer that divides by its scale is such a quotient, so one exists; a learned step (LSQ,
+/// which multiplies by its step) may have none, and then the reciprocal is within an ulp. A
+/// group of zeros gets 1.
+fn multiplier_of(level: f32) -> f32 {
+    if level == 0.0 {
+        return 1.0;
+    }
+    let s = 1.0 / level;
+    [
+        s,
+        s.next_up(),
+        s.next_down(),
+        s.next_up().next_up(),
+        s.next_down().next_down(),
+    ]
+    .into_iter()
+    .find(|c| 1.0 / c == level)
+    .unwrap_or(s)
 }
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {

@@ -1,23 +1,101 @@
-//! `TernaryLinear`: the packed inference form of a ternary (or binary) linear layer.
+//! `TernaryLinear`: a linear layer with packed ternary (or binary) weights, for inference.
 
-use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, unpack_codes};
-use bitnet_kernels::packed::{PackedTernary, TernaryScales, words_per_row};
-use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, ParamId};
-use burn::nn::RmsNorm;
-use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
+use bitnet_kernels::burn_ext::ScaleKind;
+use bitnet_kernels::packed::PackedTernary;
+use burn::config::Config;
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
+use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::tensor::{Device, Tensor};
 
+use super::packed_weight::{PackedLayout, PackedWeight};
 use crate::check::{check_finite, check_last_dim};
-use crate::error::{QatError, Result};
+use crate::error::QatError;
+use crate::quant::Granularity;
+
+/// Configuration of a [`TernaryLinear`]: what its record holds. [`TernaryLinearConfig::init`]
+/// builds the skeleton a saved layer loads into — packed zeros, no f32 weight.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::infer::TernaryLinearConfig;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let layer = TernaryLinearConfig::new(512, 64).init(&Device::flex()).unwrap();
+/// assert_eq!(layer.packed_bytes(), 64 * 512 / 4 + 4); // 2 bits a weight, one scale
+/// let y = layer.forward(Tensor::<2>::ones([2, 512], &Device::flex()));
+/// assert_eq!(y.dims(), [2, 64]);
+/// ```
+#[derive(Config, Debug)]
+pub struct TernaryLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Which weights share a scale: per tensor, per output (`PerChannel`), or per group of
+    /// inputs (a multiple of 256 dividing `d_input`).
+    #[config(default = "Granularity::PerTensor")]
+    pub scales: Granularity,
+    /// Whether activations are quantized to int8 per token (BitNet) for the product.
+    #[config(default = true)]
+    pub int8_activations: bool,
+    /// Whether the layer adds a bias.
+    #[config(default = false)]
+    pub bias: bool,
+    /// Whether the layer normalises its input with RMSNorm (BitLinear's norm).
+    #[config(default = true)]
+    pub norm: bool,
+    /// The RMSNorm epsilon.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+}
+
+impl TernaryLinearConfig {
+    /// The packed layout this configuration describes.
+    ///
+    /// # Errors
+    /// As [`PackedLayout::new`].
+    pub fn layout(&self) -> crate::Result<PackedLayout> {
+        let scales = match self.scales {
+            Granularity::PerTensor => ScaleKind::PerTensor,
+            Granularity::PerChannel | Granularity::PerToken => ScaleKind::PerRow,
+            Granularity::PerGroup { size } => ScaleKind::PerGroup(size),
+        };
+        PackedLayout::new(self.d_input, self.d_output, scales, self.int8_activations)
+    }
+
+    /// The layer on `device` with all codes 0 and unit scales, biases 0, a fresh norm.
+    ///
+    /// # Errors
+    /// As [`TernaryLinearConfig::layout`]; [`QatError::NormEpsilon`] for an invalid epsilon.
+    pub fn init(&self, device: &Device) -> crate::Result<TernaryLinear> {
+        let layout = self.layout()?;
+        if self.norm && !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(QatError::NormEpsilon(self.norm_eps));
+        }
+        Ok(TernaryLinear {
+            weight: PackedWeight::zeros(layout, device),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
+            norm: self.norm.then(|| {
+                RmsNormConfig::new(self.d_input)
+                    .with_epsilon(self.norm_eps)
+                    .init(device)
+            }),
+        })
+    }
+}
 
 /// A linear layer with packed ternary weights, for inference.
 ///
-/// The weights are ordinary recorded tensors — `codes`, u32 words in the
-/// [`bitnet_kernels::packed`] layout, and `scales` — so burnpack and safetensors records
-/// store them (2 bits per weight). On Flex and NdArray devices the forward pass runs the SIMD
-/// CPU kernels; elsewhere a tensor-op fallback.
+/// Everything it needs is recorded: its [`PackedWeight`] (2-bit codes, scales and their
+/// layout — input size, scale layout, activation mode), bias and norm. On Flex and NdArray
+/// devices the forward pass runs the SIMD CPU kernels, on GPUs the CubeCL kernels, elsewhere a
+/// tensor-op fallback; with float activations the float kernels (no dense weight is built).
 ///
 /// Build one with [`crate::infer::ToTernary`] from a trained [`BitLinear`](crate::nn::BitLinear)
-/// or reparameterized `Linear`, or with [`TernaryLinear::from_packed`].
+/// or reparameterized `Linear`, with [`TernaryLinear::from_packed`], or as the skeleton of a saved
+/// layer with [`TernaryLinearConfig::init`].
 ///
 /// # Example
 /// ```
@@ -37,34 +115,27 @@ use crate::error::{QatError, Result};
 #[derive(Module, Debug)]
 #[module(custom_display)]
 pub struct TernaryLinear {
-    /// Packed codes `[d_output, words_per_row(d_input)]`, dtype u32.
-    pub codes: Param<Tensor<2, Int>>,
-    /// The weight multipliers `s` (`w = code_value / s`): `[1]`, `[d_output]` or
-    /// `[d_output * d_input / group]`.
-    pub scales: Param<Tensor<1>>,
+    /// The packed weight.
+    pub weight: PackedWeight,
     /// The optional bias `[d_output]`.
     pub bias: Option<Param<Tensor<1>>>,
     /// The input RMSNorm, when the trained layer had one.
     pub norm: Option<RmsNorm>,
-    /// Input features.
-    pub d_input: usize,
-    /// Scale layout: 0 per tensor, `usize::MAX` per output, otherwise the group size.
-    pub scale_layout: usize,
-    /// Whether activations are quantized to int8 per token (BitLinear) or stay in full
-    /// precision (a reparameterized `Linear`).
-    pub int8_activations: bool,
 }
 
 impl TernaryLinear {
     /// Builds the layer from packed weights (`[d_output, d_input]`, rows are outputs).
+    ///
+    /// # Errors
+    /// [`QatError::Shape`] for a bias of another size; as [`PackedLayout::new`].
     pub fn from_packed(
         packed: &PackedTernary,
         bias: Option<Tensor<1>>,
         norm: Option<RmsNorm>,
         int8_activations: bool,
         device: &Device,
-    ) -> Result<Self> {
-        let (rows, cols) = (packed.rows(), packed.cols());
+    ) -> crate::Result<Self> {
+        let rows = packed.rows();
         if let Some(b) = &bias
             && b.dims() != [rows]
         {
@@ -74,38 +145,24 @@ impl TernaryLinear {
                 got: b.dims().to_vec(),
             });
         }
-        let codes = Tensor::<2, Int>::from_data(
-            TensorData::new(packed.words().to_vec(), [rows, words_per_row(cols)]),
-            TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
-        );
-        let values = packed.scales().values().to_vec();
-        let n_scales = values.len();
-        let scales = Tensor::<1>::from_data(TensorData::new(values, [n_scales]), device);
-        let scale_layout = match packed.scales() {
-            TernaryScales::PerTensor(_) => ScaleKind::PerTensor,
-            TernaryScales::PerRow(_) => ScaleKind::PerRow,
-            TernaryScales::PerGroup { group, .. } => ScaleKind::PerGroup(*group),
-        };
         Ok(Self {
-            codes: Param::initialized(ParamId::new(), codes),
-            scales: Param::from_tensor(scales),
+            weight: PackedWeight::from_packed(packed, int8_activations, device)?,
             bias: bias.map(|b| Param::from_tensor(b.to_device(device))),
             norm,
-            d_input: cols,
-            scale_layout: scale_layout.encode(),
-            int8_activations,
         })
     }
 
-    /// Output features.
-    pub fn d_output(&self) -> usize {
-        self.codes.shape().dims::<2>()[0]
+    /// The recorded layout of the weight.
+    ///
+    /// # Errors
+    /// As [`PackedWeight::layout`].
+    pub fn layout(&self) -> crate::Result<PackedLayout> {
+        self.weight.layout()
     }
 
     /// Bytes of the packed codes and scales (what replaces `4 * d_input * d_output` f32 bytes).
     pub fn packed_bytes(&self) -> usize {
-        let [rows, words] = self.codes.shape().dims::<2>();
-        rows * words * 4 + self.scales.shape().num_elements() * 4
+        self.weight.packed_bytes()
     }
 
     /// The forward pass.
@@ -115,62 +172,37 @@ impl TernaryLinear {
     /// - output: `[..., d_output]`
     ///
     /// # Panics
-    /// If the last axis of `input` is not `d_input`; [`TernaryLinear::try_forward`] returns an
-    /// error instead.
+    /// If the last axis of `input` is not `d_input`, or the record is malformed;
+    /// [`TernaryLinear::try_forward`] returns an error instead.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        match self.check_input_shape(&input) {
-            Ok(()) => self.forward_unchecked(input),
+        match self.forward_checked(input) {
+            Ok(y) => y,
             Err(e) => panic!("{e}"),
         }
     }
 
     /// The forward pass with its input checked for shape and NaN/infinite values.
-    pub fn try_forward<const D: usize>(&self, input: Tensor<D>) -> Result<Tensor<D>> {
-        self.check_input_shape(&input)?;
+    pub fn try_forward<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
         check_finite(&input, "TernaryLinear input")?;
-        Ok(self.forward_unchecked(input))
+        self.forward_checked(input)
     }
 
-    fn check_input_shape<const D: usize>(&self, input: &Tensor<D>) -> Result<()> {
-        check_last_dim(input, self.d_input, "TernaryLinear input")
-    }
-
-    fn forward_unchecked<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+    fn forward_checked<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
+        let layout = self.layout()?;
+        check_last_dim(&input, layout.d_input, "TernaryLinear input")?;
         let x = match &self.norm {
             Some(norm) => norm.forward(input),
             None => input,
         };
         let mut out_dims = x.dims();
-        out_dims[D - 1] = self.d_output();
-        let x2: Tensor<2> = x.reshape([-1, self.d_input as i64]);
-        let kind = ScaleKind::decode(self.scale_layout);
-        let y = if self.int8_activations {
-            ternary_matmul(x2, self.codes.val(), self.scales.val(), self.d_input, kind)
-        } else {
-            self.float_activation_matmul(x2, kind)
-        };
+        out_dims[D - 1] = layout.d_output;
+        let x2: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
+        let y = self.weight.matmul(x2)?;
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
         };
-        y.reshape(out_dims)
-    }
-
-    /// `x · (codes / s)ᵀ` with full-precision activations (reparameterized `Linear` layers).
-    fn float_activation_matmul(&self, x: Tensor<2>, kind: ScaleKind) -> Tensor<2> {
-        let rows = self.d_output();
-        let values = unpack_codes(self.codes.val(), self.d_input);
-        let scales = self.scales.val();
-        let weights = match kind {
-            ScaleKind::PerTensor => values / scales.reshape([1, 1]),
-            ScaleKind::PerRow => values / scales.reshape([rows, 1]),
-            ScaleKind::PerGroup(group) => {
-                let groups = self.d_input / group;
-                let w: Tensor<3> = values.reshape([rows, groups, group]);
-                (w / scales.reshape([rows, groups, 1])).reshape([rows, self.d_input])
-            }
-        };
-        x.matmul(weights.transpose())
+        Ok(y.reshape(out_dims))
     }
 }
 
@@ -182,11 +214,14 @@ impl ModuleDisplay for TernaryLinear {
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {
-        content
-            .add("d_input", &self.d_input)
-            .add("d_output", &self.d_output())
-            .add("bias", &self.bias.is_some())
-            .add("int8_activations", &self.int8_activations)
-            .optional()
+        match self.layout() {
+            Ok(layout) => content
+                .add("d_input", &layout.d_input)
+                .add("d_output", &layout.d_output)
+                .add("bias", &self.bias.is_some())
+                .add("int8_activations", &layout.int8_activations),
+            Err(e) => content.add("layout", &e.to_string()),
+        }
+        .optional()
     }
 }

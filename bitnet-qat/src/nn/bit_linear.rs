@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use super::quantizer::{Quantizer, QuantizerConfig};
 use crate::check::{check_finite, check_last_dim};
 use crate::error::QatError;
+use crate::infer::PackedWeight;
 use crate::quant::QuantConfig;
 use crate::ste::Ste;
 
@@ -250,8 +251,8 @@ impl BitLinear {
     /// If the last axis of `input` is not `d_input`; [`BitLinear::try_forward`] returns an
     /// error instead.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        match self.check_input_shape(&input) {
-            Ok(()) => self.forward_unchecked(input),
+        match self.forward_checked(input) {
+            Ok(y) => y,
             Err(e) => panic!("{e}"),
         }
     }
@@ -259,9 +260,24 @@ impl BitLinear {
     /// The forward pass with its input checked: a wrong shape or a NaN/infinite input value is
     /// a [`QatError`]. The value check reads the input back from the device.
     pub fn try_forward<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
-        self.check_input_shape(&input)?;
         check_finite(&input, "BitLinear input")?;
-        Ok(self.forward_unchecked(input))
+        self.forward_checked(input)
+    }
+
+    /// The packed weight, once [`crate::infer::pack`] has packed the layer.
+    pub fn packed_weight(&self) -> Option<&PackedWeight> {
+        self.weight.reparameterization::<PackedWeight>()
+    }
+
+    /// Input features.
+    ///
+    /// # Errors
+    /// For a packed layer whose record is malformed (see [`PackedWeight::layout`]).
+    pub fn d_input(&self) -> crate::Result<usize> {
+        match self.packed_weight() {
+            Some(packed) => Ok(packed.layout()?.d_input),
+            None => Ok(self.weight.shape().dims::<2>()[0]),
+        }
     }
 
     /// The weight quantizer: the [`Quantizer`] attached to [`BitLinear::weight`] (`None` only
@@ -285,25 +301,56 @@ impl BitLinear {
         Ok(())
     }
 
-    fn check_input_shape<const D: usize>(&self, input: &Tensor<D>) -> crate::Result<()> {
-        let [d_input, _] = self.weight.shape().dims();
-        check_last_dim(input, d_input, "BitLinear input")
-    }
-
-    fn forward_unchecked<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+    fn forward_checked<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
+        check_last_dim(&input, self.d_input()?, "BitLinear input")?;
         let x = match &self.norm {
             Some(norm) => norm.forward(input),
             None => input,
         };
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if let Some(packed) = self.packed_weight() {
+            return self.packed_forward(packed, x, bias);
+        }
         let x = match &self.activation_quantizer {
-            Some(q) => q.forward(x),
+            Some(q) => q.try_forward(x)?,
             None => x,
         };
-        linear(
-            x,
-            self.quantized_weight(),
-            self.bias.as_ref().map(|b| b.val()),
-        )
+        Ok(linear(x, self.quantized_weight(), bias))
+    }
+
+    /// The forward pass of a packed layer: the int8 kernels when the activation quantizer is
+    /// BitNet's (8-bit absmax per token, a hard STE, lambda 1: the kernels quantize exactly so),
+    /// otherwise the activation quantizer's values times the weight with the float kernels.
+    fn packed_forward<const D: usize>(
+        &self,
+        packed: &PackedWeight,
+        x: Tensor<D>,
+        bias: Option<Tensor<1>>,
+    ) -> crate::Result<Tensor<D>> {
+        let int8 = match &self.activation_quantizer {
+            Some(q) => {
+                let settings = q.try_settings()?;
+                let (quant, ste) = settings.effective();
+                quant == QuantConfig::activation_int8()
+                    && !matches!(ste, Ste::Soft { .. })
+                    && settings.lambda == 1.0
+            }
+            None => false,
+        };
+        let x = match (&self.activation_quantizer, int8) {
+            (Some(q), false) => q.try_forward(x)?,
+            _ => x,
+        };
+        let layout = packed.layout()?;
+        let mut out_dims = x.dims();
+        out_dims[D - 1] = layout.d_output;
+        let x2: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
+        let y = packed.matmul_with(x2, int8)?;
+        let y = match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
+        };
+        Ok(y.reshape(out_dims))
     }
 }
 
@@ -315,7 +362,10 @@ impl ModuleDisplay for BitLinear {
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {
-        let [d_input, d_output] = self.weight.shape().dims();
+        let [d_input, d_output] = match self.packed_weight().map(PackedWeight::layout) {
+            Some(Ok(layout)) => [layout.d_input, layout.d_output],
+            _ => self.weight.shape().dims(),
+        };
         content
             .add("d_input", &d_input)
             .add("d_output", &d_output)

@@ -283,6 +283,18 @@ impl Quantizer {
         })
     }
 
+    /// The quantized weight `[d_input, d_output]` of the forward pass at lambda 1, without
+    /// autodiff: the values a converted layer must reproduce.
+    ///
+    /// # Errors
+    /// As [`Quantizer::try_forward`].
+    pub(crate) fn hard_weight(&self, weight: Tensor<2>) -> crate::Result<Tensor<2>> {
+        let settings = self.try_settings()?;
+        let (quant, ste) = settings.effective();
+        validate_shape(&quant, &weight.dims(), 0)?;
+        self.quantize(without_graph(weight), &quant, &ste, 0)
+    }
+
     /// The integer codes of a weight `[d_input, d_output]` as the forward pass quantizes it (at
     /// lambda 1), and the multiplier `s` of every element (`q = codes / s`), both
     /// `[d_input, d_output]`, without autodiff. The codes are read off the forward pass itself,

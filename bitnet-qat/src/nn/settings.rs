@@ -8,15 +8,15 @@
 //! round trip: a parameter's id changes whenever its value does (every write makes a new one),
 //! so a cached value is never stale.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
-use burn::module::{Param, ParamId};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::module::Param;
+use burn::tensor::{Device, Int, Tensor};
 
 use super::QuantAxis;
 use crate::error::{QatError, Result};
 use crate::quant::{Granularity, QuantConfig, QuantFormat, ScaleStat};
+use crate::recorded::{IdCache, check_header, param_of, push_u64, read_back, u64_at};
 use crate::ste::Ste;
 
 /// Everything a quantizer does, as recorded with the model.
@@ -129,11 +129,9 @@ impl QuantizerSettings {
     /// The settings as a new recorded parameter on `device` (a fresh id, registered in the host
     /// cache).
     pub(crate) fn to_param(&self, device: &Device) -> Param<Tensor<1, Int>> {
-        let values = self.encode();
-        let n = values.len();
-        let id = ParamId::new();
-        remember(id, Arc::new(self.clone()));
-        Param::initialized(id, Tensor::from_data(TensorData::new(values, [n]), device))
+        let param = param_of(self.encode(), device);
+        CACHE.remember(param.id, Arc::new(self.clone()));
+        param
     }
 
     /// The settings a recorded parameter holds: from the host cache, or read back from the
@@ -143,17 +141,11 @@ impl QuantizerSettings {
     /// [`QatError::Record`] when the parameter does not hold valid settings (a corrupted or
     /// foreign record).
     pub(crate) fn of(param: &Param<Tensor<1, Int>>) -> Result<Arc<Self>> {
-        if let Some(s) = recall(param.id) {
+        if let Some(s) = CACHE.recall(param.id) {
             return Ok(s);
         }
-        let values = param
-            .val()
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .map_err(|e| QatError::Record(format!("quantizer settings: {e:?}")))?;
-        let settings = Arc::new(Self::decode(&values)?);
-        remember(param.id, settings.clone());
+        let settings = Arc::new(Self::decode(&read_back(param, WHAT)?)?);
+        CACHE.remember(param.id, settings.clone());
         Ok(settings)
     }
 
@@ -199,24 +191,9 @@ impl QuantizerSettings {
 
     /// The inverse of [`QuantizerSettings::encode`], checking every field.
     fn decode(values: &[i64]) -> Result<Self> {
-        let bad = |what: &str| QatError::Record(format!("quantizer settings: {what}"));
-        if values.len() != ENCODED_LEN {
-            return Err(bad(&format!(
-                "{} values, expected {ENCODED_LEN}",
-                values.len()
-            )));
-        }
-        if values.iter().any(|v| !(0..=0xFFFF).contains(v)) {
-            return Err(bad("a value outside 0..=65535"));
-        }
-        if values[0] != MAGIC || values[1] != VERSION {
-            return Err(bad(&format!(
-                "not a quantizer settings record (tag {:#x}, version {})",
-                values[0], values[1]
-            )));
-        }
-        let u64_at =
-            |i: usize| (0..4).fold(0u64, |acc, k| acc | ((values[i + k] as u64) << (16 * k)));
+        let bad = |what: &str| QatError::Record(format!("{WHAT}: {what}"));
+        check_header(values, ENCODED_LEN, MAGIC, VERSION, WHAT)?;
+        let u64_at = |i: usize| u64_at(values, i);
         let f64_at = |i: usize| f64::from_bits(u64_at(i));
         let format = decode_format(values[2]).ok_or_else(|| bad("format code"))?;
         let stat = match values[3] {
@@ -287,10 +264,10 @@ const MAGIC: i64 = 0x5153;
 const VERSION: i64 = 1;
 const ENCODED_LEN: usize = 30;
 const NO_FORMAT: i64 = 0xFFFF;
+const WHAT: &str = "quantizer settings";
 
-fn push_u64(out: &mut Vec<i64>, v: u64) {
-    out.extend((0..4).map(|k| ((v >> (16 * k)) & 0xFFFF) as i64));
-}
+/// Decoded settings by parameter id (see `crate::recorded`).
+static CACHE: LazyLock<IdCache<Arc<QuantizerSettings>>> = LazyLock::new(|| IdCache::new(1 << 16));
 
 /// Binary 0, ternary 1, integers their bit width (2 to 8).
 fn format_code(format: QuantFormat) -> i64 {
@@ -307,39 +284,6 @@ fn decode_format(code: i64) -> Option<QuantFormat> {
         1 => Some(QuantFormat::Ternary),
         2..=8 => Some(QuantFormat::Int { bits: code as u32 }),
         _ => None,
-    }
-}
-
-/// Settings by parameter id, oldest first out past [`CACHE_CAPACITY`]. A pure cache: an entry is
-/// the decoded value of the parameter with that id, so a miss only costs a read-back.
-struct Cache {
-    map: HashMap<ParamId, Arc<QuantizerSettings>>,
-    order: VecDeque<ParamId>,
-}
-
-const CACHE_CAPACITY: usize = 1 << 16;
-
-static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| {
-    Mutex::new(Cache {
-        map: HashMap::new(),
-        order: VecDeque::new(),
-    })
-});
-
-fn recall(id: ParamId) -> Option<Arc<QuantizerSettings>> {
-    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache.map.get(&id).cloned()
-}
-
-fn remember(id: ParamId, settings: Arc<QuantizerSettings>) {
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.map.insert(id, settings).is_none() {
-        cache.order.push_back(id);
-        while cache.order.len() > CACHE_CAPACITY {
-            if let Some(old) = cache.order.pop_front() {
-                cache.map.remove(&old);
-            }
-        }
     }
 }
 
@@ -395,7 +339,7 @@ mod tests {
         let good = examples()[1].encode();
         let mut cases: Vec<(Vec<i64>, &str)> = vec![
             (good[..29].to_vec(), "29 values"),
-            (vec![0; ENCODED_LEN], "tag"),
+            (vec![0; ENCODED_LEN], "not this record"),
         ];
         for (i, v, what) in [
             (2, 9, "format code"),
@@ -434,7 +378,7 @@ mod tests {
         let param = s.to_param(&device);
         assert_eq!(*QuantizerSettings::of(&param).unwrap(), s);
         // A parameter with a fresh id (as a loaded record has) is read back from the device.
-        let fresh = Param::initialized(ParamId::new(), param.val());
+        let fresh = Param::initialized(burn::module::ParamId::new(), param.val());
         assert_eq!(*QuantizerSettings::of(&fresh).unwrap(), s);
     }
 }

@@ -1,0 +1,445 @@
+//! [`PackedWeight`]: a packed ternary weight (2-bit codes and scales) that describes itself in
+//! its record, usable as a layer's field or attached to any layer's weight as a Burn
+//! reparameterization.
+
+use std::sync::LazyLock;
+
+use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float, unpack_codes};
+use bitnet_kernels::packed::{BLOCK, MAX_K, PackedTernary, TernaryScales, words_per_row};
+use burn::module::{Module, Param, ParamId, Reparameterization};
+use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
+
+use crate::error::{QatError, Result};
+use crate::recorded::{IdCache, check_header, param_of, push_u64, read_back, u64_at};
+
+/// What a [`PackedWeight`] holds: the shape of the weight, how its scales are laid out, and
+/// whether the layer it belongs to quantizes its activations to int8 per token (BitNet) before
+/// the product.
+///
+/// # Example
+/// ```
+/// use bitnet_kernels::burn_ext::ScaleKind;
+/// use bitnet_qat::infer::PackedLayout;
+///
+/// let layout = PackedLayout::new(512, 64, ScaleKind::PerGroup(256), true).unwrap();
+/// assert_eq!(layout.scale_count(), 64 * 2);
+/// assert!(PackedLayout::new(500, 64, ScaleKind::PerGroup(256), true).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedLayout {
+    /// Input features (the length of a packed row).
+    pub d_input: usize,
+    /// Output features (packed rows).
+    pub d_output: usize,
+    /// The scale layout.
+    pub scales: ScaleKind,
+    /// Whether activations are quantized to int8 per token (absmax, BitNet) for the product;
+    /// otherwise they stay floats.
+    pub int8_activations: bool,
+}
+
+impl PackedLayout {
+    /// A checked layout.
+    ///
+    /// # Errors
+    /// [`QatError::Invalid`] for a zero size, an input size above the packed format's maximum
+    /// (2^18), or groups that are not a multiple of 256 dividing the input size.
+    pub fn new(
+        d_input: usize,
+        d_output: usize,
+        scales: ScaleKind,
+        int8_activations: bool,
+    ) -> Result<Self> {
+        let layout = Self {
+            d_input,
+            d_output,
+            scales,
+            int8_activations,
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.d_input == 0 || self.d_output == 0 || self.d_input > MAX_K {
+            return Err(QatError::Invalid(format!(
+                "a packed weight needs 1..={MAX_K} inputs and at least one output, got \
+                 {} x {}",
+                self.d_input, self.d_output
+            )));
+        }
+        if let ScaleKind::PerGroup(group) = self.scales
+            && !(group > 0 && group.is_multiple_of(BLOCK) && self.d_input.is_multiple_of(group))
+        {
+            return Err(QatError::Invalid(format!(
+                "packed per-group scales need groups that are a multiple of {BLOCK} dividing \
+                 the {} inputs; got groups of {group}",
+                self.d_input
+            )));
+        }
+        Ok(())
+    }
+
+    /// The number of scales: 1, `d_output`, or `d_output * d_input / group`.
+    pub fn scale_count(&self) -> usize {
+        match self.scales {
+            ScaleKind::PerTensor => 1,
+            ScaleKind::PerRow => self.d_output,
+            ScaleKind::PerGroup(group) => self.d_output * (self.d_input / group),
+        }
+    }
+
+    /// The shape of the packed codes: `[d_output, words_per_row(d_input)]`.
+    pub fn codes_shape(&self) -> [usize; 2] {
+        [self.d_output, words_per_row(self.d_input)]
+    }
+
+    fn encode(&self) -> Vec<i64> {
+        let mut out = vec![MAGIC, VERSION];
+        push_u64(&mut out, self.d_input as u64);
+        push_u64(&mut out, self.d_output as u64);
+        let (kind, group) = match self.scales {
+            ScaleKind::PerTensor => (0, 0),
+            ScaleKind::PerRow => (1, 0),
+            ScaleKind::PerGroup(group) => (2, group as u64),
+        };
+        out.push(kind);
+        push_u64(&mut out, group);
+        out.push(self.int8_activations as i64);
+        debug_assert_eq!(out.len(), ENCODED_LEN);
+        out
+    }
+
+    /// The layout recorded in `values` (a [`PackedWeight`]'s layout parameter), checked.
+    pub(crate) fn decode_record(values: &[i64]) -> Result<Self> {
+        check_header(values, ENCODED_LEN, MAGIC, VERSION, WHAT)?;
+        let bad = |what: &str| QatError::Record(format!("{WHAT}: {what}"));
+        let size = |i| usize::try_from(u64_at(values, i)).map_err(|_| bad("a size"));
+        let scales = match (values[10], size(11)?) {
+            (0, 0) => ScaleKind::PerTensor,
+            (1, 0) => ScaleKind::PerRow,
+            (2, group) if group > 0 => ScaleKind::PerGroup(group),
+            _ => return Err(bad("scale layout")),
+        };
+        let int8_activations = match values[15] {
+            0 => false,
+            1 => true,
+            _ => return Err(bad("activation mode")),
+        };
+        Self::new(size(2)?, size(6)?, scales, int8_activations).map_err(|e| bad(&e.to_string()))
+    }
+}
+
+/// "PW", the tag of the encoding.
+const MAGIC: i64 = 0x5057;
+const VERSION: i64 = 1;
+const ENCODED_LEN: usize = 16;
+const WHAT: &str = "packed weight layout";
+
+/// Decoded layouts by parameter id (see `crate::recorded`).
+static CACHE: LazyLock<IdCache<PackedLayout>> = LazyLock::new(|| IdCache::new(1 << 14));
+
+/// A ternary (or binary) weight packed 16 codes per `u32` ([`bitnet_kernels::packed`]) with its
+/// scales and its [`PackedLayout`], all recorded: a burnpack or safetensors record of it is the
+/// 2-bit codes, the scales and sixteen integers, and loading a record of another layout gives
+/// that layout, never a scale read the wrong way.
+///
+/// As a [`Reparameterization`] it stands in for a layer's weight (`[d_input, d_output]`, Burn's
+/// layout): `weight.val()` is the dequantized weight, so any layer runs with it unchanged;
+/// [`BitLinear`](crate::nn::BitLinear) and [`TernaryLinear`](super::TernaryLinear) run the
+/// packed kernels instead ([`PackedWeight::matmul`]). [`crate::infer::pack`] attaches one to
+/// every quantized weight of a model.
+#[derive(Module, Debug)]
+pub struct PackedWeight {
+    /// Packed codes `[d_output, words_per_row(d_input)]`, dtype u32; code `c` is the value
+    /// `c - 1`.
+    pub codes: Param<Tensor<2, Int>>,
+    /// The multipliers `s` (`w = value / s`), laid out as the layout says.
+    pub scales: Param<Tensor<1>>,
+    /// The recorded [`PackedLayout`].
+    layout: Param<Tensor<1, Int>>,
+    /// The layout of the parameter id it was built with.
+    #[module(skip)]
+    host: Option<(ParamId, PackedLayout)>,
+}
+
+impl PackedWeight {
+    /// Packed weights on `device` from packed rows (rows are outputs).
+    ///
+    /// # Errors
+    /// As [`PackedLayout::new`].
+    pub fn from_packed(
+        packed: &PackedTernary,
+        int8_activations: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let scales = match packed.scales() {
+            TernaryScales::PerTensor(_) => ScaleKind::PerTensor,
+            TernaryScales::PerRow(_) => ScaleKind::PerRow,
+            TernaryScales::PerGroup { group, .. } => ScaleKind::PerGroup(*group),
+        };
+        let layout = PackedLayout::new(packed.cols(), packed.rows(), scales, int8_activations)?;
+        let codes = Tensor::<2, Int>::from_data(
+            TensorData::new(packed.words().to_vec(), layout.codes_shape()),
+            TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+        );
+        let values = packed.scales().values().to_vec();
+        let scales =
+            Tensor::<1>::from_data(TensorData::new(values, [layout.scale_count()]), device);
+        Ok(Self::from_parts(codes, scales, layout, device))
+    }
+
+    /// A packed weight of `layout` with all codes 0 and scales 1 on `device`: a skeleton to load
+    /// a record into, with no f32 copy of the weight.
+    pub fn zeros(layout: PackedLayout, device: &Device) -> Self {
+        let codes = Tensor::<2, Int>::zeros(
+            layout.codes_shape(),
+            TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+        );
+        let scales = Tensor::<1>::ones([layout.scale_count()], device);
+        Self::from_parts(codes, scales, layout, device)
+    }
+
+    fn from_parts(
+        codes: Tensor<2, Int>,
+        scales: Tensor<1>,
+        layout: PackedLayout,
+        device: &Device,
+    ) -> Self {
+        let param = param_of(layout.encode(), device);
+        CACHE.remember(param.id, layout);
+        Self {
+            codes: Param::initialized(ParamId::new(), codes),
+            // Not trained: a plain (non-autodiff) parameter.
+            scales: Param::initialized(ParamId::new(), scales),
+            host: Some((param.id, layout)),
+            layout: param,
+        }
+    }
+
+    /// The recorded layout, checked against the codes and scales it describes.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for a malformed layout or tensors of other shapes (a corrupted or
+    /// mixed-up record).
+    pub fn layout(&self) -> Result<PackedLayout> {
+        let layout = match &self.host {
+            Some((id, layout)) if *id == self.layout.id => *layout,
+            _ => match CACHE.recall(self.layout.id) {
+                Some(layout) => layout,
+                None => {
+                    let layout = PackedLayout::decode_record(&read_back(&self.layout, WHAT)?)?;
+                    CACHE.remember(self.layout.id, layout);
+                    layout
+                }
+            },
+        };
+        let codes = self.codes.shape().dims::<2>();
+        let scales = self.scales.shape().num_elements();
+        if codes != layout.codes_shape() || scales != layout.scale_count() {
+            return Err(QatError::Record(format!(
+                "packed weight: codes {codes:?} and {scales} scales do not match the recorded \
+                 layout {layout:?}"
+            )));
+        }
+        Ok(layout)
+    }
+
+    /// `x · W` for `x [m, d_input]`, `[m, d_output]`, with the packed kernels of the device
+    /// (SIMD on CPU devices, CubeCL on GPUs): int8 per-token activations when the layout says
+    /// so, float activations otherwise. No gradient flows through it.
+    ///
+    /// # Errors
+    /// As [`PackedWeight::layout`]; [`QatError::Shape`] for an input of another width.
+    pub fn matmul(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        let int8 = self.layout()?.int8_activations;
+        self.matmul_with(x, int8)
+    }
+
+    /// [`PackedWeight::matmul`] with the activation mode chosen by the caller (a
+    /// [`BitLinear`](crate::nn::BitLinear) decides by its own activation quantizer).
+    ///
+    /// # Errors
+    /// As [`PackedWeight::matmul`].
+    pub fn matmul_with(&self, x: Tensor<2>, int8_activations: bool) -> Result<Tensor<2>> {
+        let layout = self.layout()?;
+        if x.dims()[1] != layout.d_input {
+            return Err(QatError::Shape {
+                what: "packed matmul input",
+                expected: format!("[m, {}]", layout.d_input),
+                got: x.dims().to_vec(),
+            });
+        }
+        let (codes, scales) = (self.codes.val(), self.scales.val());
+        Ok(if int8_activations {
+            ternary_matmul(x, codes, scales, layout.d_input, layout.scales)
+        } else {
+            ternary_matmul_float(x, codes, scales, layout.d_input, layout.scales)
+        })
+    }
+
+    /// The dequantized weight `[d_input, d_output]` (Burn's layout, contiguous): `value / s`
+    /// per element, exactly the quantized weight the QAT forward pass computed.
+    ///
+    /// # Errors
+    /// As [`PackedWeight::layout`].
+    pub fn dequantize(&self) -> Result<Tensor<2>> {
+        let layout = self.layout()?;
+        let (rows, cols) = (layout.d_output, layout.d_input);
+        let values = unpack_codes(self.codes.val(), cols).transpose(); // [cols, rows]
+        let scales = self.scales.val();
+        // The multiplier of every element, in the same [cols, rows] layout.
+        let per_element: Tensor<2> = match layout.scales {
+            ScaleKind::PerTensor => scales.reshape([1, 1]),
+            ScaleKind::PerRow => scales.reshape([1, rows]),
+            ScaleKind::PerGroup(group) => {
+                let groups = cols / group;
+                let s: Tensor<3> = scales.reshape([rows, groups, 1]);
+                let s: Tensor<2> = s.expand([rows, groups, group]).reshape([rows, cols]);
+                s.transpose()
+            }
+        };
+        Ok(values / per_element)
+    }
+
+    /// Bytes of the packed codes and scales (what replaces `4 d_input d_output` f32 bytes).
+    pub fn packed_bytes(&self) -> usize {
+        let [rows, words] = self.codes.shape().dims::<2>();
+        rows * words * 4 + self.scales.shape().num_elements() * 4
+    }
+}
+
+impl Reparameterization for PackedWeight {
+    const NAME: &'static str = "packed";
+
+    /// The dequantized weight in place of the (empty) stored base.
+    ///
+    /// # Panics
+    /// For a malformed record (see [`PackedWeight::layout`]; [`crate::check::check_model`]
+    /// reports it as an error after loading) or a parameter that is not 2-D.
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        let w = match self.dequantize() {
+            Ok(w) => w,
+            Err(e) => panic!("{e}"),
+        };
+        let dims = w.dims();
+        let mut shape = [1usize; D];
+        assert!(
+            D == 2,
+            "a packed weight stands in for a 2-D parameter, not {D}-D"
+        );
+        shape[0] = dims[0];
+        shape[D - 1] = dims[1];
+        w.reshape(shape).to_device(&base.device())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(kind: ScaleKind) -> PackedTernary {
+        let (rows, cols) = (3, 512);
+        let values: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
+        let scales = match kind {
+            ScaleKind::PerTensor => TernaryScales::PerTensor(2.0),
+            ScaleKind::PerRow => TernaryScales::PerRow(vec![1.0, 2.0, 4.0]),
+            ScaleKind::PerGroup(g) => TernaryScales::PerGroup {
+                group: g,
+                scales: (0..rows * cols / g).map(|i| 1.0 + i as f32).collect(),
+            },
+        };
+        PackedTernary::pack(&values, rows, cols, scales).unwrap()
+    }
+
+    #[test]
+    fn layouts_round_trip_and_malformed_ones_are_record_errors() {
+        for scales in [
+            ScaleKind::PerTensor,
+            ScaleKind::PerRow,
+            ScaleKind::PerGroup(512),
+        ] {
+            let layout = PackedLayout::new(1024, 7, scales, true).unwrap();
+            assert_eq!(
+                PackedLayout::decode_record(&layout.encode()).unwrap(),
+                layout
+            );
+        }
+        let good = PackedLayout::new(1024, 7, ScaleKind::PerRow, false)
+            .unwrap()
+            .encode();
+        for (i, v) in [(10, 3), (15, 2), (2, 0), (11, 5)] {
+            let mut bad = good.clone();
+            bad[i] = v;
+            assert!(
+                matches!(PackedLayout::decode_record(&bad), Err(QatError::Record(_))),
+                "entry {i} = {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn dequantized_weights_and_kernels_agree_with_the_codes() {
+        let device = Device::flex();
+        for kind in [
+            ScaleKind::PerTensor,
+            ScaleKind::PerRow,
+            ScaleKind::PerGroup(256),
+        ] {
+            let p = packed(kind);
+            let w = PackedWeight::from_packed(&p, false, &device).unwrap();
+            let dense = w.dequantize().unwrap();
+            assert_eq!(dense.dims(), [512, 3]);
+            let values = p.unpack();
+            let scales = p.scales().values();
+            let scale = |n: usize, k: usize| match kind {
+                ScaleKind::PerTensor => scales[0],
+                ScaleKind::PerRow => scales[n],
+                ScaleKind::PerGroup(g) => scales[n * (512 / g) + k / g],
+            };
+            let expected: Vec<f32> = (0..512 * 3)
+                .map(|i| {
+                    let (k, n) = (i / 3, i % 3);
+                    values[n * 512 + k] as f32 / scale(n, k)
+                })
+                .collect();
+            assert_eq!(
+                dense.clone().into_data().try_to_vec::<f32>().unwrap(),
+                expected,
+                "{kind:?}"
+            );
+            let x = Tensor::<2>::ones([2, 512], &device);
+            let y = w.matmul(x.clone()).unwrap();
+            let reference = x.matmul(dense);
+            y.into_data().assert_approx_eq::<f32>(
+                &reference.into_data(),
+                burn::tensor::Tolerance::absolute(1e-3),
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_layout_brings_its_layout() {
+        let device = Device::flex();
+        let per_row =
+            PackedWeight::from_packed(&packed(ScaleKind::PerRow), false, &device).unwrap();
+        let per_tensor = PackedWeight::zeros(
+            PackedLayout::new(512, 3, ScaleKind::PerTensor, true).unwrap(),
+            &device,
+        );
+        // Burn refuses the scales of another shape: a typed record error, not a wrong scale.
+        assert!(
+            per_tensor
+                .clone()
+                .try_load_record(per_row.clone().into_record())
+                .is_err()
+        );
+        let skeleton = PackedWeight::zeros(
+            PackedLayout::new(512, 3, ScaleKind::PerRow, true).unwrap(),
+            &device,
+        );
+        let loaded = skeleton.load_record(per_row.clone().into_record());
+        // The record's activation mode (float) replaces the skeleton's (int8).
+        assert_eq!(loaded.layout().unwrap(), per_row.layout().unwrap());
+    }
+}
