@@ -3,6 +3,7 @@
 //! least 21 samples each, medians and spreads, load average before and after (so that machine
 //! noise hits every variant alike and shows in the spread).
 
+pub mod fuzz;
 pub mod quant_table;
 
 use std::time::Instant;

@@ -16,18 +16,30 @@
 //! | … | 8 | payload length `u64` |
 //! | … | length | payload: the words (`u32` LE) or the base-3 bytes of the row-major values |
 //!
-//! Nothing may follow the payload. Every field is checked on reading: a truncated or
-//! inconsistent file is a [`KernelError`], never a panic or an out-of-bounds read.
+//! Nothing may follow the payload. Every field is checked on reading — sizes with overflow
+//! checks, the reserved bytes 0, the group size 0 unless the scales are per group — and
+//! nothing larger than [`MAX_EXPANSION`] times the file (plus [`SLACK_BYTES`]) is allocated
+//! before the payload is decoded: a truncated, inconsistent or hostile file is a
+//! [`KernelError`], never a panic, an out-of-bounds read or an outsized allocation. The reader
+//! is fuzzed (`benches`: `fuzz-readers`).
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::base3;
 use crate::error::{KernelError, Result};
-use crate::packed::{PackedTernary, TernaryScales, words_per_row};
+use crate::packed::{MAX_K, PackedTernary, TernaryScales, words_per_row};
 
 const MAGIC: [u8; 4] = *b"BTQ1";
 const VERSION: u32 = 1;
+
+/// How many times its own size a file may expand to when decoded. Words files decode to their
+/// payload; base-3 files to at most 1.25 × 4 / 1.6 of theirs when rows are whole blocks (rows
+/// narrower than a 256-weight block pad up to it and expand further: such files are refused
+/// past the bound).
+pub const MAX_EXPANSION: usize = 8;
+/// Bytes any file may decode to whatever its size (small matrices).
+pub const SLACK_BYTES: usize = 16 << 20;
 
 /// How the codes are stored in a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,14 +100,30 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
     }
     let rows = r.usize("rows")?;
     let cols = r.usize("cols")?;
+    if cols > MAX_K {
+        return Err(KernelError::KTooLarge {
+            k: cols,
+            max: MAX_K,
+        });
+    }
     let encoding = match r.take(1, "encoding")?[0] {
         0 => Encoding::Words,
         1 => Encoding::Base3,
         e => return Err(KernelError::Inconsistent(format!("unknown encoding {e}"))),
     };
     let kind = r.take(1, "scale kind")?[0];
-    r.take(2, "reserved")?;
+    let reserved = r.take(2, "reserved")?;
+    if reserved != [0, 0] {
+        return Err(KernelError::Inconsistent(format!(
+            "reserved bytes {reserved:?} are not zero"
+        )));
+    }
     let group = r.usize("group size")?;
+    if kind != 2 && group != 0 {
+        return Err(KernelError::Inconsistent(format!(
+            "group size {group} with scale kind {kind} (only per-group scales have one)"
+        )));
+    }
     let count = r.usize("scale count")?;
     let numel = rows
         .checked_mul(cols)
@@ -137,9 +165,29 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
             bytes.len() - r.pos
         )));
     }
+    // The packed words (and, for base-3, the decoded values) must fit the allocation bound.
+    let words_bytes = rows
+        .checked_mul(words_per_row(cols))
+        .and_then(|w| w.checked_mul(4))
+        .ok_or_else(|| KernelError::Inconsistent(format!("{rows} x {cols} overflows")))?;
+    let decoded = match encoding {
+        Encoding::Words => words_bytes,
+        Encoding::Base3 => words_bytes.saturating_add(numel),
+    };
+    let bound = bytes
+        .len()
+        .saturating_mul(MAX_EXPANSION)
+        .saturating_add(SLACK_BYTES);
+    if decoded > bound {
+        return Err(KernelError::Inconsistent(format!(
+            "a {rows} x {cols} matrix would take {decoded} bytes, more than {MAX_EXPANSION} \
+             times the {}-byte file",
+            bytes.len()
+        )));
+    }
     match encoding {
         Encoding::Words => {
-            let expected = rows.saturating_mul(words_per_row(cols)).saturating_mul(4);
+            let expected = words_bytes;
             if len != expected {
                 return Err(KernelError::Inconsistent(format!(
                     "payload of {len} bytes, expected {expected}"
@@ -263,7 +311,10 @@ mod tests {
             let bytes = to_bytes(&sample(), encoding).unwrap();
             for len in 0..bytes.len() {
                 assert!(
-                    from_bytes(&bytes[..len]).is_err(),
+                    matches!(
+                        from_bytes(&bytes[..len]),
+                        Err(KernelError::Truncated { .. } | KernelError::BadMagic(_))
+                    ),
                     "{encoding:?} cut at {len}"
                 );
             }
@@ -288,7 +339,42 @@ mod tests {
         // A huge row count must not allocate or read out of bounds.
         let mut bad = bytes.clone();
         bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(from_bytes(&bad).is_err());
+        assert!(matches!(
+            from_bytes(&bad),
+            Err(KernelError::Inconsistent(_))
+        ));
+        // A huge column count (found by the fuzzer: padding it overflowed).
+        let mut bad = bytes.clone();
+        bad[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            from_bytes(&bad),
+            Err(KernelError::KTooLarge { k, max: MAX_K }) if k == usize::MAX
+        ));
+        // Reserved bytes, and a group size where the scales are not per group.
+        for (at, value) in [(26, 1u8), (27, 0x80)] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            assert!(
+                matches!(from_bytes(&bad), Err(KernelError::Inconsistent(m)) if m.contains("reserved")),
+                "byte {at}"
+            );
+        }
+        let per_row =
+            PackedTernary::pack(&[1, 0, -1, 1], 2, 2, TernaryScales::PerRow(vec![1.0, 2.0]))
+                .unwrap();
+        let mut bad = to_bytes(&per_row, Encoding::Words).unwrap();
+        bad[28..36].copy_from_slice(&256u64.to_le_bytes());
+        assert!(
+            matches!(from_bytes(&bad), Err(KernelError::Inconsistent(m)) if m.contains("group size"))
+        );
+        // A base-3 file claiming a huge narrow matrix: refused before anything is allocated.
+        let narrow = PackedTernary::pack(&[1; 50], 50, 1, TernaryScales::PerTensor(1.0)).unwrap();
+        let mut bad = to_bytes(&narrow, Encoding::Base3).unwrap();
+        bad[8..16].copy_from_slice(&(50u64 << 30).to_le_bytes());
+        assert!(matches!(
+            from_bytes(&bad),
+            Err(KernelError::Inconsistent(_))
+        ));
         // A scale count that disagrees with the shape.
         let mut bad = bytes.clone();
         bad[36..44].copy_from_slice(&5u64.to_le_bytes());

@@ -1,8 +1,7 @@
 //! How the GPU's int8 ternary matmul forms its integer dot products: `dp4a`, or SWAR byte masks
-//! where `dp4a` is a polyfill. A process-wide choice for benchmarks and tests; both give the same
-//! sums. Available in every build (the choice is read by the `cube` kernels).
-
-use std::sync::atomic::{AtomicU8, Ordering};
+//! where `dp4a` is a polyfill. Chosen per call ([`crate::burn_ext::ternary_matmul_with_dot`];
+//! [`Int8Dot::Auto`] otherwise); both give the same sums. Available in every build (the CPU
+//! kernels ignore it).
 
 /// How the int8 per-row kernel forms its integer dot products (the sums are identical).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,35 +27,24 @@ impl Int8Dot {
     }
 }
 
-static INT8_DOT: AtomicU8 = AtomicU8::new(0);
-
-/// Chooses how every later int8 ternary matmul in the process forms its dot products
-/// ([`Int8Dot::Auto`] unless set). For benchmarks and tests that compare the two ways on one
-/// device: both give bit-identical integer sums, so the choice changes only the speed.
-///
-/// # Example
-/// ```
-/// use bitnet_kernels::int8_dot::{Int8Dot, int8_dot, set_int8_dot};
-///
-/// set_int8_dot(Int8Dot::Swar);
-/// assert_eq!(int8_dot(), Int8Dot::Swar);
-/// set_int8_dot(Int8Dot::Auto);
-/// ```
-pub fn set_int8_dot(dot: Int8Dot) {
-    let code = match dot {
-        Int8Dot::Auto => 0,
-        Int8Dot::Dp4a => 1,
-        Int8Dot::Swar => 2,
-    };
-    INT8_DOT.store(code, Ordering::Relaxed);
+/// The `activations` argument of the `ternary_matmul` backend op: float activations (0), or
+/// int8 activations with the dot products of `dot`.
+pub(crate) fn encode_activations(int8: Option<Int8Dot>) -> u8 {
+    match int8 {
+        None => 0,
+        Some(Int8Dot::Auto) => 1,
+        Some(Int8Dot::Dp4a) => 2,
+        Some(Int8Dot::Swar) => 3,
+    }
 }
 
-/// The choice of [`set_int8_dot`].
-pub fn int8_dot() -> Int8Dot {
-    match INT8_DOT.load(Ordering::Relaxed) {
-        1 => Int8Dot::Dp4a,
-        2 => Int8Dot::Swar,
-        _ => Int8Dot::Auto,
+/// The inverse of [`encode_activations`] (unknown codes are taken as the automatic choice).
+pub(crate) fn decode_activations(code: u8) -> Option<Int8Dot> {
+    match code {
+        0 => None,
+        2 => Some(Int8Dot::Dp4a),
+        3 => Some(Int8Dot::Swar),
+        _ => Some(Int8Dot::Auto),
     }
 }
 
@@ -75,6 +63,14 @@ mod tests {
             assert_eq!(Int8Dot::Auto.takes_swar(runtime), swar, "{runtime}");
             assert!(Int8Dot::Swar.takes_swar(runtime));
             assert!(!Int8Dot::Dp4a.takes_swar(runtime));
+        }
+        for mode in [
+            None,
+            Some(Int8Dot::Auto),
+            Some(Int8Dot::Dp4a),
+            Some(Int8Dot::Swar),
+        ] {
+            assert_eq!(decode_activations(encode_activations(mode)), mode);
         }
     }
 }

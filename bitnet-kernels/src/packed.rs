@@ -396,6 +396,12 @@ fn check_dims(rows: usize, cols: usize) -> Result<()> {
             got: 0,
         });
     }
+    // With `cols <= MAX_K` the padded row never overflows; the whole matrix may.
+    if rows.checked_mul(padded_cols(cols)).is_none() {
+        return Err(KernelError::Inconsistent(format!(
+            "{rows} x {cols} weights overflow the address space"
+        )));
+    }
     Ok(())
 }
 
@@ -516,6 +522,10 @@ mod tests {
         assert!(matches!(
             PackedTernary::pack(&[], 1, MAX_K + 1, s.clone()),
             Err(KernelError::KTooLarge { .. })
+        ));
+        assert!(matches!(
+            PackedTernary::from_parts(usize::MAX / 8, 256, vec![], s.clone()),
+            Err(KernelError::Inconsistent(m)) if m.contains("overflow")
         ));
         assert!(matches!(
             PackedTernary::pack(&[0; 3], 1, 3, TernaryScales::PerTensor(f32::NAN)),

@@ -1,7 +1,9 @@
 //! Finiteness checks: report NaN and infinite values instead of training a NaN model.
 
+use bitnet_kernels::burn_ext::ScaleKind;
+use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::error::{QatError, Result};
 
@@ -64,6 +66,125 @@ pub fn check_model_finite<M: Module>(model: &M) -> Result<()> {
     match visitor.error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Checks everything a loaded model's forward pass relies on, so that a corrupted, truncated or
+/// mismatched checkpoint is an error here rather than a panic later: every parameter finite
+/// ([`check_model_finite`]), the recorded settings of every [`Quantizer`](crate::nn::Quantizer)
+/// and the recorded layout of every [`PackedWeight`](crate::infer::PackedWeight) well formed and
+/// consistent with their tensors.
+///
+/// # Errors
+/// The first problem found: [`QatError::NonFinite`] naming the parameter, [`QatError::Record`]
+/// for malformed settings or layouts.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::check::check_model;
+/// use bitnet_qat::nn::BitLinearConfig;
+/// use burn::tensor::Device;
+///
+/// let layers = vec![BitLinearConfig::new(256, 8).init(&Device::flex()).unwrap()];
+/// assert!(check_model(&layers).is_ok());
+/// assert!(check_model(&bitnet_qat::infer::pack(&layers).unwrap()).is_ok());
+/// ```
+pub fn check_model<M: Module>(model: &M) -> Result<()> {
+    check_model_finite(model)?;
+    for found in crate::nn::quantizers(model) {
+        found.quantizer.try_settings()?;
+    }
+    let mut packed = PackedVisitor::default();
+    model.visit(&mut packed);
+    packed.error.map_or(Ok(()), Err)
+}
+
+/// Checks every packed weight (visited in field order: codes, scales, layout): its recorded
+/// layout against the shapes of its codes and scales, and its values — codes 0 to 2 with zero
+/// padding, scales finite and positive — as the kernels require (read back once).
+#[derive(Default)]
+struct PackedVisitor {
+    path: Vec<(String, String)>,
+    codes: Option<Tensor<2, Int>>,
+    scales: Option<Tensor<1>>,
+    error: Option<QatError>,
+}
+
+impl PackedVisitor {
+    fn field(&self) -> Option<&str> {
+        self.path
+            .last()
+            .filter(|(_, ty)| ty == "Struct:PackedWeight")
+            .map(|(name, _)| name.as_str())
+    }
+
+    fn check(&mut self, layout: &Param<Tensor<1, Int>>) -> Result<()> {
+        let (Some(codes), Some(scales)) = (self.codes.take(), self.scales.take()) else {
+            return Err(QatError::Record(
+                "a packed weight without its codes or scales".into(),
+            ));
+        };
+        let layout =
+            crate::infer::recorded_layout(layout, codes.dims(), scales.shape().num_elements())?;
+        let bad = |e: &dyn std::fmt::Display| QatError::Record(format!("packed weight: {e}"));
+        let words = codes
+            .into_data()
+            .convert::<u32>()
+            .try_into_vec::<u32>()
+            .map_err(|e| bad(&format!("{e:?}")))?;
+        let values = scales
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| bad(&format!("{e:?}")))?;
+        let scales = match layout.scales {
+            ScaleKind::PerTensor => TernaryScales::PerTensor(values[0]),
+            ScaleKind::PerRow => TernaryScales::PerRow(values),
+            ScaleKind::PerGroup(group) => TernaryScales::PerGroup {
+                group,
+                scales: values,
+            },
+        };
+        PackedTernary::from_parts(layout.d_output, layout.d_input, words, scales)
+            .map(|_| ())
+            .map_err(|e| bad(&e))
+    }
+}
+
+impl ModuleVisitor for PackedVisitor {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path
+            .push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.field() == Some("scales") {
+            self.scales = Some(param.val().reshape([param.shape().num_elements()]));
+        }
+    }
+
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
+        match self.field() {
+            Some("codes") if D == 2 => {
+                let dims = param.shape().dims::<D>();
+                self.codes = Some(param.val().reshape([dims[0], dims[1]]));
+            }
+            Some("layout") if D == 1 && self.error.is_none() => {
+                let layout = Param::initialized(
+                    param.id,
+                    param.val().reshape([param.shape().num_elements()]),
+                );
+                if let Err(e) = self.check(&layout) {
+                    let path: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
+                    self.error = Some(QatError::Record(format!("`{}`: {e}", path.join("."))));
+                }
+            }
+            _ => {}
+        }
     }
 }
 

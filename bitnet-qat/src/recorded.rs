@@ -2,15 +2,24 @@
 //! encoded as 16-bit pieces, which every device integer type holds exactly, and read through a
 //! cache keyed by parameter id, so the forward pass does not wait for a device read-back.
 //!
-//! The cache is sound because a parameter's id names one value: every write of a recorded value
-//! makes a parameter with a fresh id, and loading a record brings the record's id with the
-//! record's value. An entry is only a decoded copy, so evicting one costs a read-back, never a
-//! wrong value.
+//! The cache is sound because a [`Recorded`] parameter's id names one value: every write makes
+//! a parameter with a fresh id, and so does every load. Burn's loader keeps the record's
+//! persisted id, or the skeleton's own id when the format has none (safetensors, PyTorch), so
+//! an id alone says nothing about a loaded value: a corrupted file keeps the id of the
+//! checkpoint it came from, and a skeleton and the model loaded into it would share one.
+//! [`Recorded`] therefore gives a parameter a fresh id whenever a load wrote it (its load
+//! mapper counts the loads of the thread). An entry is only a decoded copy, so evicting one
+//! costs a read-back, never a wrong value.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
+use std::ops::Deref;
 use std::sync::Mutex;
 
-use burn::module::{Param, ParamId};
+use burn::module::{
+    Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
+    Param, ParamId,
+};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{QatError, Result};
@@ -52,14 +61,102 @@ pub(crate) fn check_header(
     Ok(())
 }
 
-/// A new integer parameter holding `values`, with a fresh id.
-pub(crate) fn param_of(values: Vec<i64>, device: &Device) -> Param<Tensor<1, Int>> {
+/// A new recorded parameter holding `values`, with a fresh id.
+pub(crate) fn param_of(values: Vec<i64>, device: &Device) -> Recorded {
     let n = values.len();
-    Param::initialized(
+    Recorded::new(Param::initialized(
         ParamId::new(),
         Tensor::from_data(TensorData::new(values, [n]), device),
-    )
+    ))
 }
+
+thread_local! {
+    /// How many recorded parameters a load wrote on this thread.
+    static LOADS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The load mapper of a recorded parameter: counts the load, keeps the value.
+fn note_load<T>(value: T) -> T {
+    LOADS.with(|n| n.set(n.get().wrapping_add(1)));
+    value
+}
+
+/// An integer parameter holding a recorded host value, whose id changes whenever its value may
+/// have: at every write (a new parameter) and at every load (see the module documentation).
+/// It is the parameter to Burn (same record key, same visitors and mappers).
+#[derive(Clone, Debug)]
+pub(crate) struct Recorded(Param<Tensor<1, Int>>);
+
+impl Recorded {
+    /// Wraps `param`, whose id must name its value (a parameter this crate made, or found in a
+    /// model).
+    pub(crate) fn new(param: Param<Tensor<1, Int>>) -> Self {
+        Self(param.load_mapper(note_load))
+    }
+}
+
+impl Deref for Recorded {
+    type Target = Param<Tensor<1, Int>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Module for Recorded {
+    fn collect_devices(&self, devices: Devices) -> Devices {
+        self.0.collect_devices(devices)
+    }
+
+    fn fork(self, device: &Device) -> Self {
+        Self(self.0.fork(device))
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        Self(self.0.to_device(device))
+    }
+
+    fn train(self) -> Self {
+        Self(self.0.train())
+    }
+
+    fn valid(&self) -> Self {
+        Self(self.0.valid())
+    }
+
+    fn materialize(self) -> Self {
+        Self(self.0.materialize())
+    }
+
+    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
+        self.0.visit(visitor)
+    }
+
+    fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
+        let loads = LOADS.with(Cell::get);
+        let param = Module::map(self.0, mapper);
+        if LOADS.with(Cell::get) == loads {
+            // Kept, or replaced by a new parameter (which has its own id): re-wrapped, since a
+            // mapper may return a parameter without the load mapper.
+            return Self::new(param);
+        }
+        // Loaded: the value may be new under an old id.
+        let (_, value, param_mapper) = param.consume();
+        Self(Param::from_mapped_value(
+            ParamId::new(),
+            value,
+            param_mapper,
+        ))
+    }
+}
+
+impl ModuleDisplayDefault for Recorded {
+    fn content(&self, content: Content) -> Option<Content> {
+        self.0.content(content)
+    }
+}
+
+impl ModuleDisplay for Recorded {}
 
 /// The values of an integer parameter, read back from its device; `what` names the record.
 pub(crate) fn read_back(param: &Param<Tensor<1, Int>>, what: &str) -> Result<Vec<i64>> {

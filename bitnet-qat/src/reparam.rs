@@ -64,6 +64,8 @@ pub struct QatReparameterizer {
     exclude: Vec<String>,
     filter: Option<ParamFilter>,
     quantized: Vec<String>,
+    /// Weights that already carry a quantizer (a `BitLinear`'s): they keep it.
+    attached: Vec<String>,
     error: Option<QatError>,
 }
 
@@ -80,6 +82,7 @@ impl QatReparameterizer {
             exclude: Vec::new(),
             filter: None,
             quantized: Vec::new(),
+            attached: Vec::new(),
             error: None,
         }
     }
@@ -103,19 +106,27 @@ impl QatReparameterizer {
         self
     }
 
-    /// Applies the reparameterization to `model`.
+    /// Applies the reparameterization to `model`. Weights that already carry a quantizer (a
+    /// [`BitLinear`](crate::nn::BitLinear)'s, or one attached by an earlier call) keep it.
     ///
     /// Returns the first configuration error (an invalid quantizer, a group size that does not
     /// divide a selected weight's input dimension), or an error if no parameter was selected.
     pub fn apply<M: Module>(mut self, model: M) -> Result<M> {
         self.config.ste.validate(&self.config.quant)?;
+        self.attached = crate::nn::quantizers(&model)
+            .into_iter()
+            .filter(|found| found.weight.is_some())
+            .filter_map(|found| found.path.strip_suffix(".qat").map(str::to_string))
+            .collect();
         let model = model.apply_reparameterization(&mut self);
         if let Some(e) = self.error {
             return Err(e);
         }
         if self.quantized.is_empty() {
             return Err(QatError::Invalid(
-                "the reparameterizer selected no parameter: check the filter and exclusions".into(),
+                "the reparameterizer selected no parameter: check the filter and exclusions \
+                 (weights that already have a quantizer, such as BitLinear's, keep theirs)"
+                    .into(),
             ));
         }
         Ok(model)
@@ -148,7 +159,10 @@ impl Reparameterizer for &mut QatReparameterizer {
         param: Param<Tensor<D>>,
     ) -> (Param<Tensor<D>>, Option<Quantizer>) {
         let dims = param.shape().dims::<D>();
-        if self.error.is_some() || !self.selects(path, &dims) {
+        if self.error.is_some()
+            || !self.selects(path, &dims)
+            || self.attached.iter().any(|p| p == path)
+        {
             return (param, None);
         }
         let built = match D {
@@ -184,7 +198,7 @@ impl Reparameterizer for &mut QatReparameterizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::QuantConfig;
+    use crate::quant::{QuantConfig, QuantFormat};
 
     #[test]
     fn default_selection_and_exclusions() {
@@ -200,5 +214,52 @@ mod tests {
             .with_filter(|path, dims| path.starts_with("attn") && dims.len() == 2);
         assert!(custom.selects("attn.q.weight", &[4, 4]));
         assert!(!custom.selects("mlp.weight", &[4, 4]));
+    }
+
+    #[test]
+    fn weights_that_have_a_quantizer_keep_it() {
+        use crate::nn::{BitLinear, BitLinearConfig, Quantizer};
+        use burn::nn::{Linear, LinearConfig};
+        use burn::tensor::Device;
+
+        #[derive(Module, Debug)]
+        struct Net {
+            bit: BitLinear,
+            fc: Linear,
+        }
+        let device = Device::flex();
+        let new_net = || Net {
+            bit: BitLinearConfig::new(8, 8)
+                .with_weight_quant(QuantConfig::int(4))
+                .init(&device)
+                .unwrap(),
+            fc: LinearConfig::new(8, 8).init(&device),
+        };
+        let net = new_net();
+        let format = |q: Option<&Quantizer>| q.unwrap().effective().0.format;
+        let net = QatReparameterizer::new(QuantConfig::int(8))
+            .apply(net)
+            .unwrap();
+        let net = QatReparameterizer::new(QuantConfig::ternary())
+            .exclude(["bit"])
+            .apply(net);
+        // The second call finds nothing left to quantize: the Linear keeps its int8 quantizer.
+        assert!(
+            matches!(&net, Err(QatError::Invalid(m)) if m.contains("keep theirs")),
+            "{:?}",
+            net.map(|_| ())
+        );
+        let net = QatReparameterizer::new(QuantConfig::ternary())
+            .apply(new_net())
+            .unwrap();
+        assert_eq!(
+            format(net.bit.weight_quantizer()),
+            QuantFormat::Int { bits: 4 }
+        );
+        assert_eq!(
+            format(net.fc.weight.reparameterization::<Quantizer>()),
+            QuantFormat::Ternary
+        );
+        assert_eq!(crate::nn::quantizers(&net).len(), 3); // BitLinear's two, the Linear's one
     }
 }

@@ -17,6 +17,7 @@ use burn::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
 use burn::optim::{GradientsParams, SgdConfig};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::quantizers::pseudo_random;
@@ -141,10 +142,58 @@ fn scheduled_settings_are_recorded_with_the_model() {
     let expected = values(layers[1].forward(x.clone()));
     // A fresh int8 skeleton runs ternary weights once the record is loaded.
     let skeleton = vec![config.init(&device).unwrap(), config.init(&device).unwrap()];
-    let loaded = skeleton.load_record(layers.into_record());
+    let loaded = skeleton.load_record(layers.clone().into_record());
     let q = loaded[1].weight_quantizer().unwrap();
     assert_eq!(q.effective().0, QuantConfig::ternary());
+    assert_eq!(values(loaded[1].forward(x.clone())), expected);
+
+    // Safetensors carries no parameter ids: Burn keeps the skeleton's ids for the loaded
+    // values. The loaded model still runs the recorded format, and the skeleton (alive, with
+    // the same ids) its own.
+    let path = std::env::temp_dir().join(format!(
+        "bitnet-qat-settings-{}.safetensors",
+        std::process::id()
+    ));
+    layers
+        .save_into(&mut SafetensorsStore::from_file(&path))
+        .unwrap();
+    let skeleton = vec![config.init(&device).unwrap(), config.init(&device).unwrap()];
+    let format = |m: &Vec<BitLinear>| m[1].weight_quantizer().unwrap().effective().0.format;
+    assert_eq!(format(&skeleton), QuantFormat::Int { bits: 8 });
+    let mut loaded = skeleton.clone();
+    loaded
+        .load_from(&mut SafetensorsStore::from_file(&path))
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(format(&loaded), QuantFormat::Ternary);
+    assert_eq!(format(&skeleton), QuantFormat::Int { bits: 8 });
     assert_eq!(values(loaded[1].forward(x)), expected);
+}
+
+#[test]
+fn a_packed_layout_loaded_under_the_skeletons_id_is_the_recorded_one() {
+    use bitnet_kernels::burn_ext::ScaleKind;
+    use bitnet_qat::infer::{PackedLayout, PackedWeight};
+    let device = Device::flex();
+    // The same shapes, different activation modes: only the recorded layout tells them apart.
+    let float = PackedLayout::new(256, 4, ScaleKind::PerRow, false).unwrap();
+    let int8 = PackedLayout::new(256, 4, ScaleKind::PerRow, true).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "bitnet-qat-layout-{}.safetensors",
+        std::process::id()
+    ));
+    PackedWeight::zeros(float, &device)
+        .save_into(&mut SafetensorsStore::from_file(&path))
+        .unwrap();
+    let skeleton = PackedWeight::zeros(int8, &device);
+    assert_eq!(skeleton.layout().unwrap(), int8);
+    let mut loaded = skeleton.clone();
+    loaded
+        .load_from(&mut SafetensorsStore::from_file(&path))
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(loaded.layout().unwrap(), float);
+    assert_eq!(skeleton.layout().unwrap(), int8);
 }
 
 #[test]

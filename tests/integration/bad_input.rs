@@ -140,7 +140,13 @@ fn shape_mismatches_are_typed_errors() {
     ));
     let w = Tensor::<2>::zeros([6, 2], &device);
     let grouped = QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 4 });
-    assert!(QuantizerConfig::new(grouped).init_weight(&w).is_err());
+    assert!(matches!(
+        QuantizerConfig::new(grouped).init_weight(&w),
+        Err(QatError::GroupSize {
+            group_size: 4,
+            dim: 6
+        })
+    ));
     assert!(matches!(
         BitLinearConfig::new(4, 2).init_with(Tensor::zeros([2, 4], &device), None, &device),
         Err(QatError::Shape { .. })

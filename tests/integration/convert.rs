@@ -1,7 +1,7 @@
 //! Converting trained QAT layers to packed `TernaryLinear` layers: identical outputs, records.
 
 use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_fallback};
-use bitnet_qat::infer::{TernaryLinear, ToTernary};
+use bitnet_qat::infer::TernaryLinear;
 use bitnet_qat::nn::{BitLinear, BitLinearConfig, QuantizerConfig};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat::reparam::QatReparameterizer;
@@ -87,7 +87,7 @@ fn converted_bitlinear_layers_give_the_qat_outputs() {
         for (variant, config) in &variants {
             for training_device in [device.clone(), device.clone().autodiff()] {
                 let qat = bit_linear(k, n, config.clone(), &training_device);
-                let packed = qat.to_ternary().unwrap();
+                let packed = TernaryLinear::from_bit_linear(&qat).unwrap();
                 assert_same_outputs(&qat, &packed, k, &device, &format!("{name} {variant}"));
             }
         }
@@ -100,7 +100,7 @@ fn ragged_shapes_convert_exactly() {
     for (k, n) in [(1, 1), (64, 10), (300, 7), (1000, 33)] {
         let device = Device::flex();
         let qat = bit_linear(k, n, BitLinearConfig::new(k, n), &device);
-        let packed = qat.to_ternary().unwrap();
+        let packed = TernaryLinear::from_bit_linear(&qat).unwrap();
         assert_same_outputs(&qat, &packed, k, &device, &format!("{k}x{n}"));
         let x3: Tensor<3> = input(6, k, &device).reshape([2, 3, k]);
         let a = values(packed.forward(x3.clone()));
@@ -129,7 +129,7 @@ fn reparameterized_linear_converts() {
             let qat = QatReparameterizer::from_config(config)
                 .apply(net.clone())
                 .unwrap();
-            let packed = qat.fc.to_ternary().unwrap();
+            let packed = TernaryLinear::from_linear(&qat.fc).unwrap();
             let x = input(5, 300, &device.clone().inner());
             let expected = values(qat.valid().fc.forward(x.clone()));
             assert_close(&values(packed.forward(x)), &expected, 1e-5, name);
@@ -156,7 +156,7 @@ fn kernel_and_fallback_agree() {
                     .with_weight_quant(QuantConfig::ternary().with_granularity(granularity)),
                 &device,
             );
-            let packed = qat.to_ternary().unwrap();
+            let packed = TernaryLinear::from_bit_linear(&qat).unwrap();
             let x = input(9, 512, &device);
             let codes = packed.weight.codes.val();
             let scales = packed.weight.scales.val();
@@ -181,13 +181,13 @@ fn records_round_trip_through_burnpack_and_safetensors() {
     let config = BitLinearConfig::new(k, n)
         .with_bias(true)
         .with_weight_quant(QuantConfig::ternary().with_granularity(Granularity::PerChannel));
-    let packed = bit_linear(k, n, config.clone(), &device)
-        .to_ternary()
-        .unwrap();
+    let packed =
+        TernaryLinear::from_bit_linear(&bit_linear(k, n, config.clone(), &device)).unwrap();
     let x = input(4, k, &device);
     let expected = values(packed.forward(x.clone()));
     // An untrained layer of the same shape is the skeleton to load into.
-    let skeleton = || config.clone().init(&device).unwrap().to_ternary().unwrap();
+    let skeleton =
+        || TernaryLinear::from_bit_linear(&config.clone().init(&device).unwrap()).unwrap();
     assert_ne!(values(skeleton().forward(x.clone())), expected);
 
     let dir = std::env::temp_dir().join(format!("bitnet-convert-{}", std::process::id()));
@@ -213,9 +213,9 @@ fn records_round_trip_through_burnpack_and_safetensors() {
 fn packed_weights_are_over_15_times_smaller() {
     let device = Device::flex();
     let (k, n) = (2048, 256);
-    let packed = bit_linear(k, n, BitLinearConfig::new(k, n), &device)
-        .to_ternary()
-        .unwrap();
+    let packed =
+        TernaryLinear::from_bit_linear(&bit_linear(k, n, BitLinearConfig::new(k, n), &device))
+            .unwrap();
     let ratio = (k * n * 4) as f64 / packed.packed_bytes() as f64;
     assert!(ratio > 15.5, "{ratio}");
 }
@@ -224,18 +224,36 @@ fn packed_weights_are_over_15_times_smaller() {
 fn formats_without_a_packed_form_are_typed_errors() {
     let device = Device::flex();
     let cases = [
-        BitLinearConfig::new(256, 4).with_weight_quant(QuantConfig::int(4)),
-        BitLinearConfig::new(256, 4).with_weight_ste(Ste::Soft { temperature: 0.1 }),
-        BitLinearConfig::new(256, 4).with_activation_quant(Some(QuantConfig::activation(4))),
-        BitLinearConfig::new(256, 4).with_weight_quant(
-            QuantConfig::ternary().with_granularity(Granularity::PerGroup { size: 128 }),
+        (
+            BitLinearConfig::new(256, 4).with_weight_quant(QuantConfig::int(4)),
+            "only ternary and binary",
+        ),
+        (
+            BitLinearConfig::new(256, 4).with_weight_ste(Ste::Soft { temperature: 0.1 }),
+            "soft STE",
+        ),
+        (
+            BitLinearConfig::new(256, 4).with_activation_quant(Some(QuantConfig::activation(4))),
+            "8-bit absmax per token",
+        ),
+        (
+            BitLinearConfig::new(256, 4).with_weight_quant(
+                QuantConfig::ternary().with_granularity(Granularity::PerGroup { size: 128 }),
+            ),
+            "multiple of 256",
         ),
     ];
-    for config in cases {
+    for (config, expected) in cases {
         let layer = config.init(&device).unwrap();
-        let err = layer.to_ternary().unwrap_err();
-        assert!(matches!(err, bitnet_qat::QatError::Invalid(_)), "{err:?}");
+        let err = TernaryLinear::from_bit_linear(&layer).unwrap_err();
+        assert!(
+            matches!(&err, bitnet_qat::QatError::Invalid(m) if m.contains(expected)),
+            "{expected}: {err:?}"
+        );
     }
     let plain = LinearConfig::new(8, 4).init(&device);
-    assert!(plain.to_ternary().is_err());
+    assert!(matches!(
+        TernaryLinear::from_linear(&plain),
+        Err(bitnet_qat::QatError::Invalid(m)) if m.contains("no QAT quantizer")
+    ));
 }

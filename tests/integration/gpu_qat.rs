@@ -1,7 +1,7 @@
 //! QAT on the GPU: a BitLinear forward and backward (fused fake quantization kernels) and a
 //! packed TernaryLinear forward (ternary matmul kernel) on wgpu agree with Flex.
 
-use bitnet_qat::infer::ToTernary;
+use bitnet_qat::infer::TernaryLinear;
 use bitnet_qat::nn::BitLinearConfig;
 use bitnet_qat::quant::{QuantConfig, has_fused_kernels};
 use bitnet_qat::ste::{Ste, quantize_ste};
@@ -131,7 +131,7 @@ fn packed_ternary_linear_runs_on_the_gpu() {
     let cpu = Device::flex();
     cpu.seed(5);
     let layer = BitLinearConfig::new(300, 33).init(&cpu).unwrap();
-    let packed = layer.to_ternary().unwrap();
+    let packed = TernaryLinear::from_bit_linear(&layer).unwrap();
     let x = Tensor::<2>::random([4, 300], Distribution::Normal(0.0, 1.0), &cpu);
     let y_cpu = values(packed.forward(x.clone()));
     let on_gpu = packed.fork(&gpu);

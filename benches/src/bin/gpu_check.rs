@@ -11,8 +11,10 @@
 
 use std::time::Instant;
 
-use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float};
-use bitnet_kernels::int8_dot::{Int8Dot, set_int8_dot};
+use bitnet_kernels::burn_ext::{
+    ScaleKind, ternary_matmul, ternary_matmul_float, ternary_matmul_with_dot,
+};
+use bitnet_kernels::int8_dot::Int8Dot;
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use bitnet_qat_benches::quant_table::{self, Cell};
 use bitnet_qat_benches::{Gpu, MS, SHAPES, Stats, load_average};
@@ -360,16 +362,15 @@ fn main() {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &gpu);
             let x16 = x.clone().cast(DType::F16);
             let reps = if m == 1 { 50 } else { 5 };
-            // The int8 product with each way of forming the dot products (set before the calls
-            // of a sample and read when their kernels launch, at the sync that ends it).
+            // The int8 product with each way of forming the dot products.
             let int8 = |dot: Int8Dot| {
-                set_int8_dot(dot);
-                ternary_matmul(
+                ternary_matmul_with_dot(
                     x.clone(),
                     codes.clone(),
                     scales.clone(),
                     k,
                     ScaleKind::PerTensor,
+                    dot,
                 )
             };
             let stats = time(
@@ -380,7 +381,6 @@ fn main() {
                     &mut || int8(Int8Dot::Dp4a),
                     &mut || int8(Int8Dot::Swar),
                     &mut || {
-                        set_int8_dot(Int8Dot::Auto);
                         ternary_matmul(
                             x16.clone(),
                             codes.clone(),

@@ -14,7 +14,7 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
         scales: FloatTensor<Self>,
         cols: usize,
         kind: usize,
-        int8_acts: bool,
+        activations: u8,
     ) -> FloatTensor<Self> {
         Self::from_inner(B::ternary_matmul(
             Self::inner(x),
@@ -22,7 +22,7 @@ impl<B: Backend + TernaryOps, C: CheckpointStrategy> TernaryOps for Autodiff<B, 
             Self::inner(scales),
             cols,
             kind,
-            int8_acts,
+            activations,
         ))
     }
 }

@@ -14,13 +14,12 @@ impl TernaryOps for CubeBackend {
         scales: CubeTensor,
         cols: usize,
         kind: usize,
-        int8_acts: bool,
+        activations: u8,
     ) -> CubeTensor {
         let kind = ScaleKind::decode(kind);
-        if int8_acts {
-            crate::gpu::ternary_matmul_int8(x, codes, scales, cols, kind)
-        } else {
-            crate::gpu::ternary_matmul_float(x, codes, scales, cols, kind)
+        match crate::int8_dot::decode_activations(activations) {
+            Some(dot) => crate::gpu::ternary_matmul_int8(x, codes, scales, cols, kind, dot),
+            None => crate::gpu::ternary_matmul_float(x, codes, scales, cols, kind),
         }
     }
 }

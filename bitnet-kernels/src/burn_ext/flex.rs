@@ -13,7 +13,7 @@ impl TernaryOps for Flex {
         scales: FlexTensor,
         cols: usize,
         kind: usize,
-        int8_acts: bool,
+        activations: u8,
     ) -> FlexTensor {
         let (x, codes, scales) = (contiguous(x), contiguous(codes), contiguous(scales));
         let m = x.layout().shape().num_elements() / cols.max(1);
@@ -26,7 +26,7 @@ impl TernaryOps for Flex {
             cols,
             scales.storage::<f32>(),
             kind,
-            int8_acts,
+            activations,
         );
         FlexTensor::from_data(TensorData::new(y, [m, rows]))
     }

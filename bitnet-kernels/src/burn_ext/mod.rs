@@ -16,7 +16,10 @@ mod ndarray;
 mod ops;
 
 pub use fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback, unpack_codes};
-pub use ops::{TernaryOps, has_kernels, kernel_dtype, ternary_matmul, ternary_matmul_float};
+pub use ops::{
+    TernaryOps, has_kernels, kernel_dtype, ternary_matmul, ternary_matmul_float,
+    ternary_matmul_with_dot,
+};
 
 /// How the scales tensor of a packed matrix is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +76,9 @@ pub(crate) fn run_cpu(
     cols: usize,
     scales: &[f32],
     kind: usize,
-    int8_acts: bool,
+    activations: u8,
 ) -> Vec<f32> {
-    if !int8_acts {
+    if crate::int8_dot::decode_activations(activations).is_none() {
         return float_matmul_cpu(
             x,
             m,

@@ -14,7 +14,7 @@ impl TernaryOps for NdArray {
         scales: NdArrayTensor,
         cols: usize,
         kind: usize,
-        int8_acts: bool,
+        activations: u8,
     ) -> NdArrayTensor {
         let (NdArrayTensor::F32(x), NdArrayTensor::U32(codes), NdArrayTensor::F32(scales)) =
             (x, codes, scales)
@@ -35,7 +35,7 @@ impl TernaryOps for NdArray {
             cols,
             ss.as_slice().expect("standard layout"),
             kind,
-            int8_acts,
+            activations,
         );
         NdArrayTensor::from_data(TensorData::new(y, [m, rows]))
     }

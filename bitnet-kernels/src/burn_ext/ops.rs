@@ -13,6 +13,7 @@ use burn::tensor::{Int, Tensor};
 
 use super::ScaleKind;
 use super::fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback};
+use crate::int8_dot::{Int8Dot, encode_activations};
 
 /// Ternary matmul supplied by a backend extension.
 #[backend_extension(
@@ -25,8 +26,9 @@ use super::fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback};
 pub trait TernaryOps: Backend {
     /// `y = x · Wᵀ`: `x [m, cols]` (f32; f16 or bf16 too on CubeCL devices), `codes [rows,
     /// words_per_row(cols)]` u32 packed codes, `scales` f32 laid out as `kind` says
-    /// ([`ScaleKind::encode`]). With `int8_acts` the activations are first quantized to int8
-    /// per row (BitNet); otherwise they stay floats. Returns `[m, rows]` in `x`'s float type.
+    /// ([`ScaleKind::encode`]). `activations` (see `int8_dot::encode_activations`): 0, float
+    /// activations; otherwise they are first quantized to int8 per row (BitNet), and on GPUs
+    /// the dot products are formed as the code says. Returns `[m, rows]` in `x`'s float type.
     #[fusion(dtype = x, shape = burn::tensor::Shape::new([x[0], codes[0]]))]
     fn ternary_matmul(
         x: FloatTensor<Self>,
@@ -34,7 +36,7 @@ pub trait TernaryOps: Backend {
         scales: FloatTensor<Self>,
         cols: usize,
         kind: usize,
-        int8_acts: bool,
+        activations: u8,
     ) -> FloatTensor<Self>;
 }
 
@@ -55,7 +57,21 @@ pub fn ternary_matmul(
     cols: usize,
     kind: ScaleKind,
 ) -> Tensor<2> {
-    run(x, codes, scales, cols, kind, true)
+    run(x, codes, scales, cols, kind, Some(Int8Dot::Auto))
+}
+
+/// [`ternary_matmul`] with the GPU's int8 dot products formed as `dot` says (for benchmarks and
+/// tests that compare the two ways; the sums are identical, only the speed differs). The CPU
+/// kernels ignore it.
+pub fn ternary_matmul_with_dot(
+    x: Tensor<2>,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+    cols: usize,
+    kind: ScaleKind,
+    dot: Int8Dot,
+) -> Tensor<2> {
+    run(x, codes, scales, cols, kind, Some(dot))
 }
 
 /// `y = x · Wᵀ` with float activations (W1.58 A16/A32: no activation quantization) against a
@@ -68,7 +84,7 @@ pub fn ternary_matmul_float(
     cols: usize,
     kind: ScaleKind,
 ) -> Tensor<2> {
-    run(x, codes, scales, cols, kind, false)
+    run(x, codes, scales, cols, kind, None)
 }
 
 fn run(
@@ -77,7 +93,7 @@ fn run(
     scales: Tensor<1>,
     cols: usize,
     kind: ScaleKind,
-    int8_acts: bool,
+    int8: Option<Int8Dot>,
 ) -> Tensor<2> {
     let dtype = x.dtype();
     let y = if has_kernels(&x.device()) {
@@ -90,9 +106,9 @@ fn run(
             scales.into_dispatch(),
             cols,
             kind.encode(),
-            int8_acts,
+            encode_activations(int8),
         ))
-    } else if int8_acts {
+    } else if int8.is_some() {
         ternary_matmul_fallback(x, codes, scales, cols, kind)
     } else {
         ternary_matmul_float_fallback(x, codes, scales, cols, kind)

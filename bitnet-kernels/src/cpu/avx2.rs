@@ -29,6 +29,8 @@ pub unsafe fn code_dot<const MT: usize>(
             _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(b * BLOCK_BYTES + 8192) as *const i8);
         }
         for half in 0..2 {
+            // SAFETY: the caller guarantees (# Safety) `nblocks * 64` code bytes; `b < nblocks`
+            // and `half < 2`: the 32 bytes at `64 b + 32 half` are in the slice.
             let v = unsafe {
                 _mm256_loadu_si256(cp.add(b * BLOCK_BYTES + half * 32) as *const __m256i)
             };
@@ -39,10 +41,13 @@ pub unsafe fn code_dot<const MT: usize>(
                 _mm256_and_si256(v, mask),
             ];
             for (i, xi) in x.iter().enumerate() {
+                // SAFETY: the caller guarantees `nblocks * 256` activation bytes per row; the
+                // loads below read 32 bytes at `256 b + 32 half + 64 q`, `q < 4`, in the slice.
                 let xp = unsafe { xi.as_ptr().add(b * BLOCK + half * 32) };
                 let mut s = _mm256_setzero_si256();
                 for (q, cq) in c.iter().enumerate() {
                     let xv =
+                        // SAFETY: as above.
                         unsafe { _mm256_loadu_si256(xp.add(q * BLOCK_BYTES) as *const __m256i) };
                     // |pair| <= 2 * 2 * 128 = 512; four of them fit i16 easily.
                     s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*cq, xv));
@@ -51,6 +56,7 @@ pub unsafe fn code_dot<const MT: usize>(
             }
         }
     }
+    // SAFETY: AVX2 is present (this function's own contract).
     acc.map(|a| unsafe { hsum(a) })
 }
 

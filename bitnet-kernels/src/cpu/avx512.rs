@@ -30,10 +30,13 @@ pub unsafe fn code_dot<const MT: usize, const NT: usize>(
     for b in 0..nblocks {
         let mut c = [[_mm512_setzero_si512(); 4]; NT];
         for (j, cj) in codes.iter().enumerate() {
+            // SAFETY: the caller guarantees (# Safety) `nblocks` blocks of codes per row and
+            // `b < nblocks`: the 64 bytes of block `b` are in the slice.
             let p = unsafe { cj.as_ptr().add(b * BLOCK_BYTES) };
             if prefetch {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
             }
+            // SAFETY: as above (an unaligned load of those 64 bytes).
             let v = unsafe { _mm512_loadu_si512(p as *const __m512i) };
             c[j] = [
                 _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
@@ -43,8 +46,11 @@ pub unsafe fn code_dot<const MT: usize, const NT: usize>(
             ];
         }
         for (i, xi) in x.iter().enumerate() {
+            // SAFETY: the caller guarantees `nblocks` blocks of activations per row, `b <
+            // nblocks` and `q < 4`: the 64 bytes at `256 b + 64 q` are in the slice.
             let xp = unsafe { xi.as_ptr().add(b * BLOCK) };
             for q in 0..4 {
+                // SAFETY: as above.
                 let xv = unsafe { _mm512_loadu_si512(xp.add(q * BLOCK_BYTES) as *const __m512i) };
                 for j in 0..NT {
                     acc[i][j][q & split] = _mm512_dpbusd_epi32(acc[i][j][q & split], c[j][q], xv);
@@ -94,13 +100,18 @@ pub unsafe fn gemv_dot<const NT: usize>(
     for b in 0..nblocks {
         let mut v = [_mm512_setzero_si512(); NT];
         for (j, cj) in codes.iter().enumerate() {
+            // SAFETY: the caller guarantees (# Safety) `nblocks` blocks of codes per row and
+            // `b < nblocks`: the 64 bytes of block `b` are in the slice.
             let p = unsafe { cj.as_ptr().add(b * BLOCK_BYTES) };
             if prefetch {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
             }
+            // SAFETY: as above (an unaligned load of those 64 bytes).
             v[j] = unsafe { _mm512_loadu_si512(p as *const __m512i) };
         }
         for q in 0..4 {
+            // SAFETY: the caller guarantees `nblocks` blocks of activations, `b < nblocks`,
+            // `q < 4`: the 64 bytes at `256 b + 64 q` are in the slice.
             let xv = unsafe {
                 _mm512_loadu_si512(xp.add(b * BLOCK + q * BLOCK_BYTES) as *const __m512i)
             };

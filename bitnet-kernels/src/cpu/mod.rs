@@ -134,9 +134,9 @@ pub fn int_matmul(
     options: &MatmulOptions,
 ) -> Result<Vec<i32>> {
     check(acts, w, options)?;
-    let (m, n) = (acts.rows, w.rows());
+    let (m, n) = (acts.rows(), w.rows());
     let (groups, bpg) = group_blocks(w);
-    let threads = options.threads_for(m * n * acts.padded, n);
+    let threads = options.threads_for(m * n * acts.padded(), n);
     let bytes = le_bytes(w.words());
     let row_bytes = words_per_row(w.cols()) * 4;
     let run = |n0: usize, n1: usize| -> Vec<i32> {
@@ -178,7 +178,7 @@ pub fn int_matmul(
     let glen = group_len(w);
     for r in 0..m {
         for g in 0..groups {
-            let sx = acts.sum(r, g * glen, ((g + 1) * glen).min(acts.cols));
+            let sx = acts.sum(r, g * glen, ((g + 1) * glen).min(acts.cols()));
             for j in 0..n {
                 out[(r * n + j) * groups + g] -= sx;
             }
@@ -213,19 +213,29 @@ pub fn ternary_matmul(
             got: x.len(),
         });
     }
-    let acts = quantize_rows(x, m, w.cols());
+    let acts = quantize_rows(x, m, w.cols())?;
     let dots = int_matmul(&acts, w, options)?;
-    Ok(dequantize(&dots, &acts, w))
+    dequantize(&dots, &acts, w)
 }
 
 /// Scales integer products `[m, n, groups]` back to floats `[m, n]`.
-pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f32> {
-    let (m, n) = (acts.rows, w.rows());
+///
+/// # Errors
+/// [`KernelError::Size`] for products or activations of other sizes than `w` implies.
+pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Result<Vec<f32>> {
+    let (m, n) = (acts.rows(), w.rows());
     let (groups, _) = group_blocks(w);
+    if acts.cols() != w.cols() || dots.len() != m * n * groups {
+        return Err(KernelError::Size {
+            what: "integer products [m, n, groups]",
+            expected: m * n * groups,
+            got: dots.len(),
+        });
+    }
     let scales = w.scales();
     let mut y = vec![0f32; m * n];
     for r in 0..m {
-        let sx = acts.scales[r];
+        let sx = acts.scales()[r];
         for j in 0..n {
             let base = (r * n + j) * groups;
             y[r * n + j] = match scales {
@@ -236,15 +246,15 @@ pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f
             };
         }
     }
-    y
+    Ok(y)
 }
 
 fn check(acts: &QuantizedRows, w: PackedRef<'_>, options: &MatmulOptions) -> Result<()> {
-    if acts.cols != w.cols() {
+    if acts.cols() != w.cols() {
         return Err(KernelError::Size {
             what: "activation row length (K)",
             expected: w.cols(),
-            got: acts.cols,
+            got: acts.cols(),
         });
     }
     if w.cols() > MAX_K {
@@ -298,7 +308,7 @@ fn compute(
     bpg: usize,
     out: &mut [i32],
 ) {
-    let m = acts.rows;
+    let m = acts.rows();
     let width = ns.len();
     let codes = acts.codes();
     let prefetch = m == 1;
@@ -317,7 +327,7 @@ fn compute(
         for kb in (0..bpg).step_by(k_chunk.max(1)) {
             let nb = k_chunk.min(bpg - kb);
             let wrow = |j: usize| &bytes[j * row_bytes + (g * bpg + kb) * BLOCK_BYTES..];
-            let xrow = |r: usize| &codes[r * acts.padded + (g * bpg + kb) * BLOCK..];
+            let xrow = |r: usize| &codes[r * acts.padded() + (g * bpg + kb) * BLOCK..];
             for j0 in (ns.start..ns.end).step_by(n_chunk) {
                 let j_end = (j0 + n_chunk).min(ns.end);
                 let mut r = 0;
@@ -366,10 +376,19 @@ fn tile<'a>(
     prefetch: bool,
 ) -> [[i32; 2]; 4] {
     let mut out = [[0i32; 2]; 4];
+    // What the SIMD kernels read: `nblocks` whole blocks from the start of every row they get.
+    // Checked here, in every build, so that no caller can make them read past a slice.
+    let rows_hold_the_blocks = (0..nt).all(|k| wrow(j + k).len() >= nblocks * BLOCK_BYTES)
+        && (0..mt).all(|i| xrow(r + i).len() >= nblocks * BLOCK);
+    assert!(
+        rows_hold_the_blocks,
+        "ternary matmul: a row slice shorter than {nblocks} blocks"
+    );
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => {
-            // SAFETY: availability was checked; rows hold `nblocks` whole blocks from the offset.
+            // SAFETY: `check` verified that the CPU has the kernel's instructions, and the assert
+            // above that every row slice holds the `nblocks` blocks the kernel reads.
             unsafe {
                 match (mt, nt) {
                     (4, 2) => {
@@ -408,7 +427,7 @@ fn tile<'a>(
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
-            // SAFETY: as above.
+            // SAFETY: as for AVX-512: `check` (instructions) and the assert above (lengths).
             if mt == 4 {
                 let t = avx2::code_dot::<4>(
                     wrow(j),
@@ -426,7 +445,7 @@ fn tile<'a>(
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => {
             for (i, o) in out.iter_mut().enumerate().take(mt) {
-                // SAFETY: as above.
+                // SAFETY: `check` (NEON is present) and the assert above (row lengths).
                 o[0] = unsafe { neon::code_dot(wrow(j), xrow(r + i), nblocks) };
             }
         }
@@ -458,11 +477,11 @@ mod tests {
     /// The naive product from unpacked values: no layout, no SIMD.
     fn naive(acts: &QuantizedRows, values: &[i8], n: usize, k: usize, glen: usize) -> Vec<i32> {
         let groups = k / glen;
-        let mut out = vec![0; acts.rows * n * groups];
-        for r in 0..acts.rows {
+        let mut out = vec![0; acts.rows() * n * groups];
+        for r in 0..acts.rows() {
             for j in 0..n {
                 for kk in 0..k {
-                    let v = values[j * k + kk] as i32 * acts.codes()[r * acts.padded + kk] as i32;
+                    let v = values[j * k + kk] as i32 * acts.codes()[r * acts.padded() + kk] as i32;
                     out[(r * n + j) * groups + kk / glen] += v;
                 }
             }
@@ -476,7 +495,7 @@ mod tests {
         let x: Vec<f32> = (0..m * k)
             .map(|_| (next() % 20001) as f32 / 1000.0 - 10.0)
             .collect();
-        (quantize_rows(&x, m, k), values)
+        (quantize_rows(&x, m, k).unwrap(), values)
     }
 
     #[test]
@@ -534,7 +553,7 @@ mod tests {
         // |x| codes of 127 against +1 and -1 weights at K = MAX_K: the largest sums accepted.
         let k = MAX_K;
         for (x, w, expected) in [(1.0, 1i8, 127), (-1.0, 1, -127), (1.0, -1, -127)] {
-            let acts = quantize_rows(&vec![x; k], 1, k);
+            let acts = quantize_rows(&vec![x; k], 1, k).unwrap();
             let w = PackedTernary::pack(&vec![w; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
             for kernel in Kernel::available() {
                 let got =
@@ -548,7 +567,7 @@ mod tests {
     fn extreme_activations_do_not_overflow() {
         // All codes -127 against all +1 weights.
         let k = 8192;
-        let acts = quantize_rows(&vec![-1.0; k], 1, k);
+        let acts = quantize_rows(&vec![-1.0; k], 1, k).unwrap();
         assert!(acts.codes()[..k].iter().all(|c| *c == -127));
         let w = PackedTernary::pack(&vec![1; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
         for kernel in Kernel::available() {
@@ -568,12 +587,12 @@ mod tests {
         let sw: Vec<f32> = (0..n).map(|j| 1.0 + j as f32 * 0.1).collect();
         let w = PackedTernary::pack(&values, n, k, TernaryScales::PerRow(sw.clone())).unwrap();
         let y = ternary_matmul(&x, m, w.view(), &MatmulOptions::default()).unwrap();
-        let acts = quantize_rows(&x, m, k);
+        let acts = quantize_rows(&x, m, k).unwrap();
         for r in 0..m {
             for j in 0..n {
                 let expected: f64 = (0..k)
                     .map(|kk| {
-                        (acts.codes()[r * acts.padded + kk] as f64 / acts.scales[r] as f64)
+                        (acts.codes()[r * acts.padded() + kk] as f64 / acts.scales()[r] as f64)
                             * (values[j * k + kk] as f64 / sw[j] as f64)
                     })
                     .sum();

@@ -6,7 +6,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::kernels::{self, ROW_THREADS};
-use super::{dims, empty_like, float_elem, grid};
+use super::{check_indexable, dims, empty_like, float_elem, grid};
 use crate::fake_quant::FakeQuant;
 
 /// Elements of a per-tensor partial reduction per cube.
@@ -70,7 +70,10 @@ struct Elementwise {
 }
 
 impl Elementwise {
+    /// # Panics
+    /// For tensors past the kernels' 32-bit indices.
     fn new(x: CubeTensor, grad: Option<CubeTensor>) -> Self {
+        check_indexable("fake quantization", &[&x]);
         let x = into_contiguous(x);
         let backward = grad.is_some();
         let grad = grad.map_or_else(|| x.clone(), into_contiguous);

@@ -8,9 +8,9 @@ use cubecl::prelude::*;
 
 use super::dense::{FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M, dense_fits, dense_float, dense_int8};
 use super::kernels::{self, LANES, ROW_THREADS, ROWS_PER_CUBE, TILE_M};
-use super::{dims, empty_like, float_elem, grid};
+use super::{check_indexable, dims, empty_like, float_elem, grid};
 use crate::burn_ext::ScaleKind;
-use crate::int8_dot::int8_dot;
+use crate::int8_dot::Int8Dot;
 use crate::packed::{BLOCK, BLOCK_WORDS, padded_cols, words_per_row};
 
 /// Words of one scale group (the whole row for per-tensor and per-row scales).
@@ -91,6 +91,7 @@ fn operands(
     );
     let m = xd[0];
     let out = empty_like(&codes, vec![m, rows], x.dtype);
+    check_indexable("ternary matmul", &[x, &codes, &scales, &out]);
     Operands {
         m,
         rows,
@@ -117,6 +118,7 @@ fn matmul_grid(m: usize, rows: usize, tile: u32) -> (CubeCount, CubeDim, u32) {
 /// Quantizes `x [m, cols]` (f32, f16 or bf16) to int8 per row: returns the packed activations
 /// `[m, padded_cols / 4]` (`u32`, zero past `cols`) and the row scales `s_x [m]`.
 pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
+    check_indexable("int8 activation quantizer", &[&x]);
     let x = into_contiguous(x);
     let m = dims(&x)[0];
     let act_words = padded_cols(cols) / 4;
@@ -141,17 +143,19 @@ pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
 }
 
 /// `y = q(x) · Wᵀ` with BitNet's int8 per-row activations: `x [m, cols]` (f32, f16 or bf16),
-/// `codes [rows, words_per_row(cols)]` u32, `scales` as `kind` says. Returns `[m, rows]` in
-/// `x`'s type.
+/// `codes [rows, words_per_row(cols)]` u32, `scales` as `kind` says; the dot products formed as
+/// `dot` says. Returns `[m, rows]` in `x`'s type.
 ///
 /// # Panics
-/// On operands of the wrong shapes.
+/// On operands of the wrong shapes, or tensors of more than `u32::MAX` elements (the kernels'
+/// 32-bit indices).
 pub fn ternary_matmul_int8(
     x: CubeTensor,
     codes: CubeTensor,
     scales: CubeTensor,
     cols: usize,
     kind: ScaleKind,
+    dot: Int8Dot,
 ) -> CubeTensor {
     let op = operands(&x, codes, scales, cols, kind);
     if op.is_trivial() {
@@ -161,7 +165,7 @@ pub fn ternary_matmul_int8(
         return dense_int8(x, op, cols, kind);
     }
     let dtype = float_elem(x.dtype);
-    let swar = int8_dot().takes_swar(op.codes.client.name());
+    let swar = dot.takes_swar(op.codes.client.name());
     let (xq, row_scale) = quantize_rows(x, cols);
     let (count, dim, row_blocks) = op.grid();
     let tile = op.tile();
@@ -191,7 +195,8 @@ pub fn ternary_matmul_int8(
 /// quantization). Returns `[m, rows]` in `x`'s type.
 ///
 /// # Panics
-/// On operands of the wrong shapes.
+/// On operands of the wrong shapes, or tensors of more than `u32::MAX` elements (the kernels'
+/// 32-bit indices).
 pub fn ternary_matmul_float(
     x: CubeTensor,
     codes: CubeTensor,

@@ -50,6 +50,20 @@ pub(crate) fn empty_like(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> 
     )
 }
 
+/// Panics, naming `what`, unless every tensor of a launch holds at most `u32::MAX` elements: the
+/// kernels index with 32 bits (CubeCL's `u32` address type, and the sizes they take), so a
+/// larger tensor would be read at wrapped indices. Every size a launcher passes as `u32` is at
+/// most one of these element counts.
+pub(crate) fn check_indexable(what: &str, tensors: &[&CubeTensor]) {
+    for t in tensors {
+        let n = t.meta.shape().num_elements();
+        assert!(
+            u32::try_from(n).is_ok(),
+            "{what}: a tensor of {n} elements exceeds the GPU kernels' 32-bit indices"
+        );
+    }
+}
+
 /// A grid of `cubes` cubes within the 65,535-per-dimension limit.
 pub(crate) fn grid(cubes: usize) -> CubeCount {
     let x = cubes.clamp(1, 65_535);

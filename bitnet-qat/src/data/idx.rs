@@ -75,6 +75,12 @@ impl IdxDataset {
         Self::from_idx_bytes(&images, &labels)
     }
 
+    /// Parses the gzip-compressed contents of an images file and a labels file, decompressing
+    /// each to at most [`MAX_IDX_BYTES`] (a hostile archive cannot exhaust memory).
+    pub fn from_idx_gz_bytes(images: &[u8], labels: &[u8]) -> Result<Self> {
+        Self::from_idx_bytes(&gunzip(images, "images")?, &gunzip(labels, "labels")?)
+    }
+
     /// Parses the contents of an images file and a labels file.
     pub fn from_idx_bytes(images: &[u8], labels: &[u8]) -> Result<Self> {
         let (dims, pixels) = parse_idx(images, IMAGES_MAGIC, 3, "images")?;
@@ -180,11 +186,7 @@ fn read_maybe_gz(dir: &Path, name: &str) -> Result<Vec<u8>> {
     }
     if gz.is_file() {
         let compressed = std::fs::read(&gz).map_err(|e| io(&gz, e))?;
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(compressed.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| io(&gz, e))?;
-        return Ok(out);
+        return gunzip(&compressed, &gz.display().to_string());
     }
     Err(QatError::Dataset(format!(
         "{name} (or {name}.gz) not found in {}. Fashion-MNIST installs with \
@@ -192,6 +194,25 @@ fn read_maybe_gz(dir: &Path, name: &str) -> Result<Vec<u8>> {
          and Fashion-MNIST downloads hold the same four IDX files — pass their directory",
         dir.display()
     )))
+}
+
+/// The most bytes a gzip-compressed IDX file may decompress to (1 GiB; MNIST's largest file is
+/// 47 MB).
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// Decompresses gzip `bytes` to at most [`MAX_IDX_BYTES`]; `what` names the file in errors.
+fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_IDX_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| QatError::Dataset(format!("decompressing {what}: {e}")))?;
+    if out.len() as u64 > MAX_IDX_BYTES {
+        return Err(QatError::Dataset(format!(
+            "{what} decompresses to more than {MAX_IDX_BYTES} bytes"
+        )));
+    }
+    Ok(out)
 }
 
 /// Parses an IDX file of unsigned bytes with `rank` dimensions.
@@ -312,16 +333,41 @@ mod tests {
         let err = IdxDataset::from_idx_bytes(&good_labels, &good_labels).unwrap_err();
         assert!(err.to_string().contains("magic"), "{err}");
         // Counts that disagree, a label above 9, trailing bytes.
-        assert!(IdxDataset::from_idx_bytes(&good_images, &labels(&[1, 2])).is_err());
-        assert!(IdxDataset::from_idx_bytes(&good_images, &labels(&[1, 2, 10])).is_err());
+        let dataset_error = |r: Result<IdxDataset>, needle: &str| match r {
+            Err(QatError::Dataset(m)) => assert!(m.contains(needle), "{needle}: {m}"),
+            other => panic!("{needle}: {other:?}"),
+        };
+        dataset_error(
+            IdxDataset::from_idx_bytes(&good_images, &labels(&[1, 2])),
+            "labels",
+        );
+        dataset_error(
+            IdxDataset::from_idx_bytes(&good_images, &labels(&[1, 2, 10])),
+            "(> 9)",
+        );
         let mut long = good_images.clone();
         long.push(0);
-        assert!(IdxDataset::from_idx_bytes(&long, &good_labels).is_err());
+        dataset_error(IdxDataset::from_idx_bytes(&long, &good_labels), "too long");
         // Dimensions whose product overflows must not allocate or panic.
         let mut huge = Vec::new();
         for w in [IMAGES_MAGIC, u32::MAX, u32::MAX, u32::MAX] {
             huge.extend_from_slice(&w.to_be_bytes());
         }
-        assert!(IdxDataset::from_idx_bytes(&huge, &good_labels).is_err());
+        dataset_error(IdxDataset::from_idx_bytes(&huge, &good_labels), "overflow");
+        // A gzip archive that is not one, and one that decompresses to a valid file.
+        dataset_error(
+            IdxDataset::from_idx_gz_bytes(&good_images, &good_labels),
+            "decompressing",
+        );
+        let gz = |bytes: &[u8]| {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(
+            IdxDataset::from_idx_gz_bytes(&gz(&good_images), &gz(&good_labels)).unwrap(),
+            IdxDataset::from_idx_bytes(&good_images, &good_labels).unwrap()
+        );
     }
 }

@@ -44,8 +44,11 @@ pub fn shuffle<T>(items: &mut [T], seed: u64) {
 ///
 /// Burn's own loader draws each epoch's permutation from a generator it advances, and forks that
 /// generator when the `Learner` moves it to a device, so a resumed run cannot reproduce the
-/// order. Here the epoch counter is shared by every copy of the loader; set it with
-/// [`EpochLoader::starting_epoch`] when resuming.
+/// order. Here the order is a function of the epoch: [`EpochLoader::iter_epoch`] takes it
+/// explicitly (custom loops); through Burn's `DataLoader::iter`, which has no epoch argument,
+/// each copy of the loader (`to_device`, `slice`: the copies burn-train makes for its devices)
+/// takes the epochs in turn from the one it was copied at, independently of the other copies,
+/// starting at [`EpochLoader::starting_epoch`] (what a resumed run sets).
 ///
 /// # Example
 /// ```
@@ -65,19 +68,21 @@ pub struct EpochLoader<I, B> {
     batcher: Arc<B>,
     batch_size: usize,
     seed: Option<u64>,
-    epoch: Arc<AtomicUsize>,
+    /// The epoch the next `DataLoader::iter` of this copy runs.
+    next_epoch: AtomicUsize,
     range: Range<usize>,
     device: Device,
 }
 
 impl<I, B> Clone for EpochLoader<I, B> {
+    /// A copy that goes on from this one's next epoch, with its own count.
     fn clone(&self) -> Self {
         Self {
             dataset: self.dataset.clone(),
             batcher: self.batcher.clone(),
             batch_size: self.batch_size,
             seed: self.seed,
-            epoch: self.epoch.clone(),
+            next_epoch: AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst)),
             range: self.range.clone(),
             device: self.device.clone(),
         }
@@ -102,7 +107,7 @@ impl<I: 'static, B> EpochLoader<I, B> {
             batcher: Arc::new(batcher),
             batch_size,
             seed: None,
-            epoch: Arc::new(AtomicUsize::new(0)),
+            next_epoch: AtomicUsize::new(0),
             range: 0..len,
             device: device.clone(),
         }
@@ -114,11 +119,25 @@ impl<I: 'static, B> EpochLoader<I, B> {
         self
     }
 
-    /// The next iteration is epoch `epoch` (0-based): a run resumed after `k` epochs starts at
-    /// `k`.
+    /// The next `DataLoader::iter` runs epoch `epoch` (0-based): a run resumed after `k` epochs
+    /// starts at `k`.
     pub fn starting_epoch(self, epoch: usize) -> Self {
-        self.epoch.store(epoch, Ordering::SeqCst);
+        self.next_epoch.store(epoch, Ordering::SeqCst);
         self
+    }
+
+    /// The batches of epoch `epoch` (0-based), whatever was iterated before.
+    pub fn iter_epoch<O>(&self, epoch: usize) -> Box<dyn DataLoaderIterator<O> + '_>
+    where
+        B: Batcher<I, O> + 'static,
+        O: 'static,
+    {
+        Box::new(EpochIter {
+            loader: self,
+            order: self.order(epoch),
+            position: 0,
+            output: PhantomData,
+        })
     }
 
     fn order(&self, epoch: usize) -> Vec<usize> {
@@ -176,13 +195,7 @@ where
     B: Batcher<I, O> + 'static,
 {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<O> + 'a> {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
-        Box::new(EpochIter {
-            loader: self,
-            order: self.order(epoch),
-            position: 0,
-            output: PhantomData,
-        })
+        self.iter_epoch(self.next_epoch.fetch_add(1, Ordering::SeqCst))
     }
 
     fn num_items(&self) -> usize {
@@ -209,10 +222,17 @@ mod tests {
     use crate::data::{DigitsDataset, ImageBatch, ImageBatcher};
 
     fn labels(loader: &EpochLoader<crate::data::DigitItem, ImageBatcher>) -> Vec<Vec<i64>> {
-        let batches: Vec<ImageBatch> = loader.iter().map(|b| b.unwrap()).collect();
+        batch_labels(loader.iter())
+    }
+
+    fn batch_labels(
+        batches: impl Iterator<Item = Result<ImageBatch, DatasetError>>,
+    ) -> Vec<Vec<i64>> {
         batches
-            .into_iter()
-            .map(|b| b.targets.into_data().convert::<i64>().try_to_vec().unwrap())
+            .map(|b| {
+                let b = b.unwrap();
+                b.targets.into_data().convert::<i64>().try_to_vec().unwrap()
+            })
             .collect()
     }
 
@@ -224,17 +244,7 @@ mod tests {
         assert_eq!(DataLoader::<ImageBatch>::num_items(&loader), 180);
         let e0 = labels(&loader);
         let moved = loader.to_device(&device);
-        let e1: Vec<Vec<i64>> = moved
-            .iter()
-            .map(|b| {
-                b.unwrap()
-                    .targets
-                    .into_data()
-                    .convert::<i64>()
-                    .try_to_vec()
-                    .unwrap()
-            })
-            .collect();
+        let e1 = batch_labels(moved.iter());
         assert_eq!(
             e0.iter().map(Vec::len).collect::<Vec<_>>(),
             [50, 50, 50, 30]
@@ -245,9 +255,43 @@ mod tests {
         sorted0.sort();
         all.sort();
         assert_eq!(sorted0, all, "an epoch is a permutation");
-        let resumed = EpochLoader::new(data, ImageBatcher, 50, &device)
+        let resumed = EpochLoader::new(data.clone(), ImageBatcher, 50, &device)
             .shuffle(3)
             .starting_epoch(1);
         assert_eq!(labels(&resumed), e1);
+        // The explicit epoch gives the same batches, whatever ran before.
+        let explicit = batch_labels(loader.iter_epoch::<ImageBatch>(1));
+        assert_eq!(explicit, e1);
+    }
+
+    #[test]
+    fn copies_for_devices_count_their_own_epochs() {
+        let (data, _) = DigitsDataset::load().unwrap().split(0.9, 1);
+        let device = Device::flex();
+        let loader = EpochLoader::new(data, ImageBatcher, 30, &device).shuffle(5);
+        // Two device slices, as burn-train makes them: each runs epochs 0, 1, ... on its part,
+        // however their calls interleave.
+        let (a, b) = (
+            DataLoader::<ImageBatch>::slice(&loader, 0, 90),
+            DataLoader::<ImageBatch>::slice(&loader, 90, 180),
+        );
+        let first = |l: &Arc<dyn DataLoader<ImageBatch>>| {
+            l.iter()
+                .next()
+                .unwrap()
+                .unwrap()
+                .targets
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .unwrap()
+        };
+        let (a0, b0, a1, b1) = (first(&a), first(&b), first(&a), first(&b));
+        let fresh = DataLoader::<ImageBatch>::slice(&loader, 0, 90);
+        assert_eq!(first(&fresh), a0, "slice a's epoch 0");
+        assert_eq!(first(&fresh), a1, "slice a's epoch 1");
+        let fresh = DataLoader::<ImageBatch>::slice(&loader, 90, 180);
+        assert_eq!((first(&fresh), first(&fresh)), (b0, b1));
+        assert_ne!(a0, a1);
     }
 }

@@ -8,5 +8,5 @@ mod loader;
 
 pub use batch::{ImageBatch, ImageBatcher};
 pub use digits::{DIGITS_CLASSES, DIGITS_LEN, DIGITS_PIXELS, DigitItem, DigitsDataset};
-pub use idx::{FASHION_MNIST_DIR, IdxDataset, ImageItem, Split};
+pub use idx::{FASHION_MNIST_DIR, IdxDataset, ImageItem, MAX_IDX_BYTES, Split};
 pub use loader::{EpochLoader, shuffle};

@@ -1,136 +1,14 @@
-//! Conversion of trained QAT layers into packed [`TernaryLinear`] layers.
+//! The packed form of one quantized weight, exactly as its quantizer's forward pass
+//! quantizes it: what [`pack`](super::pack) and [`TernaryLinear`](super::TernaryLinear)'s
+//! constructors build on.
 
 use bitnet_kernels::packed::{BLOCK, PackedTernary, TernaryScales};
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 
-use super::TernaryLinear;
 use crate::error::{QatError, Result};
-use crate::nn::{BitLinear, Quantizer};
-use crate::quant::{Granularity, QuantConfig, QuantFormat, without_graph};
+use crate::nn::Quantizer;
+use crate::quant::{Granularity, QuantFormat};
 use crate::ste::Ste;
-
-/// Conversion of a trained QAT module into its packed inference form.
-///
-/// Implemented for [`BitLinear`], for Burn's `Linear` reparameterized by
-/// [`QatReparameterizer`](crate::reparam::QatReparameterizer), and for `Vec` and `Option` of
-/// those. For a model of your own, implement it by converting each field — a few lines — and
-/// the whole model converts with one call:
-///
-/// ```
-/// use bitnet_qat::infer::{ToTernary, TernaryLinear};
-/// use bitnet_qat::nn::{BitLinear, BitLinearConfig};
-/// use bitnet_qat::Result;
-/// use burn::module::Module;
-///
-/// #[derive(Module, Debug)]
-/// struct Mlp { fc1: BitLinear, fc2: BitLinear }
-/// #[derive(Module, Debug)]
-/// struct PackedMlp { fc1: TernaryLinear, fc2: TernaryLinear }
-///
-/// impl ToTernary for Mlp {
-///     type Output = PackedMlp;
-///     fn to_ternary(&self) -> Result<PackedMlp> {
-///         Ok(PackedMlp { fc1: self.fc1.to_ternary()?, fc2: self.fc2.to_ternary()? })
-///     }
-/// }
-///
-/// let device = burn::tensor::Device::flex();
-/// let mlp = Mlp {
-///     fc1: BitLinearConfig::new(8, 8).init(&device)?,
-///     fc2: BitLinearConfig::new(8, 2).init(&device)?,
-/// };
-/// let packed = mlp.to_ternary()?;
-/// assert_eq!(packed.fc2.layout()?.d_output, 2);
-/// # Ok::<(), bitnet_qat::QatError>(())
-/// ```
-pub trait ToTernary {
-    /// The packed inference module.
-    type Output;
-
-    /// Packs the trained weights. The result's outputs equal those of the QAT module after
-    /// `valid()` (to float rounding).
-    fn to_ternary(&self) -> Result<Self::Output>;
-}
-
-impl ToTernary for BitLinear {
-    type Output = TernaryLinear;
-
-    fn to_ternary(&self) -> Result<TernaryLinear> {
-        let int8_activations = match &self.activation_quantizer {
-            None => false,
-            Some(q) => {
-                let settings = q.try_settings()?;
-                let (quant, ste) = settings.effective();
-                if quant != QuantConfig::activation_int8()
-                    || matches!(ste, Ste::Soft { .. })
-                    || settings.lambda != 1.0
-                {
-                    return Err(QatError::Invalid(format!(
-                        "the packed kernels quantize activations to 8-bit absmax per token \
-                         (QuantConfig::activation_int8() with a hard STE at lambda 1); this \
-                         layer's activation quantizer is {quant:?} with {ste:?} at lambda {}",
-                        settings.lambda
-                    )));
-                }
-                true
-            }
-        };
-        let quantizer = self.weight_quantizer().ok_or_else(|| {
-            QatError::Invalid("this BitLinear's weight has no quantizer attached".into())
-        })?;
-        let weight = self.weight.base();
-        let packed = pack_weight(weight.clone(), quantizer)?;
-        let norm = self.norm.as_ref().map(burn::module::Module::valid);
-        TernaryLinear::from_packed(
-            &packed,
-            self.bias.as_ref().map(|b| without_graph(b.val())),
-            norm,
-            int8_activations,
-            &weight.device().inner(),
-        )
-    }
-}
-
-impl ToTernary for Linear {
-    type Output = TernaryLinear;
-
-    fn to_ternary(&self) -> Result<TernaryLinear> {
-        let quantizer = self
-            .weight
-            .reparameterization::<Quantizer>()
-            .ok_or_else(|| {
-                QatError::Invalid(
-                    "this Linear has no QAT quantizer: apply a QatReparameterizer first".into(),
-                )
-            })?;
-        let weight = self.weight.base();
-        let packed = pack_weight(weight.clone(), quantizer)?;
-        TernaryLinear::from_packed(
-            &packed,
-            self.bias.as_ref().map(|b| without_graph(b.val())),
-            None,
-            false,
-            &weight.device().inner(),
-        )
-    }
-}
-
-impl<T: ToTernary> ToTernary for Vec<T> {
-    type Output = Vec<T::Output>;
-
-    fn to_ternary(&self) -> Result<Self::Output> {
-        self.iter().map(ToTernary::to_ternary).collect()
-    }
-}
-
-impl<T: ToTernary> ToTernary for Option<T> {
-    type Output = Option<T::Output>;
-
-    fn to_ternary(&self) -> Result<Self::Output> {
-        self.as_ref().map(ToTernary::to_ternary).transpose()
-    }
-}
 
 /// Packs a latent weight `[d_input, d_output]` with its quantizer, as the forward pass
 /// quantizes it (the effective quantizer: scheduled format included): rows of the packed matrix

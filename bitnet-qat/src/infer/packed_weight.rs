@@ -10,7 +10,7 @@ use burn::module::{Module, Param, ParamId, Reparameterization};
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
 use crate::error::{QatError, Result};
-use crate::recorded::{IdCache, check_header, param_of, push_u64, read_back, u64_at};
+use crate::recorded::{IdCache, Recorded, check_header, param_of, push_u64, read_back, u64_at};
 
 /// What a [`PackedWeight`] holds: the shape of the weight, how its scales are laid out, and
 /// whether the layer it belongs to quantizes its activations to int8 per token (BitNet) before
@@ -130,6 +130,34 @@ impl PackedLayout {
     }
 }
 
+/// The layout a recorded `layout` parameter holds (host cache or one read-back), checked
+/// against the shapes of the codes and scales it describes.
+pub(crate) fn recorded_layout(
+    param: &Param<Tensor<1, Int>>,
+    codes: [usize; 2],
+    scales: usize,
+) -> Result<PackedLayout> {
+    let layout = match CACHE.recall(param.id) {
+        Some(layout) => layout,
+        None => {
+            let layout = PackedLayout::decode_record(&read_back(param, WHAT)?)?;
+            CACHE.remember(param.id, layout);
+            layout
+        }
+    };
+    checked_layout(layout, codes, scales)
+}
+
+fn checked_layout(layout: PackedLayout, codes: [usize; 2], scales: usize) -> Result<PackedLayout> {
+    if codes != layout.codes_shape() || scales != layout.scale_count() {
+        return Err(QatError::Record(format!(
+            "packed weight: codes {codes:?} and {scales} scales do not match the recorded \
+             layout {layout:?}"
+        )));
+    }
+    Ok(layout)
+}
+
 /// "PW", the tag of the encoding.
 const MAGIC: i64 = 0x5057;
 const VERSION: i64 = 1;
@@ -157,7 +185,7 @@ pub struct PackedWeight {
     /// The multipliers `s` (`w = value / s`), laid out as the layout says.
     pub scales: Param<Tensor<1>>,
     /// The recorded [`PackedLayout`].
-    layout: Param<Tensor<1, Int>>,
+    layout: Recorded,
     /// The layout of the parameter id it was built with.
     #[module(skip)]
     host: Option<(ParamId, PackedLayout)>,
@@ -223,26 +251,20 @@ impl PackedWeight {
     /// [`QatError::Record`] for a malformed layout or tensors of other shapes (a corrupted or
     /// mixed-up record).
     pub fn layout(&self) -> Result<PackedLayout> {
-        let layout = match &self.host {
-            Some((id, layout)) if *id == self.layout.id => *layout,
-            _ => match CACHE.recall(self.layout.id) {
-                Some(layout) => layout,
-                None => {
-                    let layout = PackedLayout::decode_record(&read_back(&self.layout, WHAT)?)?;
-                    CACHE.remember(self.layout.id, layout);
-                    layout
-                }
-            },
-        };
-        let codes = self.codes.shape().dims::<2>();
-        let scales = self.scales.shape().num_elements();
-        if codes != layout.codes_shape() || scales != layout.scale_count() {
-            return Err(QatError::Record(format!(
-                "packed weight: codes {codes:?} and {scales} scales do not match the recorded \
-                 layout {layout:?}"
-            )));
+        if let Some((id, layout)) = &self.host
+            && *id == self.layout.id
+        {
+            return checked_layout(
+                *layout,
+                self.codes.shape().dims::<2>(),
+                self.scales.shape().num_elements(),
+            );
         }
-        Ok(layout)
+        recorded_layout(
+            &self.layout,
+            self.codes.shape().dims::<2>(),
+            self.scales.shape().num_elements(),
+        )
     }
 
     /// `x · W` for `x [m, d_input]`, `[m, d_output]`, with the packed kernels of the device
@@ -428,11 +450,13 @@ mod tests {
             &device,
         );
         // Burn refuses the scales of another shape: a typed record error, not a wrong scale.
+        let refused = per_tensor
+            .clone()
+            .try_load_record(per_row.clone().into_record());
         assert!(
-            per_tensor
-                .clone()
-                .try_load_record(per_row.clone().into_record())
-                .is_err()
+            matches!(&refused, Err(burn::store::RecordError::Validation(m)) if m.contains("shape mismatch")),
+            "{:?}",
+            refused.map(|_| ())
         );
         let skeleton = PackedWeight::zeros(
             PackedLayout::new(512, 3, ScaleKind::PerRow, true).unwrap(),

@@ -4,13 +4,15 @@ use bitnet_kernels::burn_ext::ScaleKind;
 use bitnet_kernels::packed::PackedTernary;
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
-use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 
+use super::convert::pack_weight;
 use super::packed_weight::{PackedLayout, PackedWeight};
 use crate::check::{check_finite, check_last_dim};
 use crate::error::QatError;
-use crate::quant::Granularity;
+use crate::nn::{BitLinear, Quantizer};
+use crate::quant::{Granularity, without_graph};
 
 /// Configuration of a [`TernaryLinear`]: what its record holds. [`TernaryLinearConfig::init`]
 /// builds the skeleton a saved layer loads into — packed zeros, no f32 weight.
@@ -93,20 +95,21 @@ impl TernaryLinearConfig {
 /// devices the forward pass runs the SIMD CPU kernels, on GPUs the CubeCL kernels, elsewhere a
 /// tensor-op fallback; with float activations the float kernels (no dense weight is built).
 ///
-/// Build one with [`crate::infer::ToTernary`] from a trained [`BitLinear`](crate::nn::BitLinear)
-/// or reparameterized `Linear`, with [`TernaryLinear::from_packed`], or as the skeleton of a saved
-/// layer with [`TernaryLinearConfig::init`].
+/// Build one from a trained [`BitLinear`] ([`TernaryLinear::from_bit_linear`]) or reparameterized
+/// `Linear` ([`TernaryLinear::from_linear`]), from packed rows ([`TernaryLinear::from_packed`]),
+/// or as the skeleton of a saved layer ([`TernaryLinearConfig::init`]). To pack a whole model
+/// and keep its types, use [`pack`](super::pack) instead.
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::infer::{ToTernary, TernaryLinear};
+/// use bitnet_qat::infer::TernaryLinear;
 /// use bitnet_qat::nn::BitLinearConfig;
 /// use burn::module::Module;
 /// use burn::tensor::{Device, Tensor};
 ///
 /// let device = Device::flex();
 /// let layer = BitLinearConfig::new(64, 16).init(&device).unwrap();
-/// let packed: TernaryLinear = layer.to_ternary().unwrap();
+/// let packed = TernaryLinear::from_bit_linear(&layer).unwrap();
 /// let x = Tensor::<2>::ones([4, 64], &device);
 /// let (a, b) = (packed.forward(x.clone()), layer.valid().forward(x));
 /// let diff = (a - b).abs().max().into_scalar::<f32>();
@@ -124,6 +127,72 @@ pub struct TernaryLinear {
 }
 
 impl TernaryLinear {
+    /// The packed form of a trained [`BitLinear`]: its weight as the effective weight quantizer
+    /// quantizes it (a scheduled format included), its bias and norm. The outputs equal those of
+    /// `layer.valid()` (to float rounding).
+    ///
+    /// # Errors
+    /// [`QatError::Invalid`] for what the packed layer cannot reproduce: a weight format other
+    /// than ternary or binary, the soft STE, lambda below 1, per-group scales whose groups are not
+    /// multiples of 256, an activation quantizer other than BitNet's 8-bit absmax per token with
+    /// a hard STE at lambda 1 (none at all is fine: float activations), a layer whose weight is
+    /// already packed; [`QatError::Record`] for malformed quantizer settings.
+    pub fn from_bit_linear(layer: &BitLinear) -> crate::Result<Self> {
+        let int8_activations = match &layer.activation_quantizer {
+            None => false,
+            Some(q) if q.is_bitnet_int8()? => true,
+            Some(q) => {
+                let settings = q.try_settings()?;
+                let (quant, ste) = settings.effective();
+                return Err(QatError::Invalid(format!(
+                    "the packed kernels quantize activations to 8-bit absmax per token \
+                     (QuantConfig::activation_int8() with a hard STE at lambda 1); this \
+                     layer's activation quantizer is {quant:?} with {ste:?} at lambda {}",
+                    settings.lambda
+                )));
+            }
+        };
+        let quantizer = layer.weight_quantizer().ok_or_else(|| {
+            QatError::Invalid("this BitLinear's weight has no quantizer attached".into())
+        })?;
+        let weight = layer.weight.base();
+        let packed = pack_weight(weight.clone(), quantizer)?;
+        let norm = layer.norm.as_ref().map(Module::valid);
+        Self::from_packed(
+            &packed,
+            layer.bias.as_ref().map(|b| without_graph(b.val())),
+            norm,
+            int8_activations,
+            &weight.device().inner(),
+        )
+    }
+
+    /// The packed form of a Burn `Linear` made quantization-aware by the
+    /// [`QatReparameterizer`](crate::reparam::QatReparameterizer): float activations, no norm.
+    ///
+    /// # Errors
+    /// [`QatError::Invalid`] for a `Linear` without a quantizer, and as
+    /// [`TernaryLinear::from_bit_linear`] for the weight.
+    pub fn from_linear(linear: &Linear) -> crate::Result<Self> {
+        let quantizer = linear
+            .weight
+            .reparameterization::<Quantizer>()
+            .ok_or_else(|| {
+                QatError::Invalid(
+                    "this Linear has no QAT quantizer: apply a QatReparameterizer first".into(),
+                )
+            })?;
+        let weight = linear.weight.base();
+        let packed = pack_weight(weight.clone(), quantizer)?;
+        Self::from_packed(
+            &packed,
+            linear.bias.as_ref().map(|b| without_graph(b.val())),
+            None,
+            false,
+            &weight.device().inner(),
+        )
+    }
+
     /// Builds the layer from packed weights (`[d_output, d_input]`, rows are outputs).
     ///
     /// # Errors

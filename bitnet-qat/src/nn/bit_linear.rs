@@ -328,13 +328,7 @@ impl BitLinear {
         bias: Option<Tensor<1>>,
     ) -> crate::Result<Tensor<D>> {
         let int8 = match &self.activation_quantizer {
-            Some(q) => {
-                let settings = q.try_settings()?;
-                let (quant, ste) = settings.effective();
-                quant == QuantConfig::activation_int8()
-                    && !matches!(ste, Ste::Soft { .. })
-                    && settings.lambda == 1.0
-            }
+            Some(q) => q.is_bitnet_int8()?,
             None => false,
         };
         let x = match (&self.activation_quantizer, int8) {

@@ -10,6 +10,7 @@ use super::settings::QuantizerSettings;
 use crate::error::QatError;
 use crate::quant::layout::ScaleLayout;
 use crate::quant::{QuantConfig, QuantFormat, quant_grid, validate_shape, without_graph};
+use crate::recorded::Recorded;
 use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
 
 /// Configuration of a [`Quantizer`]: the quantizer and its straight-through estimator.
@@ -64,7 +65,7 @@ pub struct Quantizer {
     /// The learned step `1/s`, one value per scale (only with [`Ste::LearnedStepSize`]).
     pub step: Option<Param<Tensor<1>>>,
     /// The recorded [`QuantizerSettings`] (see `nn::settings`).
-    pub(crate) settings: Param<Tensor<1, Int>>,
+    pub(crate) settings: Recorded,
     /// The settings of the parameter id they were built with: the forward pass reads them
     /// without a lock or a device round trip while the parameter is that one.
     #[module(skip)]
@@ -141,7 +142,7 @@ impl Quantizer {
     ) -> Self {
         Self {
             step,
-            settings,
+            settings: Recorded::new(settings),
             host: None,
         }
     }
@@ -183,6 +184,20 @@ impl Quantizer {
     /// The quantizer and STE in force (see [`QuantizerSettings::effective`]).
     pub fn effective(&self) -> (QuantConfig, Ste) {
         self.settings().effective()
+    }
+
+    /// Whether this (activation) quantizer is BitNet's — 8-bit absmax per token
+    /// ([`QuantConfig::activation_int8`]), a hard STE, lambda 1 — which the packed int8 kernels
+    /// reproduce exactly.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for malformed recorded settings.
+    pub(crate) fn is_bitnet_int8(&self) -> crate::Result<bool> {
+        let settings = self.try_settings()?;
+        let (quant, ste) = settings.effective();
+        Ok(quant == QuantConfig::activation_int8()
+            && !matches!(ste, Ste::Soft { .. })
+            && settings.lambda == 1.0)
     }
 
     /// This quantizer with `settings` recorded in place of its own. The configuration part

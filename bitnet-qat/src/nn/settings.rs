@@ -5,8 +5,8 @@
 //! the weights, a clone owns its own copy, and any code that walks a model's parameters (a Burn
 //! `ModuleVisitor` or `ModuleMapper`) finds and updates every quantizer without knowing the
 //! model's types. A host-side cache keyed by the parameter's id spares the forward pass a device
-//! round trip: a parameter's id changes whenever its value does (every write makes a new one),
-//! so a cached value is never stale.
+//! round trip: the parameter's id changes whenever its value may have (every write and every
+//! load, see `crate::recorded::Recorded`), so a cached value is never stale.
 
 use std::sync::{Arc, LazyLock};
 
@@ -16,7 +16,7 @@ use burn::tensor::{Device, Int, Tensor};
 use super::QuantAxis;
 use crate::error::{QatError, Result};
 use crate::quant::{Granularity, QuantConfig, QuantFormat, ScaleStat};
-use crate::recorded::{IdCache, check_header, param_of, push_u64, read_back, u64_at};
+use crate::recorded::{IdCache, Recorded, check_header, param_of, push_u64, read_back, u64_at};
 use crate::ste::Ste;
 
 /// Everything a quantizer does, as recorded with the model.
@@ -128,7 +128,7 @@ impl QuantizerSettings {
 
     /// The settings as a new recorded parameter on `device` (a fresh id, registered in the host
     /// cache).
-    pub(crate) fn to_param(&self, device: &Device) -> Param<Tensor<1, Int>> {
+    pub(crate) fn to_param(&self, device: &Device) -> Recorded {
         let param = param_of(self.encode(), device);
         CACHE.remember(param.id, Arc::new(self.clone()));
         param

@@ -53,13 +53,30 @@ impl QatScheduler {
         self
     }
 
+    /// Checks every schedule (see [`LambdaSchedule::validate`],
+    /// [`TemperatureSchedule::validate`]; a [`BitWidthSchedule`] is checked when it is built).
+    ///
+    /// # Errors
+    /// The first schedule's error.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(l) = &self.lambda {
+            l.validate()?;
+        }
+        if let Some(t) = &self.temperature {
+            t.validate()?;
+        }
+        Ok(())
+    }
+
     /// `model` with every quantizer set to the values of global step `step`: lambda on all
     /// quantizers, the temperature on all (it takes effect on soft STEs), the format on weight
     /// quantizers.
     ///
     /// # Errors
+    /// A schedule that does not [`validate`](QatScheduler::validate);
     /// [`crate::QatError::Record`] for a quantizer whose recorded settings are malformed.
     pub fn apply<M: Module>(&self, model: M, step: usize) -> Result<M> {
+        self.validate()?;
         let lambda = self.lambda.as_ref().map(|s| s.value(step));
         let temperature = self.temperature.as_ref().map(|s| s.value(step));
         let format = self.bit_width.as_ref().map(|s| s.format_at(step));
@@ -152,6 +169,34 @@ mod tests {
                 .lambda,
             0.3
         );
+    }
+
+    #[test]
+    fn a_temperature_override_reaches_the_soft_ste() {
+        let device = Device::flex();
+        let layer = BitLinearConfig::new(4, 2)
+            .with_norm(false)
+            .with_activation_quant(None)
+            .with_weight_ste(Ste::Soft { temperature: 0.5 })
+            .init(&device)
+            .unwrap();
+        let hard = fake_quantize_weight(layer.weight.base(), &QuantConfig::ternary()).unwrap();
+        // Unscheduled, T = 0.5: a soft staircase, visibly off the hard values.
+        let soft = layer.weight.val();
+        let gap = (soft - hard.clone()).abs().max().into_scalar::<f32>();
+        assert!(gap > 1e-3, "{gap}");
+        // Scheduled to 1e-6: the hard quantizer.
+        let cold = QatScheduler::default()
+            .with_temperature(TemperatureSchedule::new(1e-6, 1e-6, 1, Anneal::Linear))
+            .apply(layer, 5)
+            .unwrap();
+        let settings = cold.weight_quantizer().unwrap().settings();
+        assert_eq!(settings.temperature, Some(1e-6));
+        assert_eq!(settings.effective().1, Ste::Soft { temperature: 1e-6 });
+        cold.weight
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(&hard.into_data(), Tolerance::absolute(1e-6));
     }
 
     #[test]

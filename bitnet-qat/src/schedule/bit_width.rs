@@ -171,12 +171,18 @@ mod tests {
                 QuantFormat::Ternary
             ]
         );
-        assert!(BitWidthSchedule::by_steps(&[(5, QuantFormat::Ternary)]).is_err());
-        assert!(
-            BitWidthSchedule::by_steps(&[(0, QuantFormat::Ternary), (0, QuantFormat::Binary)])
-                .is_err()
-        );
-        assert!(BitWidthSchedule::by_steps(&[(0, QuantFormat::Int { bits: 12 })]).is_err());
+        assert!(matches!(
+            BitWidthSchedule::by_steps(&[(5, QuantFormat::Ternary)]),
+            Err(crate::QatError::Invalid(_))
+        ));
+        assert!(matches!(
+            BitWidthSchedule::by_steps(&[(0, QuantFormat::Ternary), (0, QuantFormat::Binary)]),
+            Err(crate::QatError::Invalid(_))
+        ));
+        assert!(matches!(
+            BitWidthSchedule::by_steps(&[(0, QuantFormat::Int { bits: 12 })]),
+            Err(crate::QatError::UnsupportedBits { bits: 12, .. })
+        ));
     }
 
     #[test]

@@ -44,7 +44,28 @@ pub struct LambdaSchedule {
 }
 
 impl LambdaSchedule {
-    /// Lambda at global step `step` (0-based), in `[0, 1]`.
+    /// Checks the ramp's parameter.
+    ///
+    /// # Errors
+    /// [`crate::QatError::Invalid`] for an exponential rate or a sigmoid steepness that is not
+    /// finite and positive (a rate of 0 would make every value NaN).
+    pub fn validate(&self) -> crate::Result<()> {
+        let (what, v) = match self.ramp {
+            LambdaRamp::Linear => return Ok(()),
+            LambdaRamp::Exponential { rate } => ("exponential rate", rate),
+            LambdaRamp::Sigmoid { steepness } => ("sigmoid steepness", steepness),
+        };
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(crate::QatError::Invalid(format!(
+                "lambda schedule: the {what} must be finite and > 0, got {v}"
+            )))
+        }
+    }
+
+    /// Lambda at global step `step` (0-based), in `[0, 1]` (for a schedule that
+    /// [validates](LambdaSchedule::validate)).
     pub fn value(&self, step: usize) -> f64 {
         if step < self.delay_steps {
             return 0.0;
@@ -86,5 +107,23 @@ mod tests {
         assert_eq!(sig.value(1000), 1.0);
         let delayed = LambdaSchedule::new(0, LambdaRamp::Linear).with_delay_steps(10);
         assert_eq!([delayed.value(9), delayed.value(10)], [0.0, 1.0]);
+    }
+
+    #[test]
+    fn ramps_without_meaning_are_rejected() {
+        for ramp in [
+            LambdaRamp::Exponential { rate: 0.0 },
+            LambdaRamp::Exponential { rate: f64::NAN },
+            LambdaRamp::Sigmoid { steepness: -1.0 },
+        ] {
+            match LambdaSchedule::new(10, ramp).validate() {
+                Err(crate::QatError::Invalid(msg)) => assert!(msg.contains("> 0"), "{msg}"),
+                other => panic!("{ramp:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            LambdaSchedule::new(10, LambdaRamp::Linear).validate(),
+            Ok(())
+        );
     }
 }

@@ -140,6 +140,21 @@ impl WeightDecaySchedule {
         }
     }
 
+    /// Checks the value.
+    ///
+    /// # Errors
+    /// [`crate::QatError::Invalid`] for a weight decay that is not finite and `>= 0`.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.value.is_finite() && self.value >= 0.0 {
+            Ok(())
+        } else {
+            Err(crate::QatError::Invalid(format!(
+                "weight decay must be finite and >= 0, got {}",
+                self.value
+            )))
+        }
+    }
+
     /// The weight decay of global step `step`.
     pub fn at(&self, step: usize) -> f64 {
         match self.until_step {
@@ -279,13 +294,16 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors() {
-        assert!(BitNetLrSchedulerConfig::new(1e-3, 1e-3, 0).init().is_err());
-        assert!(config().with_cooldown_fraction(1.5).init().is_err());
-        assert!(config().with_warmup_steps(900).init().is_err());
-        assert!(
-            BitNetLrSchedulerConfig::new(f64::NAN, 1e-3, 10)
-                .init()
-                .is_err()
-        );
+        for (config, needle) in [
+            (BitNetLrSchedulerConfig::new(1e-3, 1e-3, 0), "total_steps"),
+            (config().with_cooldown_fraction(1.5), "cooldown_fraction"),
+            (config().with_warmup_steps(900), "warm-up"),
+            (BitNetLrSchedulerConfig::new(f64::NAN, 1e-3, 10), "finite"),
+        ] {
+            match config.init() {
+                Err(crate::QatError::Invalid(m)) => assert!(m.contains(needle), "{needle}: {m}"),
+                other => panic!("{needle}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 }

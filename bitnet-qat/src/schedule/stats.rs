@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use crate::error::Result;
+use crate::error::{QatError, Result};
 use crate::nn::{Quantizer, quantizers};
 use crate::quant::without_graph;
 
@@ -59,8 +59,22 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, quantizer: &Quantizer, weight: Tensor<2>) -> Result<Vec<f32>> {
+    /// Adds the weight of the quantizer at `path`.
+    ///
+    /// # Errors
+    /// [`QatError::NonFinite`] for NaN or infinite latent weights or steps (naming `path`); as
+    /// [`codes_of`].
+    fn add(&mut self, quantizer: &Quantizer, weight: Tensor<2>, path: &str) -> Result<Vec<f32>> {
         let (w, q, codes, steps) = codes_of(quantizer, weight)?;
+        let nan = w.iter().chain(&steps).filter(|v| v.is_nan()).count();
+        let inf = w.iter().chain(&steps).filter(|v| v.is_infinite()).count();
+        if nan + inf > 0 {
+            return Err(QatError::NonFinite {
+                what: format!("weight or quantization steps of `{path}`"),
+                nan,
+                inf,
+            });
+        }
         for ((wv, qv), c) in w.iter().zip(&q).zip(&codes) {
             self.err += ((wv - qv) as f64).powi(2);
             self.norm += (*wv as f64).powi(2);
@@ -71,7 +85,7 @@ impl Acc {
             }
         }
         let mut distinct = steps.iter().map(|s| *s as f64).collect::<Vec<_>>();
-        distinct.sort_by(|a, b| a.partial_cmp(b).expect("finite steps"));
+        distinct.sort_by(f64::total_cmp);
         distinct.dedup();
         self.steps.extend(distinct);
         self.numel += w.len();
@@ -83,7 +97,8 @@ impl Acc {
         let mut codes = Vec::new();
         for found in quantizers(model) {
             if let Some(weight) = found.weight {
-                codes.extend(self.add(&found.quantizer, weight)?.iter().map(|c| *c as i8));
+                let added = self.add(&found.quantizer, weight, &found.path)?;
+                codes.extend(added.iter().map(|c| *c as i8));
             }
         }
         Ok(codes)
@@ -113,7 +128,8 @@ impl Acc {
 /// [`Quantizer`] attached, found by [`quantizers`]), pooled (weighted by weight count).
 ///
 /// # Errors
-/// [`crate::QatError::Record`] for a quantizer whose recorded settings are malformed.
+/// [`QatError::NonFinite`] for NaN or infinite weights, naming the quantizer;
+/// [`QatError::Record`] for a quantizer whose recorded settings are malformed.
 ///
 /// # Example
 /// ```
@@ -153,7 +169,7 @@ pub fn layer_stats(model: &impl Module) -> Result<Vec<(String, WeightStats)>> {
         .filter_map(|found| found.weight.map(|w| (found.path, found.quantizer, w)))
         .map(|(path, quantizer, weight)| {
             let mut acc = Acc::default();
-            acc.add(&quantizer, weight)?;
+            acc.add(&quantizer, weight, &path)?;
             Ok((path, acc.finish()))
         })
         .collect()
@@ -243,6 +259,28 @@ mod tests {
             FlipTracker::from_codes(flips.codes().map(<[i8]>::to_vec)),
             flips
         );
+    }
+
+    #[test]
+    fn non_finite_weights_are_typed_errors_naming_the_layer() {
+        let device = Device::flex();
+        let w = Tensor::<2>::from_data([[0.5, f32::NAN], [-1.0, f32::INFINITY]], &device);
+        let layers = vec![
+            BitLinearConfig::new(2, 2)
+                .init_with(w, None, &device)
+                .unwrap(),
+        ];
+        match weight_stats(&layers) {
+            Err(QatError::NonFinite { what, nan, inf }) => {
+                assert!(what.contains("`0.weight.qat`"), "{what}");
+                assert!(nan >= 1 && inf >= 1, "{nan} {inf}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            FlipTracker::default().update(&layers),
+            Err(QatError::NonFinite { .. })
+        ));
     }
 
     struct SetWeight(Option<Tensor<2>>);

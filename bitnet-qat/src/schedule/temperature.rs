@@ -35,7 +35,22 @@ pub struct TemperatureSchedule {
 }
 
 impl TemperatureSchedule {
-    /// The temperature at global step `step`.
+    /// Checks the temperatures.
+    ///
+    /// # Errors
+    /// [`crate::QatError::Temperature`] for a start or end temperature that is not finite and
+    /// positive (the soft STE divides by it).
+    pub fn validate(&self) -> crate::Result<()> {
+        for t in [self.start, self.end] {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(crate::QatError::Temperature(t));
+            }
+        }
+        Ok(())
+    }
+
+    /// The temperature at global step `step` (for a schedule that
+    /// [validates](TemperatureSchedule::validate)).
     pub fn value(&self, step: usize) -> f64 {
         if self.steps == 0 || step >= self.steps {
             return self.end;
@@ -57,11 +72,22 @@ mod tests {
 
     #[test]
     fn values_at_chosen_steps() {
-        let lin = TemperatureSchedule::new(1.0, 0.0, 10, Anneal::Linear);
-        assert!((lin.value(3) - 0.7).abs() < 1e-12);
-        let cos = TemperatureSchedule::new(1.0, 0.0, 10, Anneal::Cosine);
-        assert!((cos.value(5) - 0.5).abs() < 1e-12);
+        let lin = TemperatureSchedule::new(1.0, 0.1, 10, Anneal::Linear);
+        assert!((lin.value(3) - 0.73).abs() < 1e-12);
+        let cos = TemperatureSchedule::new(1.0, 0.1, 10, Anneal::Cosine);
+        assert!((cos.value(5) - 0.55).abs() < 1e-12);
         assert_eq!(cos.value(0), 1.0);
-        assert_eq!(cos.value(10), 0.0);
+        assert_eq!(cos.value(10), 0.1);
+    }
+
+    #[test]
+    fn temperatures_without_meaning_are_rejected() {
+        for (start, end) in [(1.0, 0.0), (0.0, 1.0), (f64::INFINITY, 0.1), (1.0, -0.5)] {
+            let s = TemperatureSchedule::new(start, end, 10, Anneal::Linear);
+            assert!(
+                matches!(s.validate(), Err(crate::QatError::Temperature(t)) if t == start || t == end),
+                "{start} -> {end}"
+            );
+        }
     }
 }

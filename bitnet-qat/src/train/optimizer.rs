@@ -128,30 +128,51 @@ impl<S: LrScheduler + Clone + 'static> LrScheduler for ScaledLrScheduler<S> {
 }
 
 /// A Burn [`ModuleLrScheduler`] that runs `base` for every parameter and `scale × base` for the
-/// parameters whose module path contains one of the given fragments (later entries win), e.g.
-/// a smaller learning rate for the full-precision head.
+/// parameters under one of the given module paths (later entries win), e.g. a smaller
+/// learning rate for the full-precision head. A path matches whole segments: `"layers.2"`
+/// matches `layers.2.weight` and `model.layers.2.bias`, not `layers.20.weight`; `"head"` does
+/// not match `header.weight`.
+///
+/// # Errors
+/// [`crate::QatError::Invalid`] for an empty path or a scale that is not finite and `>= 0`.
 ///
 /// # Example
 /// ```
 /// use bitnet_qat::train::per_layer_lr;
 /// use burn::optim::lr_scheduler::constant::ConstantLr;
 ///
-/// let lr = per_layer_lr(ConstantLr::from(1e-3), &[("layers.2", 0.1)]);
+/// let lr = per_layer_lr(ConstantLr::from(1e-3), &[("layers.2", 0.1)]).unwrap();
 /// # let _ = lr;
 /// ```
 pub fn per_layer_lr<S: LrScheduler + Clone + 'static>(
     base: S,
     scales: &[(&str, f64)],
-) -> ModuleLrScheduler {
-    scales.iter().fold(
-        ModuleLrScheduler::new(base.clone()),
-        |scheduler, (fragment, scale)| {
-            scheduler.with_group(
-                ParamGroup::from_predicate(*fragment),
-                ScaledLrScheduler::new(base.clone(), *scale),
-            )
-        },
-    )
+) -> crate::Result<ModuleLrScheduler> {
+    let mut scheduler = ModuleLrScheduler::new(base.clone());
+    for (path, scale) in scales {
+        if path.is_empty() || !(scale.is_finite() && *scale >= 0.0) {
+            return Err(crate::QatError::Invalid(format!(
+                "per_layer_lr: a path must be non-empty and a scale finite and >= 0, got \
+                 ({path:?}, {scale})"
+            )));
+        }
+        let group = ParamGroup::from_regex(segments_pattern(path))
+            .map_err(|e| crate::QatError::Invalid(format!("per_layer_lr: {e:?}")))?;
+        scheduler = scheduler.with_group(group, ScaledLrScheduler::new(base.clone(), *scale));
+    }
+    Ok(scheduler)
+}
+
+/// A regular expression matching module paths that contain `path` as whole segments.
+fn segments_pattern(path: &str) -> String {
+    let mut escaped = String::with_capacity(path.len() * 2);
+    for c in path.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    format!(r"(^|\.){escaped}(\.|$)")
 }
 
 #[cfg(test)]
@@ -210,13 +231,27 @@ mod tests {
             .with_warmup_steps(0)
             .init()
             .unwrap();
-        let mut lr = per_layer_lr(base, &[("head", 0.1)]);
+        let mut lr = per_layer_lr(base, &[("head", 0.1), ("layers.2", 0.5)]).unwrap();
         let id = ParamId::new();
         for expected in [1.0, 1.0, 0.5] {
             let rates: ModuleLearningRate = lr.step();
             assert_eq!(rates.lr_from_param(id, Some("body.weight")), expected);
             let head = rates.lr_from_param(id, Some("head.weight"));
             assert!((head - 0.1 * expected).abs() < 1e-12, "{head}");
+            // Whole segments only: not `header`, not `layers.20`.
+            for other in ["header.weight", "layers.20.weight", "xlayers.2.weight"] {
+                assert_eq!(rates.lr_from_param(id, Some(other)), expected, "{other}");
+            }
+            let nested = rates.lr_from_param(id, Some("model.layers.2.bias"));
+            assert!((nested - 0.5 * expected).abs() < 1e-12, "{nested}");
         }
+        assert!(matches!(
+            per_layer_lr(0.1, &[("", 0.5)]),
+            Err(crate::QatError::Invalid(_))
+        ));
+        assert!(matches!(
+            per_layer_lr(0.1, &[("head", f64::NAN)]),
+            Err(crate::QatError::Invalid(_))
+        ));
     }
 }

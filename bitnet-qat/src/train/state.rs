@@ -9,15 +9,17 @@ use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, TrainOutput};
 
 use super::{DecayControl, QatClassificationOutput, QatOptimizer, QatStats, WeightDecaySchedule};
-use crate::error::Result;
+use crate::error::{QatError, Result};
 use crate::nn::quantizers;
+use crate::recorded::u64_at;
 use crate::schedule::{FlipTracker, QatScheduler, WeightStats, weight_stats};
 use crate::ste::Ste;
 
-/// Why a hot path of training may unwrap quantizer settings: [`prepare`] decoded every one of
-/// them before training, and a model's settings only change through the scheduler, which writes
-/// valid ones.
-const CHECKED: &str = "quantizer settings are checked by bitnet_qat::train::prepare";
+/// Why a hot path of training may unwrap the recorded QAT state and quantizer settings:
+/// [`prepare`] decoded all of them before training, and they only change through [`optimize`]
+/// and the scheduler, which write valid ones.
+const CHECKED: &str =
+    "the QAT state and quantizer settings are checked by bitnet_qat::train::prepare";
 
 /// What a QAT run schedules: the quantizer schedules, the weight-decay schedule and latent
 /// clipping. [`QatPlan::init`] builds the [`QatState`] a model holds.
@@ -130,40 +132,51 @@ fn encode(step: usize, measured: Option<(WeightStats, f64)>, device: &Device) ->
     Tensor::from_data(TensorData::new(values, [41]), device)
 }
 
-/// The inverse of [`encode`]: one read-back from the device.
-fn decode(t: &Tensor<1, Int>) -> (usize, Option<(WeightStats, f64)>) {
+/// The inverse of [`encode`]: one read-back from the device, every value checked.
+///
+/// # Errors
+/// [`QatError::Record`] for a malformed state (a corrupted or foreign record).
+fn decode(t: &Tensor<1, Int>) -> Result<(usize, Option<(WeightStats, f64)>)> {
+    let bad = |what: String| QatError::Record(format!("QAT state: {what}"));
     let values = t
         .clone()
         .into_data()
         .convert::<i64>()
-        .try_to_vec::<i64>()
-        .expect("i64 recorded state");
-    let v: Vec<f64> = values[1..]
-        .chunks(4)
-        .map(|c| {
-            let bits = c
-                .iter()
-                .enumerate()
-                .fold(0u64, |acc, (i, p)| acc | ((*p as u64 & 0xFFFF) << (16 * i)));
-            f64::from_bits(bits)
-        })
+        .try_into_vec::<i64>()
+        .map_err(|e| bad(format!("{e:?}")))?;
+    if values.len() != 41 {
+        return Err(bad(format!("{} values, expected 41", values.len())));
+    }
+    let step = usize::try_from(values[0]).map_err(|_| bad(format!("step {}", values[0])))?;
+    if values[1..].iter().any(|v| !(0..=0xFFFF).contains(v)) {
+        return Err(bad("a measurement piece outside 0..=65535".into()));
+    }
+    let v: Vec<f64> = (0..10)
+        .map(|i| f64::from_bits(u64_at(&values, 1 + 4 * i)))
         .collect();
-    let measured = (v.len() == 10 && v[9] == 1.0).then(|| {
-        (
-            WeightStats {
-                relative_mse: v[0],
-                fraction_negative: v[1],
-                fraction_zero: v[2],
-                fraction_positive: v[3],
-                step_mean: v[4],
-                step_min: v[5],
-                step_max: v[6],
-                numel: v[7] as usize,
-            },
-            v[8],
-        )
-    });
-    (values[0] as usize, measured)
+    let measured = match v[9] {
+        1.0 => {
+            if v[..9].iter().any(|x| !x.is_finite()) {
+                return Err(bad("a measurement that is not finite".into()));
+            }
+            Some((
+                WeightStats {
+                    relative_mse: v[0],
+                    fraction_negative: v[1],
+                    fraction_zero: v[2],
+                    fraction_positive: v[3],
+                    step_mean: v[4],
+                    step_min: v[5],
+                    step_max: v[6],
+                    numel: v[7] as usize,
+                },
+                v[8],
+            ))
+        }
+        0.0 if values[1..].iter().all(|x| *x == 0) => None,
+        _ => return Err(bad("the measurement flag".into())),
+    };
+    Ok((step, measured))
 }
 
 /// The decoded recorded state: the step and the last measurement.
@@ -247,13 +260,22 @@ pub trait QatTrainModel: Module {
 
 impl QatState {
     /// `(global step, last measurement)`, read back from the device in one transfer.
-    fn read(&self) -> Recorded {
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for a malformed recorded state.
+    fn try_read(&self) -> Result<Recorded> {
         let id = self.recorded.id;
-        self.mirror.get(id).unwrap_or_else(|| {
-            let recorded = decode(&self.recorded.val());
-            self.mirror.set(id, recorded);
-            recorded
-        })
+        if let Some(recorded) = self.mirror.get(id) {
+            return Ok(recorded);
+        }
+        let recorded = decode(&self.recorded.val())?;
+        self.mirror.set(id, recorded);
+        Ok(recorded)
+    }
+
+    /// [`QatState::try_read`] for the hot paths of training, after [`prepare`] checked it.
+    fn read(&self) -> Recorded {
+        self.try_read().expect(CHECKED)
     }
 
     /// The global optimizer step (the number of updates so far).
@@ -293,8 +315,8 @@ impl QatState {
     fn stats_without_grad_norm(&self, model: &impl Module) -> QatStats {
         let (step, measured) = self.read();
         // Before the first measurement (step 0 of a run), measure the initial weights.
-        let (weights, flip_rate) =
-            measured.unwrap_or_else(|| (weight_stats(model).expect(CHECKED), 0.0));
+        let (weights, flip_rate) = measured
+            .unwrap_or_else(|| (weight_stats(model).unwrap_or_else(|e| panic!("{e}")), 0.0));
         let (lambda, bits, temperature) = settings(model);
         QatStats {
             step,
@@ -348,7 +370,8 @@ impl QatState {
 /// ```
 pub fn prepare<M: QatTrainModel>(model: M) -> Result<M> {
     let state = model.qat_state();
-    let step = state.step();
+    state.plan.weight_decay.validate()?;
+    let step = state.try_read()?.0;
     let model = state.plan.scheduler.clone().apply(model, step)?;
     for found in quantizers(&model) {
         found.quantizer.try_settings()?;
@@ -391,7 +414,7 @@ pub fn optimize<M: QatTrainModel>(
         Some(tracker) => tracker,
         None => {
             let mut tracker = FlipTracker::default();
-            tracker.update(&model).expect(CHECKED);
+            tracker.update(&model).unwrap_or_else(|e| panic!("{e}"));
             tracker
         }
     });
@@ -402,7 +425,9 @@ pub fn optimize<M: QatTrainModel>(
     let device = state.recorded.val().device();
     let measured = match tracker {
         Some(mut tracker) => {
-            let (rate, stats) = tracker.update(&model).expect(CHECKED);
+            // Settings were checked by `prepare`; what can fail is a diverged model (NaN
+            // weights), which `optimize` cannot return: stop with the error that names it.
+            let (rate, stats) = tracker.update(&model).unwrap_or_else(|e| panic!("{e}"));
             state.cache.set(step + 1, tracker);
             Some((stats, rate))
         }
@@ -555,6 +580,29 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_recorded_state_is_a_typed_error_before_training() {
+        let device = Device::flex().autodiff();
+        let mut net = small_net(&QatPlan::new(), &device);
+        // The step and a measurement flag that is neither 0 nor 1.
+        let mut values = vec![3i64];
+        values.extend([7; 40]);
+        net.qat.recorded = Param::initialized(
+            ParamId::new(),
+            Tensor::from_data(TensorData::new(values, [41]), &device),
+        );
+        match prepare(net) {
+            Err(QatError::Record(msg)) => assert!(msg.contains("measurement flag"), "{msg}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        let mut net = small_net(&QatPlan::new(), &device);
+        net.qat.recorded = Param::initialized(
+            ParamId::new(),
+            Tensor::from_data(TensorData::new(vec![1i64, 2], [2]), &device),
+        );
+        assert!(matches!(prepare(net), Err(QatError::Record(m)) if m.contains("2 values")));
+    }
+
+    #[test]
     fn the_host_mirror_follows_loaded_records() {
         let device = Device::flex().autodiff();
         let plan = QatPlan::new().with_stats_every(1);
@@ -572,7 +620,7 @@ mod tests {
         }
         // The mirror answers without a read-back, and agrees with the device.
         assert_eq!(net.qat.step(), 3);
-        assert_eq!(decode(&net.qat.recorded.val()), net.qat.read());
+        assert_eq!(decode(&net.qat.recorded.val()).unwrap(), net.qat.read());
         let at_three = net.clone().into_record();
         // Loading an earlier record into the same model (sharing the mirror) reads the device.
         let net = net.load_record(at_zero);
