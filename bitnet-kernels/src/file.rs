@@ -28,13 +28,14 @@ use std::path::Path;
 
 use crate::base3;
 use crate::error::{KernelError, Result};
-use crate::packed::{MAX_K, PackedTernary, TernaryScales, words_per_row};
+use crate::packed::{PackedTernary, TernaryScales, check_dims, words_per_row};
 
 const MAGIC: [u8; 4] = *b"BTQ1";
 const VERSION: u32 = 1;
 
 /// How many times its own size a file may expand to when decoded. Words files decode to their
-/// payload; base-3 files to at most 1.25 × 4 / 1.6 of theirs when rows are whole blocks (rows
+/// payload; base-3 files to at most 1.25 × 8 / 1.6 = 6.25 times theirs (1.25 bytes a weight
+/// decoded, 1.6 bits a weight stored) when rows are whole blocks (rows
 /// narrower than a 256-weight block pad up to it and expand further: such files are refused
 /// past the bound).
 pub const MAX_EXPANSION: usize = 8;
@@ -100,12 +101,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
     }
     let rows = r.usize("rows")?;
     let cols = r.usize("cols")?;
-    if cols > MAX_K {
-        return Err(KernelError::KTooLarge {
-            k: cols,
-            max: MAX_K,
-        });
-    }
+    // K within the kernels' limit, no zero size, and no size below overflows.
+    check_dims(rows, cols)?;
     let encoding = match r.take(1, "encoding")?[0] {
         0 => Encoding::Words,
         1 => Encoding::Base3,
@@ -125,9 +122,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
         )));
     }
     let count = r.usize("scale count")?;
-    let numel = rows
-        .checked_mul(cols)
-        .ok_or_else(|| KernelError::Inconsistent(format!("{rows} x {cols} overflows")))?;
+    let numel = rows * cols;
     let expected_count = match kind {
         0 => 1,
         1 => rows,
@@ -166,10 +161,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
         )));
     }
     // The packed words (and, for base-3, the decoded values) must fit the allocation bound.
-    let words_bytes = rows
-        .checked_mul(words_per_row(cols))
-        .and_then(|w| w.checked_mul(4))
-        .ok_or_else(|| KernelError::Inconsistent(format!("{rows} x {cols} overflows")))?;
+    let words_bytes = rows * words_per_row(cols) * 4;
     let decoded = match encoding {
         Encoding::Words => words_bytes,
         Encoding::Base3 => words_bytes.saturating_add(numel),
@@ -187,10 +179,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedTernary> {
     }
     match encoding {
         Encoding::Words => {
-            let expected = words_bytes;
-            if len != expected {
+            if len != words_bytes {
                 return Err(KernelError::Inconsistent(format!(
-                    "payload of {len} bytes, expected {expected}"
+                    "payload of {len} bytes, expected {words_bytes}"
                 )));
             }
             let words = payload
@@ -279,6 +270,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::MAX_K;
 
     fn sample() -> PackedTernary {
         let w: Vec<i8> = (0..3 * 512).map(|i| ((i * 7 % 3) as i8) - 1).collect();

@@ -1,5 +1,5 @@
 //! How the GPU's int8 ternary matmul forms its integer dot products: `dp4a`, or SWAR byte masks
-//! where `dp4a` is a polyfill. Chosen per call ([`crate::burn_ext::ternary_matmul_with_dot`];
+//! where `dp4a` is a polyfill. Chosen per call (`burn_ext::ternary_matmul_with_dot`, feature `burn`;
 //! [`Int8Dot::Auto`] otherwise); both give the same sums. Available in every build (the CPU
 //! kernels ignore it).
 
@@ -27,27 +27,6 @@ impl Int8Dot {
     }
 }
 
-/// The `activations` argument of the `ternary_matmul` backend op: float activations (0), or
-/// int8 activations with the dot products of `dot`.
-pub(crate) fn encode_activations(int8: Option<Int8Dot>) -> u8 {
-    match int8 {
-        None => 0,
-        Some(Int8Dot::Auto) => 1,
-        Some(Int8Dot::Dp4a) => 2,
-        Some(Int8Dot::Swar) => 3,
-    }
-}
-
-/// The inverse of [`encode_activations`] (unknown codes are taken as the automatic choice).
-pub(crate) fn decode_activations(code: u8) -> Option<Int8Dot> {
-    match code {
-        0 => None,
-        2 => Some(Int8Dot::Dp4a),
-        3 => Some(Int8Dot::Swar),
-        _ => Some(Int8Dot::Auto),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,14 +42,6 @@ mod tests {
             assert_eq!(Int8Dot::Auto.takes_swar(runtime), swar, "{runtime}");
             assert!(Int8Dot::Swar.takes_swar(runtime));
             assert!(!Int8Dot::Dp4a.takes_swar(runtime));
-        }
-        for mode in [
-            None,
-            Some(Int8Dot::Auto),
-            Some(Int8Dot::Dp4a),
-            Some(Int8Dot::Swar),
-        ] {
-            assert_eq!(decode_activations(encode_activations(mode)), mode);
         }
     }
 }

@@ -382,7 +382,9 @@ impl PackedTernary {
     }
 }
 
-fn check_dims(rows: usize, cols: usize) -> Result<()> {
+/// Checks a matrix size: `0 < cols <= MAX_K`, `rows > 0`, and the padded matrix's weight count
+/// fits a `usize` (so no size derived from it overflows).
+pub(crate) fn check_dims(rows: usize, cols: usize) -> Result<()> {
     if cols > MAX_K {
         return Err(KernelError::KTooLarge {
             k: cols,

@@ -32,6 +32,15 @@ pub fn check_finite<const D: usize>(tensor: &Tensor<D>, what: &str) -> Result<()
     Ok(())
 }
 
+/// Checks an RMSNorm epsilon: finite and positive, or [`QatError::NormEpsilon`].
+pub(crate) fn check_norm_eps(eps: f64) -> Result<()> {
+    if eps.is_finite() && eps > 0.0 {
+        Ok(())
+    } else {
+        Err(QatError::NormEpsilon(eps))
+    }
+}
+
 /// Checks that the last axis of a layer input has `d_input` elements.
 pub(crate) fn check_last_dim<const D: usize>(
     input: &Tensor<D>,

@@ -17,7 +17,7 @@ impl TernaryOps for CubeBackend {
         activations: u8,
     ) -> CubeTensor {
         let kind = ScaleKind::decode(kind);
-        match crate::int8_dot::decode_activations(activations) {
+        match super::decode_activations(activations) {
             Some(dot) => crate::gpu::ternary_matmul_int8(x, codes, scales, cols, kind, dot),
             None => crate::gpu::ternary_matmul_float(x, codes, scales, cols, kind),
         }

@@ -15,6 +15,8 @@ mod flex;
 mod ndarray;
 mod ops;
 
+use crate::int8_dot::Int8Dot;
+
 pub use fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback, unpack_codes};
 pub use ops::{
     TernaryOps, has_kernels, kernel_dtype, ternary_matmul, ternary_matmul_float,
@@ -64,6 +66,27 @@ impl ScaleKind {
     }
 }
 
+/// The `activations` argument of the `ternary_matmul` backend op: float activations (0), or
+/// int8 activations with the dot products of `dot`.
+pub(crate) fn encode_activations(int8: Option<Int8Dot>) -> u8 {
+    match int8 {
+        None => 0,
+        Some(Int8Dot::Auto) => 1,
+        Some(Int8Dot::Dp4a) => 2,
+        Some(Int8Dot::Swar) => 3,
+    }
+}
+
+/// The inverse of [`encode_activations`] (unknown codes are taken as the automatic choice).
+pub(crate) fn decode_activations(code: u8) -> Option<Int8Dot> {
+    match code {
+        0 => None,
+        2 => Some(Int8Dot::Dp4a),
+        3 => Some(Int8Dot::Swar),
+        _ => Some(Int8Dot::Auto),
+    }
+}
+
 /// Runs the CPU kernel on host slices; shared by the Flex and NdArray implementations.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 // The backend op's arguments, unpacked from tensors; a struct would only rename them.
@@ -78,7 +101,7 @@ pub(crate) fn run_cpu(
     kind: usize,
     activations: u8,
 ) -> Vec<f32> {
-    if crate::int8_dot::decode_activations(activations).is_none() {
+    if decode_activations(activations).is_none() {
         return float_matmul_cpu(
             x,
             m,
@@ -142,4 +165,21 @@ fn float_matmul_cpu(
         }
     }
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_activations_argument_round_trips() {
+        for mode in [
+            None,
+            Some(Int8Dot::Auto),
+            Some(Int8Dot::Dp4a),
+            Some(Int8Dot::Swar),
+        ] {
+            assert_eq!(decode_activations(encode_activations(mode)), mode);
+        }
+    }
 }

@@ -12,8 +12,9 @@ use burn::backend::{Backend, backend_extension};
 use burn::tensor::{Int, Tensor};
 
 use super::ScaleKind;
+use super::encode_activations;
 use super::fallback::{ternary_matmul_fallback, ternary_matmul_float_fallback};
-use crate::int8_dot::{Int8Dot, encode_activations};
+use crate::int8_dot::Int8Dot;
 
 /// Ternary matmul supplied by a backend extension.
 #[backend_extension(
@@ -26,7 +27,7 @@ use crate::int8_dot::{Int8Dot, encode_activations};
 pub trait TernaryOps: Backend {
     /// `y = x · Wᵀ`: `x [m, cols]` (f32; f16 or bf16 too on CubeCL devices), `codes [rows,
     /// words_per_row(cols)]` u32 packed codes, `scales` f32 laid out as `kind` says
-    /// ([`ScaleKind::encode`]). `activations` (see `int8_dot::encode_activations`): 0, float
+    /// ([`ScaleKind::encode`]). `activations` (see `burn_ext::encode_activations`): 0, float
     /// activations; otherwise they are first quantized to int8 per row (BitNet), and on GPUs
     /// the dot products are formed as the code says. Returns `[m, rows]` in `x`'s float type.
     #[fusion(dtype = x, shape = burn::tensor::Shape::new([x[0], codes[0]]))]

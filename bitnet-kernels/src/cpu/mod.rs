@@ -206,13 +206,6 @@ pub fn ternary_matmul(
     w: PackedRef<'_>,
     options: &MatmulOptions,
 ) -> Result<Vec<f32>> {
-    if x.len() != m * w.cols() {
-        return Err(KernelError::Size {
-            what: "activations [m, K]",
-            expected: m * w.cols(),
-            got: x.len(),
-        });
-    }
     let acts = quantize_rows(x, m, w.cols())?;
     let dots = int_matmul(&acts, w, options)?;
     dequantize(&dots, &acts, w)
@@ -225,7 +218,8 @@ pub fn ternary_matmul(
 pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Result<Vec<f32>> {
     let (m, n) = (acts.rows(), w.rows());
     let (groups, _) = group_blocks(w);
-    if acts.cols() != w.cols() || dots.len() != m * n * groups {
+    check_k(acts, w)?;
+    if dots.len() != m * n * groups {
         return Err(KernelError::Size {
             what: "integer products [m, n, groups]",
             expected: m * n * groups,
@@ -250,13 +244,7 @@ pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Resul
 }
 
 fn check(acts: &QuantizedRows, w: PackedRef<'_>, options: &MatmulOptions) -> Result<()> {
-    if acts.cols() != w.cols() {
-        return Err(KernelError::Size {
-            what: "activation row length (K)",
-            expected: w.cols(),
-            got: acts.cols(),
-        });
-    }
+    check_k(acts, w)?;
     if w.cols() > MAX_K {
         return Err(KernelError::KTooLarge {
             k: w.cols(),
@@ -268,6 +256,18 @@ fn check(acts: &QuantizedRows, w: PackedRef<'_>, options: &MatmulOptions) -> Res
             "kernel {} is not available on this CPU",
             options.kernel.name()
         )));
+    }
+    Ok(())
+}
+
+/// The activation rows are as long as the weight rows.
+fn check_k(acts: &QuantizedRows, w: PackedRef<'_>) -> Result<()> {
+    if acts.cols() != w.cols() {
+        return Err(KernelError::Size {
+            what: "activation row length (K)",
+            expected: w.cols(),
+            got: acts.cols(),
+        });
     }
     Ok(())
 }
@@ -326,8 +326,13 @@ fn compute(
     for g in 0..groups {
         for kb in (0..bpg).step_by(k_chunk.max(1)) {
             let nb = k_chunk.min(bpg - kb);
-            let wrow = |j: usize| &bytes[j * row_bytes + (g * bpg + kb) * BLOCK_BYTES..];
-            let xrow = |r: usize| &codes[r * acts.padded() + (g * bpg + kb) * BLOCK..];
+            // Exactly the `nb` blocks a tile reads (bounds-checked slicing: what makes the SIMD
+            // kernels' reads sound).
+            let wrow = |j: usize| {
+                &bytes[j * row_bytes + (g * bpg + kb) * BLOCK_BYTES..][..nb * BLOCK_BYTES]
+            };
+            let xrow =
+                |r: usize| &codes[r * acts.padded() + (g * bpg + kb) * BLOCK..][..nb * BLOCK];
             for j0 in (ns.start..ns.end).step_by(n_chunk) {
                 let j_end = (j0 + n_chunk).min(ns.end);
                 let mut r = 0;
@@ -377,18 +382,18 @@ fn tile<'a>(
 ) -> [[i32; 2]; 4] {
     let mut out = [[0i32; 2]; 4];
     // What the SIMD kernels read: `nblocks` whole blocks from the start of every row they get.
-    // Checked here, in every build, so that no caller can make them read past a slice.
-    let rows_hold_the_blocks = (0..nt).all(|k| wrow(j + k).len() >= nblocks * BLOCK_BYTES)
-        && (0..mt).all(|i| xrow(r + i).len() >= nblocks * BLOCK);
-    assert!(
-        rows_hold_the_blocks,
-        "ternary matmul: a row slice shorter than {nblocks} blocks"
+    // The row closures of `compute` (the only caller) return slices of exactly that length.
+    debug_assert!(
+        (0..nt).all(|k| wrow(j + k).len() == nblocks * BLOCK_BYTES)
+            && (0..mt).all(|i| xrow(r + i).len() == nblocks * BLOCK),
+        "ternary matmul: row slices of other than {nblocks} blocks"
     );
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => {
-            // SAFETY: `check` verified that the CPU has the kernel's instructions, and the assert
-            // above that every row slice holds the `nblocks` blocks the kernel reads.
+            // SAFETY: `check` verified that the CPU has the kernel's instructions, and every row
+            // slice holds the `nblocks` blocks the kernel reads: `compute`'s row closures slice
+            // exactly that many, with bounds checks.
             unsafe {
                 match (mt, nt) {
                     (4, 2) => {
@@ -427,7 +432,7 @@ fn tile<'a>(
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
-            // SAFETY: as for AVX-512: `check` (instructions) and the assert above (lengths).
+            // SAFETY: as for AVX-512: `check` (instructions) and `compute`'s row slices (lengths).
             if mt == 4 {
                 let t = avx2::code_dot::<4>(
                     wrow(j),
@@ -445,7 +450,7 @@ fn tile<'a>(
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => {
             for (i, o) in out.iter_mut().enumerate().take(mt) {
-                // SAFETY: `check` (NEON is present) and the assert above (row lengths).
+                // SAFETY: `check` (NEON is present) and `compute`'s row slices (lengths).
                 o[0] = unsafe { neon::code_dot(wrow(j), xrow(r + i), nblocks) };
             }
         }

@@ -8,7 +8,7 @@ use cubecl::prelude::*;
 
 use super::dense::{FLOAT_DENSE_MIN_M, INT8_DENSE_MIN_M, dense_fits, dense_float, dense_int8};
 use super::kernels::{self, LANES, ROW_THREADS, ROWS_PER_CUBE, TILE_M};
-use super::{check_indexable, dims, empty_like, float_elem, grid};
+use super::{check_index, check_indexable, dims, empty_like, float_elem, grid};
 use crate::burn_ext::ScaleKind;
 use crate::int8_dot::Int8Dot;
 use crate::packed::{BLOCK, BLOCK_WORDS, padded_cols, words_per_row};
@@ -90,8 +90,9 @@ fn operands(
         "ternary_matmul: {expected} scales expected for {kind:?}, got {n}"
     );
     let m = xd[0];
+    check_indexable("ternary matmul", &[x, &codes, &scales]);
+    check_index("ternary matmul output", m.saturating_mul(rows));
     let out = empty_like(&codes, vec![m, rows], x.dtype);
-    check_indexable("ternary matmul", &[x, &codes, &scales, &out]);
     Operands {
         m,
         rows,
@@ -122,6 +123,11 @@ pub fn quantize_rows(x: CubeTensor, cols: usize) -> (CubeTensor, CubeTensor) {
     let x = into_contiguous(x);
     let m = dims(&x)[0];
     let act_words = padded_cols(cols) / 4;
+    // For rows under 256 the packed activations outnumber `x`.
+    check_index(
+        "int8 activation quantizer output",
+        m.saturating_mul(act_words),
+    );
     let packed = empty_like(&x, vec![m, act_words], DType::U32);
     let scale = empty_like(&x, vec![m], DType::F32);
     if m > 0 {
@@ -257,6 +263,11 @@ mod tests {
             let launched = x as usize * y as usize;
             assert!(
                 launched >= cubes && launched < cubes + x as usize,
+                "{launched} cubes for {cubes}"
+            );
+            // Balanced: fewer surplus cubes than grid rows.
+            assert!(
+                launched < cubes + y as usize,
                 "{launched} cubes for {cubes}"
             );
         }

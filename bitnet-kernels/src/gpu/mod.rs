@@ -52,22 +52,30 @@ pub(crate) fn empty_like(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> 
 
 /// Panics, naming `what`, unless every tensor of a launch holds at most `u32::MAX` elements: the
 /// kernels index with 32 bits (CubeCL's `u32` address type, and the sizes they take), so a
-/// larger tensor would be read at wrapped indices. Every size a launcher passes as `u32` is at
-/// most one of these element counts.
+/// larger tensor would be read at wrapped indices. Launchers check their inputs with this and
+/// the outputs they allocate with [`check_index`] before allocating them; every size a launcher
+/// passes as `u32` is at most one of these element counts.
 pub(crate) fn check_indexable(what: &str, tensors: &[&CubeTensor]) {
     for t in tensors {
-        let n = t.meta.shape().num_elements();
-        assert!(
-            u32::try_from(n).is_ok(),
-            "{what}: a tensor of {n} elements exceeds the GPU kernels' 32-bit indices"
-        );
+        check_index(what, t.meta.shape().num_elements());
     }
 }
 
-/// A grid of `cubes` cubes within the 65,535-per-dimension limit.
+/// Panics, naming `what`, unless a tensor of `elements` elements fits 32-bit indices (see
+/// [`check_indexable`]).
+pub(crate) fn check_index(what: &str, elements: usize) {
+    assert!(
+        u32::try_from(elements).is_ok(),
+        "{what}: a tensor of {elements} elements exceeds the GPU kernels' 32-bit indices"
+    );
+}
+
+/// A grid of at least `cubes` cubes within the 65,535-per-dimension limit, balanced so that
+/// fewer than `y` of them (the number of rows of the grid) are surplus.
 pub(crate) fn grid(cubes: usize) -> CubeCount {
-    let x = cubes.clamp(1, 65_535);
-    CubeCount::Static(x as u32, cubes.div_ceil(x).max(1) as u32, 1)
+    let y = cubes.div_ceil(65_535).max(1);
+    let x = cubes.div_ceil(y).max(1);
+    CubeCount::Static(x as u32, y as u32, 1)
 }
 
 /// The kernel element type of a float tensor: f32, f16 or bf16 (what the runtime supports).

@@ -2,6 +2,7 @@
 //! quantizes it: what [`pack`](super::pack) and [`TernaryLinear`](super::TernaryLinear)'s
 //! constructors build on.
 
+use bitnet_kernels::burn_ext::ScaleKind;
 use bitnet_kernels::packed::{BLOCK, PackedTernary, TernaryScales};
 use burn::tensor::Tensor;
 
@@ -44,10 +45,11 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
     // the one whose `1 / s` is the level — `code / s`, what the packed weight dequantizes to,
     // is then the quantized weight to the bit.
     let hard: Vec<f32> = to_vec(quantizer.hard_weight(weight)?.transpose()); // [d_out, d_in]
-    let group = match config.granularity {
-        Granularity::PerTensor => d_in * d_out,
-        Granularity::PerChannel | Granularity::PerToken => d_in,
-        Granularity::PerGroup { size } => {
+    let kind = scale_kind(config.granularity);
+    let group = match kind {
+        ScaleKind::PerTensor => d_in * d_out,
+        ScaleKind::PerRow => d_in,
+        ScaleKind::PerGroup(size) => {
             if !size.is_multiple_of(BLOCK) {
                 return Err(QatError::Invalid(format!(
                     "packed per-group scales need groups that are a multiple of {BLOCK} \
@@ -73,16 +75,26 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
         .iter()
         .map(|v| (*v > 0.0) as i8 - (*v < 0.0) as i8)
         .collect();
-    let scales = match config.granularity {
-        Granularity::PerTensor => TernaryScales::PerTensor(multipliers[0]),
-        Granularity::PerChannel | Granularity::PerToken => TernaryScales::PerRow(multipliers),
-        Granularity::PerGroup { size } => TernaryScales::PerGroup {
-            group: size,
+    let scales = match kind {
+        ScaleKind::PerTensor => TernaryScales::PerTensor(multipliers[0]),
+        ScaleKind::PerRow => TernaryScales::PerRow(multipliers),
+        ScaleKind::PerGroup(group) => TernaryScales::PerGroup {
+            group,
             scales: multipliers,
         },
     };
     PackedTernary::pack(&values, d_out, d_in, scales)
         .map_err(|e| QatError::Invalid(format!("packing failed: {e}")))
+}
+
+/// The packed scale layout of a weight quantized with `granularity` (scales along the input
+/// axis): one per tensor, one per output row, or one per group of inputs of a row.
+pub(crate) fn scale_kind(granularity: Granularity) -> ScaleKind {
+    match granularity {
+        Granularity::PerTensor => ScaleKind::PerTensor,
+        Granularity::PerChannel | Granularity::PerToken => ScaleKind::PerRow,
+        Granularity::PerGroup { size } => ScaleKind::PerGroup(size),
+    }
 }
 
 /// The multiplier `s` whose `1 / s` (an f32 division, as the kernels and the dequantization

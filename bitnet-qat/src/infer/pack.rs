@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId, Reparameterization, Reparameterizer};
 use burn::store::{BurnpackStore, ModuleSnapshot, ModuleStore, PathFilter};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Bytes, Device, Int, Tensor, TensorData};
 
 use super::convert::pack_weight;
 use super::packed_weight::{PackedLayout, PackedWeight};
@@ -136,7 +136,10 @@ pub fn record_bytes<M: Module>(model: M) -> Result<usize> {
 pub fn load_packed<M: Module>(skeleton: M, path: impl AsRef<Path>) -> Result<M> {
     let path = path.as_ref();
     let io = |e: &dyn std::fmt::Display| QatError::Record(format!("{}: {e}", path.display()));
-    let mut store = BurnpackStore::from_file(path);
+    // Read whole: a file-backed store reads tensor data lazily by path, so a model loaded from
+    // it would read whatever is at the path later (a file saved over it, or none).
+    let bytes = Bytes::from_bytes_vec(std::fs::read(path).map_err(|e| io(&e))?);
+    let mut store = BurnpackStore::from_bytes(Some(bytes)).allow_partial(true);
     let keys = store.keys().map_err(|e| io(&e))?;
     let device = skeleton
         .devices()
@@ -167,9 +170,6 @@ pub fn load_packed<M: Module>(skeleton: M, path: impl AsRef<Path>) -> Result<M> 
     // untouched; `attach` drops the packed ones uninitialized.
     let mut model = attach(skeleton.materialize(), packs)?;
     let placeholders = ParamPaths::of(&model).placeholders;
-    let mut store = BurnpackStore::from_file(path)
-        .auto_extension(false)
-        .allow_partial(true);
     let result = model.load_from(&mut store).map_err(|e| io(&e))?;
     let missing: Vec<&str> = result
         .missing
@@ -305,5 +305,32 @@ impl Reparameterizer for &mut Attach {
             }
             None => (param, None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::BitLinearConfig;
+    use burn::tensor::Tensor;
+
+    #[test]
+    fn a_file_saved_without_an_extension_loads_from_the_same_path_and_is_read_whole() {
+        let device = Device::flex();
+        let config = BitLinearConfig::new(256, 4);
+        let packed = pack(&vec![config.init(&device).unwrap()]).unwrap();
+        let path = std::env::temp_dir().join(format!("bitnet-qat-noext-{}", std::process::id()));
+        save(packed.clone(), &path).unwrap();
+        let loaded = load_packed(vec![config.init(&device).unwrap()], &path);
+        // The loaded model does not read the file again.
+        std::fs::remove_file(&path).unwrap();
+        let x = Tensor::<2>::from_data(
+            TensorData::new((0..512).map(|i| (i % 7) as f32 - 3.0).collect(), [2, 256]),
+            &device,
+        );
+        assert_eq!(
+            loaded.unwrap()[0].forward(x.clone()).into_data(),
+            packed[0].forward(x).into_data()
+        );
     }
 }

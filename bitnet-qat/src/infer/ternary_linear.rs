@@ -1,15 +1,14 @@
 //! `TernaryLinear`: a linear layer with packed ternary (or binary) weights, for inference.
 
-use bitnet_kernels::burn_ext::ScaleKind;
 use bitnet_kernels::packed::PackedTernary;
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::convert::pack_weight;
+use super::convert::{pack_weight, scale_kind};
 use super::packed_weight::{PackedLayout, PackedWeight};
-use crate::check::{check_finite, check_last_dim};
+use crate::check::{check_finite, check_last_dim, check_norm_eps};
 use crate::error::QatError;
 use crate::nn::{BitLinear, Quantizer};
 use crate::quant::{Granularity, without_graph};
@@ -57,12 +56,12 @@ impl TernaryLinearConfig {
     /// # Errors
     /// As [`PackedLayout::new`].
     pub fn layout(&self) -> crate::Result<PackedLayout> {
-        let scales = match self.scales {
-            Granularity::PerTensor => ScaleKind::PerTensor,
-            Granularity::PerChannel | Granularity::PerToken => ScaleKind::PerRow,
-            Granularity::PerGroup { size } => ScaleKind::PerGroup(size),
-        };
-        PackedLayout::new(self.d_input, self.d_output, scales, self.int8_activations)
+        PackedLayout::new(
+            self.d_input,
+            self.d_output,
+            scale_kind(self.scales),
+            self.int8_activations,
+        )
     }
 
     /// The layer on `device` with all codes 0 and unit scales, biases 0, a fresh norm.
@@ -71,8 +70,8 @@ impl TernaryLinearConfig {
     /// As [`TernaryLinearConfig::layout`]; [`QatError::NormEpsilon`] for an invalid epsilon.
     pub fn init(&self, device: &Device) -> crate::Result<TernaryLinear> {
         let layout = self.layout()?;
-        if self.norm && !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return Err(QatError::NormEpsilon(self.norm_eps));
+        if self.norm {
+            check_norm_eps(self.norm_eps)?;
         }
         Ok(TernaryLinear {
             weight: PackedWeight::zeros(layout, device),
@@ -155,15 +154,12 @@ impl TernaryLinear {
         let quantizer = layer.weight_quantizer().ok_or_else(|| {
             QatError::Invalid("this BitLinear's weight has no quantizer attached".into())
         })?;
-        let weight = layer.weight.base();
-        let packed = pack_weight(weight.clone(), quantizer)?;
-        let norm = layer.norm.as_ref().map(Module::valid);
-        Self::from_packed(
-            &packed,
-            layer.bias.as_ref().map(|b| without_graph(b.val())),
-            norm,
+        Self::from_quantized(
+            &layer.weight,
+            quantizer,
+            layer.bias.as_ref(),
+            layer.norm.as_ref().map(Module::valid),
             int8_activations,
-            &weight.device().inner(),
         )
     }
 
@@ -182,14 +178,26 @@ impl TernaryLinear {
                     "this Linear has no QAT quantizer: apply a QatReparameterizer first".into(),
                 )
             })?;
-        let weight = linear.weight.base();
-        let packed = pack_weight(weight.clone(), quantizer)?;
+        Self::from_quantized(&linear.weight, quantizer, linear.bias.as_ref(), None, false)
+    }
+
+    /// The layer of a latent `weight` `[d_input, d_output]` packed as `quantizer` quantizes it.
+    fn from_quantized(
+        weight: &Param<Tensor<2>>,
+        quantizer: &Quantizer,
+        bias: Option<&Param<Tensor<1>>>,
+        norm: Option<RmsNorm>,
+        int8_activations: bool,
+    ) -> crate::Result<Self> {
+        let weight = weight.base();
+        let device = weight.device().inner();
+        let packed = pack_weight(weight, quantizer)?;
         Self::from_packed(
             &packed,
-            linear.bias.as_ref().map(|b| without_graph(b.val())),
-            None,
-            false,
-            &weight.device().inner(),
+            bias.map(|b| without_graph(b.val())),
+            norm,
+            int8_activations,
+            &device,
         )
     }
 

@@ -7,7 +7,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use super::quantizer::{Quantizer, QuantizerConfig};
-use crate::check::{check_finite, check_last_dim};
+use crate::check::{check_finite, check_last_dim, check_norm_eps};
 use crate::error::QatError;
 use crate::infer::PackedWeight;
 use crate::quant::QuantConfig;
@@ -140,8 +140,8 @@ impl BitLinearConfig {
         if self.d_output == 0 {
             return Err(QatError::ZeroDim { name: "d_output" });
         }
-        if self.norm && !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return Err(QatError::NormEpsilon(self.norm_eps));
+        if self.norm {
+            check_norm_eps(self.norm_eps)?;
         }
         self.weight_ste.validate(&self.weight_quant)?;
         self.weight_quant.validate_for_dim(self.d_input)?;

@@ -222,10 +222,12 @@ impl<F: FnMut(&str, &QuantizerSettings) -> Result<QuantizerSettings>> ModuleMapp
                      configuration of the quantizer at {path}"
                 )));
             }
-            Ok(new)
+            Ok((new != *old).then_some(new))
         });
         match updated {
-            Ok(settings) => {
+            // Unchanged: the same parameter (same id, no new tensor).
+            Ok(None) => param,
+            Ok(Some(settings)) => {
                 let new = settings.to_param(&device);
                 let id = new.id;
                 let value: Tensor<1, Int> = new.val();

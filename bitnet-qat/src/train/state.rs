@@ -11,7 +11,7 @@ use burn::train::{ClassificationOutput, TrainOutput};
 use super::{DecayControl, QatClassificationOutput, QatOptimizer, QatStats, WeightDecaySchedule};
 use crate::error::{QatError, Result};
 use crate::nn::quantizers;
-use crate::recorded::u64_at;
+use crate::recorded::{Recorded, u64_at};
 use crate::schedule::{FlipTracker, QatScheduler, WeightStats, weight_stats};
 use crate::ste::Ste;
 
@@ -93,7 +93,7 @@ impl QatPlan {
     /// The state of a fresh run (global step 0) on `device`.
     pub fn init(&self, device: &Device) -> QatState {
         QatState {
-            recorded: Param::initialized(ParamId::new(), encode(0, None, device)),
+            recorded: Recorded::new(Param::initialized(ParamId::new(), encode(0, None, device))),
             plan: self.clone(),
             decay: DecayControl::default(),
             cache: CodesCache::default(),
@@ -180,23 +180,24 @@ fn decode(t: &Tensor<1, Int>) -> Result<(usize, Option<(WeightStats, f64)>)> {
 }
 
 /// The decoded recorded state: the step and the last measurement.
-type Recorded = (usize, Option<(WeightStats, f64)>);
+type Decoded = (usize, Option<(WeightStats, f64)>);
 
 /// A host copy of the recorded state, so that a training step does not wait for the device to
 /// read it back. It is valid while the parameter's id is the one it was taken with:
-/// [`optimize`] gives the parameter a fresh id whenever it writes it, and loading a record
-/// brings the record's id, so a loaded (or otherwise replaced) state is read from the device
+/// [`optimize`] gives the parameter a fresh id whenever it writes it, and the parameter is a
+/// [`Recorded`], which takes a fresh id whenever a load writes it (also from formats without
+/// ids, such as safetensors), so a loaded (or otherwise replaced) state is read from the device
 /// once.
 #[derive(Debug, Clone, Default)]
-struct Mirror(Arc<Mutex<Option<(ParamId, Recorded)>>>);
+struct Mirror(Arc<Mutex<Option<(ParamId, Decoded)>>>);
 
 impl Mirror {
-    fn get(&self, id: ParamId) -> Option<Recorded> {
+    fn get(&self, id: ParamId) -> Option<Decoded> {
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         guard.as_ref().filter(|(i, _)| *i == id).map(|(_, r)| *r)
     }
 
-    fn set(&self, id: ParamId, recorded: Recorded) {
+    fn set(&self, id: ParamId, recorded: Decoded) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, recorded));
     }
 }
@@ -238,7 +239,7 @@ impl CodesCache {
 pub struct QatState {
     /// `[global step, last measured weight statistics and flip rate]` (see `encode` and
     /// [`QatPlan::stats_every`]).
-    recorded: Param<Tensor<1, Int>>,
+    recorded: Recorded,
     #[module(skip)]
     plan: QatPlan,
     #[module(skip)]
@@ -263,7 +264,7 @@ impl QatState {
     ///
     /// # Errors
     /// [`QatError::Record`] for a malformed recorded state.
-    fn try_read(&self) -> Result<Recorded> {
+    fn try_read(&self) -> Result<Decoded> {
         let id = self.recorded.id;
         if let Some(recorded) = self.mirror.get(id) {
             return Ok(recorded);
@@ -274,7 +275,7 @@ impl QatState {
     }
 
     /// [`QatState::try_read`] for the hot paths of training, after [`prepare`] checked it.
-    fn read(&self) -> Recorded {
+    fn read(&self) -> Decoded {
         self.try_read().expect(CHECKED)
     }
 
@@ -372,11 +373,9 @@ pub fn prepare<M: QatTrainModel>(model: M) -> Result<M> {
     let state = model.qat_state();
     state.plan.weight_decay.validate()?;
     let step = state.try_read()?.0;
-    let model = state.plan.scheduler.clone().apply(model, step)?;
-    for found in quantizers(&model) {
-        found.quantizer.try_settings()?;
-    }
-    Ok(model)
+    // `apply` decodes the recorded settings of every quantizer, so a malformed one is an error
+    // here, before training.
+    state.plan.scheduler.clone().apply(model, step)
 }
 
 /// The `TrainStep::optimize` of a QAT model: applies the weight decay of the current step,
@@ -437,7 +436,7 @@ pub fn optimize<M: QatTrainModel>(
     let state = model.qat_state_mut();
     // A fresh id marks the new value for the host mirror (see `Mirror`).
     let id = ParamId::new();
-    state.recorded = Param::initialized(id, encode(step + 1, measured, &device));
+    state.recorded = Recorded::new(Param::initialized(id, encode(step + 1, measured, &device)));
     state.mirror.set(id, (step + 1, measured));
     model
 }
@@ -586,19 +585,19 @@ mod tests {
         // The step and a measurement flag that is neither 0 nor 1.
         let mut values = vec![3i64];
         values.extend([7; 40]);
-        net.qat.recorded = Param::initialized(
+        net.qat.recorded = Recorded::new(Param::initialized(
             ParamId::new(),
             Tensor::from_data(TensorData::new(values, [41]), &device),
-        );
+        ));
         match prepare(net) {
             Err(QatError::Record(msg)) => assert!(msg.contains("measurement flag"), "{msg}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
         let mut net = small_net(&QatPlan::new(), &device);
-        net.qat.recorded = Param::initialized(
+        net.qat.recorded = Recorded::new(Param::initialized(
             ParamId::new(),
             Tensor::from_data(TensorData::new(vec![1i64, 2], [2]), &device),
-        );
+        ));
         assert!(matches!(prepare(net), Err(QatError::Record(m)) if m.contains("2 values")));
     }
 
@@ -627,6 +626,36 @@ mod tests {
         assert_eq!(net.qat.step(), 0);
         let net = net.load_record(at_three);
         assert_eq!(net.qat.step(), 3);
+    }
+
+    #[test]
+    fn a_state_loaded_from_safetensors_under_the_skeletons_id_is_the_saved_one() {
+        use burn::store::{ModuleSnapshot, SafetensorsStore};
+        let device = Device::flex().autodiff();
+        let plan = QatPlan::new();
+        let mut net = small_net(&plan, &device);
+        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        for _ in 0..2 {
+            let loss = net.fc.forward(Tensor::<2>::ones([1, 2], &device)).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optimize(net, &mut optim, 0.1, grads);
+        }
+        let path = std::env::temp_dir().join(format!(
+            "bitnet-qat-state-{}.safetensors",
+            std::process::id()
+        ));
+        net.save_into(&mut SafetensorsStore::from_file(&path))
+            .unwrap();
+        // The skeleton's state is read (and mirrored) before the load; safetensors keeps the
+        // skeleton's parameter ids for the loaded values.
+        let skeleton = small_net(&plan, &device);
+        assert_eq!(skeleton.qat.step(), 0);
+        let mut loaded = skeleton.clone();
+        let result = loaded.load_from(&mut SafetensorsStore::from_file(&path));
+        std::fs::remove_file(&path).ok();
+        result.unwrap();
+        assert_eq!(loaded.qat.step(), 2);
+        assert_eq!(skeleton.qat.step(), 0);
     }
 
     #[test]
