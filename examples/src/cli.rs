@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use bitnet_qat::Result;
 use bitnet_qat::data::{FASHION_MNIST_DIR, IdxDataset, Split};
+use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation};
+use bitnet_qat::quant::{Granularity, QuantConfig, QuantFormat};
 use burn::tensor::Device;
+use clap::ValueEnum;
 
 /// `--device`: the device to train and run on.
 #[derive(clap::Args, Debug, Clone)]
@@ -43,6 +46,141 @@ impl FashionMnistArgs {
             train = train.take(n);
         }
         Ok((train, IdxDataset::load(&self.data, Split::Test)?))
+    }
+}
+
+/// Weights of every projection of a language model.
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+pub enum LmPrecision {
+    /// Full precision (Burn `Linear`s, no activation quantization): the baseline.
+    Fp32,
+    /// BitNet b1.58: ternary absmean weights.
+    Ternary,
+    /// BitNet b1: binary weights.
+    Binary,
+    /// 2-bit integers (absmean).
+    Int2,
+    /// 4-bit integers (absmax).
+    Int4,
+    /// 8-bit integers (absmax).
+    Int8,
+}
+
+impl LmPrecision {
+    /// The weight quantizer, `None` for full precision.
+    pub fn weight_quant(self) -> Option<QuantConfig> {
+        let format = match self {
+            LmPrecision::Fp32 => return None,
+            LmPrecision::Ternary => QuantFormat::Ternary,
+            LmPrecision::Binary => QuantFormat::Binary,
+            LmPrecision::Int2 => QuantFormat::Int { bits: 2 },
+            LmPrecision::Int4 => QuantFormat::Int { bits: 4 },
+            LmPrecision::Int8 => QuantFormat::Int { bits: 8 },
+        };
+        Some(crate::weight_preset(format))
+    }
+
+    /// Whether the trained weights pack into 2-bit codes.
+    pub fn packs(self) -> bool {
+        matches!(self, LmPrecision::Ternary | LmPrecision::Binary)
+    }
+}
+
+/// Activation quantization of the projections' inputs.
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+pub enum ActQuant {
+    /// 8-bit absmax, one scale per token (BitNet).
+    Token,
+    /// 8-bit absmax, one scale per group of 256 features (llama.cpp); the width and `d_ff`
+    /// must be multiples of 256.
+    Group256,
+    /// None.
+    None,
+}
+
+/// Feed-forward activation.
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+pub enum Act {
+    /// Squared ReLU (BitNet b1.58 2B4T).
+    Relu2,
+    /// SiLU (LLaMA).
+    Silu,
+}
+
+/// The shape and precision of a BitNet language model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LmArgs {
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 256)]
+    pub d_model: usize,
+    /// Decoder blocks.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Key/value heads (default: as many as query heads).
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    /// Feed-forward width (default: 8/3 of the width, rounded up to a multiple of 64).
+    #[arg(long)]
+    pub d_ff: Option<usize>,
+    /// Tokens per training window (and the longest generation context).
+    #[arg(long, default_value_t = 128)]
+    pub context: usize,
+    /// Weights of the projections.
+    #[arg(long, value_enum, default_value = "ternary")]
+    pub precision: LmPrecision,
+    /// Activation quantization (ignored for fp32).
+    #[arg(long, value_enum, default_value = "token")]
+    pub act_quant: ActQuant,
+    /// Feed-forward activation.
+    #[arg(long, value_enum, default_value = "relu2")]
+    pub activation: Act,
+    /// A separate output head instead of the transposed embedding.
+    #[arg(long)]
+    pub untied: bool,
+    /// Base of the rotary frequencies.
+    #[arg(long, default_value_t = 10000.0)]
+    pub rope_theta: f64,
+}
+
+impl LmArgs {
+    /// The feed-forward width.
+    pub fn d_ff(&self) -> usize {
+        self.d_ff
+            .unwrap_or_else(|| (self.d_model * 8 / 3).div_ceil(64) * 64)
+    }
+
+    /// The model configuration for a vocabulary of `vocab_size` tokens; generation may run up
+    /// to 4 contexts.
+    pub fn config(&self, vocab_size: usize) -> BitNetLmConfig {
+        let weight_quant = self.precision.weight_quant();
+        let activation_quant = match (&weight_quant, self.act_quant) {
+            (None, _) | (_, ActQuant::None) => None,
+            (Some(_), ActQuant::Token) => Some(QuantConfig::activation_int8()),
+            (Some(_), ActQuant::Group256) => Some(
+                QuantConfig::activation_int8()
+                    .with_granularity(Granularity::PerGroup { size: 256 }),
+            ),
+        };
+        BitNetLmConfig::new(
+            vocab_size,
+            self.d_model,
+            self.layers,
+            self.heads,
+            self.d_ff(),
+        )
+        .with_n_kv_heads(self.kv_heads)
+        .with_max_seq_len(self.context * 4)
+        .with_rope_theta(self.rope_theta)
+        .with_activation(match self.activation {
+            Act::Relu2 => FfnActivation::ReluSquared,
+            Act::Silu => FfnActivation::Silu,
+        })
+        .with_tied_head(!self.untied)
+        .with_weight_quant(weight_quant)
+        .with_activation_quant(activation_quant)
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod device;
 pub mod learner;
+pub mod lm;
 pub mod report;
 
 use std::time::Instant;

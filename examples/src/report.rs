@@ -57,8 +57,9 @@ fn plot_error(what: impl std::fmt::Display) -> QatError {
     QatError::Invalid(format!("plot: {what}"))
 }
 
-/// Draws the validation curves of `variants` (accuracy against epoch) into a PNG at `path`.
-pub fn plot_curves(variants: &[Variant], title: &str, path: &Path) -> Result<()> {
+/// Draws the validation curves of `variants` (the metric `y_desc` names, against epoch) into a
+/// PNG at `path`.
+pub fn plot_curves(variants: &[Variant], title: &str, y_desc: &str, path: &Path) -> Result<()> {
     let font = std::fs::read(FONT).map_err(|e| {
         plot_error(format!(
             "cannot read the font {FONT} ({e}); install Debian's fonts-dejavu-core \
@@ -83,13 +84,13 @@ pub fn plot_curves(variants: &[Variant], title: &str, path: &Path) -> Result<()>
     let (lo, hi) = ((lo - 1.0).floor(), (hi + 1.0).ceil().min(100.0));
     // Drawn to a temporary file, then renamed: a crash never leaves half a PNG at `path`.
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
-    draw(variants, title, &tmp, epochs, lo, hi)?;
+    draw(variants, (title, y_desc), &tmp, epochs, lo, hi)?;
     std::fs::rename(&tmp, path).map_err(|e| plot_error(format!("{}: {e}", path.display())))
 }
 
 fn draw(
     variants: &[Variant],
-    title: &str,
+    (title, y_desc): (&str, &str),
     path: &Path,
     epochs: usize,
     lo: f64,
@@ -109,7 +110,7 @@ fn draw(
         .x_desc("epoch")
         .x_labels(epochs.clamp(2, 20))
         .x_label_formatter(&|x| format!("{}", x.round() as usize))
-        .y_desc("validation accuracy (%)")
+        .y_desc(y_desc)
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(plot_error)?;

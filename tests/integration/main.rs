@@ -11,6 +11,7 @@ mod gpu;
 mod gpu_qat;
 mod gpu_sizes;
 mod learner;
+mod lm;
 mod quantizers;
 mod reference;
 mod reparam;

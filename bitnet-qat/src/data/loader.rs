@@ -68,6 +68,8 @@ pub struct EpochLoader<I, B> {
     batcher: Arc<B>,
     batch_size: usize,
     seed: Option<u64>,
+    /// Items per epoch when the epochs walk through the dataset (see `EpochLoader::stream`).
+    stream: Option<usize>,
     /// The epoch the next `DataLoader::iter` of this copy runs.
     next_epoch: AtomicUsize,
     range: Range<usize>,
@@ -82,6 +84,7 @@ impl<I, B> Clone for EpochLoader<I, B> {
             batcher: self.batcher.clone(),
             batch_size: self.batch_size,
             seed: self.seed,
+            stream: self.stream,
             next_epoch: AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst)),
             range: self.range.clone(),
             device: self.device.clone(),
@@ -107,6 +110,7 @@ impl<I: 'static, B> EpochLoader<I, B> {
             batcher: Arc::new(batcher),
             batch_size,
             seed: None,
+            stream: None,
             next_epoch: AtomicUsize::new(0),
             range: 0..len,
             device: device.clone(),
@@ -116,6 +120,20 @@ impl<I: 'static, B> EpochLoader<I, B> {
     /// Shuffles every epoch with a permutation derived from `seed` and the epoch number.
     pub fn shuffle(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Epochs of `items` items that walk through the dataset instead of repeating it: epoch `e`
+    /// is items `e · items .. (e + 1) · items` (wrapping around), shuffled if
+    /// [`EpochLoader::shuffle`] is set. For a dataset that is one long stream of samples (such
+    /// as [`TokenWindows::random`](super::TokenWindows::random) sized for a whole run), so each
+    /// epoch (a checkpoint interval) sees new ones.
+    ///
+    /// # Panics
+    /// If `items` is 0.
+    pub fn stream(mut self, items: usize) -> Self {
+        assert!(items > 0, "EpochLoader: stream needs items > 0");
+        self.stream = Some(items);
         self
     }
 
@@ -141,7 +159,16 @@ impl<I: 'static, B> EpochLoader<I, B> {
     }
 
     fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = self.range.clone().collect();
+        let mut order: Vec<usize> = match self.stream {
+            Some(n) if !self.range.is_empty() => {
+                let len = self.range.len();
+                let first = epoch.wrapping_mul(n) % len;
+                (0..n)
+                    .map(|i| self.range.start + (first + i) % len)
+                    .collect()
+            }
+            _ => self.range.clone().collect(),
+        };
         if let Some(seed) = self.seed {
             let mixed = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
             shuffle(&mut order, mixed);
@@ -199,7 +226,10 @@ where
     }
 
     fn num_items(&self) -> usize {
-        self.range.len()
+        match self.stream {
+            Some(n) if !self.range.is_empty() => n,
+            _ => self.range.len(),
+        }
     }
 
     fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<O>> {
@@ -293,5 +323,29 @@ mod tests {
         let fresh = DataLoader::<ImageBatch>::slice(&loader, 90, 180);
         assert_eq!((first(&fresh), first(&fresh)), (b0, b1));
         assert_ne!(a0, a1);
+    }
+
+    #[test]
+    fn streamed_epochs_walk_through_the_dataset() {
+        let (data, _) = DigitsDataset::load().unwrap().split(0.9, 1);
+        let all: Vec<i64> = data.items().iter().map(|i| i64::from(i.label)).collect();
+        let device = Device::flex();
+        let loader = EpochLoader::new(data, ImageBatcher, 50, &device).stream(50);
+        assert_eq!(DataLoader::<ImageBatch>::num_items(&loader), 50);
+        let epoch = |e: usize| batch_labels(loader.iter_epoch::<ImageBatch>(e)).concat();
+        assert_eq!(epoch(0), all[..50]);
+        assert_eq!(epoch(1), all[50..100]);
+        // 180 items: epoch 3 wraps around.
+        assert_eq!(epoch(3), [&all[150..], &all[..20]].concat());
+        // Through `DataLoader::iter`, resumed at epoch 1.
+        let resumed = EpochLoader::new(
+            DigitsDataset::load().unwrap().split(0.9, 1).0,
+            ImageBatcher,
+            50,
+            &device,
+        )
+        .stream(50)
+        .starting_epoch(1);
+        assert_eq!(labels(&resumed).concat(), all[50..100]);
     }
 }

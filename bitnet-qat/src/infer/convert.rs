@@ -102,7 +102,7 @@ pub(crate) fn scale_kind(granularity: Granularity) -> ScaleKind {
 /// quantizer that divides by its scale is such a quotient, so one exists; a learned step (LSQ,
 /// which multiplies by its step) may have none, and then the reciprocal is within an ulp. A
 /// group of zeros gets 1.
-fn multiplier_of(level: f32) -> f32 {
+pub(crate) fn multiplier_of(level: f32) -> f32 {
     if level == 0.0 {
         return 1.0;
     }

@@ -4,7 +4,7 @@
 //! ([`TernaryLinear::from_bit_linear`], [`TernaryLinear::from_linear`]) or as the skeleton of a
 //! saved one ([`TernaryLinearConfig::init`]).
 
-mod convert;
+pub(crate) mod convert;
 mod pack;
 mod packed_weight;
 mod ternary_linear;

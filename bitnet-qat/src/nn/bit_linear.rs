@@ -4,13 +4,14 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, Reparameterizer};
 use burn::nn::{Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::quantizer::{Quantizer, QuantizerConfig};
 use crate::check::{check_finite, check_last_dim, check_norm_eps};
 use crate::error::QatError;
 use crate::infer::PackedWeight;
-use crate::quant::QuantConfig;
+use crate::infer::convert::multiplier_of;
+use crate::quant::{Granularity, QuantConfig, QuantFormat};
 use crate::ste::Ste;
 
 /// Configuration of a [`BitLinear`] layer. The defaults are the BitNet b1.58 recipe: RMSNorm
@@ -22,7 +23,7 @@ use crate::ste::Ste;
 /// use bitnet_qat::nn::BitLinearConfig;
 /// use bitnet_qat::quant::QuantConfig;
 /// use bitnet_qat::ste::Ste;
-/// use burn::tensor::{Device, Tensor};
+/// use burn::tensor::{Device, Tensor, TensorData};
 ///
 /// let device = Device::flex().autodiff();
 /// let layer = BitLinearConfig::new(64, 32).init(&device).unwrap();
@@ -311,11 +312,72 @@ impl BitLinear {
         if let Some(packed) = self.packed_weight() {
             return self.packed_forward(packed, x, bias);
         }
+        if let Some(y) = self.integer_forward(&x)? {
+            return Ok(match bias {
+                Some(b) => y + b.unsqueeze(),
+                None => y,
+            });
+        }
         let x = match &self.activation_quantizer {
             Some(q) => q.try_forward(x)?,
             None => x,
         };
         Ok(linear(x, self.quantized_weight(), bias))
+    }
+
+    /// Outside training (no autodiff), a layer with BitNet's int8 activations and hard ternary
+    /// or binary weights (one scale per tensor or per output) computes what the packed int8
+    /// kernels compute: `y = (Σ c_x c_w) / (s_x s_w)`, the sum of integer codes (exact in f32
+    /// below 2^24, so whatever the order) scaled once, with the multiplier `s_w` that
+    /// [`crate::infer::pack`] stores. The float path `Σ (c_x / s_x)(c_w / s_w)` is the same
+    /// number up to rounding, but a last-bit difference can flip the rounding of the next
+    /// layer's activation codes, and a packed model would drift from its source; computed this
+    /// way, `valid()` and the packed model agree. It reads the weight's level (one value per
+    /// scale) back to the host. `None` when the layer does not qualify.
+    fn integer_forward<const D: usize>(&self, x: &Tensor<D>) -> crate::Result<Option<Tensor<D>>> {
+        let (Some(act), Some(wq)) = (&self.activation_quantizer, self.weight_quantizer()) else {
+            return Ok(None);
+        };
+        if x.is_require_grad() || self.weight.base().is_require_grad() {
+            return Ok(None);
+        }
+        let settings = wq.try_settings()?;
+        let (quant, ste) = settings.effective();
+        let hard_ternary = matches!(quant.format, QuantFormat::Ternary | QuantFormat::Binary)
+            && matches!(
+                quant.granularity,
+                Granularity::PerTensor | Granularity::PerChannel
+            )
+            && !matches!(ste, Ste::Soft { .. })
+            && settings.lambda == 1.0;
+        if !hard_ternary || !act.is_bitnet_int8()? {
+            return Ok(None);
+        }
+        let hard = wq.hard_weight(self.weight.base())?; // [d_in, d_out]
+        let [d_in, d_out] = hard.dims();
+        let level = match quant.granularity {
+            Granularity::PerTensor => hard.clone().abs().max().reshape([1, 1]),
+            _ => hard.clone().abs().max_dim(0),
+        };
+        let levels = level
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| QatError::Record(format!("BitLinear weight level: {e:?}")))?;
+        let n = levels.len();
+        let multipliers: Vec<f32> = levels.into_iter().map(multiplier_of).collect();
+        let sw = Tensor::<2>::from_data(TensorData::new(multipliers, [1, n]), &hard.device());
+        let codes = hard.sign();
+        let mut out_dims = x.dims();
+        out_dims[D - 1] = d_out;
+        let x2: Tensor<2> = x.clone().reshape([-1, d_in as i64]);
+        // The kernels' activation quantizer (`bitnet_kernels::activation::quantize_rows`):
+        // `s_x = 127 / max(max|x|, 1e-5)`, codes `clamp(round_half_even(x s_x), -128, 127)`.
+        let amax = x2.clone().abs().max_dim(1).clamp_min(1e-5);
+        let sx = amax.ones_like().mul_scalar(127.0) / amax;
+        let cx = (x2 * sx.clone()).round().clamp(-128.0, 127.0);
+        let y = cx.matmul(codes) / (sx * sw);
+        Ok(Some(y.reshape(out_dims)))
     }
 
     /// The forward pass of a packed layer: the int8 kernels when the activation quantizer is

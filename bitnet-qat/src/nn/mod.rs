@@ -6,6 +6,7 @@ mod bit_linear;
 mod discover;
 mod quantizer;
 mod settings;
+pub mod transformer;
 
 pub use bit_linear::{BitLinear, BitLinearConfig};
 pub use discover::{FoundQuantizer, quantizers, update_quantizers};

@@ -1,0 +1,203 @@
+//! [`CharTokenizer`]: a character-level tokenizer, saved beside a model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{QatError, Result};
+
+/// The id of every character outside the vocabulary; it decodes to U+FFFD.
+pub const UNKNOWN_TOKEN: usize = 0;
+
+/// The tag of a saved tokenizer.
+const FORMAT: &str = "bitnet-qat char tokenizer";
+const VERSION: u32 = 1;
+/// The largest vocabulary a saved tokenizer may hold (Unicode has fewer scalar values).
+const MAX_CHARS: usize = 0x11_0000;
+
+/// Character-level tokenization: one id per character of a vocabulary built from a text, id 0
+/// ([`UNKNOWN_TOKEN`]) for every other character.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::data::{CharTokenizer, UNKNOWN_TOKEN};
+///
+/// let tokenizer = CharTokenizer::from_text("to be, or not to be");
+/// let ids = tokenizer.encode("not to be");
+/// assert_eq!(tokenizer.decode(&ids), "not to be");
+/// // 'q' is not in the vocabulary.
+/// assert_eq!(tokenizer.encode("q")[0], UNKNOWN_TOKEN);
+/// assert_eq!(tokenizer.decode(&[UNKNOWN_TOKEN]), "\u{FFFD}");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CharTokenizer {
+    chars: Vec<char>,
+    ids: HashMap<char, usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    format: String,
+    version: u32,
+    chars: String,
+}
+
+impl CharTokenizer {
+    /// The vocabulary of the characters of `text`, in code-point order (ids from 1).
+    pub fn from_text(text: &str) -> Self {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        Self::from_chars(chars)
+    }
+
+    fn from_chars(chars: Vec<char>) -> Self {
+        let ids = chars.iter().enumerate().map(|(i, &c)| (c, i + 1)).collect();
+        Self { chars, ids }
+    }
+
+    /// Ids in use: the characters and [`UNKNOWN_TOKEN`].
+    pub fn vocab_size(&self) -> usize {
+        self.chars.len() + 1
+    }
+
+    /// The ids of the characters of `text` ([`UNKNOWN_TOKEN`] for characters outside the
+    /// vocabulary).
+    pub fn encode(&self, text: &str) -> Vec<usize> {
+        text.chars()
+            .map(|c| self.ids.get(&c).copied().unwrap_or(UNKNOWN_TOKEN))
+            .collect()
+    }
+
+    /// The text of `ids`; [`UNKNOWN_TOKEN`] and ids outside the vocabulary give U+FFFD.
+    pub fn decode(&self, ids: &[usize]) -> String {
+        ids.iter()
+            .map(|&id| {
+                id.checked_sub(1)
+                    .and_then(|i| self.chars.get(i))
+                    .copied()
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect()
+    }
+
+    /// The tokenizer as JSON.
+    pub fn to_json(&self) -> String {
+        let saved = Saved {
+            format: FORMAT.into(),
+            version: VERSION,
+            chars: self.chars.iter().collect(),
+        };
+        serde_json::to_string(&saved).unwrap_or_else(|e| unreachable!("plain strings: {e}"))
+    }
+
+    /// A tokenizer from the JSON of [`CharTokenizer::to_json`].
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for text that is not such JSON, another format or version, or a
+    /// vocabulary that is empty, too long, unsorted or repeats a character.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let bad = |msg: String| QatError::Record(format!("tokenizer: {msg}"));
+        let saved: Saved = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        if saved.format != FORMAT || saved.version != VERSION {
+            return Err(bad(format!(
+                "not a tokenizer of this crate (format {:?}, version {})",
+                saved.format, saved.version
+            )));
+        }
+        let chars: Vec<char> = saved.chars.chars().collect();
+        if chars.is_empty() || chars.len() > MAX_CHARS {
+            return Err(bad(format!("{} characters", chars.len())));
+        }
+        if chars.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(
+                "characters not strictly increasing (repeated or unsorted)".into(),
+            ));
+        }
+        Ok(Self::from_chars(chars))
+    }
+
+    /// Writes the tokenizer to `path` as JSON, atomically.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for an I/O error.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        bitnet_kernels::file::write_atomic(path, self.to_json().as_bytes())
+            .map_err(|e| QatError::Record(format!("writing {}: {e}", path.display())))
+    }
+
+    /// Reads a tokenizer written by [`CharTokenizer::save`].
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for an I/O error or a malformed file (see
+    /// [`CharTokenizer::from_json`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| QatError::Record(format!("reading {}: {e}", path.display())))?;
+        Self::from_json(&json).map_err(|e| QatError::Record(format!("{}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_text_and_files() {
+        let text = "O Romeo, Romeo! wherefore art thou Romeo?\n";
+        let tokenizer = CharTokenizer::from_text(text);
+        // 17 distinct characters and the unknown token.
+        assert_eq!(tokenizer.vocab_size(), 18);
+        let ids = tokenizer.encode(text);
+        assert_eq!(ids.len(), text.chars().count());
+        assert!(ids.iter().all(|&i| (1..18).contains(&i)));
+        assert_eq!(tokenizer.decode(&ids), text);
+        // '\n' < ' ' < '!' ...: code-point order.
+        assert_eq!(tokenizer.encode("\n !"), vec![1, 2, 3]);
+        let path = std::env::temp_dir().join(format!("bitnet-qat-tok-{}.json", std::process::id()));
+        tokenizer.save(&path).unwrap();
+        let loaded = CharTokenizer::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.unwrap(), tokenizer);
+    }
+
+    #[test]
+    fn unknown_characters_and_ids() {
+        let tokenizer = CharTokenizer::from_text("abc");
+        assert_eq!(tokenizer.encode("abz"), vec![1, 2, UNKNOWN_TOKEN]);
+        assert_eq!(
+            tokenizer.decode(&[3, 0, 4, usize::MAX]),
+            "c\u{FFFD}\u{FFFD}\u{FFFD}"
+        );
+    }
+
+    #[test]
+    fn malformed_files_are_record_errors() {
+        let good = CharTokenizer::from_text("abc").to_json();
+        let cases = [
+            (good[..good.len() - 3].to_string(), "EOF"),
+            (good.replace("\"abc\"", "\"\""), "0 characters"),
+            (good.replace("\"abc\"", "\"aab\""), "strictly increasing"),
+            (good.replace("\"abc\"", "\"cba\""), "strictly increasing"),
+            (
+                good.replace("\"version\":1", "\"version\":2"),
+                "not a tokenizer",
+            ),
+            (good.replace("char tokenizer", "bpe"), "not a tokenizer"),
+            ("[1, 2]".to_string(), "invalid type"),
+        ];
+        for (json, expected) in cases {
+            match CharTokenizer::from_json(&json) {
+                Err(QatError::Record(msg)) => assert!(msg.contains(expected), "{json}: {msg}"),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        let missing = std::env::temp_dir().join("bitnet-qat-no-such-tokenizer.json");
+        assert!(
+            matches!(CharTokenizer::load(&missing), Err(QatError::Record(m)) if m.contains("reading"))
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! The BitNet language model trained with burn-train's `Learner`: a [`LanguageModel`] (a
+//! [`BitNetLm`] plus its [`QatState`]) implementing `TrainStep`/`InferenceStep`, and [`fit_lm`],
+//! which runs `SupervisedTraining` with loss, perplexity, next-token accuracy, learning rate and
+//! every QAT metric, checkpoints and exact resume; [`SavedLm`] writes and reads a trained model
+//! (configuration, tokenizer, packed or f32 weights) as a folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bitnet_qat::data::{CharTokenizer, EpochLoader, TokenBatch, TokenBatcher, TokenWindows};
+use bitnet_qat::infer::{load_packed, pack, save};
+use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
+use bitnet_qat::schedule::{BitNetLrSchedulerConfig, Decay};
+use bitnet_qat::train::{
+    QatClassificationOutput, QatPlan, QatState, QatTrainModel, QuietRenderer, WeightDecaySchedule,
+    optimize, prepare, with_qat_metrics,
+};
+use bitnet_qat::{QatError, Result};
+use burn::config::Config;
+use burn::data::dataloader::DataLoader;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use burn::train::metric::store::Split;
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, PerplexityMetric};
+use burn::train::renderer::MetricsRenderer;
+use burn::train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
+
+use crate::learner::epoch_metric;
+
+/// A [`BitNetLm`] with the QAT state that burn-train checkpoints with it.
+#[derive(Module, Debug)]
+pub struct LanguageModel {
+    /// The network.
+    pub lm: BitNetLm,
+    /// Global step, the last weight statistics and the QAT plan.
+    pub qat: QatState,
+}
+
+impl LanguageModel {
+    /// Next-token loss, logits `[batch · len, vocab]` and targets `[batch · len]` of a batch.
+    pub fn predict(&self, batch: TokenBatch) -> ClassificationOutput {
+        let [b, t] = batch.inputs.dims();
+        let logits = self.lm.forward(batch.inputs);
+        let vocab = logits.dims()[2];
+        let logits = logits.reshape([b * t, vocab]);
+        let targets = batch.targets.reshape([b * t]);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), targets.clone());
+        ClassificationOutput::new(loss, logits, targets)
+    }
+}
+
+impl QatTrainModel for LanguageModel {
+    fn qat_state(&self) -> &QatState {
+        &self.qat
+    }
+
+    fn qat_state_mut(&mut self) -> &mut QatState {
+        &mut self.qat
+    }
+}
+
+impl TrainStep for LanguageModel {
+    type Input = TokenBatch;
+    type Output = QatClassificationOutput;
+
+    fn step(&self, batch: TokenBatch) -> TrainOutput<QatClassificationOutput> {
+        let output = self.predict(batch);
+        let grads = output.loss.backward();
+        self.qat.train_output(self, grads, output)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        optimize(self, optim, lr, grads)
+    }
+}
+
+impl InferenceStep for LanguageModel {
+    type Input = TokenBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: TokenBatch) -> ClassificationOutput {
+        self.predict(batch)
+    }
+}
+
+/// Settings of [`fit_lm`].
+pub struct LmFitConfig {
+    /// Where burn-train writes logs and checkpoints.
+    pub dir: PathBuf,
+    /// The model.
+    pub model: BitNetLmConfig,
+    /// Tokens per training window.
+    pub context: usize,
+    /// Windows per step.
+    pub batch_size: usize,
+    /// Optimizer steps of the whole run.
+    pub steps: usize,
+    /// Epochs the steps are split into: validation, logs and checkpoints come after each.
+    pub epochs: usize,
+    /// Peak learning rate of BitNet's two-stage schedule (Adam, betas 0.9 / 0.95).
+    pub lr: f64,
+    /// Weight decay of stage 1 (0 in stage 2).
+    pub weight_decay: f64,
+    /// Warm-up steps of the learning rate.
+    pub warmup: usize,
+    /// Seed of the initialisation and the training windows.
+    pub seed: u64,
+    /// Quantizer schedules and latent clipping (its weight decay is set from `weight_decay`).
+    pub plan: QatPlan,
+    /// Validation windows (consecutive, from the start of the validation text).
+    pub valid_windows: usize,
+    /// Stop after this epoch (the schedules still span `epochs`).
+    pub stop_after: Option<usize>,
+    /// Resume after this many epochs from the checkpoints in `dir`.
+    pub resume_from: Option<usize>,
+    /// Save a checkpoint after every epoch.
+    pub checkpoints: bool,
+    /// The renderer: `None` uses burn-train's default (the TUI on a terminal with the `tui`
+    /// feature); see [`QuietRenderer`].
+    pub renderer: Option<Box<dyn MetricsRenderer>>,
+}
+
+impl LmFitConfig {
+    /// Defaults for `dir` and `model`: context 128, batch 32, 2000 steps in 4 epochs, peak LR
+    /// 1.5e-3 with 100 warm-up steps, weight decay 0.1, seed 42, 64 validation windows, quiet
+    /// renderer, checkpoints on.
+    pub fn new(dir: impl AsRef<Path>, model: BitNetLmConfig) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+            model,
+            context: 128,
+            batch_size: 32,
+            steps: 2000,
+            epochs: 4,
+            lr: 1.5e-3,
+            weight_decay: 0.1,
+            warmup: 100,
+            seed: 42,
+            plan: QatPlan::new(),
+            valid_windows: 64,
+            stop_after: None,
+            resume_from: None,
+            checkpoints: true,
+            renderer: Some(Box::new(QuietRenderer::new())),
+        }
+    }
+}
+
+/// The result of [`fit_lm`].
+#[derive(Debug)]
+pub struct LmFitted {
+    /// The trained model in inference mode.
+    pub model: LanguageModel,
+    /// Validation loss (nats per token) after each epoch run by this call.
+    pub valid_loss: Vec<f64>,
+    /// Wall time of the training (validation included) in seconds.
+    pub seconds: f64,
+}
+
+/// Trains a [`LanguageModel`] on windows of `train` (token ids) with burn-train's `Learner`
+/// (Adam, BitNet's two-stage LR and weight decay, the QAT metrics), validating on `valid` after
+/// each epoch. Each epoch reads new windows (drawn from `seed` for the whole run), so a run
+/// resumed from a checkpoint continues exactly.
+///
+/// # Errors
+/// [`QatError::Invalid`] for zero steps, epochs or batch size, an invalid model or a failed
+/// run; [`QatError::Dataset`] for texts not longer than the context.
+pub fn fit_lm(
+    train: Arc<Vec<usize>>,
+    valid: Arc<Vec<usize>>,
+    config: LmFitConfig,
+    device: &Device,
+) -> Result<LmFitted> {
+    if config.steps == 0 || config.epochs == 0 || config.batch_size == 0 {
+        return Err(QatError::Invalid(
+            "fit_lm needs steps > 0, epochs > 0 and batch_size > 0".into(),
+        ));
+    }
+    if config.context > config.model.max_seq_len {
+        return Err(QatError::Invalid(format!(
+            "context {} exceeds the model's max_seq_len {}",
+            config.context, config.model.max_seq_len
+        )));
+    }
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let steps_per_epoch = config.steps.div_ceil(config.epochs);
+    let total_steps = steps_per_epoch * config.epochs;
+    let lr = BitNetLrSchedulerConfig::new(config.lr, config.lr * 2.0 / 3.0, total_steps)
+        .with_warmup_steps(config.warmup.min(total_steps / 2))
+        .with_decay(Decay::Cosine)
+        .with_weight_decay(config.weight_decay);
+    let plan = config
+        .plan
+        .clone()
+        .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
+    let model = prepare(LanguageModel {
+        lm: config.model.init(&device)?,
+        qat: plan.init(&device),
+    })?;
+    let optim = model
+        .qat
+        .optimizer(AdamConfig::new().with_beta_2(0.95).build());
+    let learner = Learner::new(model, optim, lr.init()?);
+
+    let per_epoch = steps_per_epoch * config.batch_size;
+    let windows = TokenWindows::random(
+        train,
+        config.context,
+        per_epoch * config.epochs,
+        config.seed,
+    )?;
+    let train_loader: Arc<dyn DataLoader<TokenBatch>> = Arc::new(
+        EpochLoader::new(windows, TokenBatcher, config.batch_size, &device)
+            .stream(per_epoch)
+            .starting_epoch(config.resume_from.unwrap_or(0)),
+    );
+    let valid_windows = TokenWindows::tiled(valid, config.context, Some(config.valid_windows))?;
+    let valid_loader: Arc<dyn DataLoader<TokenBatch>> = Arc::new(EpochLoader::new(
+        valid_windows,
+        TokenBatcher,
+        config.batch_size,
+        &device.clone().without_autodiff(),
+    ));
+    let last = config
+        .stop_after
+        .unwrap_or(config.epochs)
+        .min(config.epochs);
+    let mut training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
+        .metrics((
+            LossMetric::new(),
+            PerplexityMetric::new(),
+            AccuracyMetric::new(),
+        ))
+        .metric_train_numeric(LearningRateMetric::new())
+        .num_epochs(last);
+    training = with_qat_metrics(training);
+    if config.checkpoints || config.resume_from.is_some() {
+        training = training.with_default_checkpointers();
+    }
+    if let Some(epoch) = config.resume_from {
+        training = training.checkpoint(epoch);
+    }
+    if let Some(renderer) = config.renderer {
+        training = training.renderer(renderer);
+    }
+    let start = Instant::now();
+    let result = training.launch(learner);
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(error) = result.error {
+        return Err(QatError::Invalid(format!("training failed: {error}")));
+    }
+    let first = config.resume_from.unwrap_or(0) + 1;
+    let valid_loss = (first..=last)
+        .map(|epoch| epoch_metric(&config.dir, "Loss", epoch, Split::Valid))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LmFitted {
+        model: result.model,
+        valid_loss,
+        seconds,
+    })
+}
+
+/// A trained language model saved as a folder: `lm.json` (the [`BitNetLmConfig`]),
+/// `tokenizer.json` and the weights, `packed.bpk` (2-bit packed projections, see
+/// [`bitnet_qat::infer::pack`]) for a ternary or binary model, `model.bpk` (f32) otherwise.
+pub struct SavedLm;
+
+impl SavedLm {
+    /// The file of the configuration in `dir`.
+    pub const CONFIG: &'static str = "lm.json";
+    /// The file of the tokenizer in `dir`.
+    pub const TOKENIZER: &'static str = "tokenizer.json";
+    /// The file of packed weights in `dir`.
+    pub const PACKED: &'static str = "packed.bpk";
+    /// The file of f32 weights in `dir`.
+    pub const FULL: &'static str = "model.bpk";
+
+    /// Writes `lm` (packed when `packed`) with its configuration and tokenizer into `dir`.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for an I/O error; [`QatError::Invalid`] for a model that does
+    /// not pack.
+    pub fn save(
+        dir: &Path,
+        config: &BitNetLmConfig,
+        tokenizer: &CharTokenizer,
+        lm: &BitNetLm,
+        packed: bool,
+    ) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| QatError::Record(format!("creating {}: {e}", dir.display())))?;
+        let json = config.to_string();
+        bitnet_kernels::file::write_atomic(&dir.join(Self::CONFIG), json.as_bytes())
+            .map_err(|e| QatError::Record(format!("writing {}: {e}", dir.display())))?;
+        tokenizer.save(dir.join(Self::TOKENIZER))?;
+        if packed {
+            save(pack(lm)?, dir.join(Self::PACKED))
+        } else {
+            save(lm.clone(), dir.join(Self::FULL))
+        }
+    }
+
+    /// Reads a folder written by [`SavedLm::save`] onto `device`: the model (packed weights
+    /// stay packed), its configuration and tokenizer.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for a missing or malformed file.
+    pub fn load(dir: &Path, device: &Device) -> Result<(BitNetLm, BitNetLmConfig, CharTokenizer)> {
+        let config_path = dir.join(Self::CONFIG);
+        let json = std::fs::read_to_string(&config_path)
+            .map_err(|e| QatError::Record(format!("reading {}: {e}", config_path.display())))?;
+        let config = BitNetLmConfig::load_binary(json.as_bytes())
+            .map_err(|e| QatError::Record(format!("{}: {e}", config_path.display())))?;
+        let tokenizer = CharTokenizer::load(dir.join(Self::TOKENIZER))?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(QatError::Record(format!(
+                "{}: a tokenizer of {} tokens for a model of {}",
+                dir.display(),
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let skeleton = config
+            .init(device)
+            .map_err(|e| QatError::Record(format!("{}: {e}", config_path.display())))?;
+        let packed = dir.join(Self::PACKED);
+        let lm = if packed.exists() {
+            load_packed(skeleton, &packed)?
+        } else {
+            load_packed(skeleton, dir.join(Self::FULL))?
+        };
+        Ok((lm, config, tokenizer))
+    }
+}
