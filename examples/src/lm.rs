@@ -120,6 +120,10 @@ pub struct LmFitConfig {
     pub seed: u64,
     /// Quantizer schedules and latent clipping (its weight decay is set from `weight_decay`).
     pub plan: QatPlan,
+    /// Start from this network instead of a freshly initialised one (of `model`). Burn's
+    /// initialisers draw from the device's global generator, which concurrent code also draws
+    /// from.
+    pub initial: Option<BitNetLm>,
     /// Validation windows (consecutive, from the start of the validation text).
     pub valid_windows: usize,
     /// Stop after this epoch (the schedules still span `epochs`).
@@ -150,6 +154,7 @@ impl LmFitConfig {
             warmup: 100,
             seed: 42,
             plan: QatPlan::new(),
+            initial: None,
             valid_windows: 64,
             stop_after: None,
             resume_from: None,
@@ -207,8 +212,12 @@ pub fn fit_lm(
         .plan
         .clone()
         .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
+    let lm = match config.initial {
+        Some(lm) => lm.fork(&device).train(),
+        None => config.model.init(&device)?,
+    };
     let model = prepare(LanguageModel {
-        lm: config.model.init(&device)?,
+        lm,
         qat: plan.init(&device),
     })?;
     let optim = model

@@ -81,7 +81,8 @@ pub fn plot_curves(variants: &[Variant], title: &str, y_desc: &str, path: &Path)
     if epochs == 0 || !lo.is_finite() {
         return Err(plot_error("no curves to draw"));
     }
-    let (lo, hi) = ((lo - 1.0).floor(), (hi + 1.0).ceil().min(100.0));
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    let (lo, hi) = (lo - pad, hi + pad);
     // Drawn to a temporary file, then renamed: a crash never leaves half a PNG at `path`.
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
     draw(variants, (title, y_desc), &tmp, epochs, lo, hi)?;
@@ -114,6 +115,7 @@ fn draw(
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(plot_error)?;
+    let unit = if y_desc.contains('%') { " %" } else { "" };
     for (i, v) in variants.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let points: Vec<(f64, f64)> = v
@@ -125,7 +127,7 @@ fn draw(
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(plot_error)?
-            .label(format!("{} ({:.2} %)", v.name, v.accuracy()))
+            .label(format!("{} ({:.2}{unit})", v.name, v.accuracy()))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
@@ -139,7 +141,12 @@ fn draw(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(if unit.is_empty() {
+            // A loss falls: the legend goes above the curves' ends.
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::LowerRight
+        })
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))

@@ -242,3 +242,75 @@ fn a_packed_bitlinear_with_int8_activations_is_bit_exact() {
         );
     }
 }
+
+/// A run stopped after 2 of 4 epochs and resumed from its checkpoint ends where 4 epochs
+/// straight end, bit for bit (weights, step, validation losses): the windows of each epoch,
+/// the LR and weight-decay schedules and the QAT state all continue.
+#[test]
+fn an_lm_run_resumed_from_its_checkpoint_equals_the_straight_run() {
+    use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
+    use bitnet_qat::train::QatPlan;
+    let device = Device::flex();
+    let mut rng = super::Lcg(5);
+    let text: Vec<usize> = (0..4000)
+        .map(|_| ((rng.uniform() * 20.0) as usize).min(19))
+        .collect();
+    let (train, valid) = (
+        Arc::new(text[..3000].to_vec()),
+        Arc::new(text[3000..].to_vec()),
+    );
+    let config = BitNetLmConfig::new(20, 32, 1, 2, 64).with_max_seq_len(16);
+    let initial = config.init(&device).unwrap();
+    let fit_config = |dir: &std::path::Path| {
+        let mut fit = LmFitConfig::new(dir, config.clone());
+        fit.context = 16;
+        fit.batch_size = 8;
+        fit.steps = 24;
+        fit.epochs = 4;
+        fit.warmup = 4;
+        fit.valid_windows = 8;
+        fit.initial = Some(initial.clone());
+        // A lambda warm-up across the split, so the schedule position matters.
+        fit.plan = QatPlan::new().with_scheduler(
+            QatScheduler::default().with_lambda(LambdaSchedule::new(16, LambdaRamp::Linear)),
+        );
+        fit
+    };
+    let straight_dir = fresh_dir("lm-straight");
+    let straight = fit_lm(
+        train.clone(),
+        valid.clone(),
+        fit_config(&straight_dir),
+        &device,
+    )
+    .unwrap();
+    let split_dir = fresh_dir("lm-split");
+    let mut first = fit_config(&split_dir);
+    first.stop_after = Some(2);
+    fit_lm(train.clone(), valid.clone(), first, &device).unwrap();
+    let mut second = fit_config(&split_dir);
+    second.resume_from = Some(2);
+    let resumed = fit_lm(train, valid, second, &device).unwrap();
+    std::fs::remove_dir_all(&straight_dir).ok();
+    std::fs::remove_dir_all(&split_dir).ok();
+    let bits = |m: &bitnet_qat::nn::transformer::BitNetLm| {
+        let mut all = Vec::new();
+        for p in [
+            m.embedding.weight.val(),
+            m.blocks[0]
+                .attention
+                .q_proj
+                .bit_linear()
+                .unwrap()
+                .weight
+                .base(),
+        ] {
+            all.extend(values(p).into_iter().map(f32::to_bits));
+        }
+        all
+    };
+    assert_eq!(bits(&resumed.model.lm), bits(&straight.model.lm));
+    assert_eq!(resumed.model.qat.step(), 24);
+    assert_eq!(resumed.model.qat.step(), straight.model.qat.step());
+    assert_eq!(resumed.valid_loss, straight.valid_loss[2..]);
+}
