@@ -286,6 +286,8 @@ pub fn fit_lm(
 /// A trained language model saved as a folder: `lm.json` (the [`BitNetLmConfig`]),
 /// `tokenizer.json` and the weights, `packed.bpk` (2-bit packed projections, see
 /// [`bitnet_qat::infer::pack`]) for a ternary or binary model, `model.bpk` (f32) otherwise.
+/// A packed model loads into [`BitNetLmConfig::init_packed_skeleton`], so its projections are
+/// never allocated in f32.
 pub struct SavedLm;
 
 impl SavedLm {
@@ -343,14 +345,19 @@ impl SavedLm {
                 config.vocab_size
             )));
         }
-        let skeleton = config
-            .init(device)
-            .map_err(|e| QatError::Record(format!("{}: {e}", config_path.display())))?;
         let packed = dir.join(Self::PACKED);
+        let bad_config = |e: QatError| QatError::Record(format!("{}: {e}", config_path.display()));
         let lm = if packed.exists() {
-            load_packed(skeleton, &packed)?
+            // No f32 copy of the packed projections is ever allocated.
+            load_packed(
+                config.init_packed_skeleton(device).map_err(bad_config)?,
+                &packed,
+            )?
         } else {
-            load_packed(skeleton, dir.join(Self::FULL))?
+            load_packed(
+                config.init(device).map_err(bad_config)?,
+                dir.join(Self::FULL),
+            )?
         };
         Ok((lm, config, tokenizer))
     }

@@ -156,6 +156,13 @@ impl BitLinearConfig {
     /// Builds the layer on `device`, or reports the first invalid setting.
     pub fn init(&self, device: &Device) -> crate::Result<BitLinear> {
         self.validate()?;
+        let (weight, bias) = self.lazy_params(device);
+        self.build(weight, bias, device)
+    }
+
+    /// The weight and bias from the initializer, not yet allocated.
+    #[allow(clippy::type_complexity)]
+    fn lazy_params(&self, device: &Device) -> (Param<Tensor<2>>, Option<Param<Tensor<1>>>) {
         let weight = self.initializer.init_with(
             [self.d_input, self.d_output],
             Some(self.d_input),
@@ -170,7 +177,27 @@ impl BitLinearConfig {
                 device,
             )
         });
-        self.build(weight, bias, device)
+        (weight, bias)
+    }
+
+    /// The layer as [`crate::infer::pack`] leaves it before attaching its packed weight: no
+    /// weight quantizer (folded away) and a weight that is never allocated (a lazy parameter),
+    /// with the bias, norm and activation quantizer of the configuration. A model built from
+    /// such layers is a skeleton [`crate::infer::load_packed`] loads a packed record into
+    /// without allocating the layers' f32 weights. Not for training.
+    ///
+    /// # Errors
+    /// As [`BitLinearConfig::validate`].
+    pub fn init_packed_skeleton(&self, device: &Device) -> crate::Result<BitLinear> {
+        self.validate()?;
+        let (weight, bias) = self.lazy_params(device);
+        let (norm, activation_quantizer) = self.inner_parts(device)?;
+        Ok(BitLinear {
+            weight,
+            bias,
+            norm,
+            activation_quantizer,
+        })
     }
 
     /// Builds the layer around an existing weight `[d_input, d_output]` (and bias), for example
@@ -212,6 +239,21 @@ impl BitLinearConfig {
         let weight_quantizer = QuantizerConfig::new(self.weight_quant.clone())
             .with_ste(self.weight_ste)
             .init_weight(&weight.val())?;
+        let (norm, activation_quantizer) = self.inner_parts(device)?;
+        let layer = BitLinear {
+            weight,
+            bias,
+            norm,
+            activation_quantizer,
+        };
+        Ok(layer.apply_reparameterization(AttachAt {
+            path: "weight",
+            quantizer: Some(weight_quantizer),
+        }))
+    }
+
+    /// The input norm and the activation quantizer.
+    fn inner_parts(&self, device: &Device) -> crate::Result<(Option<RmsNorm>, Option<Quantizer>)> {
         let activation_quantizer = match &self.activation_quant {
             Some(act) => Some(
                 self.activation_config(act)
@@ -224,16 +266,7 @@ impl BitLinearConfig {
                 .with_epsilon(self.norm_eps)
                 .init(device)
         });
-        let layer = BitLinear {
-            weight,
-            bias,
-            norm,
-            activation_quantizer,
-        };
-        Ok(layer.apply_reparameterization(AttachAt {
-            path: "weight",
-            quantizer: Some(weight_quantizer),
-        }))
+        Ok((norm, activation_quantizer))
     }
 
     fn activation_config(&self, act: &QuantConfig) -> QuantizerConfig {

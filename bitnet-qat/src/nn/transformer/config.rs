@@ -181,12 +181,28 @@ impl BitNetLmConfig {
     /// # Errors
     /// As [`BitNetLmConfig::validate`].
     pub fn init(&self, device: &Device) -> crate::Result<BitNetLm> {
+        self.build(device, false)
+    }
+
+    /// The model as [`crate::infer::pack`] leaves it before attaching the packed weights: the
+    /// projections built by [`BitLinearConfig::init_packed_skeleton`] (no weight quantizer,
+    /// weights never allocated). The skeleton to load a packed model into with
+    /// [`crate::infer::load_packed`] without allocating its f32 projection weights; not for
+    /// training.
+    ///
+    /// # Errors
+    /// As [`BitNetLmConfig::validate`].
+    pub fn init_packed_skeleton(&self, device: &Device) -> crate::Result<BitNetLm> {
+        self.build(device, true)
+    }
+
+    fn build(&self, device: &Device, skeleton: bool) -> crate::Result<BitNetLm> {
         self.validate()?;
         let embedding = EmbeddingConfig::new(self.vocab_size, self.d_model)
             .with_initializer(self.initializer.clone())
             .init(device);
         let blocks = (0..self.n_layers)
-            .map(|_| self.block(device))
+            .map(|_| self.block(device, skeleton))
             .collect::<crate::Result<Vec<_>>>()?;
         let head = (!self.tied_head).then(|| {
             LinearConfig::new(self.d_model, self.vocab_size)
@@ -204,22 +220,22 @@ impl BitNetLmConfig {
         })
     }
 
-    fn block(&self, device: &Device) -> crate::Result<DecoderBlock> {
+    fn block(&self, device: &Device, skeleton: bool) -> crate::Result<DecoderBlock> {
         let kv = self.kv_heads() * self.head_dim();
         let attention = Attention {
-            q_proj: self.init_projection(self.d_model, self.d_model, device)?,
-            k_proj: self.init_projection(self.d_model, kv, device)?,
-            v_proj: self.init_projection(self.d_model, kv, device)?,
-            o_proj: self.init_projection(self.d_model, self.d_model, device)?,
+            q_proj: self.init_projection(self.d_model, self.d_model, device, skeleton)?,
+            k_proj: self.init_projection(self.d_model, kv, device, skeleton)?,
+            v_proj: self.init_projection(self.d_model, kv, device, skeleton)?,
+            o_proj: self.init_projection(self.d_model, self.d_model, device, skeleton)?,
             sub_norm: self.norm(self.d_model, device),
             n_heads: self.n_heads,
             n_kv_heads: self.kv_heads(),
             head_dim: self.head_dim(),
         };
         let ffn = GatedFfn {
-            gate_proj: self.init_projection(self.d_model, self.d_ff, device)?,
-            up_proj: self.init_projection(self.d_model, self.d_ff, device)?,
-            down_proj: self.init_projection(self.d_ff, self.d_model, device)?,
+            gate_proj: self.init_projection(self.d_model, self.d_ff, device, skeleton)?,
+            up_proj: self.init_projection(self.d_model, self.d_ff, device, skeleton)?,
+            down_proj: self.init_projection(self.d_ff, self.d_model, device, skeleton)?,
             sub_norm: self.norm(self.d_ff, device),
             activation: self.activation,
         };
@@ -255,8 +271,10 @@ impl BitNetLmConfig {
         d_in: usize,
         d_out: usize,
         device: &Device,
+        skeleton: bool,
     ) -> crate::Result<Projection> {
         Ok(match self.projection(d_in, d_out) {
+            Some(config) if skeleton => Projection::Bit(config.init_packed_skeleton(device)?),
             Some(config) => Projection::Bit(config.init(device)?),
             None => Projection::Full(
                 LinearConfig::new(d_in, d_out)

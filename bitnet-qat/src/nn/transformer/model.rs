@@ -284,6 +284,36 @@ mod tests {
         assert!(row.iter().any(|v| *v != 0.0));
     }
 
+    #[test]
+    fn a_packed_model_loads_into_a_skeleton_without_f32_projections() {
+        let device = Device::flex();
+        let config = BitNetLmConfig::new(11, 256, 1, 4, 512).with_n_kv_heads(Some(2));
+        let packed = crate::infer::pack(&config.init(&device).unwrap()).unwrap();
+        let skeleton = config.init_packed_skeleton(&device).unwrap();
+        let q = skeleton.blocks[0].attention.q_proj.bit_linear().unwrap();
+        assert!(!q.weight.is_initialized());
+        assert!(q.weight_quantizer().is_none());
+        let path = std::env::temp_dir().join(format!("bitnet-qat-lm-{}.bpk", std::process::id()));
+        crate::infer::save(packed.clone(), &path).unwrap();
+        let loaded = crate::infer::load_packed(skeleton, &path);
+        std::fs::remove_file(&path).unwrap();
+        let loaded = loaded.unwrap();
+        assert!(
+            loaded.blocks[0]
+                .attention
+                .q_proj
+                .bit_linear()
+                .unwrap()
+                .packed_weight()
+                .is_some()
+        );
+        let ids = tokens(&[1, 5, 2, 7], &device);
+        assert_eq!(
+            values(loaded.forward(ids.clone())),
+            values(packed.forward(ids))
+        );
+    }
+
     /// The whole forward pass of a full-precision model in plain Rust: RMSNorm, rotary
     /// grouped-query attention with SubLN, the squared-ReLU gated FFN with SubLN, the tied head.
     #[test]
