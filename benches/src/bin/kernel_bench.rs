@@ -1,5 +1,7 @@
 //! `kernel-bench`: the packed ternary CPU kernels against OpenBLAS `sgemv`/`sgemm` and Burn's
-//! f32 `matmul` (Flex), GEMV hot and cold, GEMM hot, 1 and 2 threads.
+//! f32 `matmul` (Flex), GEMV hot and cold, GEMM hot, 1 and 2 threads. Every cold GEMV is also
+//! set against the memory-bandwidth bound measured in the same run: a streaming read of its
+//! packed weights (same copies, same rotation, same threads), reported as `bound_fraction`.
 //!
 //! ```text
 //! cargo run --release --bin kernel-bench -- --json kernel-bench.json
@@ -62,6 +64,10 @@ struct Record {
     speedup_vs_blas: Option<f64>,
     /// Burn f32 matmul median / this median.
     speedup_vs_burn: Option<f64>,
+    /// For the cold ternary GEMV: the streaming-read time of its packed weights (the `stream`
+    /// record of the same run and threads) / its time, the fraction of the memory-bandwidth
+    /// bound it reaches.
+    bound_fraction: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +104,18 @@ fn lcg(seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
+/// Sums the words of `w` (a streaming read: what a GEMV of these weights cannot beat), on
+/// `threads` threads (1 or 2 halves).
+fn stream(w: &[u32], threads: usize) -> u32 {
+    let sum = |part: &[u32]| part.iter().fold(0u32, |a, &b| a.wrapping_add(b));
+    if threads <= 1 {
+        return sum(w);
+    }
+    let (a, b) = w.split_at(w.len() / 2);
+    let (x, y) = rayon::join(|| sum(a), || sum(b));
+    x.wrapping_add(y)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let kernel = Kernel::best();
@@ -111,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.samples
     );
     println!(
-        "{:>12} {:>4} {:>5} {:>3} {:>10} {:>10} {:>10} {:>7} {:>7} {:>8} {:>8}",
+        "{:>12} {:>4} {:>5} {:>3} {:>10} {:>10} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8}",
         "N x K",
         "M",
         "mode",
@@ -122,7 +140,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "x blas",
         "x burn",
         "GB/s",
-        "Gw/s"
+        "Gw/s",
+        "bound"
     );
     let shapes: Vec<(usize, usize)> = if args.quick {
         vec![(2048, 2048), (4096, 11008)]
@@ -234,36 +253,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let out = x_burn.clone().matmul(w_burn.clone());
                         std::hint::black_box(out.into_data());
                     };
-                    let stats = if with_burn {
-                        interleaved(args.samples, &mut [&mut ours, &mut blas, &mut burn])
+                    // The bound of a GEMV: reading its packed weights once, same copies, same
+                    // rotation, same threads.
+                    let mut si = 0usize;
+                    let mut read = || {
+                        let w = &packed_copies[si % packed_copies.len()];
+                        si += 1;
+                        std::hint::black_box(stream(w.words(), threads));
+                    };
+                    let (stats, names): (Vec<Stats>, &[&str]) = if with_burn {
+                        let stats =
+                            interleaved(args.samples, &mut [&mut ours, &mut blas, &mut burn]);
+                        (stats, &["ternary", "blas-f32", "burn-flex-f32"])
+                    } else if mode == "cold" {
+                        let stats =
+                            interleaved(args.samples, &mut [&mut ours, &mut blas, &mut read]);
+                        (stats, &["ternary", "blas-f32", "stream"])
                     } else {
-                        interleaved(args.samples, &mut [&mut ours, &mut blas])
+                        (
+                            interleaved(args.samples, &mut [&mut ours, &mut blas]),
+                            &["ternary", "blas-f32"],
+                        )
                     };
                     let (ours_s, blas_s) = (stats[0].median_s, stats[1].median_s);
-                    let burn_s = stats.get(2).map(|s| s.median_s);
+                    let at = |name: &str| {
+                        names
+                            .iter()
+                            .position(|v| *v == name)
+                            .map(|i| stats[i].median_s)
+                    };
+                    let (burn_s, stream_s) = (at("burn-flex-f32"), at("stream"));
                     let packed_bytes = packed.size_bytes();
-                    let names = ["ternary", "blas-f32", "burn-flex-f32"];
-                    let bytes = [packed_bytes, f32_bytes, f32_bytes];
-                    for (i, s) in stats.iter().enumerate() {
+                    for (s, &name) in stats.iter().zip(names) {
                         let t = s.median_s;
+                        let bytes = if matches!(name, "ternary" | "stream") {
+                            packed_bytes
+                        } else {
+                            f32_bytes
+                        };
                         records.push(Record {
                             n,
                             k,
                             m,
                             mode,
-                            threads: if i == 2 { 0 } else { threads },
-                            variant: names[i],
+                            threads: if name == "burn-flex-f32" { 0 } else { threads },
+                            variant: name,
                             stats: s.clone(),
-                            weight_bytes: bytes[i],
-                            weight_gb_per_s: bytes[i] as f64 / t / 1e9,
+                            weight_bytes: bytes,
+                            weight_gb_per_s: bytes as f64 / t / 1e9,
                             g_weights_per_s: (n * k) as f64 / t / 1e9,
                             gmac_per_s: (m * n * k) as f64 / t / 1e9,
                             speedup_vs_blas: Some(blas_s / t),
                             speedup_vs_burn: burn_s.map(|b| b / t),
+                            bound_fraction: (name == "ternary")
+                                .then_some(stream_s)
+                                .flatten()
+                                .map(|r| r / t),
                         });
                     }
                     println!(
-                        "{:>12} {:>4} {:>5} {:>3} {:>10.3} {:>10.3} {:>10} {:>7.2} {:>7} {:>8.1} {:>8.1}",
+                        "{:>12} {:>4} {:>5} {:>3} {:>10.3} {:>10.3} {:>10} {:>7.2} {:>7} {:>8.1} {:>8.1} {:>8}",
                         format!("{n}x{k}"),
                         m,
                         mode,
@@ -275,6 +324,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         burn_s.map_or("-".into(), |b| format!("{:.2}", b / ours_s)),
                         packed_bytes as f64 / ours_s / 1e9,
                         (n * k) as f64 / ours_s / 1e9,
+                        stream_s.map_or("-".into(), |r| format!("{:.0} %", 100.0 * r / ours_s)),
                     );
                 }
             }
