@@ -11,8 +11,7 @@ use bitnet_qat::data::{EpochLoader, ImageBatch, ImageBatcher};
 use bitnet_qat::schedule::{BitNetLrSchedulerConfig, Decay};
 use bitnet_qat::ste::Ste;
 use bitnet_qat::train::{
-    QatClassificationOutput, QatPlan, QatState, QatTrainModel, QuietRenderer, WeightDecaySchedule,
-    optimize, prepare, with_qat_metrics,
+    QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare, with_qat_metrics,
 };
 use bitnet_qat::{QatError, Result};
 use burn::data::dataloader::DataLoader;
@@ -20,16 +19,13 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use burn::train::logger::{FileMetricLogger, MetricLogger};
 use burn::train::metric::store::Split;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, NumericEntry};
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{
-    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
-};
+use burn::train::{ClassificationOutput, Learner, SupervisedTraining};
 
 use crate::{Mlp, Precision};
 
@@ -53,43 +49,71 @@ impl Classifier {
     }
 }
 
-impl QatTrainModel for Classifier {
-    fn qat_state(&self) -> &QatState {
-        &self.qat
-    }
+/// Implements `QatTrainModel`, `TrainStep` and `InferenceStep` for a model with a
+/// `qat: QatState` field and a method `$classify(&self, $input) -> ClassificationOutput`: the
+/// train step backpropagates the loss and attaches the QAT statistics, `optimize` is
+/// [`optimize`], the inference step is the classification.
+macro_rules! qat_classification_steps {
+    ($model:ty, $input:ty, $classify:ident) => {
+        impl bitnet_qat::train::QatTrainModel for $model {
+            fn qat_state(&self) -> &bitnet_qat::train::QatState {
+                &self.qat
+            }
 
-    fn qat_state_mut(&mut self) -> &mut QatState {
-        &mut self.qat
-    }
+            fn qat_state_mut(&mut self) -> &mut bitnet_qat::train::QatState {
+                &mut self.qat
+            }
+        }
+
+        impl burn::train::TrainStep for $model {
+            type Input = $input;
+            type Output = bitnet_qat::train::QatClassificationOutput;
+
+            fn step(
+                &self,
+                batch: $input,
+            ) -> burn::train::TrainOutput<bitnet_qat::train::QatClassificationOutput> {
+                let output = self.$classify(batch);
+                let grads = output.loss.backward();
+                self.qat.train_output(self, grads, output)
+            }
+
+            fn optimize(
+                self,
+                optim: &mut burn::optim::ModuleOptimizer,
+                lr: burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate,
+                grads: burn::optim::GradientsParams,
+            ) -> Self {
+                bitnet_qat::train::optimize(self, optim, lr, grads)
+            }
+        }
+
+        impl burn::train::InferenceStep for $model {
+            type Input = $input;
+            type Output = burn::train::ClassificationOutput;
+
+            fn step(&self, batch: $input) -> burn::train::ClassificationOutput {
+                self.$classify(batch)
+            }
+        }
+    };
 }
+pub(crate) use qat_classification_steps;
 
-impl TrainStep for Classifier {
-    type Input = ImageBatch;
-    type Output = QatClassificationOutput;
+qat_classification_steps!(Classifier, ImageBatch, classify);
 
-    fn step(&self, batch: ImageBatch) -> TrainOutput<QatClassificationOutput> {
-        let output = self.classify(batch);
-        let grads = output.loss.backward();
-        self.qat.train_output(self, grads, output)
-    }
-
-    fn optimize(
-        self,
-        optim: &mut ModuleOptimizer,
-        lr: ModuleLearningRate,
-        grads: GradientsParams,
-    ) -> Self {
-        optimize(self, optim, lr, grads)
-    }
-}
-
-impl InferenceStep for Classifier {
-    type Input = ImageBatch;
-    type Output = ClassificationOutput;
-
-    fn step(&self, batch: ImageBatch) -> ClassificationOutput {
-        self.classify(batch)
-    }
+/// BitNet's two-stage learning rate for `total_steps` (peak `peak`, two thirds of it after the
+/// cut, cosine decay, `warmup` steps) with weight decay `weight_decay` in stage 1.
+pub fn bitnet_lr(
+    peak: f64,
+    total_steps: usize,
+    warmup: usize,
+    weight_decay: f64,
+) -> BitNetLrSchedulerConfig {
+    BitNetLrSchedulerConfig::new(peak, peak * 2.0 / 3.0, total_steps)
+        .with_warmup_steps(warmup)
+        .with_decay(Decay::Cosine)
+        .with_weight_decay(weight_decay)
 }
 
 /// Settings of [`fit`].
@@ -190,10 +214,12 @@ where
     device.seed(config.seed);
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
-    let lr = BitNetLrSchedulerConfig::new(config.lr, config.lr * 2.0 / 3.0, total_steps)
-        .with_warmup_steps((total_steps / 20).min(375))
-        .with_decay(Decay::Cosine)
-        .with_weight_decay(config.weight_decay);
+    let lr = bitnet_lr(
+        config.lr,
+        total_steps,
+        (total_steps / 20).min(375),
+        config.weight_decay,
+    );
     let plan = config
         .plan
         .clone()

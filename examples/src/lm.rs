@@ -11,27 +11,22 @@ use std::time::Instant;
 use bitnet_qat::data::{CharTokenizer, EpochLoader, TokenBatch, TokenBatcher, TokenWindows};
 use bitnet_qat::infer::{load_packed, pack, save};
 use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
-use bitnet_qat::schedule::{BitNetLrSchedulerConfig, Decay};
 use bitnet_qat::train::{
-    QatClassificationOutput, QatPlan, QatState, QatTrainModel, QuietRenderer, WeightDecaySchedule,
-    optimize, prepare, with_qat_metrics,
+    QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare, with_qat_metrics,
 };
 use bitnet_qat::{QatError, Result};
 use burn::config::Config;
 use burn::data::dataloader::DataLoader;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use burn::train::metric::store::Split;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, PerplexityMetric};
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{
-    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
-};
+use burn::train::{ClassificationOutput, Learner, SupervisedTraining};
 
-use crate::learner::epoch_metric;
+use crate::learner::{bitnet_lr, epoch_metric, qat_classification_steps};
 
 /// A [`BitNetLm`] with the QAT state that burn-train checkpoints with it.
 #[derive(Module, Debug)]
@@ -57,44 +52,7 @@ impl LanguageModel {
     }
 }
 
-impl QatTrainModel for LanguageModel {
-    fn qat_state(&self) -> &QatState {
-        &self.qat
-    }
-
-    fn qat_state_mut(&mut self) -> &mut QatState {
-        &mut self.qat
-    }
-}
-
-impl TrainStep for LanguageModel {
-    type Input = TokenBatch;
-    type Output = QatClassificationOutput;
-
-    fn step(&self, batch: TokenBatch) -> TrainOutput<QatClassificationOutput> {
-        let output = self.predict(batch);
-        let grads = output.loss.backward();
-        self.qat.train_output(self, grads, output)
-    }
-
-    fn optimize(
-        self,
-        optim: &mut ModuleOptimizer,
-        lr: ModuleLearningRate,
-        grads: GradientsParams,
-    ) -> Self {
-        optimize(self, optim, lr, grads)
-    }
-}
-
-impl InferenceStep for LanguageModel {
-    type Input = TokenBatch;
-    type Output = ClassificationOutput;
-
-    fn step(&self, batch: TokenBatch) -> ClassificationOutput {
-        self.predict(batch)
-    }
-}
+qat_classification_steps!(LanguageModel, TokenBatch, predict);
 
 /// Settings of [`fit_lm`].
 pub struct LmFitConfig {
@@ -204,10 +162,12 @@ pub fn fit_lm(
     device.seed(config.seed);
     let steps_per_epoch = config.steps.div_ceil(config.epochs);
     let total_steps = steps_per_epoch * config.epochs;
-    let lr = BitNetLrSchedulerConfig::new(config.lr, config.lr * 2.0 / 3.0, total_steps)
-        .with_warmup_steps(config.warmup.min(total_steps / 2))
-        .with_decay(Decay::Cosine)
-        .with_weight_decay(config.weight_decay);
+    let lr = bitnet_lr(
+        config.lr,
+        total_steps,
+        config.warmup.min(total_steps / 2),
+        config.weight_decay,
+    );
     let plan = config
         .plan
         .clone()
