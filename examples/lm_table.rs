@@ -156,7 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     k: 10,
                     temperature: 0.8,
                 };
-                let n = 200.min(run.config.max_seq_len - prompt.len());
+                let n = 200.min(run.config.max_seq_len.saturating_sub(prompt.len()));
                 let text = generate(&saved, &prompt, n, top_k, 1)?;
                 run.sample = format!("{}{}", tokenizer.decode(&prompt), tokenizer.decode(&text));
             }

@@ -182,7 +182,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sample = generate(
         &saved,
         &prompt,
-        args.sample.min(config.max_seq_len - prompt.len()),
+        args.sample
+            .min(config.max_seq_len.saturating_sub(prompt.len())),
         Sampling::TopK {
             k: 10,
             temperature: 0.8,

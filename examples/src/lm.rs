@@ -278,10 +278,21 @@ impl SavedLm {
         bitnet_kernels::file::write_atomic(&dir.join(Self::CONFIG), json.as_bytes())
             .map_err(|e| QatError::Record(format!("writing {}: {e}", dir.display())))?;
         tokenizer.save(dir.join(Self::TOKENIZER))?;
-        if packed {
-            save(pack(lm)?, dir.join(Self::PACKED))
+        let (written, other) = if packed {
+            save(pack(lm)?, dir.join(Self::PACKED))?;
+            (Self::PACKED, Self::FULL)
         } else {
-            save(lm.clone(), dir.join(Self::FULL))
+            save(lm.clone(), dir.join(Self::FULL))?;
+            (Self::FULL, Self::PACKED)
+        };
+        // A weights file of the other kind, left by an earlier save, would be loaded instead.
+        match std::fs::remove_file(dir.join(other)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(QatError::Record(format!(
+                "removing the stale {other} beside {written} in {}: {e}",
+                dir.display()
+            ))),
         }
     }
 

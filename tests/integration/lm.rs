@@ -184,6 +184,18 @@ fn corrupted_model_folders_are_typed_errors() {
     // A corrupted configuration.
     std::fs::write(dir.join(SavedLm::CONFIG), "{\"d_model\": 32").unwrap();
     expect("corrupted config", "lm.json");
+    // An f32 model saved over the packed one replaces it (no stale packed file is loaded).
+    let full = config
+        .clone()
+        .with_weight_quant(None)
+        .with_activation_quant(None);
+    let lm = full.init(&device).unwrap();
+    SavedLm::save(&dir, &full, &tokenizer, &lm, false).unwrap();
+    assert!(!dir.join(SavedLm::PACKED).exists());
+    let (loaded, loaded_config, _) = SavedLm::load(&dir, &device).unwrap();
+    assert_eq!(loaded_config.weight_quant, None);
+    let ids = tokens(vec![1, 2, 3], 1, &device);
+    assert_eq!(values(loaded.forward(ids.clone())), values(lm.forward(ids)));
     std::fs::remove_dir_all(&dir).ok();
 }
 

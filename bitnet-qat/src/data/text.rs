@@ -152,8 +152,9 @@ impl TokenWindows {
         })
     }
 
-    /// Consecutive windows `context` apart, covering the text from its start, at most `limit`
-    /// of them (a validation set: every token predicted once).
+    /// Consecutive windows `context` apart from the start of the text, at most `limit` of
+    /// them (a validation set: each token after the first is predicted at most once; a tail
+    /// shorter than a window is left out).
     ///
     /// # Errors
     /// As [`TokenWindows::random`].

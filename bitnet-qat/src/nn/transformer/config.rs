@@ -96,6 +96,9 @@ pub struct BitNetLmConfig {
     pub initializer: Initializer,
 }
 
+/// The largest parameter a [`BitNetLmConfig`] may ask for: 2^34 elements (64 GiB of f32).
+pub const MAX_PARAM_ELEMENTS: usize = 1 << 34;
+
 impl BitNetLmConfig {
     /// The key/value heads.
     pub fn kv_heads(&self) -> usize {
@@ -112,8 +115,8 @@ impl BitNetLmConfig {
     /// # Errors
     /// [`QatError::Invalid`] naming the setting: a zero size, `d_model` not a multiple of
     /// `n_heads`, an odd head width, `n_kv_heads` not dividing `n_heads`, a non-finite or
-    /// non-positive `rope_theta`, activation quantization on full-precision weights, or an
-    /// invalid quantizer; [`QatError::NormEpsilon`] for a bad `norm_eps`.
+    /// non-positive `rope_theta`, activation quantization on full-precision weights, a
+    /// parameter over [`MAX_PARAM_ELEMENTS`] elements, or an invalid quantizer; [`QatError::NormEpsilon`] for a bad `norm_eps`.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |msg: String| Err(QatError::Invalid(format!("BitNetLmConfig: {msg}")));
         for (name, v) in [
@@ -162,6 +165,19 @@ impl BitNetLmConfig {
             );
         }
         check_norm_eps(self.norm_eps)?;
+        // The sizes of the largest parameters (a corrupted configuration file must not
+        // overflow, nor reach an allocation that cannot exist).
+        for (name, a, b) in [
+            ("vocab_size × d_model", self.vocab_size, self.d_model),
+            ("d_model × d_ff", self.d_model, self.d_ff),
+            ("d_model × d_model", self.d_model, self.d_model),
+        ] {
+            if a.checked_mul(b).is_none_or(|n| n > MAX_PARAM_ELEMENTS) {
+                return bad(format!(
+                    "{name} = {a} × {b} exceeds {MAX_PARAM_ELEMENTS} elements per parameter"
+                ));
+            }
+        }
         // The projections check their quantizers against their widths.
         for (d_in, d_out) in [
             (self.d_model, self.d_model),

@@ -116,7 +116,11 @@ pub fn generate(
             "generation needs a prompt of at least one token".into(),
         ));
     }
-    if prompt.len() + new_tokens > model.max_seq_len {
+    if prompt
+        .len()
+        .checked_add(new_tokens)
+        .is_none_or(|total| total > model.max_seq_len)
+    {
         return Err(QatError::Invalid(format!(
             "a prompt of {} tokens and {new_tokens} new ones exceed max_seq_len {}",
             prompt.len(),
@@ -183,6 +187,28 @@ mod tests {
         };
         let logits = [0.0, 1.0, 0.5];
         assert!((0..100).all(|_| cold.pick(&logits, &mut rng) == 1));
+    }
+
+    #[test]
+    fn lengths_past_the_model_are_typed_errors() {
+        let lm = crate::nn::transformer::BitNetLmConfig::new(8, 16, 1, 2, 32)
+            .with_max_seq_len(8)
+            .init(&burn::tensor::Device::flex())
+            .unwrap();
+        for (prompt, n) in [(vec![1, 2], 7), (vec![1], usize::MAX)] {
+            assert!(matches!(
+                generate(&lm, &prompt, n, Sampling::Greedy, 0),
+                Err(QatError::Invalid(m)) if m.contains("exceed max_seq_len 8")
+            ));
+        }
+        assert!(matches!(
+            generate(&lm, &[], 1, Sampling::Greedy, 0),
+            Err(QatError::Invalid(m)) if m.contains("prompt")
+        ));
+        assert!(matches!(
+            generate(&lm, &[9], 1, Sampling::Greedy, 0),
+            Err(QatError::Invalid(m)) if m.contains("token id 9")
+        ));
     }
 
     #[test]

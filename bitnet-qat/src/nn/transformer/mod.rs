@@ -19,7 +19,7 @@ mod rope;
 
 pub use attention::Attention;
 pub use block::DecoderBlock;
-pub use config::{BitNetLmConfig, FfnActivation};
+pub use config::{BitNetLmConfig, FfnActivation, MAX_PARAM_ELEMENTS};
 pub use ffn::GatedFfn;
 pub use generate::{Sampling, generate};
 pub use kv_cache::KvCache;

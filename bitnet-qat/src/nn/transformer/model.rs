@@ -66,14 +66,7 @@ impl BitNetLm {
         let [batch, len] = tokens.dims();
         self.check_len(cache.len, len)?;
         self.check_tokens(&tokens)?;
-        if let Some(Some((k, _))) = cache.layers.first()
-            && k.dims()[0] != batch
-        {
-            return Err(QatError::Invalid(format!(
-                "the cache holds a batch of {}, the tokens a batch of {batch}",
-                k.dims()[0]
-            )));
-        }
+        self.check_cache(cache, batch)?;
         cache.layers.resize(self.blocks.len(), None);
         let offset = cache.len;
         let logits = self.run(tokens, offset, Some(&mut cache.layers));
@@ -96,6 +89,46 @@ impl BitNetLm {
                 offset + len,
                 self.max_seq_len
             )));
+        }
+        Ok(())
+    }
+
+    /// An empty cache, or one this model filled for `batch` sequences: every block's keys and
+    /// values `[batch, n_kv_heads, cache.len(), head_dim]` on the model's device.
+    fn check_cache(&self, cache: &KvCache, batch: usize) -> Result<()> {
+        let bad = |msg: String| Err(QatError::Invalid(format!("BitNetLm KV cache: {msg}")));
+        if cache.len == 0 {
+            if cache.layers.iter().any(Option::is_some) {
+                return bad("keys and values without tokens".into());
+            }
+            return Ok(());
+        }
+        if cache.layers.len() != self.blocks.len() {
+            return bad(format!(
+                "{} blocks cached, the model has {} (a cache of another model)",
+                cache.layers.len(),
+                self.blocks.len()
+            ));
+        }
+        let device = self.embedding.weight.device();
+        for (i, (layer, block)) in cache.layers.iter().zip(&self.blocks).enumerate() {
+            let att = &block.attention;
+            let expected = [batch, att.n_kv_heads, cache.len, att.head_dim];
+            match layer {
+                Some((k, v)) if k.dims() == expected && v.dims() == expected => {
+                    if k.device() != device || v.device() != device {
+                        return bad(format!("block {i} is cached on another device"));
+                    }
+                }
+                Some((k, _)) => {
+                    return bad(format!(
+                        "block {i} holds keys {:?}, expected {expected:?} (another batch size or \
+                         model)",
+                        k.dims()
+                    ));
+                }
+                None => return bad(format!("block {i} holds nothing for {} tokens", cache.len)),
+            }
         }
         Ok(())
     }
@@ -179,6 +212,24 @@ mod tests {
     }
 
     #[test]
+    fn sizes_that_cannot_exist_are_typed_errors() {
+        let device = Device::flex();
+        for config in [
+            BitNetLmConfig::new(usize::MAX / 2, 1 << 20, 1, 2, 64),
+            BitNetLmConfig::new(85, 1 << 20, 1, 2, 1 << 20),
+        ] {
+            assert!(matches!(
+                config.init(&device),
+                Err(QatError::Invalid(m)) if m.contains("elements per parameter")
+            ));
+        }
+        assert!(matches!(
+            BitNetLmConfig::new(85, 64, 1, 3, 64).init(&device),
+            Err(QatError::Invalid(m)) if m.contains("not a multiple of n_heads 3")
+        ));
+    }
+
+    #[test]
     fn a_later_token_does_not_change_earlier_logits() {
         let device = Device::flex();
         let lm = tiny(&device);
@@ -214,6 +265,20 @@ mod tests {
             Err(QatError::Invalid(m)) if m.contains("max_seq_len")
         ));
         assert_eq!(cache.len(), 8);
+        // A cache of another batch size or of another model: typed errors.
+        let two = Tensor::<2, Int>::from_data([[1], [2]], &device);
+        assert!(matches!(
+            lm.forward_cached(two, &mut cache),
+            Err(QatError::Invalid(m)) if m.contains("another batch size")
+        ));
+        let other = BitNetLmConfig::new(11, 32, 1, 4, 48)
+            .with_max_seq_len(16)
+            .init(&device)
+            .unwrap();
+        assert!(matches!(
+            other.forward_cached(tokens(&[1], &device), &mut cache),
+            Err(QatError::Invalid(m)) if m.contains("2 blocks cached, the model has 1")
+        ));
         assert!(matches!(
             lm.try_forward(tokens(&[1, 11], &device)),
             Err(QatError::Invalid(m)) if m.contains("token id 11")
