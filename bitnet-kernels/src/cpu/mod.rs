@@ -96,12 +96,14 @@ impl Kernel {
 pub struct MatmulOptions {
     /// The kernel variant.
     pub kernel: Kernel,
-    /// Threads to split the outputs over (1 = the calling thread only).
+    /// Threads to split the outputs over (1 = the calling thread only; 0 = automatic: the
+    /// threads of the current rayon pool, which `RAYON_NUM_THREADS` sets, once a call has
+    /// 4 Mi multiply-accumulates or more, else 1).
     pub threads: usize,
 }
 
 impl Default for MatmulOptions {
-    /// The best kernel; two threads when there is enough work for them.
+    /// The best kernel; threads chosen automatically (see [`MatmulOptions::threads`]).
     fn default() -> Self {
         Self {
             kernel: Kernel::best(),
@@ -116,9 +118,9 @@ const PARALLEL_MACS: usize = 1 << 22;
 impl MatmulOptions {
     fn threads_for(&self, macs: usize, n: usize) -> usize {
         let wanted = match self.threads {
-            0 if macs >= PARALLEL_MACS => std::thread::available_parallelism()
-                .map(|p| p.get())
-                .unwrap_or(1),
+            // The threads of the rayon pool the call runs in (`RAYON_NUM_THREADS`, or a pool
+            // the caller installed), which the parallel path runs on.
+            0 if macs >= PARALLEL_MACS => rayon::current_num_threads(),
             0 => 1,
             t => t,
         };
@@ -465,6 +467,27 @@ fn tile<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn automatic_threads_follow_the_rayon_pool() {
+        let auto = MatmulOptions::default();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let three = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        assert_eq!(one.install(|| auto.threads_for(PARALLEL_MACS, 64)), 1);
+        assert_eq!(three.install(|| auto.threads_for(PARALLEL_MACS, 64)), 3);
+        // Below the cut-over, and never more threads than outputs.
+        assert_eq!(three.install(|| auto.threads_for(PARALLEL_MACS - 1, 64)), 1);
+        assert_eq!(three.install(|| auto.threads_for(PARALLEL_MACS, 2)), 2);
+        // An explicit count is kept.
+        let two = MatmulOptions { threads: 2, ..auto };
+        assert_eq!(one.install(|| two.threads_for(1, 64)), 2);
+    }
+
     use super::*;
 
     fn lcg(seed: u64) -> impl FnMut() -> u64 {
