@@ -130,7 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     plot_curves(
         &results,
         &format!("Fashion-MNIST MLP {pixels}-{hidden}-10: validation accuracy"),
-        "validation accuracy (%)",
+        ("validation accuracy (%)", " %"),
         &png,
     )?;
     println!("\n{table}\nwrote {} and {}", md.display(), png.display());

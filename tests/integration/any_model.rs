@@ -284,7 +284,7 @@ fn a_reparameterized_transformer_encoder_trains_converts_saves_and_reloads() {
         );
 
         // Saved packed, reloaded into a fresh f32-free skeleton: the same logits again.
-        let dir = std::env::temp_dir().join(format!("bitnet-any-{name}-{}", std::process::id()));
+        let dir = super::fresh_dir(&format!("any-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let (packed_file, f32_file) = (dir.join("packed.bpk"), dir.join("f32.bpk"));
         bitnet_qat::infer::save(packed.clone(), &packed_file).unwrap();

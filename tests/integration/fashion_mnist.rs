@@ -81,7 +81,7 @@ fn the_accuracy_plot_is_a_png() {
             v("ternary", vec![78.0, 84.0, 87.5]),
         ],
         "test",
-        "validation accuracy (%)",
+        ("validation accuracy (%)", " %"),
         &path,
     )
     .unwrap();

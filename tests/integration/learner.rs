@@ -10,16 +10,9 @@ use bitnet_qat::train::{QatPlan, QatStat};
 use bitnet_qat_examples::learner::{FitConfig, epoch_metric, fit};
 use bitnet_qat_examples::{Dense, Mlp};
 
-use super::Lcg;
-use burn::module::{Module, ModuleVisitor, Param};
+use super::{Lcg, fresh_dir, weights};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn::train::metric::store::Split;
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bitnet-qat-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn config(dir: &std::path::Path, epochs: usize) -> FitConfig {
     let mut config = FitConfig::new(dir);
@@ -56,25 +49,6 @@ fn initial() -> Mlp {
     Mlp {
         layers: vec![layer(DIGITS_PIXELS, 64), layer(64, DIGITS_CLASSES)],
     }
-}
-
-/// Every float parameter, bit for bit.
-fn weights(model: &impl Module) -> Vec<Vec<u32>> {
-    struct Collect(Vec<Vec<u32>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let v: Vec<f32> = param
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .unwrap();
-            self.0.push(v.into_iter().map(f32::to_bits).collect());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
 }
 
 #[test]

@@ -16,7 +16,7 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{skip, values};
+use super::{fresh_dir, skip, values, weights};
 
 /// The corpus, or `None` (a skip; a failure under CI) when it is not installed.
 fn corpus() -> Option<TextCorpus> {
@@ -29,12 +29,6 @@ fn corpus() -> Option<TextCorpus> {
         return None;
     }
     Some(TextCorpus::shakespeare(dir).unwrap())
-}
-
-fn fresh_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("bitnet-qat-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 fn tokens(ids: Vec<i64>, rows: usize, device: &Device) -> Tensor<2, Int> {
@@ -73,7 +67,7 @@ fn a_short_learner_run_on_shakespeare_lowers_the_validation_loss() {
     fit.steps = 40;
     fit.epochs = 2;
     fit.lr = 3e-3;
-    fit.warmup = 4;
+    fit.warmup = Some(4);
     fit.valid_windows = 16;
     fit.checkpoints = false;
     let fitted = fit_lm(train, valid, fit, &Device::flex()).unwrap();
@@ -279,7 +273,7 @@ fn an_lm_run_resumed_from_its_checkpoint_equals_the_straight_run() {
         fit.batch_size = 8;
         fit.steps = 24;
         fit.epochs = 4;
-        fit.warmup = 4;
+        fit.warmup = Some(4);
         fit.valid_windows = 8;
         fit.initial = Some(initial.clone());
         // A lambda warm-up across the split, so the schedule position matters.
@@ -305,23 +299,7 @@ fn an_lm_run_resumed_from_its_checkpoint_equals_the_straight_run() {
     let resumed = fit_lm(train, valid, second, &device).unwrap();
     std::fs::remove_dir_all(&straight_dir).ok();
     std::fs::remove_dir_all(&split_dir).ok();
-    let bits = |m: &bitnet_qat::nn::transformer::BitNetLm| {
-        let mut all = Vec::new();
-        for p in [
-            m.embedding.weight.val(),
-            m.blocks[0]
-                .attention
-                .q_proj
-                .bit_linear()
-                .unwrap()
-                .weight
-                .base(),
-        ] {
-            all.extend(values(p).into_iter().map(f32::to_bits));
-        }
-        all
-    };
-    assert_eq!(bits(&resumed.model.lm), bits(&straight.model.lm));
+    assert_eq!(weights(&resumed.model), weights(&straight.model));
     assert_eq!(resumed.model.qat.step(), 24);
     assert_eq!(resumed.model.qat.step(), straight.model.qat.step());
     assert_eq!(resumed.valid_loss, straight.valid_loss[2..]);

@@ -75,6 +75,29 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// An empty temporary folder for `name`, unique to this process (removed first if a crashed
+/// run left it).
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bitnet-qat-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Every float parameter of `model`, bit for bit.
+pub fn weights(model: &impl burn::module::Module) -> Vec<Vec<u32>> {
+    use burn::module::{ModuleVisitor, Param};
+    struct Collect(Vec<Vec<u32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .push(values(param.val()).into_iter().map(f32::to_bits).collect());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
 /// A deterministic stream of numbers in `[0, 1)`, independent of Burn's device generators.
 pub struct Lcg(pub u64);
 

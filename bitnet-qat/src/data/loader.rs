@@ -158,17 +158,24 @@ impl<I: 'static, B> EpochLoader<I, B> {
         })
     }
 
+    /// Items per epoch: the stream's, or the whole range (none of an empty range).
+    fn epoch_len(&self) -> usize {
+        match self.stream {
+            Some(n) if !self.range.is_empty() => n,
+            _ => self.range.len(),
+        }
+    }
+
     fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = match self.stream {
-            Some(n) if !self.range.is_empty() => {
-                let len = self.range.len();
-                let first = epoch.wrapping_mul(n) % len;
-                (0..n)
-                    .map(|i| self.range.start + (first + i) % len)
-                    .collect()
-            }
-            _ => self.range.clone().collect(),
+        // Epoch `e` of a stream starts `e · n` items in; every other epoch at the start.
+        let len = self.range.len();
+        let first = match self.stream {
+            Some(n) if len > 0 => epoch.wrapping_mul(n) % len,
+            _ => 0,
         };
+        let mut order: Vec<usize> = (0..self.epoch_len())
+            .map(|i| self.range.start + (first + i) % len)
+            .collect();
         if let Some(seed) = self.seed {
             let mixed = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
             shuffle(&mut order, mixed);
@@ -226,10 +233,7 @@ where
     }
 
     fn num_items(&self) -> usize {
-        match self.stream {
-            Some(n) if !self.range.is_empty() => n,
-            _ => self.range.len(),
-        }
+        self.epoch_len()
     }
 
     fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<O>> {

@@ -7,7 +7,7 @@ use bitnet_kernels::packed::{BLOCK, PackedTernary, TernaryScales};
 use burn::tensor::Tensor;
 
 use crate::error::{QatError, Result};
-use crate::nn::Quantizer;
+use crate::nn::{Quantizer, QuantizerSettings};
 use crate::quant::{Granularity, QuantFormat};
 use crate::ste::Ste;
 
@@ -18,27 +18,8 @@ use crate::ste::Ste;
 /// weight).
 pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<PackedTernary> {
     let settings = quantizer.try_settings()?;
-    let (config, ste) = settings.effective();
-    if !matches!(config.format, QuantFormat::Ternary | QuantFormat::Binary) {
-        return Err(QatError::Invalid(format!(
-            "only ternary and binary weights have a packed form; this layer uses {:?}",
-            config.format
-        )));
-    }
-    if let Ste::Soft { .. } = ste {
-        return Err(QatError::Invalid(
-            "the soft STE's forward pass is not the hard quantizer: finish annealing and \
-             switch to a hard STE before converting"
-                .into(),
-        ));
-    }
-    if settings.lambda != 1.0 {
-        return Err(QatError::Invalid(format!(
-            "the weight quantizer runs at lambda {} (a blend with the latent weight): convert \
-             once the lambda schedule has reached 1",
-            settings.lambda
-        )));
-    }
+    check_packable(&settings)?;
+    let (config, _) = settings.effective();
     let [d_in, d_out] = weight.dims();
     // The codes and scales are read off the forward pass's own output: every nonzero value of
     // a ternary or binary group is ±level, so the code is its sign and the multiplier `s` is
@@ -85,6 +66,36 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
     };
     PackedTernary::pack(&values, d_out, d_in, scales)
         .map_err(|e| QatError::Invalid(format!("packing failed: {e}")))
+}
+
+/// Whether the weight quantizer of `settings` has a packed form, which reproduces it exactly:
+/// ternary or binary values (the effective format), a hard forward pass (no soft STE), lambda 1.
+///
+/// # Errors
+/// [`QatError::Invalid`] saying which of the three it is not.
+pub(crate) fn check_packable(settings: &QuantizerSettings) -> Result<()> {
+    let (config, ste) = settings.effective();
+    if !matches!(config.format, QuantFormat::Ternary | QuantFormat::Binary) {
+        return Err(QatError::Invalid(format!(
+            "only ternary and binary weights have a packed form; this layer uses {:?}",
+            config.format
+        )));
+    }
+    if let Ste::Soft { .. } = ste {
+        return Err(QatError::Invalid(
+            "the soft STE's forward pass is not the hard quantizer: finish annealing and \
+             switch to a hard STE before converting"
+                .into(),
+        ));
+    }
+    if settings.lambda != 1.0 {
+        return Err(QatError::Invalid(format!(
+            "the weight quantizer runs at lambda {} (a blend with the latent weight): convert \
+             once the lambda schedule has reached 1",
+            settings.lambda
+        )));
+    }
+    Ok(())
 }
 
 /// The packed scale layout of a weight quantized with `granularity` (scales along the input

@@ -16,7 +16,6 @@ use crate::nn::quantizers;
 
 /// The path suffix of a quantizer attached to a weight ([`Quantizer`](crate::nn::Quantizer)'s
 /// reparameterization name).
-const QUANTIZER_SUFFIX: &str = ".qat";
 /// The record path of a packed weight's layout, after the weight's own path.
 const LAYOUT_SUFFIX: &str = ".packed.layout";
 
@@ -53,14 +52,12 @@ const LAYOUT_SUFFIX: &str = ".packed.layout";
 pub fn pack<M: Module>(model: &M) -> Result<M> {
     let mut packs = HashMap::new();
     for found in quantizers(model) {
+        let Some(path) = found.weight_path().map(str::to_string) else {
+            continue;
+        };
         let Some(weight) = found.weight else {
             continue;
         };
-        let path = found
-            .path
-            .strip_suffix(QUANTIZER_SUFFIX)
-            .unwrap_or(&found.path)
-            .to_string();
         let device = weight.device().inner();
         let packed = pack_weight(weight, &found.quantizer)
             .map_err(|e| QatError::Invalid(format!("cannot pack `{path}`: {e}")))?;

@@ -9,6 +9,7 @@ use bitnet_kernels::packed::{BLOCK, MAX_K, PackedTernary, TernaryScales, words_p
 use burn::module::{Module, Param, ParamId, Reparameterization};
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
+use crate::check::check_last_dim;
 use crate::error::{QatError, Result};
 use crate::recorded::{IdCache, Recorded, check_header, param_of, push_u64, read_back, u64_at};
 
@@ -284,20 +285,36 @@ impl PackedWeight {
     /// # Errors
     /// As [`PackedWeight::matmul`].
     pub fn matmul_with(&self, x: Tensor<2>, int8_activations: bool) -> Result<Tensor<2>> {
+        self.linear(x, int8_activations, None)
+    }
+
+    /// `x · W (+ bias)` along the last axis of `x` (any rank), as [`PackedWeight::matmul_with`]
+    /// computes it: the forward pass of a packed layer.
+    ///
+    /// # Errors
+    /// As [`PackedWeight::matmul`].
+    pub fn linear<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        int8_activations: bool,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Tensor<D>> {
         let layout = self.layout()?;
-        if x.dims()[1] != layout.d_input {
-            return Err(QatError::Shape {
-                what: "packed matmul input",
-                expected: format!("[m, {}]", layout.d_input),
-                got: x.dims().to_vec(),
-            });
-        }
+        check_last_dim(&x, layout.d_input, "packed matmul input")?;
+        let mut out_dims = x.dims();
+        out_dims[D - 1] = layout.d_output;
+        let x: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
         let (codes, scales) = (self.codes.val(), self.scales.val());
-        Ok(if int8_activations {
+        let y = if int8_activations {
             ternary_matmul(x, codes, scales, layout.d_input, layout.scales)
         } else {
             ternary_matmul_float(x, codes, scales, layout.d_input, layout.scales)
-        })
+        };
+        let y = match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
+        };
+        Ok(y.reshape(out_dims))
     }
 
     /// The dequantized weight `[d_input, d_output]` (Burn's layout, contiguous): `value / s`

@@ -271,15 +271,8 @@ impl TernaryLinear {
             Some(norm) => norm.forward(input),
             None => input,
         };
-        let mut out_dims = x.dims();
-        out_dims[D - 1] = layout.d_output;
-        let x2: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
-        let y = self.weight.matmul(x2)?;
-        let y = match &self.bias {
-            Some(b) => y + b.val().unsqueeze(),
-            None => y,
-        };
-        Ok(y.reshape(out_dims))
+        let bias = self.bias.as_ref().map(|b| b.val());
+        self.weight.linear(x, layout.int8_activations, bias)
     }
 }
 

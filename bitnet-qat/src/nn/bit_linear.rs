@@ -10,8 +10,9 @@ use super::quantizer::{Quantizer, QuantizerConfig};
 use crate::check::{check_finite, check_last_dim, check_norm_eps};
 use crate::error::QatError;
 use crate::infer::PackedWeight;
-use crate::infer::convert::multiplier_of;
-use crate::quant::{Granularity, QuantConfig, QuantFormat};
+use crate::infer::convert::{check_packable, multiplier_of};
+use crate::quant::layout::{Reduce, ScaleLayout};
+use crate::quant::{Granularity, QuantConfig, QuantGrid, quant_grid};
 use crate::ste::Ste;
 
 /// Configuration of a [`BitLinear`] layer. The defaults are the BitNet b1.58 recipe: RMSNorm
@@ -88,7 +89,10 @@ pub struct BitLinearConfig {
 /// the [`QatReparameterizer`](crate::reparam::QatReparameterizer) attaches one to any layer's
 /// weights): `weight.val()` is the quantized weight, `weight.base()` the latent one, and the
 /// gradient of the configured STE reaches the latent weight. After [`Module::valid`] the forward
-/// pass is the same quantized computation, without the STE.
+/// pass is the same quantized computation, without the STE; with BitNet's int8 activations and
+/// packable weights it sums the integer codes as the packed kernels do (see
+/// `BitLinear::integer_forward`), which re-quantizes the weight and reads its level back to the
+/// host on every call: for inference, [`crate::infer::pack`] the model.
 ///
 /// # Non-finite values
 /// [`BitLinear::forward`] does not look at the values (that would cost a device sync per call);
@@ -375,24 +379,19 @@ impl BitLinear {
             return Ok(None);
         }
         let settings = wq.try_settings()?;
-        let (quant, ste) = settings.effective();
-        let hard_ternary = matches!(quant.format, QuantFormat::Ternary | QuantFormat::Binary)
-            && matches!(
-                quant.granularity,
-                Granularity::PerTensor | Granularity::PerChannel
-            )
-            && !matches!(ste, Ste::Soft { .. })
-            && settings.lambda == 1.0;
-        if !hard_ternary || !act.is_bitnet_int8()? {
+        let (quant, _) = settings.effective();
+        let per_tensor_or_output = matches!(
+            quant.granularity,
+            Granularity::PerTensor | Granularity::PerChannel
+        );
+        if !per_tensor_or_output || check_packable(&settings).is_err() || !act.is_bitnet_int8()? {
             return Ok(None);
         }
         let hard = wq.hard_weight(self.weight.base())?; // [d_in, d_out]
         let [d_in, d_out] = hard.dims();
-        let level = match quant.granularity {
-            Granularity::PerTensor => hard.clone().abs().max().reshape([1, 1]),
-            _ => hard.clone().abs().max_dim(0),
-        };
-        let levels = level
+        // One level per scale, reduced as the quantizers reduce (in blocks; see `ScaleLayout`).
+        let levels = ScaleLayout::new(quant.granularity, 0, [d_in, d_out])
+            .reduce_compact(hard.clone().abs(), Reduce::Max)
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
@@ -404,11 +403,13 @@ impl BitLinear {
         let mut out_dims = x.dims();
         out_dims[D - 1] = d_out;
         let x2: Tensor<2> = x.clone().reshape([-1, d_in as i64]);
-        // The kernels' activation quantizer (`bitnet_kernels::activation::quantize_rows`):
+        // BitNet's activation quantizer, as the kernels' `quantize_rows` computes it:
         // `s_x = 127 / max(max|x|, 1e-5)`, codes `clamp(round_half_even(x s_x), -128, 127)`.
-        let amax = x2.clone().abs().max_dim(1).clamp_min(1e-5);
-        let sx = amax.ones_like().mul_scalar(127.0) / amax;
-        let cx = (x2 * sx.clone()).round().clamp(-128.0, 127.0);
+        let QuantGrid {
+            codes: cx,
+            scale: sx,
+            ..
+        } = quant_grid(x2, &QuantConfig::activation_int8(), 1);
         let y = cx.matmul(codes) / (sx * sw);
         Ok(Some(y.reshape(out_dims)))
     }
@@ -430,16 +431,7 @@ impl BitLinear {
             (Some(q), false) => q.try_forward(x)?,
             _ => x,
         };
-        let layout = packed.layout()?;
-        let mut out_dims = x.dims();
-        out_dims[D - 1] = layout.d_output;
-        let x2: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
-        let y = packed.matmul_with(x2, int8)?;
-        let y = match bias {
-            Some(b) => y + b.unsqueeze(),
-            None => y,
-        };
-        Ok(y.reshape(out_dims))
+        packed.linear(x, int8, bias)
     }
 }
 

@@ -31,6 +31,17 @@ pub struct FoundQuantizer {
     pub weight: Option<Tensor<2>>,
 }
 
+impl FoundQuantizer {
+    /// The path of the weight parameter this quantizer is attached to (`"fc.weight"` for
+    /// `"fc.weight.qat"`), `None` for an activation quantizer.
+    pub fn weight_path(&self) -> Option<&str> {
+        self.weight.as_ref()?;
+        self.path
+            .strip_suffix(<Quantizer as Reparameterization>::NAME)?
+            .strip_suffix('.')
+    }
+}
+
 /// Every quantizer of `model`, in traversal order, with the weight it quantizes.
 ///
 /// # Example

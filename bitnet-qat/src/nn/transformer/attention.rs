@@ -5,6 +5,7 @@ use burn::nn::RmsNorm;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
+use super::kv_cache::LayerKv;
 use super::projection::Projection;
 use super::rope::apply_rope;
 
@@ -41,7 +42,7 @@ impl Attention {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         offset: usize,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);

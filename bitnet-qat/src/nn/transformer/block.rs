@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 
 use super::attention::Attention;
 use super::ffn::GatedFfn;
+use super::kv_cache::LayerKv;
 
 /// `h = x + attention(attention_norm(x))`, `y = h + ffn(ffn_norm(h))`.
 #[derive(Module, Debug)]
@@ -27,7 +28,7 @@ impl DecoderBlock {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         offset: usize,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self

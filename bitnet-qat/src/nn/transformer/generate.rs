@@ -132,10 +132,13 @@ pub fn generate(
     let mut cache = KvCache::new();
     let mut out = Vec::with_capacity(new_tokens);
     let mut input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    // The prompt's ids are checked here; every later id is picked from the logits, so within
+    // the vocabulary, and none is read back from the device.
+    model.check_ids(&input)?;
     for _ in 0..new_tokens {
         let n = input.len();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(input, [1, n]), &device);
-        let logits = model.forward_cached(tokens, &mut cache)?;
+        let logits = model.forward_cached_ids_checked(tokens, &mut cache)?;
         let vocab = logits.dims()[2];
         let last = logits
             .narrow(1, n - 1, 1)

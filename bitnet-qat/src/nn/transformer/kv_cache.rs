@@ -2,13 +2,17 @@
 
 use burn::tensor::Tensor;
 
+/// One block's cached keys and values `[batch, n_kv_heads, len, head_dim]`, `None` before the
+/// first token.
+pub(crate) type LayerKv = Option<(Tensor<4>, Tensor<4>)>;
+
 /// The rotated keys and the values of every block for the tokens seen so far, so that
 /// generation runs one new token through the model instead of the whole sequence
 /// ([`BitNetLm::forward_cached`](super::BitNetLm::forward_cached)).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     /// Per block: keys and values `[batch, n_kv_heads, len, head_dim]`.
-    pub(crate) layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    pub(crate) layers: Vec<LayerKv>,
     pub(crate) len: usize,
 }
 

@@ -5,7 +5,7 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::{Int, Tensor};
 
 use super::block::DecoderBlock;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LayerKv};
 use super::rope::rope_tables;
 use crate::error::{QatError, Result};
 
@@ -63,9 +63,20 @@ impl BitNetLm {
     /// [`QatError::Invalid`] when the sequence grows past `max_seq_len`, for a token id
     /// outside the vocabulary, or a batch size other than the cache's.
     pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
+        self.check_tokens(&tokens)?;
+        self.forward_cached_ids_checked(tokens, cache)
+    }
+
+    /// [`BitNetLm::forward_cached`] for tokens whose ids are known to be in the vocabulary
+    /// (generation checks the prompt once and then feeds the ids it picked from the logits), so
+    /// they are not read back.
+    pub(crate) fn forward_cached_ids_checked(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>> {
         let [batch, len] = tokens.dims();
         self.check_len(cache.len, len)?;
-        self.check_tokens(&tokens)?;
         self.check_cache(cache, batch)?;
         cache.layers.resize(self.blocks.len(), None);
         let offset = cache.len;
@@ -140,8 +151,13 @@ impl BitNetLm {
             .convert::<i64>()
             .try_into_vec::<i64>()
             .map_err(|e| QatError::Invalid(format!("BitNetLm tokens: {e:?}")))?;
+        self.check_ids(&values)
+    }
+
+    /// Every id in the vocabulary.
+    pub(crate) fn check_ids(&self, ids: &[i64]) -> Result<()> {
         let vocab = self.vocab_size() as i64;
-        match values.iter().find(|&&v| !(0..vocab).contains(&v)) {
+        match ids.iter().find(|&&v| !(0..vocab).contains(&v)) {
             Some(v) => Err(QatError::Invalid(format!(
                 "BitNetLm: token id {v} outside the vocabulary of {vocab}"
             ))),
@@ -153,7 +169,7 @@ impl BitNetLm {
         &self,
         tokens: Tensor<2, Int>,
         offset: usize,
-        mut cache: Option<&mut Vec<Option<(Tensor<4>, Tensor<4>)>>>,
+        mut cache: Option<&mut Vec<LayerKv>>,
     ) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let mut x = self.embedding.forward(tokens);

@@ -16,14 +16,14 @@ pub(crate) fn rope_tables(
     device: &Device,
 ) -> (Tensor<2>, Tensor<2>) {
     let half = head_dim / 2;
+    let freqs: Vec<f64> = (0..half)
+        .map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64))
+        .collect();
     let mut cos = Vec::with_capacity(len * head_dim);
     let mut sin = Vec::with_capacity(len * head_dim);
     for p in offset..offset + len {
-        let row = (0..head_dim).map(|j| {
-            let i = j % half;
-            p as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64)
-        });
-        for angle in row {
+        for j in 0..head_dim {
+            let angle = p as f64 * freqs[j % half];
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
         }
