@@ -4,11 +4,16 @@
 //! ```text
 //! cargo run --release --example generate -- --checkpoint target/train_lm/model --prompt "ROMEO."
 //! cargo run --release --example generate -- --checkpoint DIR --prompt "To be" --greedy
+//! cargo run --release --example generate -- --gguf model.gguf --prompt "ROMEO."
 //! ```
+//!
+//! `--gguf` runs a GGUF file of llama.cpp's `bitnet` architecture (see `export`) with this
+//! crate's packed kernels; `--hf` a Hugging Face `BitNetForCausalLM` folder.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use bitnet_qat::export::{import_gguf, import_hf};
 use bitnet_qat::nn::transformer::{Sampling, generate};
 use bitnet_qat_examples::cli::DeviceArg;
 use bitnet_qat_examples::lm::SavedLm;
@@ -18,8 +23,14 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 struct Args {
     /// The model folder `train_lm` wrote (OUT/model).
+    #[arg(long, required_unless_present_any = ["gguf", "hf"], conflicts_with_all = ["gguf", "hf"])]
+    checkpoint: Option<PathBuf>,
+    /// A GGUF file (llama.cpp's `bitnet` architecture) instead of a checkpoint.
+    #[arg(long, conflicts_with = "hf")]
+    gguf: Option<PathBuf>,
+    /// A Hugging Face `BitNetForCausalLM` folder instead of a checkpoint.
     #[arg(long)]
-    checkpoint: PathBuf,
+    hf: Option<PathBuf>,
     /// The text to continue.
     #[arg(long, default_value = "ROMEO.\n")]
     prompt: String,
@@ -45,7 +56,25 @@ struct Args {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = args.device.device()?;
-    let (lm, config, tokenizer) = SavedLm::load(&args.checkpoint, &device)?;
+    let (lm, config, tokenizer) = match (&args.checkpoint, &args.gguf, &args.hf) {
+        (Some(dir), ..) => SavedLm::load(dir, &device)?,
+        (None, file, dir) => {
+            let imported = match (file, dir) {
+                (Some(file), _) => import_gguf(file)?,
+                (None, Some(dir)) => import_hf(dir)?,
+                (None, None) => unreachable!("clap requires one of the three"),
+            };
+            let tokenizer = imported.tokenizer.clone().ok_or(
+                "the file's vocabulary is not a character vocabulary of this crate: no tokenizer \
+                 to encode the prompt with",
+            )?;
+            (
+                imported.packed(&device)?,
+                imported.config().clone(),
+                tokenizer,
+            )
+        }
+    };
     let prompt = tokenizer.encode(&args.prompt);
     let sampling = if args.greedy {
         Sampling::Greedy

@@ -6,9 +6,12 @@
 #   fonts-dejavu-core      the font of the accuracy_table plot;
 #   mesa-vulkan-drivers, libvulkan1
 #                          Mesa's software Vulkan (lavapipe): the GPU kernel tests run on it
-#                          through wgpu on a machine without a GPU.
+#                          through wgpu on a machine without a GPU;
+#   python3-venv, g++      the virtual environment of the export tests and the C++ compiler
+#                          that builds llama.cpp in it (scripts/install-python.sh).
 # It also fetches the Shakespeare corpus of the language-model examples and tests (see
-# fetch_shakespeare below).
+# fetch_shakespeare below) and installs the export tests' Python environment
+# (scripts/install-python.sh).
 # Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
 
@@ -45,11 +48,12 @@ fetch_shakespeare() {
 }
 
 need=()
-for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core mesa-vulkan-drivers libvulkan1 python3-pip; do
+for pkg in libopenblas-dev dataset-fashion-mnist fonts-dejavu-core mesa-vulkan-drivers libvulkan1 python3-pip python3-venv g++; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -eq 0 ]; then
   fetch_shakespeare
+  "$(dirname "$0")/install-python.sh"
   exit 0
 fi
 sudo=""
@@ -61,3 +65,4 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq "${need[@]}"
 fetch_shakespeare
+"$(dirname "$0")/install-python.sh"

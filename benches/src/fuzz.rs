@@ -1,7 +1,9 @@
 //! A stable-Rust fuzzer for the readers of untrusted bytes: the packed-weights file
-//! (`bitnet_kernels::file`), the IDX dataset files (plain and gzip), and model records
+//! (`bitnet_kernels::file`), the IDX dataset files (plain and gzip), model records
 //! (checkpoints and packed models: Burn's burnpack reader, then the recorded quantizer settings
-//! and packed layouts, checked by `bitnet_qat::check::check_model` and run by a forward pass).
+//! and packed layouts, checked by `bitnet_qat::check::check_model` and run by a forward pass),
+//! and the imported language-model formats (GGUF; Hugging Face `config.json` with
+//! `model.safetensors`), each accepted file built into a packed model and run.
 //!
 //! Each input is a valid file mutated a few times (bit flips, interesting values in 1-, 4- and
 //! 8-byte fields, truncation, extension, deleted or duplicated ranges), fed to the reader under
@@ -13,13 +15,17 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use bitnet_kernels::file::{Encoding, from_bytes, to_bytes};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use bitnet_qat::check::check_model;
-use bitnet_qat::data::IdxDataset;
+use bitnet_qat::data::{CharTokenizer, IdxDataset};
+use bitnet_qat::export::{
+    GgufTernary, ImportedLm, export_gguf, export_hf, import_gguf_bytes, import_hf_bytes,
+};
 use bitnet_qat::infer::pack;
+use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use burn::module::Module;
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, Device, Int, Tensor};
 use serde::Serialize;
 
 /// Reads one input: `true` if it was accepted.
@@ -33,6 +39,8 @@ pub struct Target {
     seeds: Vec<Vec<u8>>,
     /// The reader.
     read: Reader,
+    /// Inputs of the unit test's short run (readers of large files run fewer).
+    pub test_inputs: usize,
 }
 
 /// What a run found.
@@ -50,9 +58,9 @@ pub struct Report {
     pub first_panic: Option<(Vec<u8>, String)>,
 }
 
-/// Every target: `packed-file`, `idx`, `idx-gz`, `record`.
+/// Every target: `packed-file`, `idx`, `idx-gz`, `record`, `gguf`, `hf`.
 pub fn targets() -> Vec<Target> {
-    vec![packed_file(), idx(false), idx(true), record()]
+    vec![packed_file(), idx(false), idx(true), record(), gguf(), hf()]
 }
 
 /// Reads `inputs` mutated inputs into `target`, the mutations drawn from `seed`.
@@ -210,6 +218,7 @@ fn packed_file() -> Target {
     Target {
         name: "packed-file",
         seeds,
+        test_inputs: 100_000,
         read: Box::new(|bytes| from_bytes(bytes).is_ok()),
     }
 }
@@ -264,6 +273,7 @@ fn idx(gz: bool) -> Target {
     Target {
         name: if gz { "idx-gz" } else { "idx" },
         seeds,
+        test_inputs: 100_000,
         read: Box::new(move |input| {
             let Some((images, labels)) = split(input) else {
                 return false;
@@ -315,6 +325,7 @@ fn record() -> Target {
     Target {
         name: "record",
         seeds,
+        test_inputs: 100_000,
         read: Box::new(move |input| {
             let Some((&tag, rest)) = input.split_first() else {
                 return false;
@@ -341,15 +352,90 @@ fn record() -> Target {
     }
 }
 
+/// Small language models to export: a full-precision one of width 8 (every tensor F32, so most
+/// mutants reach the model checks quickly) and a ternary one of width 256 (llama.cpp's ternary
+/// rows), SiLU with a tied head; with their tokenizer.
+fn lm_seeds(device: &Device) -> Vec<(BitNetLm, BitNetLmConfig)> {
+    [
+        BitNetLmConfig::new(4, 8, 1, 2, 8)
+            .with_weight_quant(None)
+            .with_activation_quant(None),
+        BitNetLmConfig::new(4, 256, 1, 2, 256),
+    ]
+    .into_iter()
+    .map(|c| {
+        let c = c.with_activation(FfnActivation::Silu).with_max_seq_len(8);
+        (c.init(device).expect("valid"), c)
+    })
+    .collect()
+}
+
+/// Builds an accepted import into a packed model and runs it on two tokens.
+fn runs(imported: Result<ImportedLm, bitnet_qat::QatError>, device: &Device) -> bool {
+    let Ok(lm) = imported.and_then(|i| i.packed(device)) else {
+        return false;
+    };
+    let tokens = Tensor::<2, Int>::from_data([[1, 2]], device);
+    lm.try_forward(tokens).is_ok()
+}
+
+fn gguf() -> Target {
+    let device = Device::flex();
+    let tokenizer = CharTokenizer::from_text("abc");
+    let path = std::env::temp_dir().join(format!("bitnet-fuzz-{}.gguf", std::process::id()));
+    let mut seeds = Vec::new();
+    for (lm, config) in lm_seeds(&device) {
+        for ternary in [GgufTernary::Tq2_0, GgufTernary::Tq1_0] {
+            export_gguf(&lm, &config, &tokenizer, &path, ternary).expect("exports");
+            seeds.push(std::fs::read(&path).expect("written"));
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Target {
+        name: "gguf",
+        seeds,
+        read: Box::new(move |bytes| runs(import_gguf_bytes(bytes), &device)),
+        test_inputs: 5_000,
+    }
+}
+
+fn hf() -> Target {
+    let device = Device::flex();
+    let tokenizer = CharTokenizer::from_text("abc");
+    let dir = std::env::temp_dir().join(format!("bitnet-fuzz-hf-{}", std::process::id()));
+    let mut seeds = Vec::new();
+    for (lm, config) in lm_seeds(&device) {
+        export_hf(&lm, &config, &tokenizer, &dir).expect("exports");
+        let read = |name: &str| std::fs::read(dir.join(name)).expect("written");
+        seeds.push(join(&read("config.json"), &read("model.safetensors")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Target {
+        name: "hf",
+        seeds,
+        read: Box::new(move |input| {
+            let Some((config, weights)) = split(input) else {
+                return false;
+            };
+            runs(import_hf_bytes(config, weights, None), &device)
+        }),
+        test_inputs: 5_000,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_short_run_of_every_reader_finds_no_panic() {
-        // 100,000 inputs a reader (about 6 s in all in a debug build).
-        let reports: Vec<Report> =
-            quietly(|| targets().iter().map(|t| run(t, 100_000, 2026)).collect());
+        // 100,000 inputs a reader, 5,000 for the model formats.
+        let reports: Vec<Report> = quietly(|| {
+            targets()
+                .iter()
+                .map(|t| run(t, t.test_inputs, 2026))
+                .collect()
+        });
         for r in &reports {
             let first = r
                 .first_panic

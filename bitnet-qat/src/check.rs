@@ -1,7 +1,5 @@
 //! Finiteness checks: report NaN and infinite values instead of training a NaN model.
 
-use bitnet_kernels::burn_ext::ScaleKind;
-use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Int, Tensor};
 
@@ -135,28 +133,7 @@ impl PackedVisitor {
         };
         let layout =
             crate::infer::recorded_layout(layout, codes.dims(), scales.shape().num_elements())?;
-        let bad = |e: &dyn std::fmt::Display| QatError::Record(format!("packed weight: {e}"));
-        let words = codes
-            .into_data()
-            .convert::<u32>()
-            .try_into_vec::<u32>()
-            .map_err(|e| bad(&format!("{e:?}")))?;
-        let values = scales
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| bad(&format!("{e:?}")))?;
-        let scales = match layout.scales {
-            ScaleKind::PerTensor => TernaryScales::PerTensor(values[0]),
-            ScaleKind::PerRow => TernaryScales::PerRow(values),
-            ScaleKind::PerGroup(group) => TernaryScales::PerGroup {
-                group,
-                scales: values,
-            },
-        };
-        PackedTernary::from_parts(layout.d_output, layout.d_input, words, scales)
-            .map(|_| ())
-            .map_err(|e| bad(&e))
+        crate::infer::host_packed(layout, codes, scales).map(|_| ())
     }
 }
 

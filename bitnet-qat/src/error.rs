@@ -72,6 +72,25 @@ pub enum QatError {
     /// A record (checkpoint, saved model) holds values that cannot be what this crate wrote.
     #[error("malformed record: {0}")]
     Record(String),
+    /// A model file of another program's format (GGUF, Hugging Face safetensors and
+    /// `config.json`) cannot be read: an I/O error, a truncated file, or values the format or
+    /// this crate's models do not allow.
+    #[error("{format} file: {reason}")]
+    File {
+        /// The format (`GGUF`, `safetensors`, `config.json`, ...).
+        format: &'static str,
+        /// What is wrong, naming the key or tensor.
+        reason: String,
+    },
+    /// A model cannot be written in a format because the format (or the engine that runs it)
+    /// cannot represent it.
+    #[error("cannot export to {format}: {reason}")]
+    Unrepresentable {
+        /// The format (`GGUF`, `Hugging Face`).
+        format: &'static str,
+        /// What the format cannot represent.
+        reason: String,
+    },
 }
 
 /// A `Result` whose error is [`QatError`].

@@ -37,6 +37,7 @@ mod backends;
 pub mod check;
 pub mod data;
 pub mod error;
+pub mod export;
 mod fused;
 pub mod infer;
 pub mod nn;

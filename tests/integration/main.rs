@@ -6,6 +6,7 @@ mod any_model;
 mod bad_input;
 mod bit_linear;
 mod convert;
+mod export;
 mod fashion_mnist;
 mod gpu;
 mod gpu_qat;

@@ -18,13 +18,16 @@ impl TernaryOps for Flex {
         let (x, codes, scales) = (contiguous(x), contiguous(codes), contiguous(scales));
         let m = x.layout().shape().num_elements() / cols.max(1);
         let rows = codes.layout().shape()[0];
+        // A contiguous view at offset 0 (a leading slice, a narrowed single row) may sit on a
+        // longer buffer: take only its own elements.
+        let own = |t: &FlexTensor| t.layout().shape().num_elements();
         let y = super::run_cpu(
-            x.storage::<f32>(),
+            &x.storage::<f32>()[..own(&x)],
             m,
-            codes.storage::<u32>(),
+            &codes.storage::<u32>()[..own(&codes)],
             rows,
             cols,
-            scales.storage::<f32>(),
+            &scales.storage::<f32>()[..own(&scales)],
             kind,
             activations,
         );

@@ -49,12 +49,36 @@ impl CharTokenizer {
         let mut chars: Vec<char> = text.chars().collect();
         chars.sort_unstable();
         chars.dedup();
-        Self::from_chars(chars)
+        Self::from_sorted(chars)
     }
 
-    fn from_chars(chars: Vec<char>) -> Self {
+    fn from_sorted(chars: Vec<char>) -> Self {
         let ids = chars.iter().enumerate().map(|(i, &c)| (c, i + 1)).collect();
         Self { chars, ids }
+    }
+
+    /// The tokenizer whose ids `1..=chars.len()` are `chars` (an exported vocabulary read
+    /// back).
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for a vocabulary that is empty, too long, unsorted or repeats a
+    /// character.
+    pub fn from_chars(chars: Vec<char>) -> Result<Self> {
+        let bad = |msg: String| QatError::Record(format!("tokenizer: {msg}"));
+        if chars.is_empty() || chars.len() > MAX_CHARS {
+            return Err(bad(format!("{} characters", chars.len())));
+        }
+        if chars.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(
+                "characters not strictly increasing (repeated or unsorted)".into(),
+            ));
+        }
+        Ok(Self::from_sorted(chars))
+    }
+
+    /// The characters of ids `1..vocab_size()`, in order.
+    pub fn chars(&self) -> &[char] {
+        &self.chars
     }
 
     /// Ids in use: the characters and [`UNKNOWN_TOKEN`].
@@ -106,16 +130,7 @@ impl CharTokenizer {
                 saved.format, saved.version
             )));
         }
-        let chars: Vec<char> = saved.chars.chars().collect();
-        if chars.is_empty() || chars.len() > MAX_CHARS {
-            return Err(bad(format!("{} characters", chars.len())));
-        }
-        if chars.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(bad(
-                "characters not strictly increasing (repeated or unsorted)".into(),
-            ));
-        }
-        Ok(Self::from_chars(chars))
+        Self::from_chars(saved.chars.chars().collect())
     }
 
     /// Writes the tokenizer to `path` as JSON, atomically.

@@ -3,9 +3,10 @@
 //! constructors build on.
 
 use bitnet_kernels::burn_ext::ScaleKind;
-use bitnet_kernels::packed::{BLOCK, PackedTernary, TernaryScales};
+use bitnet_kernels::packed::{BLOCK, PackedTernary};
 use burn::tensor::Tensor;
 
+use super::packed_weight::ternary_scales;
 use crate::error::{QatError, Result};
 use crate::nn::{Quantizer, QuantizerSettings};
 use crate::quant::{Granularity, QuantFormat};
@@ -56,15 +57,7 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
         .iter()
         .map(|v| (*v > 0.0) as i8 - (*v < 0.0) as i8)
         .collect();
-    let scales = match kind {
-        ScaleKind::PerTensor => TernaryScales::PerTensor(multipliers[0]),
-        ScaleKind::PerRow => TernaryScales::PerRow(multipliers),
-        ScaleKind::PerGroup(group) => TernaryScales::PerGroup {
-            group,
-            scales: multipliers,
-        },
-    };
-    PackedTernary::pack(&values, d_out, d_in, scales)
+    PackedTernary::pack(&values, d_out, d_in, ternary_scales(kind, multipliers))
         .map_err(|e| QatError::Invalid(format!("packing failed: {e}")))
 }
 

@@ -9,7 +9,8 @@ mod pack;
 mod packed_weight;
 mod ternary_linear;
 
+pub(crate) use pack::attach;
 pub use pack::{load_packed, pack, record_bytes, save};
-pub(crate) use packed_weight::recorded_layout;
 pub use packed_weight::{PackedLayout, PackedWeight};
+pub(crate) use packed_weight::{host_packed, recorded_layout};
 pub use ternary_linear::{TernaryLinear, TernaryLinearConfig};

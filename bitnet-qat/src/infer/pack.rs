@@ -248,7 +248,7 @@ impl ModuleVisitor for ParamPaths {
 
 /// Attaches each packed weight of `packs` (by parameter path) to its parameter of `model`, in
 /// place of the f32 values (an empty placeholder stays as the structural base).
-fn attach<M: Module>(model: M, packs: HashMap<String, PackedWeight>) -> Result<M> {
+pub(crate) fn attach<M: Module>(model: M, packs: HashMap<String, PackedWeight>) -> Result<M> {
     let mut attacher = Attach { packs };
     let model = model.apply_reparameterization(&mut attacher);
     let mut left: Vec<String> = attacher.packs.into_keys().collect();

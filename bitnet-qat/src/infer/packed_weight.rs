@@ -159,6 +159,45 @@ fn checked_layout(layout: PackedLayout, codes: [usize; 2], scales: usize) -> Res
     Ok(layout)
 }
 
+/// The scales of `kind` from their flat values.
+pub(crate) fn ternary_scales(kind: ScaleKind, values: Vec<f32>) -> TernaryScales {
+    match kind {
+        ScaleKind::PerTensor => TernaryScales::PerTensor(values.first().copied().unwrap_or(1.0)),
+        ScaleKind::PerRow => TernaryScales::PerRow(values),
+        ScaleKind::PerGroup(group) => TernaryScales::PerGroup {
+            group,
+            scales: values,
+        },
+    }
+}
+
+/// Packed codes `[d_output, words]` and scales of `layout` read back to the host, checked by
+/// [`PackedTernary::from_parts`].
+pub(crate) fn host_packed(
+    layout: PackedLayout,
+    codes: Tensor<2, Int>,
+    scales: Tensor<1>,
+) -> Result<PackedTernary> {
+    let bad = |e: &dyn std::fmt::Display| QatError::Record(format!("packed weight: {e}"));
+    let words = codes
+        .into_data()
+        .convert::<u32>()
+        .try_into_vec::<u32>()
+        .map_err(|e| bad(&format!("{e:?}")))?;
+    let values = scales
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| bad(&format!("{e:?}")))?;
+    PackedTernary::from_parts(
+        layout.d_output,
+        layout.d_input,
+        words,
+        ternary_scales(layout.scales, values),
+    )
+    .map_err(|e| bad(&e))
+}
+
 /// "PW", the tag of the encoding.
 const MAGIC: i64 = 0x5057;
 const VERSION: i64 = 1;
@@ -317,6 +356,58 @@ impl PackedWeight {
         Ok(y.reshape(out_dims))
     }
 
+    /// `x · W (+ bias)` with the activations quantized to int8 per group of `group` inputs
+    /// (a multiple of 256 dividing `d_input`; weights with one scale per tensor or per row):
+    /// each group's integer sums scaled by its two scales, the groups' results added in order —
+    /// how llama.cpp computes a ternary product on the CPU (`Q8_K` blocks of 256). `None` when
+    /// the group or the weight's scales do not allow it.
+    ///
+    /// # Errors
+    /// As [`PackedWeight::linear`].
+    pub fn linear_grouped<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        group: usize,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Option<Tensor<D>>> {
+        let layout = self.layout()?;
+        let grouped = group > 0
+            && group.is_multiple_of(BLOCK)
+            && layout.d_input.is_multiple_of(group)
+            && !matches!(layout.scales, ScaleKind::PerGroup(_));
+        if !grouped {
+            return Ok(None);
+        }
+        if group == layout.d_input {
+            return self.linear(x, true, bias).map(Some);
+        }
+        check_last_dim(&x, layout.d_input, "packed matmul input")?;
+        let mut out_dims = x.dims();
+        out_dims[D - 1] = layout.d_output;
+        let x: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
+        let words = words_per_row(group);
+        let mut y: Option<Tensor<2>> = None;
+        for g in 0..layout.d_input / group {
+            let part = ternary_matmul(
+                x.clone().narrow(1, g * group, group),
+                self.codes.val().narrow(1, g * words, words),
+                self.scales.val(),
+                group,
+                layout.scales,
+            );
+            y = Some(match y {
+                Some(y) => y + part,
+                None => part,
+            });
+        }
+        let y = y.unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"));
+        let y = match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
+        };
+        Ok(Some(y.reshape(out_dims)))
+    }
+
     /// The dequantized weight `[d_input, d_output]` (Burn's layout, contiguous): `value / s`
     /// per element, exactly the quantized weight the QAT forward pass computed.
     ///
@@ -339,6 +430,16 @@ impl PackedWeight {
             }
         };
         Ok(values / per_element)
+    }
+
+    /// The codes and scales read back to the host as a [`PackedTernary`] (rows are outputs),
+    /// with every invariant checked: what export formats write.
+    ///
+    /// # Errors
+    /// As [`PackedWeight::layout`]; [`QatError::Record`] for codes or scales that break the
+    /// packed format.
+    pub fn to_packed(&self) -> Result<PackedTernary> {
+        host_packed(self.layout()?, self.codes.val(), self.scales.val())
     }
 
     /// Bytes of the packed codes and scales (what replaces `4 d_input d_output` f32 bytes).

@@ -362,7 +362,8 @@ impl BitLinear {
         Ok(linear(x, self.quantized_weight(), bias))
     }
 
-    /// Outside training (no autodiff), a layer with BitNet's int8 activations and hard ternary
+    /// Outside training (no autodiff), a layer with BitNet's int8 activations (per token, or
+    /// per group of a multiple of 256 inputs, group by group) and hard ternary
     /// or binary weights (one scale per tensor or per output) computes what the packed int8
     /// kernels compute: `y = (Σ c_x c_w) / (s_x s_w)`, the sum of integer codes (exact in f32
     /// below 2^24, so whatever the order) scaled once, with the multiplier `s_w` that
@@ -384,7 +385,10 @@ impl BitLinear {
             quant.granularity,
             Granularity::PerTensor | Granularity::PerChannel
         );
-        if !per_tensor_or_output || check_packable(&settings).is_err() || !act.is_bitnet_int8()? {
+        let Some(group) = act.bitnet_int8_group()? else {
+            return Ok(None);
+        };
+        if !per_tensor_or_output || check_packable(&settings).is_err() {
             return Ok(None);
         }
         let hard = wq.hard_weight(self.weight.base())?; // [d_in, d_out]
@@ -403,20 +407,35 @@ impl BitLinear {
         let mut out_dims = x.dims();
         out_dims[D - 1] = d_out;
         let x2: Tensor<2> = x.clone().reshape([-1, d_in as i64]);
-        // BitNet's activation quantizer, as the kernels' `quantize_rows` computes it:
-        // `s_x = 127 / max(max|x|, 1e-5)`, codes `clamp(round_half_even(x s_x), -128, 127)`.
-        let QuantGrid {
-            codes: cx,
-            scale: sx,
-            ..
-        } = quant_grid(x2, &QuantConfig::activation_int8(), 1);
-        let y = cx.matmul(codes) / (sx * sw);
+        // Per token one group of all inputs; per group, each group's sums scaled by its own
+        // activation scale and the groups added in order, as `PackedWeight::linear_grouped`.
+        let group = group.unwrap_or(d_in);
+        let y = (0..d_in / group)
+            .map(|g| {
+                // BitNet's activation quantizer, as the kernels' `quantize_rows` computes it:
+                // `s_x = 127 / max(max|x|, 1e-5)`, codes `clamp(round_half_even(x s_x), -128,
+                // 127)`.
+                let QuantGrid {
+                    codes: cx,
+                    scale: sx,
+                    ..
+                } = quant_grid(
+                    x2.clone().narrow(1, g * group, group),
+                    &QuantConfig::activation_int8(),
+                    1,
+                );
+                cx.matmul(codes.clone().narrow(0, g * group, group)) / (sx * sw.clone())
+            })
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"));
         Ok(Some(y.reshape(out_dims)))
     }
 
     /// The forward pass of a packed layer: the int8 kernels when the activation quantizer is
-    /// BitNet's (8-bit absmax per token, a hard STE, lambda 1: the kernels quantize exactly so),
-    /// otherwise the activation quantizer's values times the weight with the float kernels.
+    /// BitNet's (8-bit absmax per token, a hard STE, lambda 1: the kernels quantize exactly so)
+    /// or the same per group of a multiple of 256 inputs (group by group,
+    /// [`PackedWeight::linear_grouped`]), otherwise the activation quantizer's values times the
+    /// weight with the float kernels.
     fn packed_forward<const D: usize>(
         &self,
         packed: &PackedWeight,
@@ -424,9 +443,15 @@ impl BitLinear {
         bias: Option<Tensor<1>>,
     ) -> crate::Result<Tensor<D>> {
         let int8 = match &self.activation_quantizer {
-            Some(q) => q.is_bitnet_int8()?,
-            None => false,
+            Some(q) => q.bitnet_int8_group()?,
+            None => None,
         };
+        if let Some(Some(group)) = int8
+            && let Some(y) = packed.linear_grouped(x.clone(), group, bias.clone())?
+        {
+            return Ok(y);
+        }
+        let int8 = int8 == Some(None);
         let x = match (&self.activation_quantizer, int8) {
             (Some(q), false) => q.try_forward(x)?,
             _ => x,

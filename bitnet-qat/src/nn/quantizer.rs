@@ -9,7 +9,9 @@ use burn::tensor::{Device, Int, Tensor};
 use super::settings::QuantizerSettings;
 use crate::error::QatError;
 use crate::quant::layout::ScaleLayout;
-use crate::quant::{QuantConfig, QuantFormat, quant_grid, validate_shape, without_graph};
+use crate::quant::{
+    Granularity, QuantConfig, QuantFormat, quant_grid, validate_shape, without_graph,
+};
 use crate::recorded::Recorded;
 use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
 
@@ -193,11 +195,33 @@ impl Quantizer {
     /// # Errors
     /// [`QatError::Record`] for malformed recorded settings.
     pub(crate) fn is_bitnet_int8(&self) -> crate::Result<bool> {
+        Ok(self.bitnet_int8_group()? == Some(None))
+    }
+
+    /// `Some(None)` for BitNet's int8 activations per token ([`Quantizer::is_bitnet_int8`]),
+    /// `Some(Some(g))` for the same per group of `g` features, `g` a multiple of 256 (llama.cpp's
+    /// `Q8_K` blocks for `g = 256`), which the packed int8 kernels compute group by group;
+    /// `None` otherwise.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for malformed recorded settings.
+    pub(crate) fn bitnet_int8_group(&self) -> crate::Result<Option<Option<usize>>> {
         let settings = self.try_settings()?;
         let (quant, ste) = settings.effective();
-        Ok(quant == QuantConfig::activation_int8()
-            && !matches!(ste, Ste::Soft { .. })
-            && settings.lambda == 1.0)
+        if matches!(ste, Ste::Soft { .. }) || settings.lambda != 1.0 {
+            return Ok(None);
+        }
+        let per_token = QuantConfig::activation_int8();
+        Ok(match quant.granularity {
+            _ if quant == per_token => Some(None),
+            Granularity::PerGroup { size }
+                if size.is_multiple_of(256)
+                    && quant == per_token.with_granularity(quant.granularity) =>
+            {
+                Some(Some(size))
+            }
+            _ => None,
+        })
     }
 
     /// This quantizer with `settings` recorded in place of its own. The configuration part

@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use super::attention::Attention;
 use super::ffn::GatedFfn;
 use super::kv_cache::LayerKv;
+use super::projection::Projection;
 
 /// `h = x + attention(attention_norm(x))`, `y = h + ffn(ffn_norm(h))`.
 #[derive(Module, Debug)]
@@ -22,6 +23,34 @@ pub struct DecoderBlock {
 }
 
 impl DecoderBlock {
+    /// The seven projections in the order q, k, v, o, gate, up, down.
+    pub(crate) fn projections(&self) -> [&Projection; 7] {
+        let (a, f) = (&self.attention, &self.ffn);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &f.gate_proj,
+            &f.up_proj,
+            &f.down_proj,
+        ]
+    }
+
+    /// [`DecoderBlock::projections`], mutable.
+    pub(crate) fn projections_mut(&mut self) -> [&mut Projection; 7] {
+        let (a, f) = (&mut self.attention, &mut self.ffn);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut f.gate_proj,
+            &mut f.up_proj,
+            &mut f.down_proj,
+        ]
+    }
+
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,

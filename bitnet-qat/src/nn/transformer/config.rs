@@ -179,12 +179,7 @@ impl BitNetLmConfig {
             }
         }
         // The projections check their quantizers against their widths.
-        for (d_in, d_out) in [
-            (self.d_model, self.d_model),
-            (self.d_model, self.kv_heads() * self.head_dim()),
-            (self.d_model, self.d_ff),
-            (self.d_ff, self.d_model),
-        ] {
+        for (d_in, d_out) in self.projection_dims() {
             if let Some(p) = self.projection(d_in, d_out) {
                 p.validate()?;
             }
@@ -269,8 +264,15 @@ impl BitNetLmConfig {
             .init(device)
     }
 
+    /// The `(d_input, d_output)` of a block's seven projections, in the order q, k, v, o,
+    /// gate, up, down.
+    pub(crate) fn projection_dims(&self) -> [(usize, usize); 7] {
+        let (d, kv, ff) = (self.d_model, self.kv_heads() * self.head_dim(), self.d_ff);
+        [(d, d), (d, kv), (d, kv), (d, d), (d, ff), (d, ff), (ff, d)]
+    }
+
     /// The `BitLinear` configuration of a projection, `None` for full precision.
-    fn projection(&self, d_in: usize, d_out: usize) -> Option<BitLinearConfig> {
+    pub(crate) fn projection(&self, d_in: usize, d_out: usize) -> Option<BitLinearConfig> {
         self.weight_quant.clone().map(|w| {
             BitLinearConfig::new(d_in, d_out)
                 .with_norm(false)

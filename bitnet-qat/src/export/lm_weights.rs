@@ -1,0 +1,329 @@
+//! [`LmWeights`]: a [`BitNetLm`]'s weights on the host, as the export formats write them and
+//! their readers give them back, and the models built from them.
+
+use std::collections::HashMap;
+
+use bitnet_kernels::packed::PackedTernary;
+use burn::module::Param;
+use burn::nn::RmsNorm;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{QatError, Result};
+use crate::infer::{PackedWeight, attach, pack};
+use crate::nn::transformer::{BitNetLm, BitNetLmConfig, Projection};
+
+/// The names of a block's seven projections (q, k, v, o, gate, up, down) in llama.cpp's GGUF
+/// (`blk.N.<name>`) and in Hugging Face's `BitNetForCausalLM` (`model.layers.N.<name>`).
+pub(crate) const PROJECTION_NAMES: [(&str, &str); 7] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// One projection's weight, rows are outputs: packed ternary values with their scales
+/// (`w = value / s`), or f32 values `[d_output][d_input]`.
+#[derive(Debug, Clone)]
+pub(crate) enum ProjectionWeights {
+    /// Ternary (or binary) values and scales.
+    Ternary(PackedTernary),
+    /// Full-precision values, row-major `[d_output, d_input]`.
+    Float(Vec<f32>),
+}
+
+/// The norms and projections of one decoder block.
+#[derive(Debug, Clone)]
+pub(crate) struct BlockWeights {
+    /// The pre-attention norm `[d_model]`.
+    pub attention_norm: Vec<f32>,
+    /// The attention SubLN `[d_model]`.
+    pub attention_sub_norm: Vec<f32>,
+    /// The pre-FFN norm `[d_model]`.
+    pub ffn_norm: Vec<f32>,
+    /// The FFN SubLN `[d_ff]`.
+    pub ffn_sub_norm: Vec<f32>,
+    /// q, k, v, o, gate, up, down.
+    pub projections: Vec<ProjectionWeights>,
+}
+
+/// A language model's configuration and weights on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct LmWeights {
+    /// The configuration.
+    pub config: BitNetLmConfig,
+    /// The token embedding `[vocab_size][d_model]`.
+    pub embedding: Vec<f32>,
+    /// The separate output head `[vocab_size][d_model]`, `None` when tied to the embedding.
+    pub head: Option<Vec<f32>>,
+    /// The final norm `[d_model]`.
+    pub norm: Vec<f32>,
+    /// The blocks.
+    pub blocks: Vec<BlockWeights>,
+}
+
+fn host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| QatError::Record(format!("reading {what}: {e:?}")))
+}
+
+fn gamma(norm: &RmsNorm, what: &str) -> Result<Vec<f32>> {
+    host(norm.gamma.val(), what)
+}
+
+impl LmWeights {
+    /// The weights of `lm` (packed first when a ternary projection is not packed yet).
+    ///
+    /// # Errors
+    /// As [`pack`]; [`QatError::Record`] for a tensor that cannot be read back.
+    pub fn from_lm(lm: &BitNetLm, config: &BitNetLmConfig) -> Result<Self> {
+        config.validate()?;
+        let unpacked = lm.blocks.iter().any(|b| {
+            b.projections()
+                .iter()
+                .any(|p| p.bit_linear().is_some_and(|l| l.packed_weight().is_none()))
+        });
+        let packed;
+        let lm = if unpacked {
+            packed = pack(lm)?;
+            &packed
+        } else {
+            lm
+        };
+        if lm.blocks.len() != config.n_layers || lm.vocab_size() != config.vocab_size {
+            return Err(QatError::Invalid(format!(
+                "the model ({} blocks, {} tokens) is not the configuration's ({} blocks, {} \
+                 tokens)",
+                lm.blocks.len(),
+                lm.vocab_size(),
+                config.n_layers,
+                config.vocab_size
+            )));
+        }
+        let blocks = lm
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let projections = b
+                    .projections()
+                    .iter()
+                    .zip(PROJECTION_NAMES)
+                    .map(|(p, (name, _))| {
+                        let what = format!("blk.{i}.{name}");
+                        match p {
+                            Projection::Bit(l) => l
+                                .packed_weight()
+                                .ok_or_else(|| QatError::Invalid(format!("{what}: not packed")))?
+                                .to_packed()
+                                .map(ProjectionWeights::Ternary),
+                            Projection::Full(l) => host(l.weight.val().transpose(), &what)
+                                .map(ProjectionWeights::Float),
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(BlockWeights {
+                    attention_norm: gamma(&b.attention_norm, "attn_norm")?,
+                    attention_sub_norm: gamma(&b.attention.sub_norm, "attn_sub_norm")?,
+                    ffn_norm: gamma(&b.ffn_norm, "ffn_norm")?,
+                    ffn_sub_norm: gamma(&b.ffn.sub_norm, "ffn_sub_norm")?,
+                    projections,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weights = Self {
+            config: config.clone(),
+            embedding: host(lm.embedding.weight.val(), "the embedding")?,
+            head: match &lm.head {
+                Some(h) => Some(host(h.weight.val().transpose(), "the output head")?),
+                None => None,
+            },
+            norm: gamma(&lm.norm, "the final norm")?,
+            blocks,
+        };
+        weights.check()?;
+        Ok(weights)
+    }
+
+    /// Checks every size against the configuration, and that the projections are ternary
+    /// exactly when the configuration quantizes weights.
+    ///
+    /// # Errors
+    /// [`QatError::Invalid`] naming the first tensor that does not fit.
+    pub fn check(&self) -> Result<()> {
+        let c = &self.config;
+        c.validate()?;
+        let bad = |what: String| Err(QatError::Invalid(what));
+        let len = |what: &str, v: &[f32], n: usize| {
+            if v.len() == n {
+                Ok(())
+            } else {
+                bad(format!("{what}: {} values, expected {n}", v.len()))
+            }
+        };
+        len("the embedding", &self.embedding, c.vocab_size * c.d_model)?;
+        if self.head.is_some() == c.tied_head {
+            return bad(format!(
+                "the configuration says tied_head = {} but the weights {} a separate head",
+                c.tied_head,
+                if self.head.is_some() { "have" } else { "lack" }
+            ));
+        }
+        if let Some(h) = &self.head {
+            len("the output head", h, c.vocab_size * c.d_model)?;
+        }
+        len("the final norm", &self.norm, c.d_model)?;
+        if self.blocks.len() != c.n_layers {
+            return bad(format!(
+                "{} blocks for n_layers {}",
+                self.blocks.len(),
+                c.n_layers
+            ));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            len(
+                &format!("block {i} attn_norm"),
+                &b.attention_norm,
+                c.d_model,
+            )?;
+            len(
+                &format!("block {i} attn_sub_norm"),
+                &b.attention_sub_norm,
+                c.d_model,
+            )?;
+            len(&format!("block {i} ffn_norm"), &b.ffn_norm, c.d_model)?;
+            len(&format!("block {i} ffn_sub_norm"), &b.ffn_sub_norm, c.d_ff)?;
+            if b.projections.len() != 7 {
+                return bad(format!("block {i}: {} projections", b.projections.len()));
+            }
+            for ((p, (d_in, d_out)), (name, _)) in b
+                .projections
+                .iter()
+                .zip(c.projection_dims())
+                .zip(PROJECTION_NAMES)
+            {
+                let what = format!("block {i} {name}");
+                match (p, c.weight_quant.is_some()) {
+                    (ProjectionWeights::Ternary(t), true) => {
+                        if (t.rows(), t.cols()) != (d_out, d_in) {
+                            return bad(format!(
+                                "{what}: {} x {} (outputs x inputs), expected {d_out} x {d_in}",
+                                t.rows(),
+                                t.cols()
+                            ));
+                        }
+                    }
+                    (ProjectionWeights::Float(v), false) => len(&what, v, d_in * d_out)?,
+                    (_, quantized) => {
+                        return bad(format!(
+                            "{what}: {} weights for a {} configuration",
+                            if quantized { "float" } else { "ternary" },
+                            if quantized {
+                                "ternary"
+                            } else {
+                                "full-precision"
+                            }
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The model for inference on `device`: ternary projections packed (never in f32).
+    ///
+    /// # Errors
+    /// As [`LmWeights::check`].
+    pub fn packed_lm(&self, device: &Device) -> Result<BitNetLm> {
+        self.check()?;
+        let lm = self.config.init_packed_skeleton(device)?;
+        self.fill(lm, device, |p, w| match (p, w) {
+            (Projection::Bit(layer), ProjectionWeights::Ternary(t)) => {
+                let packed = PackedWeight::from_packed(t, false, device)?;
+                let layer = attach(layer, HashMap::from([("weight".to_string(), packed)]))?;
+                Ok(Projection::Bit(layer))
+            }
+            (p, w) => float_projection(p, w, device),
+        })
+    }
+
+    /// The quantization-aware model on `device`, to fine-tune: each ternary projection is a
+    /// `BitLinear` whose latent weight is the dequantized weight `value / s`.
+    ///
+    /// # Errors
+    /// As [`LmWeights::check`].
+    pub fn qat_lm(&self, device: &Device) -> Result<BitNetLm> {
+        self.check()?;
+        let lm = self.config.init(device)?;
+        self.fill(lm, device, |p, w| match (p, w) {
+            (Projection::Bit(layer), ProjectionWeights::Ternary(t)) => {
+                let [d_in, d_out] = layer.weight.shape().dims::<2>();
+                let weight = PackedWeight::from_packed(t, false, device)?.dequantize()?;
+                let config = self.config.projection(d_in, d_out).ok_or_else(|| {
+                    QatError::Invalid("ternary weights for a full-precision model".into())
+                })?;
+                Ok(Projection::Bit(config.init_with(weight, None, device)?))
+            }
+            (p, w) => float_projection(p, w, device),
+        })
+    }
+
+    /// Sets the embedding, norms and head of `lm`, and each projection to what `projection`
+    /// builds from the model's own and the weights'.
+    fn fill(
+        &self,
+        mut lm: BitNetLm,
+        device: &Device,
+        mut projection: impl FnMut(Projection, &ProjectionWeights) -> Result<Projection>,
+    ) -> Result<BitNetLm> {
+        let c = &self.config;
+        let vector = |v: &[f32]| Param::from_tensor(Tensor::<1>::from_floats(v, device));
+        let matrix = |v: &[f32], rows: usize, cols: usize| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device)
+        };
+        lm.embedding.weight = Param::from_tensor(matrix(&self.embedding, c.vocab_size, c.d_model));
+        lm.norm.gamma = vector(&self.norm);
+        if let (Some(head), Some(w)) = (&mut lm.head, &self.head) {
+            head.weight = Param::from_tensor(matrix(w, c.vocab_size, c.d_model).transpose());
+        }
+        for (block, w) in lm.blocks.iter_mut().zip(&self.blocks) {
+            block.attention_norm.gamma = vector(&w.attention_norm);
+            block.attention.sub_norm.gamma = vector(&w.attention_sub_norm);
+            block.ffn_norm.gamma = vector(&w.ffn_norm);
+            block.ffn.sub_norm.gamma = vector(&w.ffn_sub_norm);
+            for (slot, weights) in block.projections_mut().into_iter().zip(&w.projections) {
+                // A placeholder while the projection is rebuilt from the one it replaces.
+                let placeholder = Projection::Full(
+                    burn::nn::LinearConfig::new(1, 1)
+                        .with_bias(false)
+                        .init(device),
+                );
+                let old = std::mem::replace(slot, placeholder);
+                *slot = projection(old, weights)?;
+            }
+        }
+        Ok(lm)
+    }
+}
+
+/// A full-precision projection with `weights` (`[d_output][d_input]`).
+fn float_projection(p: Projection, w: &ProjectionWeights, device: &Device) -> Result<Projection> {
+    match (p, w) {
+        (Projection::Full(mut layer), ProjectionWeights::Float(values)) => {
+            let [d_in, d_out] = layer.weight.shape().dims::<2>();
+            layer.weight = Param::from_tensor(
+                Tensor::<2>::from_data(TensorData::new(values.clone(), [d_out, d_in]), device)
+                    .transpose(),
+            );
+            Ok(Projection::Full(layer))
+        }
+        _ => Err(QatError::Invalid(
+            "the projection kinds of the weights and the configuration differ".into(),
+        )),
+    }
+}
