@@ -1,7 +1,9 @@
 """llama.cpp's side of `gguf-decode`: loads a GGUF file once with llama-cpp-python, then for
 each request line on stdin ("<prompt token ids as JSON>\t<new tokens>") runs greedy decoding
 (the prompt evaluated, then one token at a time through the KV cache) and answers one line of
-JSON: the seconds it took and the tokens.
+JSON: the seconds it took and the tokens. (`logits_all`: llama-cpp-python keeps the logits it
+returns only then; our generation computes the prompt's logits too.) A request for 0 new tokens
+answers the logits of every position of the sequence instead.
 
   llama_decode.py MODEL.gguf THREADS CONTEXT
 """
@@ -20,6 +22,7 @@ def main(path, threads, context):
         n_ctx=int(context),
         n_threads=int(threads),
         n_threads_batch=int(threads),
+        logits_all=True,
         type_k=0,
         type_v=0,
         verbose=False,
@@ -28,6 +31,12 @@ def main(path, threads, context):
     for line in sys.stdin:
         prompt_json, n = line.rstrip("\n").split("\t")
         prompt, n = json.loads(prompt_json), int(n)
+        if n == 0:
+            # The logits of every position of the sequence.
+            llm.reset()
+            llm.eval(prompt)
+            print(json.dumps({"logits": np.asarray(llm.scores[: len(prompt)]).tolist()}), flush=True)
+            continue
         llm.reset()
         start = time.perf_counter()
         llm.eval(prompt)

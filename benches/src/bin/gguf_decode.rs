@@ -6,7 +6,9 @@
 //! pool and llama.cpp's `n_threads`).
 //!
 //! Without `--gguf` it exports a random SiLU model of the given shape first (the speed does not
-//! depend on the weights).
+//! depend on the weights). It also compares the two engines' logits of every position of the
+//! prompt followed by our greedy tokens (the largest difference against
+//! `1e-3 · (1 + max|logit|)`, and whether the argmax agrees everywhere).
 //!
 //! ```text
 //! cargo run --release -p bitnet-qat-benches --bin gguf-decode -- --json benches/results/gguf-decode.json
@@ -21,8 +23,9 @@ use std::time::Instant;
 use bitnet_qat::data::CharTokenizer;
 use bitnet_qat::export::{GgufTernary, export_gguf, import_gguf};
 use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation, Sampling, generate};
+use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat_benches::{Stats, load_average, write_atomic};
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use serde::Serialize;
 
@@ -50,6 +53,9 @@ struct Args {
     /// Generated tokens per sample.
     #[arg(long, default_value_t = 32)]
     tokens: usize,
+    /// Seed of the random model.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Samples per engine and thread count.
     #[arg(long, default_value_t = 21)]
     samples: usize,
@@ -76,6 +82,22 @@ struct Row {
     same_tokens: bool,
 }
 
+/// The two engines' logits of one sequence.
+#[derive(Serialize)]
+struct Agreement {
+    positions: usize,
+    max_abs_logit: f32,
+    max_difference: f32,
+    tolerance: f32,
+    /// Positions whose largest difference exceeds the tolerance.
+    positions_over_tolerance: Vec<usize>,
+    /// The largest difference of the other positions.
+    max_difference_elsewhere: f32,
+    /// The largest difference of each position.
+    per_position: Vec<f32>,
+    same_argmax: bool,
+}
+
 #[derive(Serialize)]
 struct Report {
     gguf: String,
@@ -89,6 +111,7 @@ struct Report {
     samples: usize,
     load_before: f64,
     load_after: f64,
+    logits: Agreement,
     rows: Vec<Row>,
 }
 
@@ -118,6 +141,32 @@ impl Llama {
             )));
         }
         Ok(Self { child, out })
+    }
+
+    /// The logits `[len][vocab]` of every position of `tokens`.
+    fn logits(&mut self, tokens: &[usize]) -> std::io::Result<Vec<Vec<f32>>> {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{}\t0", serde_json::to_string(tokens)?)?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let rows = v["logits"]
+            .as_array()
+            .ok_or_else(|| std::io::Error::other(format!("llama_decode.py answered {line:?}")))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
     }
 
     /// Seconds and tokens of one greedy run.
@@ -151,6 +200,55 @@ impl Drop for Llama {
     }
 }
 
+/// Our logits of `tokens` against llama.cpp's.
+fn agreement(
+    lm: &bitnet_qat::nn::transformer::BitNetLm,
+    tokens: &[usize],
+    theirs: &[Vec<f32>],
+    device: &Device,
+) -> Result<Agreement, Box<dyn std::error::Error>> {
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), device);
+    let ours = lm
+        .try_forward(x)?
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    let vocab = ours.len() / tokens.len();
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j]));
+    let max_abs_logit = ours.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tolerance = 1e-3 * (1.0 + max_abs_logit);
+    let mut same_argmax = theirs.len() == tokens.len();
+    let (mut max_difference, mut max_difference_elsewhere) = (0f32, 0f32);
+    let mut positions_over_tolerance = Vec::new();
+    let mut per_position = Vec::with_capacity(tokens.len());
+    for (t, (row, mine)) in theirs.iter().zip(ours.chunks(vocab)).enumerate() {
+        same_argmax &= row.len() == vocab && argmax(row) == argmax(mine);
+        let diff = row
+            .iter()
+            .zip(mine)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        max_difference = max_difference.max(diff);
+        per_position.push(diff);
+        if diff > tolerance {
+            positions_over_tolerance.push(t);
+        } else {
+            max_difference_elsewhere = max_difference_elsewhere.max(diff);
+        }
+    }
+    Ok(Agreement {
+        positions: tokens.len(),
+        max_abs_logit,
+        max_difference,
+        tolerance,
+        positions_over_tolerance,
+        max_difference_elsewhere,
+        per_position,
+        same_argmax,
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let device = Device::flex();
@@ -182,7 +280,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 args.d_ff,
             )
             .with_activation(FfnActivation::Silu)
+            // What llama.cpp computes: int8 activations per block of 256.
+            .with_activation_quant(Some(
+                QuantConfig::activation_int8()
+                    .with_granularity(Granularity::PerGroup { size: 256 }),
+            ))
             .with_max_seq_len(args.prompt + args.tokens + 8);
+            device.seed(args.seed);
             let lm = config.init(&device)?;
             let path =
                 std::env::temp_dir().join(format!("gguf-decode-{}.gguf", std::process::id()));
@@ -197,6 +301,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| 1 + (i * 37 + 11) % (config.vocab_size - 1))
         .collect();
     let context = args.prompt + args.tokens + 8;
+    let logits = {
+        let mut llama = Llama::start(&python, &gguf, 1, context)?;
+        let mut sequence = prompt.clone();
+        sequence.extend(generate(&lm, &prompt, args.tokens, Sampling::Greedy, 0)?);
+        agreement(&lm, &sequence, &llama.logits(&sequence)?, &device)?
+    };
     let load_before = load_average();
     let mut rows = Vec::new();
     for &threads in &args.threads {
@@ -240,6 +350,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         samples: args.samples,
         load_before,
         load_after,
+        logits,
         rows,
     };
     println!(

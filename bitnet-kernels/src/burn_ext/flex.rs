@@ -18,16 +18,13 @@ impl TernaryOps for Flex {
         let (x, codes, scales) = (contiguous(x), contiguous(codes), contiguous(scales));
         let m = x.layout().shape().num_elements() / cols.max(1);
         let rows = codes.layout().shape()[0];
-        // A contiguous view at offset 0 (a leading slice, a narrowed single row) may sit on a
-        // longer buffer: take only its own elements.
-        let own = |t: &FlexTensor| t.layout().shape().num_elements();
         let y = super::run_cpu(
-            &x.storage::<f32>()[..own(&x)],
+            &x.storage::<f32>()[span(&x)],
             m,
-            &codes.storage::<u32>()[..own(&codes)],
+            &codes.storage::<u32>()[span(&codes)],
             rows,
             cols,
-            &scales.storage::<f32>()[..own(&scales)],
+            &scales.storage::<f32>()[span(&scales)],
             kind,
             activations,
         );
@@ -35,10 +32,18 @@ impl TernaryOps for Flex {
     }
 }
 
+/// `t`, copied only when its elements are not one row-major run of its buffer (a slice of
+/// leading rows stays in place, wherever it starts).
 fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.is_contiguous() && t.layout().start_offset() == 0 {
+    if t.is_contiguous() {
         t
     } else {
         t.to_contiguous()
     }
+}
+
+/// Where a contiguous tensor's elements are in the buffer it may share with others.
+fn span(t: &FlexTensor) -> std::ops::Range<usize> {
+    let start = t.layout().start_offset();
+    start..start + t.layout().shape().num_elements()
 }

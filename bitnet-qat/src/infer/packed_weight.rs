@@ -2,7 +2,7 @@
 //! its record, usable as a layer's field or attached to any layer's weight as a Burn
 //! reparameterization.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float, unpack_codes};
 use bitnet_kernels::packed::{BLOCK, MAX_K, PackedTernary, TernaryScales, words_per_row};
@@ -229,7 +229,16 @@ pub struct PackedWeight {
     /// The layout of the parameter id it was built with.
     #[module(skip)]
     host: Option<(ParamId, PackedLayout)>,
+    /// The codes regrouped for [`PackedWeight::linear_grouped`], built on first use.
+    #[module(skip)]
+    grouped: GroupedCodes,
 }
+
+/// The regrouped codes of a [`PackedWeight`] and the codes parameter id and group they were
+/// built from (a record loaded into the weight brings another id, so they are rebuilt). Shared
+/// by clones; freed with the last of them.
+#[derive(Clone, Debug, Default)]
+struct GroupedCodes(Arc<Mutex<Option<(ParamId, usize, Tensor<2, Int>)>>>);
 
 impl PackedWeight {
     /// Packed weights on `device` from packed rows (rows are outputs).
@@ -281,6 +290,7 @@ impl PackedWeight {
             // Not trained: a plain (non-autodiff) parameter.
             scales: Param::initialized(ParamId::new(), scales),
             host: Some((param.id, layout)),
+            grouped: GroupedCodes::default(),
             layout: param,
         }
     }
@@ -385,12 +395,13 @@ impl PackedWeight {
         let mut out_dims = x.dims();
         out_dims[D - 1] = layout.d_output;
         let x: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
-        let words = words_per_row(group);
+        let rows = layout.d_output;
+        let codes = self.grouped_codes(group, layout);
         let mut y: Option<Tensor<2>> = None;
         for g in 0..layout.d_input / group {
             let part = ternary_matmul(
                 x.clone().narrow(1, g * group, group),
-                self.codes.val().narrow(1, g * words, words),
+                codes.clone().narrow(0, g * rows, rows),
                 self.scales.val(),
                 group,
                 layout.scales,
@@ -406,6 +417,32 @@ impl PackedWeight {
             None => y,
         };
         Ok(Some(y.reshape(out_dims)))
+    }
+
+    /// The codes regrouped for [`PackedWeight::linear_grouped`]: `[groups · d_output,
+    /// words_per_row(group)]`, group `g`'s packed rows at rows `g · d_output..`, so each group's
+    /// codes are one contiguous run the kernels read in place. Built once per weight (a copy of
+    /// the codes, kept with the weight).
+    fn grouped_codes(&self, group: usize, layout: PackedLayout) -> Tensor<2, Int> {
+        let mut cached = self.grouped.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, g, codes)) = &*cached
+            && (*id, *g) == (self.codes.id, group)
+        {
+            return codes.clone();
+        }
+        let (rows, groups, words) = (
+            layout.d_output,
+            layout.d_input / group,
+            words_per_row(group),
+        );
+        let codes: Tensor<2, Int> = self
+            .codes
+            .val()
+            .reshape([rows, groups, words])
+            .swap_dims(0, 1)
+            .reshape([groups * rows, words]);
+        *cached = Some((self.codes.id, group, codes.clone()));
+        codes
     }
 
     /// The dequantized weight `[d_input, d_output]` (Burn's layout, contiguous): `value / s`
@@ -583,5 +620,57 @@ mod tests {
         let loaded = skeleton.load_record(per_row.clone().into_record());
         // The record's activation mode (float) replaces the skeleton's (int8).
         assert_eq!(loaded.layout().unwrap(), per_row.layout().unwrap());
+    }
+
+    #[test]
+    fn grouped_activations_sum_the_groups_int8_products() {
+        let device = Device::flex();
+        let (rows, cols) = (3, 512);
+        let values: Vec<i8> = (0..rows * cols).map(|i| ((i * 5) % 3) as i8 - 1).collect();
+        let half = |h: usize| -> Vec<i8> {
+            (0..rows)
+                .flat_map(|r| values[r * cols + h * 256..r * cols + (h + 1) * 256].to_vec())
+                .collect()
+        };
+        let scales = TernaryScales::PerRow(vec![2.0, 4.0, 0.5]);
+        let pack = |v: &[i8], c: usize| {
+            let t = PackedTernary::pack(v, rows, c, scales.clone()).unwrap();
+            PackedWeight::from_packed(&t, true, &device).unwrap()
+        };
+        let whole = pack(&values, cols);
+        // The second half of the inputs is 100x the first: one per-token scale would flatten
+        // the first half's codes, one per group keeps them.
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| (((i * 37) % 23) as f32 - 11.0) * if i % cols < 256 { 0.01 } else { 1.0 })
+            .collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [2, cols]), &device);
+        let grouped = whole.linear_grouped(x.clone(), 256, None).unwrap().unwrap();
+        let expected = pack(&half(0), 256)
+            .matmul(x.clone().narrow(1, 0, 256))
+            .unwrap()
+            + pack(&half(1), 256)
+                .matmul(x.clone().narrow(1, 256, 256))
+                .unwrap();
+        assert_eq!(grouped.into_data(), expected.into_data());
+        // One group of all inputs is the per-token product.
+        assert_eq!(
+            whole
+                .linear_grouped(x.clone(), 512, None)
+                .unwrap()
+                .unwrap()
+                .into_data(),
+            whole.matmul(x.clone()).unwrap().into_data()
+        );
+        // Groups that are not whole 256-blocks dividing the inputs, or per-group weight
+        // scales, are left to the caller.
+        assert!(
+            whole
+                .linear_grouped(x.clone(), 128, None)
+                .unwrap()
+                .is_none()
+        );
+        let per_group =
+            PackedWeight::from_packed(&packed(ScaleKind::PerGroup(256)), true, &device).unwrap();
+        assert!(per_group.linear_grouped(x, 256, None).unwrap().is_none());
     }
 }
