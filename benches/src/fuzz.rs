@@ -17,7 +17,7 @@ use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use bitnet_qat::check::check_model;
 use bitnet_qat::data::{CharTokenizer, IdxDataset};
 use bitnet_qat::export::{
-    GgufTernary, ImportedLm, export_gguf, export_hf, import_gguf_bytes, import_hf_bytes,
+    GgufFile, GgufTernary, ImportedLm, export_gguf, export_hf, import_gguf_bytes, import_hf_bytes,
 };
 use bitnet_qat::infer::pack;
 use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation};
@@ -387,7 +387,13 @@ fn gguf() -> Target {
     for (lm, config) in lm_seeds(&device) {
         for ternary in [GgufTernary::Tq2_0, GgufTernary::Tq1_0] {
             export_gguf(&lm, &config, &tokenizer, &path, ternary).expect("exports");
-            seeds.push(std::fs::read(&path).expect("written"));
+            let bytes = std::fs::read(&path).expect("written");
+            // Also as a foreign file: without this crate's configuration key, the reader
+            // rebuilds the configuration from llama.cpp's keys.
+            let mut foreign = GgufFile::from_bytes(&bytes).expect("reads");
+            foreign.metadata.retain(|(k, _)| k != "bitnet_qat.config");
+            seeds.push(foreign.to_bytes().expect("writes"));
+            seeds.push(bytes);
         }
     }
     let _ = std::fs::remove_file(&path);
@@ -407,17 +413,29 @@ fn hf() -> Target {
     for (lm, config) in lm_seeds(&device) {
         export_hf(&lm, &config, &tokenizer, &dir).expect("exports");
         let read = |name: &str| std::fs::read(dir.join(name)).expect("written");
-        seeds.push(join(&read("config.json"), &read("model.safetensors")));
+        let rest = join(&read("model.safetensors"), &read("tokenizer.json"));
+        // Also without this crate's configuration (transformers' keys only).
+        let mut foreign: serde_json::Value =
+            serde_json::from_slice(&read("config.json")).expect("JSON");
+        foreign
+            .as_object_mut()
+            .expect("an object")
+            .remove("bitnet_qat_config");
+        seeds.push(join(&foreign.to_string().into_bytes(), &rest));
+        seeds.push(join(&read("config.json"), &rest));
     }
     let _ = std::fs::remove_dir_all(&dir);
     Target {
         name: "hf",
         seeds,
         read: Box::new(move |input| {
-            let Some((config, weights)) = split(input) else {
+            let Some((config, rest)) = split(input) else {
                 return false;
             };
-            runs(import_hf_bytes(config, weights, None), &device)
+            let Some((weights, tokenizer)) = split(rest) else {
+                return false;
+            };
+            runs(import_hf_bytes(config, weights, Some(tokenizer)), &device)
         }),
         test_inputs: 5_000,
     }

@@ -143,17 +143,24 @@ impl Llama {
         Ok(Self { child, out })
     }
 
-    /// The logits `[len][vocab]` of every position of `tokens`.
-    fn logits(&mut self, tokens: &[usize]) -> std::io::Result<Vec<Vec<f32>>> {
+    /// One request (`n` new tokens after `tokens`; 0 for the logits of `tokens`) and its
+    /// answer.
+    fn request(&mut self, tokens: &[usize], n: usize) -> std::io::Result<serde_json::Value> {
         let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "{}\t0", serde_json::to_string(tokens)?)?;
+        writeln!(stdin, "{}\t{n}", serde_json::to_string(tokens)?)?;
         stdin.flush()?;
         let mut line = String::new();
         self.out.read_line(&mut line)?;
-        let v: serde_json::Value = serde_json::from_str(&line)?;
+        serde_json::from_str(&line)
+            .map_err(|e| std::io::Error::other(format!("llama_decode.py answered {line:?}: {e}")))
+    }
+
+    /// The logits `[len][vocab]` of every position of `tokens`.
+    fn logits(&mut self, tokens: &[usize]) -> std::io::Result<Vec<Vec<f32>>> {
+        let v = self.request(tokens, 0)?;
         let rows = v["logits"]
             .as_array()
-            .ok_or_else(|| std::io::Error::other(format!("llama_decode.py answered {line:?}")))?;
+            .ok_or_else(|| std::io::Error::other(format!("no logits in {v}")))?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -171,15 +178,10 @@ impl Llama {
 
     /// Seconds and tokens of one greedy run.
     fn run(&mut self, prompt: &[usize], n: usize) -> std::io::Result<(f64, Vec<usize>)> {
-        let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "{}\t{n}", serde_json::to_string(prompt)?)?;
-        stdin.flush()?;
-        let mut line = String::new();
-        self.out.read_line(&mut line)?;
-        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let v = self.request(prompt, n)?;
         let seconds = v["seconds"]
             .as_f64()
-            .ok_or_else(|| std::io::Error::other(format!("llama_decode.py answered {line:?}")))?;
+            .ok_or_else(|| std::io::Error::other(format!("no seconds in {v}")))?;
         let tokens = v["tokens"]
             .as_array()
             .map(|a| {

@@ -17,7 +17,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Value, json};
 
 use super::ImportedLm;
-use super::lm_weights::{BlockWeights, LmWeights, PROJECTION_NAMES, ProjectionWeights};
+use super::lm_weights::{
+    BlockWeights, FloatBytes, LmWeights, NORM_NAMES, PROJECTION_NAMES, ProjectionWeights,
+    check_sizes, decode_floats,
+};
 use crate::data::{CharTokenizer, UNKNOWN_TOKEN};
 use crate::error::{QatError, Result};
 use crate::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation};
@@ -30,7 +33,7 @@ const TOKENIZER: &str = "tokenizer.json";
 /// The key of this crate's own configuration in `config.json` (transformers keeps unknown
 /// keys as attributes).
 const CONFIG_KEY: &str = "bitnet_qat_config";
-const UNKNOWN_TEXT: &str = "<unk>";
+use super::UNKNOWN_TEXT;
 
 fn unrepresentable(reason: impl Into<String>) -> QatError {
     QatError::Unrepresentable {
@@ -82,13 +85,7 @@ pub fn export_hf(
     dir: impl AsRef<Path>,
 ) -> Result<()> {
     let dir = dir.as_ref();
-    if tokenizer.vocab_size() != config.vocab_size {
-        return Err(QatError::Invalid(format!(
-            "a tokenizer of {} tokens for a model of {}",
-            tokenizer.vocab_size(),
-            config.vocab_size
-        )));
-    }
+    super::check_vocabulary(tokenizer, config)?;
     let weights = LmWeights::from_lm(lm, config)?;
     let tensors = safetensors_bytes(&weights)?;
     std::fs::create_dir_all(dir)
@@ -98,14 +95,16 @@ pub fn export_hf(
         bitnet_kernels::file::write_atomic(&path, bytes)
             .map_err(|e| QatError::Record(format!("writing {}: {e}", path.display())))
     };
-    let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    let pretty = |v: &Value| {
+        serde_json::to_vec_pretty(v).map_err(|e| QatError::Invalid(format!("encoding JSON: {e}")))
+    };
     write(WEIGHTS, &tensors)?;
-    write(TOKENIZER, &pretty(&tokenizer_json(tokenizer)))?;
-    write(CONFIG, &pretty(&config_json(config)))
+    write(TOKENIZER, &pretty(&tokenizer_json(tokenizer))?)?;
+    write(CONFIG, &pretty(&config_json(config)?)?)
 }
 
 /// `config.json`.
-fn config_json(c: &BitNetLmConfig) -> Value {
+fn config_json(c: &BitNetLmConfig) -> Result<Value> {
     let mut config = json!({
         "architectures": ["BitNetForCausalLM"],
         "model_type": "bitnet",
@@ -137,8 +136,9 @@ fn config_json(c: &BitNetLmConfig) -> Value {
             "quantization_mode": "offline",
         });
     }
-    config[CONFIG_KEY] = serde_json::from_str(&c.to_string()).unwrap_or(Value::Null);
-    config
+    config[CONFIG_KEY] = serde_json::from_str(&c.to_string())
+        .map_err(|e| QatError::Invalid(format!("encoding the configuration: {e}")))?;
+    Ok(config)
 }
 
 /// `tokenizer.json` of the `tokenizers` library: a BPE model whose vocabulary is the
@@ -214,7 +214,7 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 fn safetensors_bytes(w: &LmWeights) -> Result<Vec<u8>> {
     let c = &w.config;
-    let (d, ff, v) = (c.d_model, c.d_ff, c.vocab_size);
+    let (d, v) = (c.d_model, c.vocab_size);
     // (name, dtype, shape, bytes)
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
         (
@@ -240,13 +240,13 @@ fn safetensors_bytes(w: &LmWeights) -> Result<Vec<u8>> {
     }
     for (i, b) in w.blocks.iter().enumerate() {
         let name = |n: &str| format!("model.layers.{i}.{n}");
-        for (n, values, len) in [
-            ("input_layernorm.weight", &b.attention_norm, d),
-            ("self_attn.attn_sub_norm.weight", &b.attention_sub_norm, d),
-            ("post_attention_layernorm.weight", &b.ffn_norm, d),
-            ("mlp.ffn_sub_norm.weight", &b.ffn_sub_norm, ff),
-        ] {
-            tensors.push((name(n), Dtype::F32, vec![len], f32_bytes(values)));
+        for (values, (_, norm)) in b.norms().into_iter().zip(NORM_NAMES) {
+            tensors.push((
+                name(&format!("{norm}.weight")),
+                Dtype::F32,
+                vec![values.len()],
+                f32_bytes(values),
+            ));
         }
         for (p, ((_, proj), (d_in, d_out))) in b
             .projections
@@ -335,9 +335,11 @@ pub fn import_hf_bytes(
     let config: Value =
         serde_json::from_slice(config).map_err(|e| bad("config.json", e.to_string()))?;
     let config = config_of(&config)?;
+    // A vocabulary of another size is not this model's.
     let tokenizer = tokenizer
         .and_then(|bytes| serde_json::from_slice(bytes).ok())
-        .and_then(|v: Value| tokenizer_of(&v));
+        .and_then(|v: Value| tokenizer_of(&v))
+        .filter(|t| t.vocab_size() == config.vocab_size);
     let weights = weights_of(weights, config)?;
     Ok(ImportedLm { tokenizer, weights })
 }
@@ -376,20 +378,11 @@ fn config_of(v: &Value) -> Result<BitNetLmConfig> {
     let config = if let Some(ours) = v.get(CONFIG_KEY) {
         let config = BitNetLmConfig::load_binary(ours.to_string().as_bytes())
             .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
-        let keys = (vocab_size, d_model, d_ff, n_layers, n_heads, n_kv_heads);
-        let mine = (
-            config.vocab_size,
-            config.d_model,
-            config.d_ff,
-            config.n_layers,
-            config.n_heads,
-            config.kv_heads(),
-        );
-        if keys != mine {
-            return Err(bad(format!(
-                "`{CONFIG_KEY}` {mine:?} disagrees with the transformers keys {keys:?}"
-            )));
-        }
+        check_sizes(
+            &config,
+            [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
+        )
+        .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
         config
     } else {
         let activation = match v["hidden_act"].as_str().unwrap_or("relu2") {
@@ -453,32 +446,19 @@ fn floats(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>>
     if t.shape() != shape {
         return Err(bad(format!("shape {:?}, expected {shape:?}", t.shape())));
     }
-    let data = t.data();
-    let values: Vec<f32> = match t.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+    let kind = match t.dtype() {
+        Dtype::F32 => FloatBytes::F32,
+        Dtype::F16 => FloatBytes::F16,
+        Dtype::BF16 => FloatBytes::Bf16,
         other => return Err(bad(format!("dtype {other:?}, expected a float type"))),
     };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!("value {i} is not finite")));
-    }
-    Ok(values)
+    decode_floats(kind, t.data()).map_err(|i| bad(format!("value {i} is not finite")))
 }
 
 fn weights_of(bytes: &[u8], config: BitNetLmConfig) -> Result<LmWeights> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad("safetensors", e.to_string()))?;
     let (d, ff, v) = (config.d_model, config.d_ff, config.vocab_size);
-    let mut blocks = Vec::with_capacity(config.n_layers);
+    let mut blocks = Vec::new();
     for i in 0..config.n_layers {
         let name = |n: &str| format!("model.layers.{i}.{n}");
         let mut projections = Vec::with_capacity(7);
@@ -513,13 +493,14 @@ fn weights_of(bytes: &[u8], config: BitNetLmConfig) -> Result<LmWeights> {
                 ProjectionWeights::Float(floats(&st, &weight, &[d_out, d_in])?)
             });
         }
-        blocks.push(BlockWeights {
-            attention_norm: floats(&st, &name("input_layernorm.weight"), &[d])?,
-            attention_sub_norm: floats(&st, &name("self_attn.attn_sub_norm.weight"), &[d])?,
-            ffn_norm: floats(&st, &name("post_attention_layernorm.weight"), &[d])?,
-            ffn_sub_norm: floats(&st, &name("mlp.ffn_sub_norm.weight"), &[ff])?,
-            projections,
-        });
+        let mut norms = Vec::with_capacity(4);
+        for ((_, norm), width) in NORM_NAMES.iter().zip([d, d, d, ff]) {
+            norms.push(floats(&st, &name(&format!("{norm}.weight")), &[width])?);
+        }
+        let norms: [Vec<f32>; 4] = norms
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("four norms"));
+        blocks.push(BlockWeights::new(norms, projections));
     }
     let head = if config.tied_head {
         None

@@ -24,6 +24,76 @@ pub(crate) const PROJECTION_NAMES: [(&str, &str); 7] = [
     ("ffn_down", "mlp.down_proj"),
 ];
 
+/// The names of a block's four norms (pre-attention, attention SubLN, pre-FFN, FFN SubLN) in
+/// llama.cpp's GGUF (`blk.N.<name>.weight`) and in Hugging Face's `BitNetForCausalLM`
+/// (`model.layers.N.<name>.weight`).
+pub(crate) const NORM_NAMES: [(&str, &str); 4] = [
+    ("attn_norm", "input_layernorm"),
+    ("attn_sub_norm", "self_attn.attn_sub_norm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_sub_norm", "mlp.ffn_sub_norm"),
+];
+
+/// The float encodings the readers take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FloatBytes {
+    /// Little-endian f32.
+    F32,
+    /// Little-endian IEEE half.
+    F16,
+    /// Little-endian bfloat16.
+    Bf16,
+}
+
+/// The values of `data` in `kind`, checked finite.
+///
+/// # Errors
+/// The index of the first non-finite value.
+pub(crate) fn decode_floats(kind: FloatBytes, data: &[u8]) -> std::result::Result<Vec<f32>, usize> {
+    let values: Vec<f32> = match kind {
+        FloatBytes::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        FloatBytes::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        FloatBytes::Bf16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    };
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(i),
+        None => Ok(values),
+    }
+}
+
+/// Checks that the sizes a file's own keys give, `keys` (vocabulary, width, blocks, FFN,
+/// heads, key/value heads), are those of this crate's configuration stored in it.
+pub(crate) fn check_sizes(
+    config: &BitNetLmConfig,
+    keys: [usize; 6],
+) -> std::result::Result<(), String> {
+    let ours = [
+        config.vocab_size,
+        config.d_model,
+        config.n_layers,
+        config.d_ff,
+        config.n_heads,
+        config.kv_heads(),
+    ];
+    if ours == keys {
+        Ok(())
+    } else {
+        Err(format!(
+            "the stored configuration's (vocabulary, width, blocks, FFN, heads, kv heads) \
+             {ours:?} disagree with the file's {keys:?}"
+        ))
+    }
+}
+
 /// One projection's weight, rows are outputs: packed ternary values with their scales
 /// (`w = value / s`), or f32 values `[d_output][d_input]`.
 #[derive(Debug, Clone)]
@@ -73,6 +143,30 @@ fn host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
 
 fn gamma(norm: &RmsNorm, what: &str) -> Result<Vec<f32>> {
     host(norm.gamma.val(), what)
+}
+
+impl BlockWeights {
+    /// The four norms in the order of [`NORM_NAMES`].
+    pub fn norms(&self) -> [&Vec<f32>; 4] {
+        [
+            &self.attention_norm,
+            &self.attention_sub_norm,
+            &self.ffn_norm,
+            &self.ffn_sub_norm,
+        ]
+    }
+
+    /// A block from its four norms in the order of [`NORM_NAMES`] and its projections.
+    pub fn new(norms: [Vec<f32>; 4], projections: Vec<ProjectionWeights>) -> Self {
+        let [attention_norm, attention_sub_norm, ffn_norm, ffn_sub_norm] = norms;
+        Self {
+            attention_norm,
+            attention_sub_norm,
+            ffn_norm,
+            ffn_sub_norm,
+            projections,
+        }
+    }
 }
 
 impl LmWeights {

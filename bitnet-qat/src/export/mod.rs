@@ -19,9 +19,12 @@ pub use gguf::{
 pub use hf::{export_hf, import_hf, import_hf_bytes};
 
 use crate::data::CharTokenizer;
-use crate::error::Result;
+use crate::error::{QatError, Result};
 use crate::nn::transformer::{BitNetLm, BitNetLmConfig};
 use lm_weights::LmWeights;
+
+/// The text of token 0 ([`crate::data::UNKNOWN_TOKEN`]) in exported vocabularies.
+const UNKNOWN_TEXT: &str = "<unk>";
 
 /// A language model read from an exported file: its configuration, its tokenizer when the file
 /// holds a character vocabulary, and its weights on the host.
@@ -58,4 +61,16 @@ impl ImportedLm {
     pub fn qat(&self, device: &Device) -> Result<BitNetLm> {
         self.weights.qat_lm(device)
     }
+}
+
+/// Checks that `tokenizer` has the vocabulary of `config`.
+fn check_vocabulary(tokenizer: &CharTokenizer, config: &BitNetLmConfig) -> Result<()> {
+    if tokenizer.vocab_size() == config.vocab_size {
+        return Ok(());
+    }
+    Err(QatError::Invalid(format!(
+        "a tokenizer of {} tokens for a model of {}",
+        tokenizer.vocab_size(),
+        config.vocab_size
+    )))
 }

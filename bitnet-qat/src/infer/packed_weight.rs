@@ -162,7 +162,10 @@ fn checked_layout(layout: PackedLayout, codes: [usize; 2], scales: usize) -> Res
 /// The scales of `kind` from their flat values.
 pub(crate) fn ternary_scales(kind: ScaleKind, values: Vec<f32>) -> TernaryScales {
     match kind {
-        ScaleKind::PerTensor => TernaryScales::PerTensor(values.first().copied().unwrap_or(1.0)),
+        // No value (a malformed record) gives a NaN scale, which the packed format refuses.
+        ScaleKind::PerTensor => {
+            TernaryScales::PerTensor(values.first().copied().unwrap_or(f32::NAN))
+        }
         ScaleKind::PerRow => TernaryScales::PerRow(values),
         ScaleKind::PerGroup(group) => TernaryScales::PerGroup {
             group,

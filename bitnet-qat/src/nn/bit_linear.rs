@@ -410,6 +410,9 @@ impl BitLinear {
         // Per token one group of all inputs; per group, each group's sums scaled by its own
         // activation scale and the groups added in order, as `PackedWeight::linear_grouped`.
         let group = group.unwrap_or(d_in);
+        if !d_in.is_multiple_of(group) {
+            return Ok(None);
+        }
         let y = (0..d_in / group)
             .map(|g| {
                 // BitNet's activation quantizer, as the kernels' `quantize_rows` computes it:

@@ -14,6 +14,9 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Arrays nest at most this deep (metadata never needs more).
 const MAX_DEPTH: usize = 4;
+/// The most metadata array elements a file may hold in all (a 256k-token vocabulary with its
+/// scores, types and merges is about a million).
+const MAX_ARRAY_ELEMENTS: usize = 1 << 22;
 
 fn bad(reason: impl Into<String>) -> QatError {
     QatError::File {
@@ -369,10 +372,16 @@ impl GgufFile {
     ///
     /// # Errors
     /// [`QatError::File`] naming the problem: another magic or version, a truncated file,
-    /// an unknown value or tensor type, a count or size larger than the file, a string that is
-    /// not UTF-8, a bad alignment, or tensor data outside the file.
+    /// an unknown value or tensor type, a count or size larger than the file, a repeated key
+    /// or tensor, metadata arrays of more than 2^22 elements in all, a string that is not
+    /// UTF-8, a bad alignment, tensors not laid out one after the other as ggml writes them, or
+    /// tensor data outside the file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader { bytes, pos: 0 };
+        let mut r = Reader {
+            bytes,
+            pos: 0,
+            array_elements: 0,
+        };
         if r.take(4)? != MAGIC {
             return Err(bad("not a GGUF file (no GGUF magic)"));
         }
@@ -385,11 +394,12 @@ impl GgufFile {
         let n_tensors = r.count(8 + 4 + 8 + 4 + 8, "tensors")?;
         let n_kv = r.count(8 + 4 + 1, "metadata entries")?;
         let mut metadata = Vec::with_capacity(n_kv);
+        let mut keys = std::collections::HashSet::new();
         for _ in 0..n_kv {
             let key = r.string()?;
             let ty = GgufType::from_id(r.u32()?)?;
             let value = r.value(ty, 0)?;
-            if metadata.iter().any(|(k, _)| *k == key) {
+            if !keys.insert(key.clone()) {
                 return Err(bad(format!("metadata key `{key}` appears twice")));
             }
             metadata.push((key, value));
@@ -405,6 +415,7 @@ impl GgufFile {
         };
         let mut infos = Vec::with_capacity(n_tensors);
         let mut names = std::collections::HashSet::new();
+        let mut running = 0u64;
         for _ in 0..n_tensors {
             let name = r.string()?;
             let n_dims = r.u32()?;
@@ -422,12 +433,18 @@ impl GgufFile {
             let ty =
                 TensorType::from_id(r.u32()?).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
             let offset = r.u64()?;
-            if !offset.is_multiple_of(align) {
+            let len = ty.data_len(&name, &dims)?;
+            // As ggml requires: each tensor right after the one before, padded to the
+            // alignment (so no two tensors share bytes, and the data read is the file's size).
+            if offset != running {
                 return Err(bad(format!(
-                    "tensor `{name}`: offset {offset} is not a multiple of the alignment {align}"
+                    "tensor `{name}`: offset {offset}, expected {running} (the padded end of \
+                     the tensors before it)"
                 )));
             }
-            let len = ty.data_len(&name, &dims)?;
+            running = running
+                .checked_add((len as u64).next_multiple_of(align))
+                .ok_or_else(|| bad(format!("tensor `{name}`: offsets overflow")))?;
             if !names.insert(name.clone()) {
                 return Err(bad(format!("tensor `{name}` appears twice")));
             }
@@ -467,6 +484,8 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Metadata array elements read so far.
+    array_elements: usize,
 }
 
 impl Reader<'_> {
@@ -542,6 +561,13 @@ impl Reader<'_> {
                 }
                 let elem = GgufType::from_id(self.u32()?)?;
                 let n = self.count(elem.min_size(), "array elements")?;
+                // A value takes up to 32 bytes in memory for 1 in the file: bound the total.
+                self.array_elements += n;
+                if self.array_elements > MAX_ARRAY_ELEMENTS {
+                    return Err(bad(format!(
+                        "metadata arrays of more than {MAX_ARRAY_ELEMENTS} elements in all"
+                    )));
+                }
                 let values = (0..n)
                     .map(|_| self.value(elem, depth + 1))
                     .collect::<Result<Vec<_>>>()?;
@@ -647,6 +673,16 @@ mod tests {
         t[24 + 8 + 20..24 + 8 + 24].copy_from_slice(&99u32.to_le_bytes());
         assert!(error(&t).contains("unknown metadata value type 99"));
         assert!(error(b"GGML\x03\0\0\0").contains("magic"));
+        // The second tensor's offset (the last 8 bytes of the tensor infos) pointed back at the
+        // first tensor's data: tensors must follow each other, as ggml writes them.
+        let mut o = good.clone();
+        let name = good
+            .windows(8)
+            .position(|w| w == b"w.weight")
+            .expect("the second tensor's name");
+        let at = name + 8 + 4 + 2 * 8 + 4; // name, rank, two dimensions, type
+        o[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(error(&o).contains("offset 0, expected 32"), "{}", error(&o));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod container;
 mod ternary_blocks;
 mod vocab;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn::config::Config;
@@ -22,7 +23,10 @@ use half::f16;
 pub use container::{GgufFile, GgufTensor, GgufType, GgufValue, TensorType};
 
 use super::ImportedLm;
-use super::lm_weights::{BlockWeights, LmWeights, PROJECTION_NAMES, ProjectionWeights};
+use super::lm_weights::{
+    BlockWeights, FloatBytes, LmWeights, NORM_NAMES, PROJECTION_NAMES, ProjectionWeights,
+    check_sizes, decode_floats,
+};
 use crate::data::CharTokenizer;
 use crate::error::{QatError, Result};
 use crate::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation};
@@ -77,9 +81,11 @@ fn bad(reason: impl Into<String>) -> QatError {
 
 /// Writes `lm` (its configuration `config`, its tokenizer `tokenizer`) to `path` as a GGUF
 /// file of llama.cpp's `bitnet` architecture, atomically. Ternary projections are written as
-/// `ternary` codes with block multiplier exactly 1.0 and their per-tensor scale as an F32
-/// `.scale` tensor, so no weight is rounded; the embedding and norms are F32. A model not yet
-/// packed is packed first ([`crate::infer::pack`]).
+/// `ternary` codes with block multiplier exactly 1.0 and their per-tensor scale `1 / s` as an
+/// F32 `.scale` tensor: the weights llama.cpp computes with, `value · (1 / s)`, are bit for bit
+/// this crate's `value / s` (reading the file back gives `s` within one f32 rounding). The
+/// embedding and norms are F32. A model not yet packed is packed first
+/// ([`crate::infer::pack`]).
 ///
 /// The vocabulary is a `gpt2` one of single characters (see `docs/export.md`); the
 /// configuration is also stored under `bitnet_qat.config` for [`import_gguf`].
@@ -120,13 +126,7 @@ pub fn export_gguf(
     ternary: GgufTernary,
 ) -> Result<()> {
     let path = path.as_ref();
-    if tokenizer.vocab_size() != config.vocab_size {
-        return Err(QatError::Invalid(format!(
-            "a tokenizer of {} tokens for a model of {}",
-            tokenizer.vocab_size(),
-            config.vocab_size
-        )));
-    }
+    super::check_vocabulary(tokenizer, config)?;
     check_representable(config)?;
     let weights = LmWeights::from_lm(lm, config)?;
     let file = to_gguf(&weights, tokenizer, ternary)?;
@@ -243,21 +243,16 @@ fn to_gguf(w: &LmWeights, tokenizer: &CharTokenizer, ternary: GgufTernary) -> Re
             GgufValue::Bool(false),
         ),
     ];
-    let (d, ff, v) = (c.d_model as u64, c.d_ff as u64, c.vocab_size as u64);
+    let (d, v) = (c.d_model as u64, c.vocab_size as u64);
     let mut tensors = vec![
         f32_tensor("token_embd.weight".into(), vec![d, v], &w.embedding),
         f32_tensor("output_norm.weight".into(), vec![d], &w.norm),
     ];
     for (i, b) in w.blocks.iter().enumerate() {
         let name = |n: &str| format!("blk.{i}.{n}.weight");
-        tensors.push(f32_tensor(name("attn_norm"), vec![d], &b.attention_norm));
-        tensors.push(f32_tensor(
-            name("attn_sub_norm"),
-            vec![d],
-            &b.attention_sub_norm,
-        ));
-        tensors.push(f32_tensor(name("ffn_norm"), vec![d], &b.ffn_norm));
-        tensors.push(f32_tensor(name("ffn_sub_norm"), vec![ff], &b.ffn_sub_norm));
+        for (values, (norm, _)) in b.norms().into_iter().zip(NORM_NAMES) {
+            tensors.push(f32_tensor(name(norm), vec![values.len() as u64], values));
+        }
         for (p, ((proj, _), (d_in, d_out))) in b
             .projections
             .iter()
@@ -296,7 +291,8 @@ fn to_gguf(w: &LmWeights, tokenizer: &CharTokenizer, ternary: GgufTernary) -> Re
 }
 
 /// Reads a GGUF file of llama.cpp's `bitnet` architecture: one written by [`export_gguf`] (its
-/// configuration comes back exactly) or any other valid one, whose configuration is rebuilt
+/// configuration and ternary values come back exactly, each scale `s` as `1 / (1 / s)` in f32)
+/// or any other valid one, whose configuration is rebuilt
 /// from llama.cpp's keys (SiLU, tied head, per-tensor ternary weights, activations int8 per
 /// group of 256 as llama.cpp computes them). Ternary projections come back with one scale per
 /// tensor, per row or per 256-block, whichever their block multipliers need.
@@ -326,11 +322,16 @@ pub fn import_gguf_bytes(bytes: &[u8]) -> Result<ImportedLm> {
             )));
         }
     }
-    let config = config_of(&file)?;
-    let tokenizer = tokenizer_of(&file);
-    let weights = weights_of(&file, config)?;
+    let tensors: Tensors = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let config = config_of(&file, &tensors)?;
+    // A vocabulary of another size is not this model's.
+    let tokenizer = tokenizer_of(&file).filter(|t| t.vocab_size() == config.vocab_size);
+    let weights = weights_of(&tensors, config)?;
     Ok(ImportedLm { tokenizer, weights })
 }
+
+/// A file's tensors by name.
+type Tensors<'a> = HashMap<&'a str, &'a GgufTensor>;
 
 fn uint(file: &GgufFile, key: &str) -> Result<Option<usize>> {
     let v = match file.get(key) {
@@ -358,7 +359,7 @@ fn float(file: &GgufFile, key: &str) -> Result<Option<f64>> {
 
 /// The configuration: this crate's own when present (checked against llama.cpp's keys), else
 /// rebuilt from the keys and the embedding's shape.
-fn config_of(file: &GgufFile) -> Result<BitNetLmConfig> {
+fn config_of(file: &GgufFile, tensors: &Tensors<'_>) -> Result<BitNetLmConfig> {
     let key = |k: &str| format!("{ARCH}.{k}");
     let d_model = required(file, &key("embedding_length"))?;
     let n_layers = required(file, &key("block_count"))?;
@@ -369,8 +370,8 @@ fn config_of(file: &GgufFile) -> Result<BitNetLmConfig> {
     let norm_eps = float(file, &key("attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| bad("missing key `bitnet.attention.layer_norm_rms_epsilon`"))?;
     let rope_theta = float(file, &key("rope.freq_base"))?.unwrap_or(10000.0);
-    let embd = file
-        .tensor("token_embd.weight")
+    let embd = tensors
+        .get("token_embd.weight")
         .ok_or_else(|| bad("missing tensor `token_embd.weight`"))?;
     let vocab_size = match embd.dims[..] {
         [d, v] if d as usize == d_model => v as usize,
@@ -381,28 +382,18 @@ fn config_of(file: &GgufFile) -> Result<BitNetLmConfig> {
             )));
         }
     };
-    let ternary = file
-        .tensor("blk.0.attn_q.weight")
+    let ternary = tensors
+        .get("blk.0.attn_q.weight")
         .is_none_or(|t| matches!(t.ty, TensorType::Tq1_0 | TensorType::Tq2_0));
     let config = match file.get(CONFIG_KEY) {
         Some(GgufValue::String(json)) => {
             let config = BitNetLmConfig::load_binary(json.as_bytes())
                 .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
-            let ours = (
-                config.vocab_size,
-                config.d_model,
-                config.n_layers,
-                config.d_ff,
-                config.n_heads,
-                config.kv_heads(),
-            );
-            let keys = (vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads);
-            if ours != keys {
-                return Err(bad(format!(
-                    "`{CONFIG_KEY}` (vocab, width, blocks, FFN, heads, kv heads) {ours:?} \
-                     disagrees with the file's keys and tensors {keys:?}"
-                )));
-            }
+            check_sizes(
+                &config,
+                [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
+            )
+            .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
             config
         }
         Some(v) => return Err(bad(format!("`{CONFIG_KEY}` is {v:?}, not a string"))),
@@ -449,10 +440,10 @@ fn tokenizer_of(file: &GgufFile) -> Option<CharTokenizer> {
     else {
         return None;
     };
-    let tokens: Option<Vec<String>> = tokens
+    let tokens: Option<Vec<&str>> = tokens
         .iter()
         .map(|t| match t {
-            GgufValue::String(s) => Some(s.clone()),
+            GgufValue::String(s) => Some(s.as_str()),
             _ => None,
         })
         .collect();
@@ -468,11 +459,17 @@ fn tokenizer_of(file: &GgufFile) -> Option<CharTokenizer> {
         .flatten()
 }
 
+/// The tensor `name`.
+fn tensor<'a>(tensors: &Tensors<'a>, name: &str) -> Result<&'a GgufTensor> {
+    tensors
+        .get(name)
+        .copied()
+        .ok_or_else(|| bad(format!("missing tensor `{name}`")))
+}
+
 /// The f32 values of a float tensor of `dims`.
-fn floats(file: &GgufFile, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
-    let t = file
-        .tensor(name)
-        .ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
+fn floats(tensors: &Tensors<'_>, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
+    let t = tensor(tensors, name)?;
     let expected: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
     if t.dims != expected {
         return Err(bad(format!(
@@ -480,22 +477,10 @@ fn floats(file: &GgufFile, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
             t.dims
         )));
     }
-    let values: Vec<f32> = match t.ty {
-        TensorType::F32 => t
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        TensorType::F16 => t
-            .data
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        TensorType::Bf16 => t
-            .data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+    let kind = match t.ty {
+        TensorType::F32 => FloatBytes::F32,
+        TensorType::F16 => FloatBytes::F16,
+        TensorType::Bf16 => FloatBytes::Bf16,
         ty => {
             return Err(bad(format!(
                 "tensor `{name}` is {}, expected a float type",
@@ -503,24 +488,20 @@ fn floats(file: &GgufFile, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
             )));
         }
     };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!("tensor `{name}`: value {i} is not finite")));
-    }
-    Ok(values)
+    decode_floats(kind, &t.data)
+        .map_err(|i| bad(format!("tensor `{name}`: value {i} is not finite")))
 }
 
 /// A ternary projection `[d_out rows][d_in]` with its block multipliers times the optional
 /// `.scale`, as packed scales (`s = 1 / multiplier`).
 fn ternary(
-    file: &GgufFile,
+    tensors: &Tensors<'_>,
     name: &str,
     scale_name: &str,
     d_in: usize,
     d_out: usize,
 ) -> Result<PackedTernary> {
-    let t = file
-        .tensor(name)
-        .ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
+    let t = tensor(tensors, name)?;
     if t.dims != [d_in as u64, d_out as u64] {
         return Err(bad(format!(
             "tensor `{name}` is {:?}, expected [{d_in}, {d_out}]",
@@ -534,9 +515,9 @@ fn ternary(
         )));
     }
     let (mut values, d) = ternary_blocks::decode(t.ty, name, &t.data)?;
-    let scale = match file.tensor(scale_name) {
+    let scale = match tensors.get(scale_name) {
         None => 1.0,
-        Some(_) => floats(file, scale_name, &[1])?[0],
+        Some(_) => floats(tensors, scale_name, &[1])?[0],
     };
     let multipliers: Vec<f32> = d.iter().map(|&d| d * scale).collect();
     // An all-zero block (upstream writes d = 0 for it) contributes nothing whatever its
@@ -580,39 +561,38 @@ fn ternary(
         .map_err(|e| bad(format!("tensor `{name}`: {e}")))
 }
 
-fn weights_of(file: &GgufFile, config: BitNetLmConfig) -> Result<LmWeights> {
+fn weights_of(tensors: &Tensors<'_>, config: BitNetLmConfig) -> Result<LmWeights> {
     let (d, ff, v) = (config.d_model, config.d_ff, config.vocab_size);
-    let mut expected = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
-    let mut blocks = Vec::with_capacity(config.n_layers);
+    let mut expected: HashSet<String> =
+        HashSet::from(["token_embd.weight".into(), "output_norm.weight".into()]);
+    let mut blocks = Vec::new();
     for i in 0..config.n_layers {
         let name = |n: &str| format!("blk.{i}.{n}.weight");
         let mut projections = Vec::with_capacity(7);
         for ((proj, _), (d_in, d_out)) in PROJECTION_NAMES.iter().zip(config.projection_dims()) {
             let (weight, scale) = (name(proj), format!("blk.{i}.{proj}.scale"));
             projections.push(if config.weight_quant.is_some() {
-                ProjectionWeights::Ternary(ternary(file, &weight, &scale, d_in, d_out)?)
+                ProjectionWeights::Ternary(ternary(tensors, &weight, &scale, d_in, d_out)?)
             } else {
-                ProjectionWeights::Float(floats(file, &weight, &[d_in, d_out])?)
+                ProjectionWeights::Float(floats(tensors, &weight, &[d_in, d_out])?)
             });
-            expected.push(weight);
-            expected.push(scale);
+            expected.insert(weight);
+            expected.insert(scale);
         }
-        blocks.push(BlockWeights {
-            attention_norm: floats(file, &name("attn_norm"), &[d])?,
-            attention_sub_norm: floats(file, &name("attn_sub_norm"), &[d])?,
-            ffn_norm: floats(file, &name("ffn_norm"), &[d])?,
-            ffn_sub_norm: floats(file, &name("ffn_sub_norm"), &[ff])?,
-            projections,
-        });
-        for n in ["attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"] {
-            expected.push(name(n));
+        let mut norms = Vec::with_capacity(4);
+        for ((norm, _), width) in NORM_NAMES.iter().zip([d, d, d, ff]) {
+            norms.push(floats(tensors, &name(norm), &[width])?);
+            expected.insert(name(norm));
         }
+        let norms: [Vec<f32>; 4] = norms
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("four norms"));
+        blocks.push(BlockWeights::new(norms, projections));
     }
-    if let Some(extra) = file.tensors.iter().find(|t| !expected.contains(&t.name)) {
+    if let Some(extra) = tensors.keys().find(|n| !expected.contains(**n)) {
         return Err(bad(format!(
-            "tensor `{}` is not part of llama.cpp's bitnet architecture{}",
-            extra.name,
-            if extra.name == "output.weight" {
+            "tensor `{extra}` is not part of llama.cpp's bitnet architecture{}",
+            if *extra == "output.weight" {
                 " (its output head is tied to token_embd)"
             } else {
                 ""
@@ -620,9 +600,9 @@ fn weights_of(file: &GgufFile, config: BitNetLmConfig) -> Result<LmWeights> {
         )));
     }
     let weights = LmWeights {
-        embedding: floats(file, "token_embd.weight", &[d, v])?,
+        embedding: floats(tensors, "token_embd.weight", &[d, v])?,
         head: None,
-        norm: floats(file, "output_norm.weight", &[d])?,
+        norm: floats(tensors, "output_norm.weight", &[d])?,
         blocks,
         config,
     };

@@ -5,26 +5,39 @@
 
 use crate::data::CharTokenizer;
 
+use std::sync::LazyLock;
+
 /// ggml's token types.
 pub(crate) const NORMAL: i32 = 1;
 pub(crate) const CONTROL: i32 = 3;
-/// The text of token 0 ([`crate::data::UNKNOWN_TOKEN`]).
-pub(crate) const UNKNOWN_TEXT: &str = "<unk>";
+use super::super::UNKNOWN_TEXT;
 
-/// GPT-2's printable stand-in for byte `b`: the byte itself for the printable Latin-1 bytes,
+/// GPT-2's printable stand-in for each byte: the byte itself for the printable Latin-1 bytes,
 /// otherwise `U+0100 + n`, `n` counting the other bytes in order.
-fn byte_char(b: u8) -> char {
+static BYTE_CHARS: LazyLock<[char; 256]> = LazyLock::new(|| {
     let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
-    if printable(b) {
-        return b as char;
+    let mut chars = ['\0'; 256];
+    let mut n = 0;
+    for b in 0..=255u8 {
+        chars[b as usize] = if printable(b) {
+            b as char
+        } else {
+            n += 1;
+            char::from_u32(0x100 + n - 1).unwrap_or(char::REPLACEMENT_CHARACTER)
+        };
     }
-    let n = (0..b).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(0x100 + n).unwrap_or(char::REPLACEMENT_CHARACTER)
+    chars
+});
+
+fn byte_char(b: u8) -> char {
+    BYTE_CHARS[b as usize]
 }
 
 /// The byte GPT-2's alphabet maps to `c`, if any.
 fn char_byte(c: char) -> Option<u8> {
-    (0..=255u8).find(|&b| byte_char(b) == c)
+    static BYTES: LazyLock<std::collections::HashMap<char, u8>> =
+        LazyLock::new(|| (0..=255u8).map(|b| (byte_char(b), b)).collect());
+    BYTES.get(&c).copied()
 }
 
 /// The token text of `c`.
@@ -46,7 +59,7 @@ pub(crate) fn tokens_of(tokenizer: &CharTokenizer) -> (Vec<String>, Vec<i32>) {
 
 /// The character tokenizer a vocabulary written by [`tokens_of`] is, or `None` for any other
 /// vocabulary (one of multi-character tokens, for example).
-pub(crate) fn tokenizer_of(tokens: &[String], types: &[i32]) -> Option<CharTokenizer> {
+pub(crate) fn tokenizer_of(tokens: &[&str], types: &[i32]) -> Option<CharTokenizer> {
     if types.len() != tokens.len() || types.first() != Some(&CONTROL) {
         return None;
     }
@@ -54,6 +67,10 @@ pub(crate) fn tokenizer_of(tokens: &[String], types: &[i32]) -> Option<CharToken
         .iter()
         .zip(&types[1..])
         .map(|(t, &ty)| {
+            // One character is at most 4 UTF-8 bytes, each one stand-in.
+            if t.len() > 4 * 2 {
+                return None;
+            }
             let bytes: Option<Vec<u8>> = t.chars().map(char_byte).collect();
             let text = String::from_utf8(bytes?).ok()?;
             let mut chars = text.chars();
@@ -88,9 +105,10 @@ mod tests {
         let (tokens, types) = tokens_of(&tokenizer);
         assert_eq!(tokens[0], "<unk>");
         assert_eq!(tokens[1], "Ċ");
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
         assert_eq!(tokenizer_of(&tokens, &types), Some(tokenizer));
         let mut merged = tokens.clone();
-        merged[2] = "ab".into();
+        merged[2] = "ab";
         assert_eq!(tokenizer_of(&merged, &types), None);
     }
 }
