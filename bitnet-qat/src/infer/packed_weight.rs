@@ -241,7 +241,10 @@ pub struct PackedWeight {
 /// built from (a record loaded into the weight brings another id, so they are rebuilt). Shared
 /// by clones; freed with the last of them.
 #[derive(Clone, Debug, Default)]
-struct GroupedCodes(Arc<Mutex<Option<(ParamId, usize, Tensor<2, Int>)>>>);
+struct GroupedCodes(Arc<Mutex<Option<Regrouped>>>);
+
+/// The codes parameter id and group, and the codes regrouped for them.
+type Regrouped = (ParamId, usize, Tensor<2, Int>);
 
 impl PackedWeight {
     /// Packed weights on `device` from packed rows (rows are outputs).
