@@ -95,16 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.len(),
         out.len() as f64 / seconds,
         prompt.len(),
-        if lm.blocks[0]
-            .attention
-            .q_proj
-            .bit_linear()
-            .is_some_and(|l| l.packed_weight().is_some())
-        {
-            "packed"
-        } else {
-            "f32"
-        }
+        if lm.is_packed() { "packed" } else { "f32" }
     );
     if n < args.tokens {
         println!(

@@ -86,15 +86,7 @@ fn a_short_learner_run_on_shakespeare_lowers_the_validation_loss() {
     let (loaded, loaded_config, loaded_tokenizer) = SavedLm::load(&out, &Device::flex()).unwrap();
     assert_eq!(loaded_config.d_model, 32);
     assert_eq!(loaded_tokenizer, tokenizer);
-    assert!(
-        loaded.blocks[0]
-            .attention
-            .q_proj
-            .bit_linear()
-            .unwrap()
-            .packed_weight()
-            .is_some()
-    );
+    assert!(loaded.is_packed());
     let prompt = tokenizer.encode("ROMEO.\n");
     let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     let a = values(lm.forward(tokens(ids.clone(), 1, &Device::flex())));

@@ -12,14 +12,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
-use burn::config::Config;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Value, json};
 
 use super::ImportedLm;
 use super::lm_weights::{
     BlockWeights, FloatBytes, LmWeights, NORM_NAMES, PROJECTION_NAMES, ProjectionWeights,
-    check_sizes, decode_floats,
+    decode_floats, stored_config,
 };
 use crate::data::{CharTokenizer, UNKNOWN_TOKEN};
 use crate::error::{QatError, Result};
@@ -376,14 +375,11 @@ fn config_of(v: &Value) -> Result<BitNetLmConfig> {
         _ => uint("num_key_value_heads")?,
     };
     let config = if let Some(ours) = v.get(CONFIG_KEY) {
-        let config = BitNetLmConfig::load_binary(ours.to_string().as_bytes())
-            .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
-        check_sizes(
-            &config,
+        stored_config(
+            &ours.to_string(),
             [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
         )
-        .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
-        config
+        .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?
     } else {
         let activation = match v["hidden_act"].as_str().unwrap_or("relu2") {
             "relu2" => FfnActivation::ReluSquared,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use bitnet_kernels::packed::PackedTernary;
+use burn::config::Config;
 use burn::module::Param;
 use burn::nn::RmsNorm;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -70,12 +71,13 @@ pub(crate) fn decode_floats(kind: FloatBytes, data: &[u8]) -> std::result::Resul
     }
 }
 
-/// Checks that the sizes a file's own keys give, `keys` (vocabulary, width, blocks, FFN,
-/// heads, key/value heads), are those of this crate's configuration stored in it.
-pub(crate) fn check_sizes(
-    config: &BitNetLmConfig,
+/// This crate's configuration stored in an exported file as JSON, checked against the sizes
+/// the file's own keys give, `keys` (vocabulary, width, blocks, FFN, heads, key/value heads).
+pub(crate) fn stored_config(
+    json: &str,
     keys: [usize; 6],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<BitNetLmConfig, String> {
+    let config = BitNetLmConfig::load_binary(json.as_bytes()).map_err(|e| e.to_string())?;
     let ours = [
         config.vocab_size,
         config.d_model,
@@ -85,7 +87,7 @@ pub(crate) fn check_sizes(
         config.kv_heads(),
     ];
     if ours == keys {
-        Ok(())
+        Ok(config)
     } else {
         Err(format!(
             "the stored configuration's (vocabulary, width, blocks, FFN, heads, kv heads) \
@@ -176,11 +178,7 @@ impl LmWeights {
     /// As [`pack`]; [`QatError::Record`] for a tensor that cannot be read back.
     pub fn from_lm(lm: &BitNetLm, config: &BitNetLmConfig) -> Result<Self> {
         config.validate()?;
-        let unpacked = lm.blocks.iter().any(|b| {
-            b.projections()
-                .iter()
-                .any(|p| p.bit_linear().is_some_and(|l| l.packed_weight().is_none()))
-        });
+        let unpacked = lm.bit_linears().any(|l| l.packed_weight().is_none());
         let packed;
         let lm = if unpacked {
             packed = pack(lm)?;

@@ -355,16 +355,29 @@ impl PackedWeight {
         bias: Option<Tensor<1>>,
     ) -> Result<Tensor<D>> {
         let layout = self.layout()?;
+        self.rows(x, layout, bias, |x| {
+            let (codes, scales) = (self.codes.val(), self.scales.val());
+            if int8_activations {
+                ternary_matmul(x, codes, scales, layout.d_input, layout.scales)
+            } else {
+                ternary_matmul_float(x, codes, scales, layout.d_input, layout.scales)
+            }
+        })
+    }
+
+    /// `product` of the rows `[m, d_input]` of `x` (any rank, checked), plus `bias`, in the
+    /// shape of `x` with `d_output` features.
+    fn rows<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        layout: PackedLayout,
+        bias: Option<Tensor<1>>,
+        product: impl FnOnce(Tensor<2>) -> Tensor<2>,
+    ) -> Result<Tensor<D>> {
         check_last_dim(&x, layout.d_input, "packed matmul input")?;
         let mut out_dims = x.dims();
         out_dims[D - 1] = layout.d_output;
-        let x: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
-        let (codes, scales) = (self.codes.val(), self.scales.val());
-        let y = if int8_activations {
-            ternary_matmul(x, codes, scales, layout.d_input, layout.scales)
-        } else {
-            ternary_matmul_float(x, codes, scales, layout.d_input, layout.scales)
-        };
+        let y = product(x.reshape([-1, layout.d_input as i64]));
         let y = match bias {
             Some(b) => y + b.unsqueeze(),
             None => y,
@@ -397,32 +410,23 @@ impl PackedWeight {
         if group == layout.d_input {
             return self.linear(x, true, bias).map(Some);
         }
-        check_last_dim(&x, layout.d_input, "packed matmul input")?;
-        let mut out_dims = x.dims();
-        out_dims[D - 1] = layout.d_output;
-        let x: Tensor<2> = x.reshape([-1, layout.d_input as i64]);
         let rows = layout.d_output;
         let codes = self.grouped_codes(group, layout);
-        let mut y: Option<Tensor<2>> = None;
-        for g in 0..layout.d_input / group {
-            let part = ternary_matmul(
-                x.clone().narrow(1, g * group, group),
-                codes.clone().narrow(0, g * rows, rows),
-                self.scales.val(),
-                group,
-                layout.scales,
-            );
-            y = Some(match y {
-                Some(y) => y + part,
-                None => part,
-            });
-        }
-        let y = y.unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"));
-        let y = match bias {
-            Some(b) => y + b.unsqueeze(),
-            None => y,
-        };
-        Ok(Some(y.reshape(out_dims)))
+        self.rows(x, layout, bias, |x| {
+            (0..layout.d_input / group)
+                .map(|g| {
+                    ternary_matmul(
+                        x.clone().narrow(1, g * group, group),
+                        codes.clone().narrow(0, g * rows, rows),
+                        self.scales.val(),
+                        group,
+                        layout.scales,
+                    )
+                })
+                .reduce(|a, b| a + b)
+                .unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"))
+        })
+        .map(Some)
     }
 
     /// The codes regrouped for [`PackedWeight::linear_grouped`]: `[groups · d_output,

@@ -17,7 +17,6 @@ mod vocab;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use burn::config::Config;
 use half::f16;
 
 pub use container::{GgufFile, GgufTensor, GgufType, GgufValue, TensorType};
@@ -25,7 +24,7 @@ pub use container::{GgufFile, GgufTensor, GgufType, GgufValue, TensorType};
 use super::ImportedLm;
 use super::lm_weights::{
     BlockWeights, FloatBytes, LmWeights, NORM_NAMES, PROJECTION_NAMES, ProjectionWeights,
-    check_sizes, decode_floats,
+    decode_floats, stored_config,
 };
 use crate::data::CharTokenizer;
 use crate::error::{QatError, Result};
@@ -386,16 +385,11 @@ fn config_of(file: &GgufFile, tensors: &Tensors<'_>) -> Result<BitNetLmConfig> {
         .get("blk.0.attn_q.weight")
         .is_none_or(|t| matches!(t.ty, TensorType::Tq1_0 | TensorType::Tq2_0));
     let config = match file.get(CONFIG_KEY) {
-        Some(GgufValue::String(json)) => {
-            let config = BitNetLmConfig::load_binary(json.as_bytes())
-                .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
-            check_sizes(
-                &config,
-                [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
-            )
-            .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?;
-            config
-        }
+        Some(GgufValue::String(json)) => stored_config(
+            json,
+            [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
+        )
+        .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?,
         Some(v) => return Err(bad(format!("`{CONFIG_KEY}` is {v:?}, not a string"))),
         None => {
             let (weight_quant, activation_quant) = if ternary {

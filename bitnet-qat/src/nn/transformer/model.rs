@@ -8,6 +8,7 @@ use super::block::DecoderBlock;
 use super::kv_cache::{KvCache, LayerKv};
 use super::rope::rope_tables;
 use crate::error::{QatError, Result};
+use crate::nn::BitLinear;
 
 /// The BitNet b1.58 language model of a [`BitNetLmConfig`](super::BitNetLmConfig): token
 /// embedding, decoder blocks, final RMSNorm and output head. [`crate::infer::pack`] packs its
@@ -88,6 +89,21 @@ impl BitNetLm {
     /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.embedding.weight.shape().dims::<2>()[0]
+    }
+
+    /// Whether the model runs packed weights: it has ternary (or binary) projections and
+    /// every one of them is packed ([`crate::infer::pack`], [`crate::infer::load_packed`]).
+    pub fn is_packed(&self) -> bool {
+        let mut layers = self.bit_linears().peekable();
+        layers.peek().is_some() && layers.all(|l| l.packed_weight().is_some())
+    }
+
+    /// The `BitLinear` projections of every block.
+    pub(crate) fn bit_linears(&self) -> impl Iterator<Item = &BitLinear> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.projections())
+            .filter_map(|p| p.bit_linear())
     }
 
     fn check_len(&self, offset: usize, len: usize) -> Result<()> {
@@ -379,15 +395,7 @@ mod tests {
         let loaded = crate::infer::load_packed(skeleton, &path);
         std::fs::remove_file(&path).unwrap();
         let loaded = loaded.unwrap();
-        assert!(
-            loaded.blocks[0]
-                .attention
-                .q_proj
-                .bit_linear()
-                .unwrap()
-                .packed_weight()
-                .is_some()
-        );
+        assert!(loaded.is_packed());
         let ids = tokens(&[1, 5, 2, 7], &device);
         assert_eq!(
             values(loaded.forward(ids.clone())),
