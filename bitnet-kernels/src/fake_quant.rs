@@ -43,3 +43,17 @@ impl FakeQuant {
         }
     }
 }
+
+/// RMSNorm followed by a fake quantization per group of each row (BitLinear's input): for a row
+/// `x` of length `d`, `n = (x / rms) γ` with `rms = sqrt(Σ x² / d + norm_eps)` (Burn's
+/// `RmsNorm`), then `quant` applied to `n` with one scale per `group` consecutive elements
+/// (`group = d`: per token). `quant.per_row` is ignored: the scales are per group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormQuant {
+    /// The fake quantization of the normalized row.
+    pub quant: FakeQuant,
+    /// The RMSNorm epsilon.
+    pub norm_eps: f64,
+    /// Elements per quantization scale; divides the row length.
+    pub group: usize,
+}

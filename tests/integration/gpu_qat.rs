@@ -5,7 +5,7 @@ use bitnet_qat::infer::TernaryLinear;
 use bitnet_qat::nn::BitLinearConfig;
 use bitnet_qat::quant::{QuantConfig, has_fused_kernels};
 use bitnet_qat::ste::{Ste, quantize_ste};
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::DType;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
@@ -239,5 +239,152 @@ fn per_tensor_scales_agree_folded_and_apart() {
             assert_close(&y_gpu, &y_cpu, 1e-6, &what);
             assert_close(&g_gpu, &g_cpu, 1e-6, &format!("{what}: clipped gradient"));
         }
+    }
+}
+
+/// A BitLinear built by `config` with the weight `w` (`[d_input, d_output]`) and the input
+/// norm's gain `gamma` on `device` with autodiff: its output for `x` and the gradients of
+/// `Σ y c` (a constant `c`, so that the gradients do not depend on the output's rounding) for
+/// the weight, the input and `γ`.
+pub fn norm_bitlinear_outputs(
+    config: &BitLinearConfig,
+    [w, gamma, x, c]: [&[f32]; 4],
+    device: &Device,
+) -> [Vec<f32>; 4] {
+    let device = device.clone().autodiff();
+    let (d_in, d_out) = (config.d_input, config.d_output);
+    let rows = x.len() / d_in;
+    let w = Tensor::<2>::from_data(TensorData::new(w.to_vec(), [d_in, d_out]), &device);
+    let mut layer = config.init_with(w, None, &device).unwrap();
+    let norm = layer.norm.as_mut().expect("a BitLinear with its norm");
+    norm.gamma = Param::from_tensor(Tensor::from_data(
+        TensorData::new(gamma.to_vec(), [d_in]),
+        &device,
+    ));
+    let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, d_in]), &device)
+        .require_grad();
+    let c = Tensor::<2>::from_data(TensorData::new(c.to_vec(), [rows, d_out]), &device);
+    let y = layer.forward(x.clone());
+    let grads = (y.clone() * c).sum().backward();
+    let gamma = layer.norm.as_ref().unwrap().gamma.val();
+    [
+        values(y),
+        values(layer.weight.base().grad(&grads).unwrap()),
+        values(x.grad(&grads).unwrap()),
+        values(gamma.grad(&grads).unwrap()),
+    ]
+}
+
+#[test]
+fn fused_norm_quantization_matches_flex_and_the_portable_path() {
+    use bitnet_qat::quant::Granularity::{PerGroup, PerToken};
+    use bitnet_qat::quant::ScaleStat;
+    let Some(gpu) = gpu_device() else { return };
+    #[allow(deprecated)] // NdArray has no fused kernels: RMSNorm and the quantizer apart.
+    let portable = Device::ndarray();
+    // Rows shorter than a cube's 256 threads, ragged past them, 4 groups of 256, and 16
+    // elements per thread; absmax and absmean, the standard and the clipped STE.
+    let cases = [
+        (6, 96, 40, QuantConfig::activation_int8(), Ste::Standard),
+        (
+            33,
+            300,
+            24,
+            QuantConfig::int(4)
+                .with_stat(ScaleStat::AbsMean)
+                .with_granularity(PerToken),
+            Ste::Clipped,
+        ),
+        (
+            8,
+            1024,
+            16,
+            QuantConfig::activation_int8().with_granularity(PerGroup { size: 256 }),
+            Ste::Standard,
+        ),
+        (5, 4096, 8, QuantConfig::activation_int8(), Ste::Standard),
+    ];
+    let mut rng = Lcg(23);
+    for (rows, d_in, d_out, act, ste) in cases {
+        let mut draw = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect()
+        };
+        let w = draw(d_in * d_out, -0.3, 0.3);
+        let gamma = draw(d_in, 0.5, 1.5);
+        let x = draw(rows * d_in, -2.0, 2.5);
+        let c = draw(rows * d_out, -1.0, 1.0);
+        let config = BitLinearConfig::new(d_in, d_out)
+            .with_activation_quant(Some(act.clone()))
+            .with_activation_ste(ste);
+        let data = [&w[..], &gamma, &x, &c];
+        let flex = norm_bitlinear_outputs(&config, data, &Device::flex());
+        let what = format!("{rows}x{d_in} {:?} {ste:?}", act.granularity);
+        for (device, name) in [(&gpu, "wgpu"), (&portable, "portable")] {
+            let got = norm_bitlinear_outputs(&config, data, device);
+            let parts = ["output", "weight gradient", "input gradient", "γ gradient"];
+            for (k, part) in parts.iter().enumerate() {
+                // The output and the weight's gradient hold sums of quantized activations; the
+                // gradients of the input and of γ do not depend on the codes.
+                let tol = if k < 2 { 1e-4 } else { 1e-5 };
+                assert_close(&got[k], &flex[k], tol, &format!("{name} {what}: {part}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_norm_quantization_keeps_f16_on_the_gpu() {
+    use bitnet_qat::ste::norm_quantize_ste;
+    use burn::nn::RmsNormConfig;
+    let Some(gpu) = gpu_device() else { return };
+    let mut rng = Lcg(29);
+    let (rows, d) = (6, 320);
+    let data: Vec<f32> = (0..rows * d).map(|_| (rng.uniform() - 0.5) * 3.0).collect();
+    let gain: Vec<f32> = (0..d).map(|_| 0.5 + rng.uniform()).collect();
+    let config = QuantConfig::activation_int8();
+    // f16 inputs and gain on the GPU; their f16 values in f32 on Flex.
+    let run = |device: &Device, dtype: DType| {
+        let device = device.clone().autodiff();
+        let cast = |t: Tensor<2>| t.cast(dtype);
+        let x = cast(Tensor::<2>::from_data(
+            TensorData::new(data.clone(), [rows, d]),
+            &device,
+        ))
+        .require_grad();
+        let mut norm = RmsNormConfig::new(d).init(&device);
+        norm.gamma = Param::from_tensor(
+            Tensor::<1>::from_data(TensorData::new(gain.clone(), [d]), &device).cast(dtype),
+        );
+        let (x, norm) = if dtype == DType::F16 {
+            (x, norm)
+        } else {
+            // The f16-rounded values, in f32.
+            let x = Tensor::<2>::from_data(x.into_data().convert::<f32>(), &device)
+                .cast(DType::F16)
+                .cast(DType::F32)
+                .require_grad();
+            let g = norm.gamma.val().cast(DType::F16).cast(DType::F32);
+            norm.gamma = Param::from_tensor(g.detach());
+            (x, norm)
+        };
+        let y = norm_quantize_ste(x.clone(), &norm, &config, &Ste::Standard).unwrap();
+        let grads = y.clone().sum().backward();
+        let gx = x.grad(&grads).unwrap();
+        let gg = norm.gamma.val().grad(&grads).unwrap();
+        let dtypes = [y.dtype(), gx.dtype(), gg.dtype()];
+        (dtypes, [values(y), values(gx), values(gg)])
+    };
+    let (dtypes, got) = run(&gpu, DType::F16);
+    assert_eq!(dtypes, [DType::F16; 3]);
+    let (_, expected) = run(&Device::flex(), DType::F32);
+    // Computed in f32 and rounded once to f16: half an f16 ulp (5e-4 relative), or one int8
+    // step where that rounding moved an activation across a rounding boundary.
+    let step = expected[0].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+    for (i, (a, e)) in got[0].iter().zip(&expected[0]).enumerate() {
+        let diff = (a - e).abs();
+        assert!(diff <= 1e-3 * e.abs().max(1.0) || diff <= 1.01 * step, "y[{i}]: {a} vs {e}");
+    }
+    for (k, part) in [(1, "input gradient"), (2, "γ gradient")] {
+        assert_close(&got[k], &expected[k], 2e-3, &format!("f16 {part}"));
     }
 }

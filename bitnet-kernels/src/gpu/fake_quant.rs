@@ -53,26 +53,26 @@ pub fn soft_grad(
 }
 
 /// The operands of an elementwise fake-quantization kernel.
-struct Elementwise {
+pub(super) struct Elementwise {
     /// The input, contiguous.
-    x: CubeTensor,
+    pub(super) x: CubeTensor,
     /// The incoming gradient, contiguous; a forward pass passes `x` in its place, which the
     /// kernels never read.
-    grad: CubeTensor,
+    pub(super) grad: CubeTensor,
     /// The output: `x`'s shape and type.
-    out: CubeTensor,
+    pub(super) out: CubeTensor,
     /// Elements of `x`.
-    len: usize,
+    pub(super) len: usize,
     /// Length of `x`'s last axis (at least 1).
-    row_len: usize,
+    pub(super) row_len: usize,
     /// Whether `grad` is the incoming gradient (a backward pass).
-    backward: bool,
+    pub(super) backward: bool,
 }
 
 impl Elementwise {
     /// # Panics
     /// For tensors past the kernels' 32-bit indices.
-    fn new(x: CubeTensor, grad: Option<CubeTensor>) -> Self {
+    pub(super) fn new(x: CubeTensor, grad: Option<CubeTensor>) -> Self {
         check_indexable("fake quantization", &[&x]);
         let x = into_contiguous(x);
         let backward = grad.is_some();

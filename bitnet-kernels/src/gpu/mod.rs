@@ -13,6 +13,8 @@
 //! - [`fake_quantize`], [`soft_quantize`], [`lsq`]: the fused QAT fake quantization, and its
 //!   STEs' backward passes ([`clipped_grad`], [`adaptive_grad`], [`soft_grad`], [`lsq_grad`]),
 //!   each one kernel over the incoming gradient.
+//! - [`norm_quantize`]: RMSNorm fused with the fake quantization (BitLinear's input), and its
+//!   gradients ([`norm_quantize_grad`]), one kernel each.
 //!
 //! The matmuls read the packed words of [`crate::packed`] as stored in a `[rows, words]` `u32`
 //! tensor.
@@ -23,6 +25,7 @@ mod dense;
 mod fake_quant;
 mod kernels;
 mod matmul;
+mod norm_quant;
 
 use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
@@ -34,6 +37,7 @@ pub use fake_quant::{
     adaptive_grad, clipped_grad, fake_quantize, lsq, lsq_grad, soft_grad, soft_quantize,
 };
 pub use matmul::{quantize_rows, ternary_matmul_float, ternary_matmul_int8};
+pub use norm_quant::{norm_quantize, norm_quantize_grad};
 
 /// The shape of `t`.
 pub(crate) fn dims(t: &CubeTensor) -> Vec<usize> {

@@ -61,7 +61,10 @@ mod fused {
     };
     use burn::backend::tensor::FloatTensor;
 
-    use crate::fused::{FusedQuantBackend, FusedSpec, FusedSte, fake_quant, ste_grad};
+    use crate::fused::{
+        FusedQuantBackend, FusedSpec, FusedSte, NormQuantSpec, fake_quant, norm_quant,
+        norm_quant_grad, norm_spec, ste_grad,
+    };
 
     impl<B: Backend + FusedQuantBackend, C: CheckpointStrategy> FusedQuantBackend for Autodiff<B, C> {
         fn fused_fake_quant(
@@ -191,6 +194,87 @@ mod fused {
                 OpsKind::Tracked(prep) => prep.finish((x, step, qn, qp, per_row, grad_scale), out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
+        }
+
+        fn fused_norm_quant(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            norm_eps: f64,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            centered: bool,
+            group: usize,
+            clipped: bool,
+        ) -> FloatTensor<Self> {
+            /// RMSNorm's Jacobian after the standard or clipped STE, for `x` and `γ`.
+            #[derive(Debug)]
+            struct NormQuant;
+
+            impl<B: Backend + FusedQuantBackend> Backward<B, 2> for NormQuant {
+                type State = (FloatTensor<B>, FloatTensor<B>, NormQuantSpec, bool);
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 2>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let (x, gamma, spec, clipped) = ops.state;
+                    let gamma_shape = gamma.shape();
+                    let (x2, gamma2) = (x.clone(), gamma.clone());
+                    binary::<B, _, _>(
+                        ops.parents,
+                        ops.node,
+                        grads,
+                        |grad| norm_quant_grad::<B>(&spec, x, gamma, grad, clipped, false),
+                        |grad| {
+                            let terms = norm_quant_grad::<B>(&spec, x2, gamma2, grad, clipped, true);
+                            // Summed over every row: all the axes before the last.
+                            let d = gamma_shape.num_elements();
+                            let rows = terms.shape().num_elements() / d.max(1);
+                            let terms = B::float_reshape(terms, [rows, d].into());
+                            B::float_reshape(B::float_sum_dim(terms, 0), gamma_shape)
+                        },
+                    );
+                }
+            }
+
+            let nodes = [x.node(), gamma.node()];
+            let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+            let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
+            let out = norm_quant::<B>(&spec, x.clone(), gamma.clone(), clipped);
+            match NormQuant.prepare::<C>(nodes).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish((x, gamma, spec, clipped), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+
+        fn fused_norm_quant_grad(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            norm_eps: f64,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            centered: bool,
+            group: usize,
+            clipped: bool,
+            of_gamma: bool,
+        ) -> FloatTensor<Self> {
+            // A constant: no second-order gradient flows through the STE's backward pass.
+            let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
+            FloatTensor::<Self>::new(norm_quant_grad::<B>(
+                &spec,
+                x.into_primitive(),
+                gamma.into_primitive(),
+                grad.into_primitive(),
+                clipped,
+                of_gamma,
+            ))
         }
 
         fn fused_lsq_grad(

@@ -6,7 +6,7 @@ use bitnet_kernels::gpu::FakeQuant;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::fused::{FusedQuantBackend, FusedSte};
+use crate::fused::{FusedQuantBackend, FusedSte, norm_spec};
 use crate::ops::QatBackend;
 
 impl QatBackend for CubeBackend {}
@@ -51,6 +51,40 @@ impl FusedQuantBackend for CubeBackend {
             FusedSte::Adaptive(delta) => gpu::adaptive_grad(x, grad, quant, delta),
             FusedSte::Soft(temperature) => gpu::soft_grad(x, grad, quant, temperature),
         }
+    }
+
+    fn fused_norm_quant(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        norm_eps: f64,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        centered: bool,
+        group: usize,
+        _clipped: bool,
+    ) -> CubeTensor {
+        let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
+        bitnet_kernels::gpu::norm_quantize(x, gamma, spec)
+    }
+
+    fn fused_norm_quant_grad(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        grad: CubeTensor,
+        norm_eps: f64,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        centered: bool,
+        group: usize,
+        clipped: bool,
+        of_gamma: bool,
+    ) -> CubeTensor {
+        let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
+        bitnet_kernels::gpu::norm_quantize_grad(x, gamma, grad, spec, clipped, of_gamma)
     }
 
     fn fused_lsq(

@@ -13,8 +13,8 @@ mod fused {
     use burn::tensor::TensorData;
 
     use crate::fused::{
-        FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, fake_quant_slice, lsq_slice,
-        ste_grad_slice,
+        FusedOutput, FusedQuantBackend, FusedSpec, FusedSte, NormQuantOutput, NormQuantSpec,
+        fake_quant_slice, lsq_slice, norm_quant_slice, norm_spec, ste_grad_slice,
     };
 
     /// `x` with a contiguous storage starting at 0, and the length of its last axis.
@@ -66,7 +66,68 @@ mod fused {
         FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
     }
 
+    /// Runs [`norm_quant_slice`] on the tensors' (contiguous) storage; `grad`: the incoming
+    /// gradient and whether `γ`'s terms are wanted.
+    fn norm_quant(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        spec: &NormQuantSpec,
+        clipped: bool,
+        grad: Option<(FlexTensor, bool)>,
+    ) -> FlexTensor {
+        let (x, _) = contiguous(x);
+        let (gamma, _) = contiguous(gamma);
+        let grad = grad.map(|(g, of_gamma)| (contiguous(g).0, of_gamma));
+        let output = match &grad {
+            None => NormQuantOutput::Quantized,
+            Some((g, false)) => NormQuantOutput::InputGrad(g.storage::<f32>()),
+            Some((g, true)) => NormQuantOutput::GammaTerms(g.storage::<f32>()),
+        };
+        let out = norm_quant_slice(
+            x.storage::<f32>(),
+            gamma.storage::<f32>(),
+            spec,
+            clipped,
+            output,
+        );
+        FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
+    }
+
     impl FusedQuantBackend for Flex {
+        fn fused_norm_quant(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            norm_eps: f64,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            centered: bool,
+            group: usize,
+            clipped: bool,
+        ) -> FlexTensor {
+            let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
+            norm_quant(x, gamma, &spec, clipped, None)
+        }
+
+        fn fused_norm_quant_grad(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            grad: FlexTensor,
+            norm_eps: f64,
+            qn: i32,
+            qp: i32,
+            eps: f64,
+            abs_mean: bool,
+            centered: bool,
+            group: usize,
+            clipped: bool,
+            of_gamma: bool,
+        ) -> FlexTensor {
+            let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
+            norm_quant(x, gamma, &spec, clipped, Some((grad, of_gamma)))
+        }
+
         fn fused_fake_quant(
             x: FlexTensor,
             qn: i32,

@@ -16,6 +16,7 @@
     allow(unused_variables, dead_code)
 )]
 
+mod norm_slice;
 mod slice;
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
@@ -25,6 +26,10 @@ pub(crate) use slice::{FusedOutput, fake_quant_slice, lsq_slice, ste_grad_slice}
 
 /// The statistic and layout of a fused fake quantization (the kernels' description).
 pub(crate) use bitnet_kernels::fake_quant::FakeQuant as FusedSpec;
+/// RMSNorm followed by a fused fake quantization per group (the kernels' description).
+pub(crate) use bitnet_kernels::fake_quant::NormQuant as NormQuantSpec;
+#[cfg_attr(not(feature = "flex"), allow(unused_imports))]
+pub(crate) use norm_slice::{NormQuantOutput, norm_quant_slice};
 
 /// [`FusedQuantBackend::fused_fake_quant`] of `x` with `spec` and `ste` on backend `B`.
 #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
@@ -147,6 +152,181 @@ pub trait FusedQuantBackend: Backend {
         per_row: bool,
         of_step: bool,
     ) -> FloatTensor<Self>;
+
+    /// RMSNorm then fake quantization, BitLinear's input in one op: for each row of the last
+    /// axis (length `d` = `gamma`'s), `n = (x / rms) γ` with `rms = sqrt(Σ x² / d + norm_eps)`,
+    /// then [`fused_fake_quant`](FusedQuantBackend::fused_fake_quant) of `n` with one scale per
+    /// `group` elements (`group` divides `d`; `d`: per token). Under autodiff the gradient is the
+    /// standard STE's (`clipped`: the clipped STE's mask) composed with RMSNorm's Jacobian, for
+    /// both `x` and `gamma` (see
+    /// [`fused_norm_quant_grad`](FusedQuantBackend::fused_norm_quant_grad)).
+    #[fusion(dtype = x, shape = x)]
+    #[allow(clippy::too_many_arguments)]
+    fn fused_norm_quant(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        norm_eps: f64,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        centered: bool,
+        group: usize,
+        clipped: bool,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of [`fused_norm_quant`](FusedQuantBackend::fused_norm_quant) for the
+    /// incoming gradient `grad` (`x`'s shape), with `g_n` the STE's gradient of `n` (`grad`,
+    /// masked where `qn <= u <= qp` fails when `clipped`): for `x` (`of_gamma` false)
+    /// `γ g_n / rms - x Σ(γ g_n x) / (d rms³)`; for `gamma` the terms `g_n x / rms`, which the
+    /// caller sums over the rows. One pass over the row (two with the mask). Not
+    /// differentiable.
+    #[fusion(dtype = x, shape = x)]
+    #[allow(clippy::too_many_arguments)]
+    fn fused_norm_quant_grad(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        norm_eps: f64,
+        qn: i32,
+        qp: i32,
+        eps: f64,
+        abs_mean: bool,
+        centered: bool,
+        group: usize,
+        clipped: bool,
+        of_gamma: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// RMSNorm (`gamma` and `norm_eps` of a Burn `RmsNorm`) and then the fake quantization of
+/// `config` along the last axis with `ste`, in one fused op when `x` lives on a device that has
+/// it and the pair is one it covers: a per-token or per-group scale (the group divides the last
+/// axis) with an absmean or absmax statistic, and the standard or clipped STE. `None` otherwise.
+pub(crate) fn try_fused_norm_quant<const D: usize>(
+    x: &burn::tensor::Tensor<D>,
+    gamma: &burn::tensor::Tensor<1>,
+    norm_eps: f64,
+    config: &crate::quant::QuantConfig,
+    ste: FusedSte,
+) -> Option<burn::tensor::Tensor<D>> {
+    use crate::quant::{Granularity, QuantFormat, ScaleStat};
+    let dims = x.dims();
+    let d = *dims.last()?;
+    if !fused_takes(x) || gamma.dtype() != x.dtype() || gamma.dims() != [d] || d == 0 {
+        return None;
+    }
+    let clipped = match ste {
+        FusedSte::Standard => false,
+        FusedSte::Clipped => true,
+        _ => return None,
+    };
+    let abs_mean = match config.stat {
+        ScaleStat::AbsMean => true,
+        ScaleStat::AbsMax => false,
+        ScaleStat::AbsMedian => return None,
+    };
+    let group = match config.granularity {
+        Granularity::PerToken => d,
+        Granularity::PerGroup { size } if size > 0 && d.is_multiple_of(size) => size,
+        _ => return None,
+    };
+    let (qn, qp) = config.code_range();
+    let centered = config.format == QuantFormat::Binary;
+    let spec = norm_spec(norm_eps, qn, qp, config.eps, abs_mean, centered, group);
+    let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, d as i64]);
+    Some(fused_norm_quant_call(rows, gamma.clone(), spec, clipped)?.reshape(dims))
+}
+
+/// The [`NormQuantSpec`] of the backend ops' arguments.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_spec(
+    norm_eps: f64,
+    qn: i32,
+    qp: i32,
+    eps: f64,
+    abs_mean: bool,
+    centered: bool,
+    group: usize,
+) -> NormQuantSpec {
+    NormQuantSpec {
+        quant: FusedSpec::new(qn, qp, eps, abs_mean, true, centered),
+        norm_eps,
+        group,
+    }
+}
+
+/// [`FusedQuantBackend::fused_norm_quant`] of `x` with `spec` on backend `B`.
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+pub(crate) fn norm_quant<B: FusedQuantBackend>(
+    spec: &NormQuantSpec,
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    clipped: bool,
+) -> FloatTensor<B> {
+    let q = &spec.quant;
+    B::fused_norm_quant(
+        x,
+        gamma,
+        spec.norm_eps,
+        q.qn,
+        q.qp,
+        q.eps,
+        q.abs_mean,
+        q.centered,
+        spec.group,
+        clipped,
+    )
+}
+
+/// [`FusedQuantBackend::fused_norm_quant_grad`] on backend `B`.
+pub(crate) fn norm_quant_grad<B: FusedQuantBackend>(
+    spec: &NormQuantSpec,
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    clipped: bool,
+    of_gamma: bool,
+) -> FloatTensor<B> {
+    let q = &spec.quant;
+    B::fused_norm_quant_grad(
+        x,
+        gamma,
+        grad,
+        spec.norm_eps,
+        q.qn,
+        q.qp,
+        q.eps,
+        q.abs_mean,
+        q.centered,
+        spec.group,
+        clipped,
+        of_gamma,
+    )
+}
+
+/// The fused RMSNorm + fake quantization op of the device's backend on the rows `x`.
+fn fused_norm_quant_call(
+    x: burn::tensor::Tensor<2>,
+    gamma: burn::tensor::Tensor<1>,
+    spec: NormQuantSpec,
+    clipped: bool,
+) -> Option<burn::tensor::Tensor<2>> {
+    #[cfg(any(feature = "flex", feature = "cube"))]
+    {
+        use burn::backend::Dispatch;
+        Some(burn::tensor::Tensor::from_dispatch(norm_quant::<Dispatch>(
+            &spec,
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            clipped,
+        )))
+    }
+    #[cfg(not(any(feature = "flex", feature = "cube")))]
+    {
+        let _ = (x, gamma, spec, clipped);
+        None
+    }
 }
 
 /// LSQ through the fused op when `x` lives on a device that has it: `step` holds one value per
@@ -512,6 +692,103 @@ mod tests {
         #[allow(deprecated)]
         let nd = Tensor::<2>::zeros([2, 2], &Device::ndarray());
         assert!(try_fused(&nd, &QuantConfig::ternary(), 1, FusedSte::Standard).is_none());
+    }
+
+    /// Asserts `got` equals `want` within `1e-5` relative, except where an activation on a
+    /// rounding boundary took the neighbouring code (at most one step `max |want| / qp` apart,
+    /// and at most `max_flips` of them).
+    #[track_caller]
+    fn assert_equal_up_to_code_flips(got: &[f32], want: &[f32], qp: f32, max_flips: usize) {
+        let step = want.iter().fold(0f32, |m, v| m.max(v.abs())) / qp;
+        let mut flips = 0;
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            let diff = (a - b).abs();
+            if diff > 1e-5 * b.abs().max(1e-3) {
+                flips += 1;
+                assert!(diff <= 1.01 * step, "[{i}]: {a} vs {b} (step {step})");
+            }
+        }
+        assert!(flips <= max_flips, "{flips} code flips");
+    }
+
+    #[test]
+    fn the_fused_norm_quant_matches_rmsnorm_then_the_quantizer() {
+        use burn::nn::RmsNormConfig;
+        use burn::tensor::TensorData;
+        let flex = Device::flex().autodiff();
+        #[allow(deprecated)] // NdArray has no fused kernels: the portable tensor-op path.
+        let portable = Device::ndarray().autodiff();
+        flex.seed(31);
+        // Ragged shapes; per token (3-D input), per group of 256 and of 64, absmax and absmean,
+        // the standard and the clipped STE, int8, int4 and binary.
+        let cases: [(Vec<usize>, QuantConfig, FusedSte); 5] = [
+            (vec![3, 5, 300], QuantConfig::activation_int8(), FusedSte::Standard),
+            (
+                vec![37, 512],
+                QuantConfig::activation_int8().with_granularity(Granularity::PerGroup { size: 256 }),
+                FusedSte::Standard,
+            ),
+            (
+                vec![7, 130],
+                QuantConfig::int(4)
+                    .with_stat(ScaleStat::AbsMean)
+                    .with_granularity(Granularity::PerToken),
+                FusedSte::Clipped,
+            ),
+            (
+                vec![9, 192],
+                QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 64 }),
+                FusedSte::Clipped,
+            ),
+            (
+                vec![4, 96],
+                QuantConfig::binary().with_granularity(Granularity::PerToken),
+                FusedSte::Standard,
+            ),
+        ];
+        for (shape, config, ste) in cases {
+            let d = *shape.last().unwrap();
+            let n: usize = shape.iter().product();
+            let x = Tensor::<2>::random([n / d, d], Distribution::Normal(0.3, 1.5), &flex);
+            let gamma = Tensor::<1>::random([d], Distribution::Uniform(0.5, 1.5), &flex);
+            let c = Tensor::<2>::random([n / d, d], Distribution::Normal(0.0, 1.0), &flex);
+            let data = |t: Tensor<2>| t.into_data();
+            let (x, gamma, c) = (data(x), gamma.into_data(), data(c));
+            let run = |device: &Device| {
+                let shape3 = |t: TensorData| {
+                    Tensor::<2>::from_data(t, device).reshape::<3, _>([n / d, 1, d])
+                };
+                let x = shape3(x.clone()).require_grad();
+                let mut norm = RmsNormConfig::new(d).init(device);
+                norm.gamma = burn::module::Param::from_tensor(Tensor::from_data(gamma.clone(), device));
+                let q = if has_fused_kernels(device) {
+                    try_fused_norm_quant(&x, &norm.gamma.val(), norm.epsilon, &config, ste)
+                        .expect("Flex runs the fused op")
+                } else {
+                    let n = norm.forward(x.clone());
+                    let ste = match ste {
+                        FusedSte::Clipped => crate::ste::Ste::Clipped,
+                        _ => crate::ste::Ste::Standard,
+                    };
+                    crate::ste::apply_ste(n, &config, &ste, 2)
+                };
+                let grads = (q.clone() * shape3(c.clone())).sum().backward();
+                let values = |t: Tensor<3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+                (
+                    values(q.inner()),
+                    values(x.grad(&grads).unwrap()),
+                    norm.gamma.val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+                )
+            };
+            let (fused, reference) = (run(&flex), run(&portable));
+            let (_, qp) = config.code_range();
+            assert_equal_up_to_code_flips(&fused.0, &reference.0, qp as f32, n / 500);
+            let tol = Tolerance::rel_abs(1e-5, 1e-6);
+            TensorData::new(fused.1, [n])
+                .assert_approx_eq::<f32>(&TensorData::new(reference.1, [n]), tol);
+            TensorData::new(fused.2, [d])
+                .assert_approx_eq::<f32>(&TensorData::new(reference.2, [d]), tol);
+        }
     }
 
     #[test]

@@ -49,20 +49,6 @@ pub(crate) fn fake_quant_slice(
             }
         }
     };
-    let stat = |xs: &[f32]| {
-        if spec.abs_mean {
-            lane_sum(xs, f32::abs) / xs.len() as f32
-        } else {
-            lane_abs_max(xs)
-        }
-    };
-    let mean = |xs: &[f32]| {
-        if spec.centered {
-            lane_sum(xs, |v| v) / xs.len() as f32
-        } else {
-            0.0
-        }
-    };
     let mut out = vec![0f32; x.len()];
     let parallel = x.len() >= PARALLEL;
     if spec.per_row {
@@ -71,7 +57,7 @@ pub(crate) fn fake_quant_slice(
         let run = |start: usize, xs: &[f32], os: &mut [f32]| {
             let rows = xs.chunks(row_len).zip(os.chunks_mut(row_len));
             for (r, (xr, or)) in rows.enumerate() {
-                write(xr, or, start + r * row_len, group(stat(xr), mean(xr)));
+                write(xr, or, start + r * row_len, group_scale(xr, &spec));
             }
         };
         if parallel {
@@ -129,6 +115,23 @@ pub(crate) fn fake_quant_slice(
     out
 }
 
+/// The scale `s = qp / max(stat, eps)` of one group `xs` (`stat` the mean or max of `|x|`) and
+/// its center (the mean of `xs` for the centered binary format, else 0).
+pub(super) fn group_scale(xs: &[f32], spec: &FusedSpec) -> (f32, f32) {
+    let n = xs.len().max(1) as f32;
+    let stat = if spec.abs_mean {
+        lane_sum(xs, f32::abs) / n
+    } else {
+        lane_abs_max(xs)
+    };
+    let center = if spec.centered {
+        lane_sum(xs, |v| v) / n
+    } else {
+        0.0
+    };
+    (spec.qp as f32 / stat.max(spec.eps as f32), center)
+}
+
 /// The gradient of the fused fake quantization under `ste` for the incoming gradient `grad`
 /// (same length as `x`): the STE's factor per element ([`FusedSte::backward_output`]) combined
 /// with `grad` by [`FusedSte::grad`]; the standard STE passes `grad` through.
@@ -150,7 +153,7 @@ pub(crate) fn ste_grad_slice(
 const LANES: usize = 8;
 
 /// `Σ f(x)` over `xs` in f32, in [`LANES`] interleaved partial sums added in a fixed order.
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(super) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -184,7 +187,7 @@ fn lane_abs_max(xs: &[f32]) -> f32 {
 /// mask (`qn <= u <= qp`), the rounding residual (`clamp(u) - code`), or the soft staircase
 /// and its slope (see [`soft_value`]).
 #[allow(clippy::too_many_arguments)]
-fn write_group(
+pub(super) fn write_group(
     xs: &[f32],
     os: &mut [f32],
     s: f32,

@@ -340,24 +340,44 @@ impl BitLinear {
     }
 
     fn forward_checked<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
+        self.forward_normed(self.norm.as_ref(), input)
+    }
+
+    /// The forward pass of the layer with `norm` as its input norm: its own, or for a layer
+    /// without one, the RMSNorm in front of it (a transformer's SubLN), so that in training the
+    /// norm and the activation quantizer run as one fused op
+    /// ([`Quantizer::try_forward_normalized`]). Without a gradient to track (inference,
+    /// `valid()`) and for packed layers the norm runs on its own first, as the packed kernels
+    /// and [`BitLinear::integer_forward`] need it.
+    pub(crate) fn forward_normed<const D: usize>(
+        &self,
+        norm: Option<&RmsNorm>,
+        input: Tensor<D>,
+    ) -> crate::Result<Tensor<D>> {
         check_last_dim(&input, self.d_input()?, "BitLinear input")?;
-        let x = match &self.norm {
-            Some(norm) => norm.forward(input),
-            None => input,
-        };
         let bias = self.bias.as_ref().map(|b| b.val());
+        let tracked =
+            input.is_require_grad() || norm.is_some_and(|n| n.gamma.val().is_require_grad());
+        let (norm, x) = match norm {
+            Some(n) if !tracked || self.packed_weight().is_some() => (None, n.forward(input)),
+            norm => (norm, input),
+        };
         if let Some(packed) = self.packed_weight() {
             return self.packed_forward(packed, x, bias);
         }
-        if let Some(y) = self.integer_forward(&x)? {
+        if norm.is_none()
+            && let Some(y) = self.integer_forward(&x)?
+        {
             return Ok(match bias {
                 Some(b) => y + b.unsqueeze(),
                 None => y,
             });
         }
-        let x = match &self.activation_quantizer {
-            Some(q) => q.try_forward(x)?,
-            None => x,
+        let x = match (norm, &self.activation_quantizer) {
+            (Some(n), Some(q)) => q.try_forward_normalized(x, n)?,
+            (Some(n), None) => n.forward(x),
+            (None, Some(q)) => q.try_forward(x)?,
+            (None, None) => x,
         };
         Ok(linear(x, self.quantized_weight(), bias))
     }

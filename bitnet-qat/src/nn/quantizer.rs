@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId, Reparameterization};
+use burn::nn::RmsNorm;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::settings::QuantizerSettings;
@@ -13,7 +14,7 @@ use crate::quant::{
     Granularity, QuantConfig, QuantFormat, quant_grid, validate_shape, without_graph,
 };
 use crate::recorded::Recorded;
-use crate::ste::{Ste, apply_ste, lsq_grad_scale, lsq_quantize};
+use crate::ste::{Ste, apply_norm_ste, apply_ste, lsq_grad_scale, lsq_quantize};
 
 /// Configuration of a [`Quantizer`]: the quantizer and its straight-through estimator.
 ///
@@ -291,6 +292,27 @@ impl Quantizer {
             // x + lambda (q - x): the STE's gradient weighted by lambda, the identity by 1 - lambda.
             x.mul_scalar(1.0 - lambda) + q.mul_scalar(lambda)
         })
+    }
+
+    /// [`Quantizer::try_forward`] of `norm.forward(x)`: BitLinear's normalized and quantized
+    /// input, through [`crate::ste::norm_quantize_ste`]'s fused op for an activation quantizer
+    /// without a learned step at lambda 1 (otherwise the two run one after the other).
+    ///
+    /// # Errors
+    /// As [`Quantizer::try_forward`].
+    pub(crate) fn try_forward_normalized<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        norm: &RmsNorm,
+    ) -> crate::Result<Tensor<D>> {
+        let settings = self.try_settings()?;
+        if self.step.is_some() || settings.lambda != 1.0 || settings.axis != QuantAxis::Activation
+        {
+            return self.try_forward(norm.forward(x));
+        }
+        let (quant, ste) = settings.effective();
+        validate_shape(&quant, &x.dims(), D - 1)?;
+        Ok(apply_norm_ste(x, norm, &quant, &ste))
     }
 
     /// The quantized value with the STE's gradient, whatever lambda is.

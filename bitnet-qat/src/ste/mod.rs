@@ -15,6 +15,7 @@ mod lsq;
 mod soft;
 
 use burn::config::Config;
+use burn::nn::RmsNorm;
 use burn::tensor::Tensor;
 
 pub use lsq::{lsq_grad_scale, lsq_quantize};
@@ -122,6 +123,76 @@ pub fn quantize_ste<const D: usize>(
         ));
     }
     Ok(apply_ste(x, config, ste, D - 1))
+}
+
+/// RMSNorm and then [`quantize_ste`] along the last axis: `quantize_ste(norm.forward(x), config,
+/// ste)`, BitLinear's normalized and quantized input (and a transformer's SubLN norm before a
+/// quantized projection). On Flex and GPU devices, with a per-token or per-group absmean or
+/// absmax quantizer and the standard or clipped STE, one fused op computes both, forward and
+/// backward (one pass for the forward values, one for each gradient), instead of RMSNorm's
+/// separate tensor operations; otherwise the two run one after the other. The values agree up
+/// to float rounding (an activation on a rounding boundary may take the neighbouring code),
+/// the gradients of `x` and of the norm's `γ` up to the order of the sums.
+///
+/// # Errors
+/// As [`quantize_ste`]; [`QatError::Shape`] when the last axis of `x` is not the norm's width.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::quant::QuantConfig;
+/// use bitnet_qat::ste::{norm_quantize_ste, Ste};
+/// use burn::nn::RmsNormConfig;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex().autodiff();
+/// let norm = RmsNormConfig::new(4).init(&device);
+/// let x = Tensor::<2>::from_data([[1.0, -2.0, 3.0, 0.5]], &device).require_grad();
+/// let y = norm_quantize_ste(x.clone(), &norm, &QuantConfig::activation_int8(), &Ste::Standard)
+///     .unwrap();
+/// let grads = y.sum().backward();
+/// assert!(norm.gamma.val().grad(&grads).is_some() && x.grad(&grads).is_some());
+/// ```
+pub fn norm_quantize_ste<const D: usize>(
+    x: Tensor<D>,
+    norm: &RmsNorm,
+    config: &QuantConfig,
+    ste: &Ste,
+) -> crate::Result<Tensor<D>> {
+    let [width] = norm.gamma.shape().dims();
+    if x.dims()[D - 1] != width {
+        return Err(QatError::Shape {
+            what: "norm_quantize_ste input",
+            expected: format!("[..., {width}]"),
+            got: x.dims().to_vec(),
+        });
+    }
+    ste.validate(config)?;
+    validate_shape(config, &x.dims(), D - 1)?;
+    if *ste == Ste::LearnedStepSize {
+        return Err(QatError::Invalid(
+            "Ste::LearnedStepSize needs a trainable step: use nn::Quantizer or ste::lsq_quantize"
+                .into(),
+        ));
+    }
+    Ok(apply_norm_ste(x, norm, config, ste))
+}
+
+/// [`norm_quantize_ste`] without its checks: the configuration must be valid for `x`, whose last
+/// axis is the norm's width.
+pub(crate) fn apply_norm_ste<const D: usize>(
+    x: Tensor<D>,
+    norm: &RmsNorm,
+    config: &QuantConfig,
+    ste: &Ste,
+) -> Tensor<D> {
+    use crate::fused::{FusedSte, try_fused_norm_quant};
+    if let Some(fused @ (FusedSte::Standard | FusedSte::Clipped)) = FusedSte::of(ste)
+        && let Some(q) =
+            try_fused_norm_quant(&x, &norm.gamma.val(), norm.epsilon, config, fused)
+    {
+        return q;
+    }
+    apply_ste(norm.forward(x), config, ste, D - 1)
 }
 
 /// Applies a non-learned STE along `axis`. The configuration must be valid for `x`.

@@ -13,7 +13,7 @@ use super::{ROW_THREADS, cube_index, elem_index, group_scale, reduce_cube, threa
 /// with respect to `v`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn scaled_output(
+pub(super) fn scaled_output(
     v: f32,
     center: f32,
     s: f32,

@@ -7,6 +7,7 @@ mod activations;
 mod dense;
 mod fake_quant;
 mod matmul;
+mod norm_quant;
 
 pub(crate) use activations::{quantize_rows_float_kernel, quantize_rows_kernel};
 pub(crate) use dense::{finish_rows_kernel, unpack_dense_kernel};
@@ -14,6 +15,7 @@ pub(crate) use fake_quant::{
     abs_partials_kernel, apply_scale_kernel, fake_quant_rows_kernel, lsq_kernel, scale_kernel,
 };
 pub(crate) use matmul::{ternary_float_kernel, ternary_int8_kernel};
+pub(crate) use norm_quant::norm_quant_rows_kernel;
 
 use cubecl::prelude::*;
 
