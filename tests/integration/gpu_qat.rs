@@ -261,8 +261,8 @@ pub fn norm_bitlinear_outputs(
         TensorData::new(gamma.to_vec(), [d_in]),
         &device,
     ));
-    let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, d_in]), &device)
-        .require_grad();
+    let x =
+        Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, d_in]), &device).require_grad();
     let c = Tensor::<2>::from_data(TensorData::new(c.to_vec(), [rows, d_out]), &device);
     let y = layer.forward(x.clone());
     let grads = (y.clone() * c).sum().backward();
@@ -382,7 +382,10 @@ fn fused_norm_quantization_keeps_f16_on_the_gpu() {
     let step = expected[0].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
     for (i, (a, e)) in got[0].iter().zip(&expected[0]).enumerate() {
         let diff = (a - e).abs();
-        assert!(diff <= 1e-3 * e.abs().max(1.0) || diff <= 1.01 * step, "y[{i}]: {a} vs {e}");
+        assert!(
+            diff <= 1e-3 * e.abs().max(1.0) || diff <= 1.01 * step,
+            "y[{i}]: {a} vs {e}"
+        );
     }
     for (k, part) in [(1, "input gradient"), (2, "γ gradient")] {
         assert_close(&got[k], &expected[k], 2e-3, &format!("f16 {part}"));

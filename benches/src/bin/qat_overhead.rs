@@ -8,9 +8,12 @@
 //!
 //! Models: an MLP 784-H-H-10 (H = `--hidden`, 256 by default: Fashion-MNIST sized; synthetic
 //! data) built three ways —
-//! `linear` (Burn `Linear`), `norm-linear` (RMSNorm + `Linear`, the FP32 twin of `BitLinear`) and
-//! `bitlinear` (W1.58 A8 with RMSNorm). One step = forward, cross-entropy, backward, Adam.
-//! Variants are interleaved, at least 21 samples each, medians reported.
+//! `linear` (Burn `Linear`: what a user had before QAT, the headline baseline), `norm-linear`
+//! (RMSNorm + `Linear`, the FP32 twin of `BitLinear`) and `bitlinear` (W1.58 A8 with RMSNorm) —
+//! plus `linear-dx`, the `linear` model whose first layer also computes its input's gradient:
+//! the matmul that any trainable parameter in front of the first layer (the norm's `γ`) costs,
+//! the floor of a model with a learnable input norm. One step = forward, cross-entropy,
+//! backward, Adam. Variants are interleaved, at least 21 samples each, medians reported.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
@@ -113,7 +116,7 @@ impl Mlp {
         let layers = sizes
             .windows(2)
             .map(|w| match kind {
-                "linear" => {
+                "linear" | "linear-dx" => {
                     Layer::Linear(LinearConfig::new(w[0], w[1]).with_bias(false).init(device))
                 }
                 "norm-linear" => Layer::NormLinear(NormLinear {
@@ -184,8 +187,11 @@ struct Report {
     load_average_after: f64,
     noisy: bool,
     variants: Vec<Variant>,
-    time_ratio_vs_norm_linear: f64,
+    /// The headline: the BitLinear step over the plain `Linear` step.
     time_ratio_vs_linear: f64,
+    time_ratio_vs_norm_linear: f64,
+    /// Over `linear-dx`, the floor of a model with a trainable input norm.
+    time_ratio_vs_linear_dx: f64,
     memory_ratio_vs_norm_linear: f64,
     memory_ratio_vs_linear: f64,
     /// Kernel launches of the QAT step over those of the RMSNorm+Linear step (GPU devices).
@@ -232,18 +238,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
     );
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let names = ["linear", "norm-linear", "bitlinear"];
+    let names = ["linear", "linear-dx", "norm-linear", "bitlinear"];
     let mut models: Vec<Option<Mlp>> = names
         .iter()
         .map(|n| Some(Mlp::new(n, args.hidden, &args.bitlinear, ste, &device)))
         .collect();
     let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
-    let mut peaks = [0usize; 3];
+    let mut peaks = [0usize; 4];
     let mut step = |i: usize| {
         let model = models[i].take().expect("model");
         let before = LIVE.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        // `linear-dx`: the first layer's input takes a gradient too.
+        let input = if names[i] == "linear-dx" {
+            x.clone().require_grad()
+        } else {
+            x.clone()
+        };
+        let loss = loss_fn.forward(model.forward(input), y.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = optims[i].step(1e-3, model, grads);
         device.sync().expect("device sync");
@@ -258,14 +270,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut || (step.borrow_mut())(0),
             &mut || (step.borrow_mut())(1),
             &mut || (step.borrow_mut())(2),
+            &mut || (step.borrow_mut())(3),
         ],
     );
     // One more step of each, counting its kernel launches (GPU builds; the step ends with a
     // device sync, so the lazily fused operations are issued inside the count).
     let launches: Vec<Option<usize>> = if args.device == "flex" {
-        vec![None; 3]
+        vec![None; 4]
     } else {
-        (0..3)
+        (0..4)
             .map(|i| count_launches(|| (step.borrow_mut())(i)))
             .collect()
     };
@@ -281,12 +294,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         load_average_before: load_before,
         load_average_after: load_after,
         noisy: load_before > 1.0 || load_after > 1.0,
-        time_ratio_vs_norm_linear: median(2) / median(1),
-        time_ratio_vs_linear: median(2) / median(0),
-        memory_ratio_vs_norm_linear: peaks[2] as f64 / peaks[1] as f64,
-        memory_ratio_vs_linear: peaks[2] as f64 / peaks[0] as f64,
-        launch_ratio_vs_norm_linear: launches[2]
-            .zip(launches[1])
+        time_ratio_vs_linear: median(3) / median(0),
+        time_ratio_vs_norm_linear: median(3) / median(2),
+        time_ratio_vs_linear_dx: median(3) / median(1),
+        memory_ratio_vs_norm_linear: peaks[3] as f64 / peaks[2] as f64,
+        memory_ratio_vs_linear: peaks[3] as f64 / peaks[0] as f64,
+        launch_ratio_vs_norm_linear: launches[3]
+            .zip(launches[2])
             .map(|(qat, fp)| qat as f64 / fp as f64),
         variants: names
             .iter()
@@ -330,11 +344,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!(
-        "QAT step / FP32 step: {:.2}x time, {:.2}x peak memory (vs RMSNorm+Linear); {:.2}x, {:.2}x (vs Linear)",
+        "BitLinear step / Linear step: {:.2}x time, {:.2}x peak memory",
+        report.time_ratio_vs_linear, report.memory_ratio_vs_linear
+    );
+    println!(
+        "BitLinear step / RMSNorm+Linear step: {:.2}x time, {:.2}x peak memory; / Linear with input gradient: {:.2}x time",
         report.time_ratio_vs_norm_linear,
         report.memory_ratio_vs_norm_linear,
-        report.time_ratio_vs_linear,
-        report.memory_ratio_vs_linear
+        report.time_ratio_vs_linear_dx
     );
     if let Some(ratio) = report.launch_ratio_vs_norm_linear {
         println!("QAT step / FP32 step: {ratio:.2}x kernel launches (vs RMSNorm+Linear)");

@@ -230,7 +230,8 @@ mod fused {
                         grads,
                         |grad| norm_quant_grad::<B>(&spec, x, gamma, grad, clipped, false),
                         |grad| {
-                            let terms = norm_quant_grad::<B>(&spec, x2, gamma2, grad, clipped, true);
+                            let terms =
+                                norm_quant_grad::<B>(&spec, x2, gamma2, grad, clipped, true);
                             // Summed over every row: all the axes before the last.
                             let d = gamma_shape.num_elements();
                             let rows = terms.shape().num_elements() / d.max(1);

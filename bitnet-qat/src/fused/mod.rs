@@ -722,10 +722,15 @@ mod tests {
         // Ragged shapes; per token (3-D input), per group of 256 and of 64, absmax and absmean,
         // the standard and the clipped STE, int8, int4 and binary.
         let cases: [(Vec<usize>, QuantConfig, FusedSte); 5] = [
-            (vec![3, 5, 300], QuantConfig::activation_int8(), FusedSte::Standard),
+            (
+                vec![3, 5, 300],
+                QuantConfig::activation_int8(),
+                FusedSte::Standard,
+            ),
             (
                 vec![37, 512],
-                QuantConfig::activation_int8().with_granularity(Granularity::PerGroup { size: 256 }),
+                QuantConfig::activation_int8()
+                    .with_granularity(Granularity::PerGroup { size: 256 }),
                 FusedSte::Standard,
             ),
             (
@@ -760,7 +765,8 @@ mod tests {
                 };
                 let x = shape3(x.clone()).require_grad();
                 let mut norm = RmsNormConfig::new(d).init(device);
-                norm.gamma = burn::module::Param::from_tensor(Tensor::from_data(gamma.clone(), device));
+                norm.gamma =
+                    burn::module::Param::from_tensor(Tensor::from_data(gamma.clone(), device));
                 let q = if has_fused_kernels(device) {
                     try_fused_norm_quant(&x, &norm.gamma.val(), norm.epsilon, &config, ste)
                         .expect("Flex runs the fused op")
@@ -773,11 +779,18 @@ mod tests {
                     crate::ste::apply_ste(n, &config, &ste, 2)
                 };
                 let grads = (q.clone() * shape3(c.clone())).sum().backward();
-                let values = |t: Tensor<3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+                let values =
+                    |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
                 (
                     values(q.inner()),
                     values(x.grad(&grads).unwrap()),
-                    norm.gamma.val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+                    norm.gamma
+                        .val()
+                        .grad(&grads)
+                        .unwrap()
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap(),
                 )
             };
             let (fused, reference) = (run(&flex), run(&portable));

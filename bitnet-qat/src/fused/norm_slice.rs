@@ -91,7 +91,16 @@ fn row(
         let groups = scratch.chunks(spec.group).zip(out.chunks_mut(spec.group));
         for (ns, os) in groups {
             let (s, center) = group_scale(ns, q);
-            write_group(ns, os, s, center, q.qn as f32, q.qp as f32, q.centered, what);
+            write_group(
+                ns,
+                os,
+                s,
+                center,
+                q.qn as f32,
+                q.qp as f32,
+                q.centered,
+                what,
+            );
         }
     };
     let Some(g) = grad else {
@@ -145,7 +154,9 @@ mod tests {
             .map(|i| ((i * 7919 % 4001) as f32 - 2000.0) / 997.0)
             .collect();
         let gamma = (0..d).map(|j| 0.5 + (j % 11) as f32 / 10.0).collect();
-        let g = (0..rows * d).map(|i| ((i % 13) as f32 - 6.0) / 3.0).collect();
+        let g = (0..rows * d)
+            .map(|i| ((i % 13) as f32 - 6.0) / 3.0)
+            .collect();
         (x, gamma, g)
     }
 
@@ -154,16 +165,20 @@ mod tests {
     fn reference(x: &[f32], gamma: &[f32], g: &[f32], eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let d = x.len() as f64;
         let rms = (x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d + eps).sqrt();
-        let n = x.iter().zip(gamma).map(|(&v, &c)| v as f64 / rms * c as f64).collect();
+        let n = x
+            .iter()
+            .zip(gamma)
+            .map(|(&v, &c)| v as f64 / rms * c as f64)
+            .collect();
         let dot: f64 = (0..x.len())
             .map(|k| gamma[k] as f64 * g[k] as f64 * x[k] as f64)
             .sum();
         let gx = (0..x.len())
-            .map(|k| {
-                gamma[k] as f64 * g[k] as f64 / rms - x[k] as f64 * dot / (d * rms.powi(3))
-            })
+            .map(|k| gamma[k] as f64 * g[k] as f64 / rms - x[k] as f64 * dot / (d * rms.powi(3)))
             .collect();
-        let terms = (0..x.len()).map(|k| g[k] as f64 * x[k] as f64 / rms).collect();
+        let terms = (0..x.len())
+            .map(|k| g[k] as f64 * x[k] as f64 / rms)
+            .collect();
         (n, gx, terms)
     }
 
@@ -200,8 +215,11 @@ mod tests {
                         let want = u.clamp(-8.0, 7.0).round_ties_even() / s;
                         let got = q[r * d + j] as f64;
                         // One code apart at most, where f32 and f64 round a boundary apart.
-                        assert!((got - want).abs() < 1e-4 || ((got - want).abs() * s - 1.0).abs() < 1e-3,
-                            "group {group} row {r} [{j}]: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-4
+                                || ((got - want).abs() * s - 1.0).abs() < 1e-3,
+                            "group {group} row {r} [{j}]: {got} vs {want}"
+                        );
                         if clipped && !(-8.0..=7.0).contains(&u) {
                             masked[j] = 0.0;
                             clipped_count += 1;
@@ -211,9 +229,15 @@ mod tests {
                 let (_, want_gx, want_terms) = reference(&x[span.clone()], &gamma, &masked, 1e-5);
                 for j in 0..d {
                     let (a, b) = (gx[r * d + j] as f64, want_gx[j]);
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "g_x row {r} [{j}]: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "g_x row {r} [{j}]: {a} vs {b}"
+                    );
                     let (a, b) = (gt[r * d + j] as f64, want_terms[j]);
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "g_γ row {r} [{j}]: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "g_γ row {r} [{j}]: {a} vs {b}"
+                    );
                 }
             }
             // Absmean scales put values outside the range: the mask is exercised.

@@ -306,8 +306,7 @@ impl Quantizer {
         norm: &RmsNorm,
     ) -> crate::Result<Tensor<D>> {
         let settings = self.try_settings()?;
-        if self.step.is_some() || settings.lambda != 1.0 || settings.axis != QuantAxis::Activation
-        {
+        if self.step.is_some() || settings.lambda != 1.0 || settings.axis != QuantAxis::Activation {
             return self.try_forward(norm.forward(x));
         }
         let (quant, ste) = settings.effective();

@@ -9,7 +9,8 @@
 //! absmean or absmax, any granularity) takes a fused path instead: one backend op for the
 //! forward pass whose backward pass is the STE's (the identity, a fused clip mask, EWGS with a
 //! fused rounding residual, the soft staircase's fused slope, or LSQ's fused factors). It computes the same values;
-//! [`crate::quant::has_fused_kernels`] says whether a device has it.
+//! [`crate::quant::has_fused_kernels`] says whether a device has it. [`norm_quantize_ste`] does
+//! the same for RMSNorm followed by the quantizer (BitLinear's input), norm included.
 
 mod lsq;
 mod soft;
@@ -187,8 +188,7 @@ pub(crate) fn apply_norm_ste<const D: usize>(
 ) -> Tensor<D> {
     use crate::fused::{FusedSte, try_fused_norm_quant};
     if let Some(fused @ (FusedSte::Standard | FusedSte::Clipped)) = FusedSte::of(ste)
-        && let Some(q) =
-            try_fused_norm_quant(&x, &norm.gamma.val(), norm.epsilon, config, fused)
+        && let Some(q) = try_fused_norm_quant(&x, &norm.gamma.val(), norm.epsilon, config, fused)
     {
         return q;
     }

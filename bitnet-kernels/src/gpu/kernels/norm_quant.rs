@@ -107,9 +107,8 @@ pub(crate) fn norm_quant_rows_kernel<F: Float>(
         let mut s = 1.0f32;
         let mut center = 0.0f32;
         if comptime![output == 0 || clipped] {
-            let (gs, gc) = group_scale_center(
-                x, gamma, base, start, end, rms, qp, eps, abs_mean, centered,
-            );
+            let (gs, gc) =
+                group_scale_center(x, gamma, base, start, end, rms, qp, eps, abs_mean, centered);
             s = gs;
             center = gc;
         }

@@ -72,7 +72,7 @@ impl Attention {
         };
         let out = softmax(scores, 3).matmul(v);
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
-        self.o_proj.forward(self.sub_norm.forward(out))
+        self.o_proj.forward_normed(&self.sub_norm, out)
     }
 }
 

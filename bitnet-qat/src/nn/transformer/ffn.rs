@@ -34,6 +34,6 @@ impl GatedFfn {
             FfnActivation::Silu => silu(gate),
         };
         let hidden = gate * self.up_proj.forward(x);
-        self.down_proj.forward(self.sub_norm.forward(hidden))
+        self.down_proj.forward_normed(&self.sub_norm, hidden)
     }
 }
