@@ -118,3 +118,47 @@ fn bias_and_rank_three_inputs() {
     let y2 = layer.forward(x.reshape([6, d_in]));
     assert_close(&values(y3), &values(y2), 1e-6, "rank 3");
 }
+
+#[test]
+fn a_fixed_norm_takes_no_gradient_and_stays_fixed_through_a_checkpoint() {
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+    use burn::tensor::Device;
+    let device = Device::flex().autodiff();
+    let w = Tensor::<2>::from_data(
+        TensorData::new(pseudo_random(48 * 20, 5), [48, 20]),
+        &device,
+    );
+    let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(6 * 48, 6), [6, 48]), &device);
+    let fixed = BitLinearConfig::new(48, 20).with_norm_affine(false);
+    let layer = fixed.init_with(w.clone(), None, &device).unwrap();
+    let trained = BitLinearConfig::new(48, 20)
+        .init_with(w, None, &device)
+        .unwrap();
+    // γ = 1 either way: the same output.
+    let y = layer.forward(x.clone());
+    assert_eq!(values(y.clone()), values(trained.forward(x.clone())));
+    let grads = y.sum().backward();
+    let gamma = layer.norm.as_ref().unwrap().gamma.val();
+    assert!(
+        gamma.grad(&grads).is_none(),
+        "a fixed norm takes no gradient"
+    );
+    assert!(layer.weight.base().grad(&grads).is_some());
+    // Through a checkpoint: γ = 1 is stored, and stays frozen in the skeleton it loads into.
+    let path = std::env::temp_dir().join(format!(
+        "bitnet-qat-fixed-norm-{}.safetensors",
+        std::process::id()
+    ));
+    layer
+        .save_into(&mut SafetensorsStore::from_file(&path))
+        .unwrap();
+    let mut loaded = fixed.init(&device).unwrap();
+    loaded
+        .load_from(&mut SafetensorsStore::from_file(&path))
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    let norm = loaded.norm.as_ref().unwrap();
+    assert!(!norm.gamma.val().is_require_grad());
+    assert_eq!(values(norm.gamma.val()), vec![1.0; 48]);
+    assert_eq!(values(loaded.forward(x.clone())), values(layer.forward(x)));
+}

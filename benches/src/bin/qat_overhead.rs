@@ -12,7 +12,8 @@
 //! (RMSNorm + `Linear`, the FP32 twin of `BitLinear`) and `bitlinear` (W1.58 A8 with RMSNorm) —
 //! plus `linear-dx`, the `linear` model whose first layer also computes its input's gradient:
 //! the matmul that any trainable parameter in front of the first layer (the norm's `γ`) costs,
-//! the floor of a model with a learnable input norm. One step = forward, cross-entropy,
+//! the floor of a model with a learnable input norm — and `bitlinear-fixed-norm`, BitLinear with
+//! a parameter-free norm (`norm_affine(false)`), which has no such floor. One step = forward, cross-entropy,
 //! backward, Adam. Variants are interleaved, at least 21 samples each, medians reported.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -124,7 +125,9 @@ impl Mlp {
                     linear: LinearConfig::new(w[0], w[1]).with_bias(false).init(device),
                 }),
                 _ => {
-                    let config = BitLinearConfig::new(w[0], w[1]).with_weight_ste(ste);
+                    let config = BitLinearConfig::new(w[0], w[1])
+                        .with_weight_ste(ste)
+                        .with_norm_affine(kind != "bitlinear-fixed-norm");
                     let config = match quantizers {
                         "weights" => config.with_activation_quant(None),
                         _ => config,
@@ -192,6 +195,8 @@ struct Report {
     time_ratio_vs_norm_linear: f64,
     /// Over `linear-dx`, the floor of a model with a trainable input norm.
     time_ratio_vs_linear_dx: f64,
+    /// `bitlinear-fixed-norm` over `linear`.
+    fixed_norm_time_ratio_vs_linear: f64,
     memory_ratio_vs_norm_linear: f64,
     memory_ratio_vs_linear: f64,
     /// Kernel launches of the QAT step over those of the RMSNorm+Linear step (GPU devices).
@@ -238,13 +243,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
     );
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let names = ["linear", "linear-dx", "norm-linear", "bitlinear"];
+    let names = [
+        "linear",
+        "linear-dx",
+        "norm-linear",
+        "bitlinear",
+        "bitlinear-fixed-norm",
+    ];
     let mut models: Vec<Option<Mlp>> = names
         .iter()
         .map(|n| Some(Mlp::new(n, args.hidden, &args.bitlinear, ste, &device)))
         .collect();
     let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
-    let mut peaks = [0usize; 4];
+    let mut peaks = [0usize; 5];
     let mut step = |i: usize| {
         let model = models[i].take().expect("model");
         let before = LIVE.load(Ordering::Relaxed);
@@ -271,14 +282,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut || (step.borrow_mut())(1),
             &mut || (step.borrow_mut())(2),
             &mut || (step.borrow_mut())(3),
+            &mut || (step.borrow_mut())(4),
         ],
     );
     // One more step of each, counting its kernel launches (GPU builds; the step ends with a
     // device sync, so the lazily fused operations are issued inside the count).
     let launches: Vec<Option<usize>> = if args.device == "flex" {
-        vec![None; 4]
+        vec![None; 5]
     } else {
-        (0..4)
+        (0..5)
             .map(|i| count_launches(|| (step.borrow_mut())(i)))
             .collect()
     };
@@ -297,6 +309,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         time_ratio_vs_linear: median(3) / median(0),
         time_ratio_vs_norm_linear: median(3) / median(2),
         time_ratio_vs_linear_dx: median(3) / median(1),
+        fixed_norm_time_ratio_vs_linear: median(4) / median(0),
         memory_ratio_vs_norm_linear: peaks[3] as f64 / peaks[2] as f64,
         memory_ratio_vs_linear: peaks[3] as f64 / peaks[0] as f64,
         launch_ratio_vs_norm_linear: launches[3]
@@ -328,12 +341,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         h = args.hidden
     );
     println!(
-        "{:>12} {:>10} {:>10} {:>10} {:>14} {:>9}",
+        "{:>20} {:>10} {:>10} {:>10} {:>14} {:>9}",
         "model", "median ms", "p10 ms", "p90 ms", "peak step MB", "launches"
     );
     for v in &report.variants {
         println!(
-            "{:>12} {:>10.3} {:>10.3} {:>10.3} {:>14.2} {:>9}",
+            "{:>20} {:>10.3} {:>10.3} {:>10.3} {:>14.2} {:>9}",
             v.name,
             v.stats.median_s * 1e3,
             v.stats.p10_s * 1e3,
@@ -344,8 +357,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!(
-        "BitLinear step / Linear step: {:.2}x time, {:.2}x peak memory",
-        report.time_ratio_vs_linear, report.memory_ratio_vs_linear
+        "BitLinear step / Linear step: {:.2}x time, {:.2}x peak memory ({:.2}x time with a parameter-free norm)",
+        report.time_ratio_vs_linear,
+        report.memory_ratio_vs_linear,
+        report.fixed_norm_time_ratio_vs_linear
     );
     println!(
         "BitLinear step / RMSNorm+Linear step: {:.2}x time, {:.2}x peak memory; / Linear with input gradient: {:.2}x time",

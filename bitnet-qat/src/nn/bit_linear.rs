@@ -58,6 +58,13 @@ pub struct BitLinearConfig {
     /// Turn it off for SubLN-style models that normalise outside the layer.
     #[config(default = true)]
     pub norm: bool,
+    /// Whether the norm's gain `γ` is trained. `false` keeps it at 1, a parameter-free RMS norm
+    /// (BitNetMCU's; the reference code's `RMSNorm(x)` with a fresh norm): the norm then takes
+    /// no gradient, and a first layer whose input is data computes no input gradient, which a
+    /// trained `γ` needs (the step costs about what a plain `Linear` step costs; see
+    /// `docs/ste.md`). Stored in the record either way (`γ` = 1), frozen on load.
+    #[config(default = true)]
+    pub norm_affine: bool,
     /// The RMSNorm epsilon (BitNet b1.58 2B4T uses 1e-5).
     #[config(default = 1e-5)]
     pub norm_eps: f64,
@@ -266,9 +273,17 @@ impl BitLinearConfig {
             None => None,
         };
         let norm = self.norm.then(|| {
-            RmsNormConfig::new(self.d_input)
+            let norm = RmsNormConfig::new(self.d_input)
                 .with_epsilon(self.norm_eps)
-                .init(device)
+                .init(device);
+            if self.norm_affine {
+                norm
+            } else {
+                RmsNorm {
+                    gamma: norm.gamma.set_require_grad(false),
+                    epsilon: norm.epsilon,
+                }
+            }
         });
         Ok((norm, activation_quantizer))
     }
@@ -347,8 +362,9 @@ impl BitLinear {
     /// without one, the RMSNorm in front of it (a transformer's SubLN), so that in training the
     /// norm and the activation quantizer run as one fused op
     /// ([`Quantizer::try_forward_normalized`]). Without a gradient to track (inference,
-    /// `valid()`) and for packed layers the norm runs on its own first, as the packed kernels
-    /// and [`BitLinear::integer_forward`] need it.
+    /// `valid()`: neither the input, the weight nor the norm takes one) and for packed layers
+    /// the norm runs on its own first, as the packed kernels and [`BitLinear::integer_forward`]
+    /// need it.
     pub(crate) fn forward_normed<const D: usize>(
         &self,
         norm: Option<&RmsNorm>,
@@ -356,8 +372,10 @@ impl BitLinear {
     ) -> crate::Result<Tensor<D>> {
         check_last_dim(&input, self.d_input()?, "BitLinear input")?;
         let bias = self.bias.as_ref().map(|b| b.val());
-        let tracked =
-            input.is_require_grad() || norm.is_some_and(|n| n.gamma.val().is_require_grad());
+        // Training: something takes a gradient (a frozen norm still takes the fused op).
+        let tracked = input.is_require_grad()
+            || self.weight.base().is_require_grad()
+            || norm.is_some_and(|n| n.gamma.val().is_require_grad());
         let (norm, x) = match norm {
             Some(n) if !tracked || self.packed_weight().is_some() => (None, n.forward(input)),
             norm => (norm, input),
