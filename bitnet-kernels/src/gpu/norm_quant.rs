@@ -15,7 +15,8 @@ use cubecl::prelude::*;
 /// one cube per row.
 ///
 /// # Panics
-/// For tensors past the kernels' 32-bit indices, or a group that does not divide the row.
+/// For tensors past the kernels' 32-bit indices, a `gamma` whose length is not the row's, or a
+/// group that does not divide the row.
 pub fn norm_quantize(x: CubeTensor, gamma: CubeTensor, spec: NormQuant) -> CubeTensor {
     launch(x, gamma, None, spec, 0, false)
 }
@@ -56,6 +57,11 @@ fn launch(
         row_len,
         ..
     } = Elementwise::new(x, grad);
+    let gamma_len = gamma.meta.shape().num_elements();
+    assert_eq!(
+        gamma_len, row_len,
+        "norm quantization: a gain of {gamma_len} values for rows of {row_len}"
+    );
     assert!(
         spec.group > 0 && row_len.is_multiple_of(spec.group),
         "norm quantization: groups of {} do not divide rows of {row_len}",

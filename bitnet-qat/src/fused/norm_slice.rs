@@ -2,16 +2,11 @@
 //! row, one pass for the sum of squares, one to normalize into a scratch row, and per group one
 //! for the statistic and one to write; the backward pass likewise per row, in one pass over the
 //! row for the standard STE's input gradient (two with the clipped STE's mask). On Rayon's pool
-//! for large buffers.
+//! for large buffers (the tasks of [`for_row_tasks`]).
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
 use super::NormQuantSpec;
-use super::slice::{FusedOutput, group_scale, lane_sum, write_group};
-
-/// Below this many elements one thread is faster.
-const PARALLEL: usize = 1 << 15;
-/// Elements per parallel task (whole rows, at least one).
-const TASK: usize = 1 << 14;
+use super::slice::{FusedOutput, for_row_tasks, group_scale, lane_sum, write_group};
 
 /// What [`norm_quant_slice`] computes per element.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,11 +32,9 @@ pub(crate) fn norm_quant_slice(
     clipped: bool,
     output: NormQuantOutput,
 ) -> Vec<f32> {
-    use rayon::prelude::*;
     let d = gamma.len().max(1);
     let mut out = vec![0f32; x.len()];
-    let rows_per_task = (TASK / d).max(1) * d;
-    let run = |start: usize, xs: &[f32], os: &mut [f32]| {
+    for_row_tasks(x, &mut out, d, |start, xs, os| {
         let mut scratch = vec![0f32; d];
         for (r, (xr, or)) in xs.chunks(d).zip(os.chunks_mut(d)).enumerate() {
             let at = start + r * d;
@@ -53,15 +46,7 @@ pub(crate) fn norm_quant_slice(
             };
             row(xr, gamma, spec, clipped, output, grad, &mut scratch, or);
         }
-    };
-    if x.len() >= PARALLEL {
-        x.par_chunks(rows_per_task)
-            .zip(out.par_chunks_mut(rows_per_task))
-            .enumerate()
-            .for_each(|(t, (xs, os))| run(t * rows_per_task, xs, os));
-    } else {
-        run(0, x, &mut out);
-    }
+    });
     out
 }
 

@@ -53,21 +53,12 @@ pub(crate) fn fake_quant_slice(
     let parallel = x.len() >= PARALLEL;
     if spec.per_row {
         let row_len = row_len.max(1);
-        let rows_per_task = (TASK / row_len).max(1) * row_len;
-        let run = |start: usize, xs: &[f32], os: &mut [f32]| {
+        for_row_tasks(x, &mut out, row_len, |start, xs, os| {
             let rows = xs.chunks(row_len).zip(os.chunks_mut(row_len));
             for (r, (xr, or)) in rows.enumerate() {
                 write(xr, or, start + r * row_len, group_scale(xr, &spec));
             }
-        };
-        if parallel {
-            x.par_chunks(rows_per_task)
-                .zip(out.par_chunks_mut(rows_per_task))
-                .enumerate()
-                .for_each(|(t, (xs, os))| run(t * rows_per_task, xs, os));
-        } else {
-            run(0, x, &mut out);
-        }
+        });
     } else {
         // Sums in f32, in one order whatever the thread count: per task, then the tasks' in
         // order.
@@ -113,6 +104,26 @@ pub(crate) fn fake_quant_slice(
         }
     }
     out
+}
+
+/// Runs `run(start, xs, os)` over tasks of whole rows of `row_len` elements (`xs` the rows of
+/// `x` from element `start`, `os` the same span of `out`), on Rayon's pool when `x` is large.
+pub(super) fn for_row_tasks(
+    x: &[f32],
+    out: &mut [f32],
+    row_len: usize,
+    run: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) {
+    use rayon::prelude::*;
+    let rows_per_task = (TASK / row_len.max(1)).max(1) * row_len.max(1);
+    if x.len() >= PARALLEL {
+        x.par_chunks(rows_per_task)
+            .zip(out.par_chunks_mut(rows_per_task))
+            .enumerate()
+            .for_each(|(t, (xs, os))| run(t * rows_per_task, xs, os));
+    } else {
+        run(0, x, out);
+    }
 }
 
 /// The scale `s = qp / max(stat, eps)` of one group `xs` (`stat` the mean or max of `|x|`) and

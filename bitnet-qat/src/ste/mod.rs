@@ -115,15 +115,22 @@ pub fn quantize_ste<const D: usize>(
     config: &QuantConfig,
     ste: &Ste,
 ) -> crate::Result<Tensor<D>> {
+    check_fixed_ste(config, ste, &x.dims())?;
+    Ok(apply_ste(x, config, ste, D - 1))
+}
+
+/// The checks of [`quantize_ste`]: `ste` valid for `config`, `config` for a tensor of `dims`
+/// along its last axis, and no learned step (that needs a trainable parameter).
+fn check_fixed_ste(config: &QuantConfig, ste: &Ste, dims: &[usize]) -> crate::Result<()> {
     ste.validate(config)?;
-    validate_shape(config, &x.dims(), D - 1)?;
+    validate_shape(config, dims, dims.len().saturating_sub(1))?;
     if *ste == Ste::LearnedStepSize {
         return Err(QatError::Invalid(
             "Ste::LearnedStepSize needs a trainable step: use nn::Quantizer or ste::lsq_quantize"
                 .into(),
         ));
     }
-    Ok(apply_ste(x, config, ste, D - 1))
+    Ok(())
 }
 
 /// RMSNorm and then [`quantize_ste`] along the last axis: `quantize_ste(norm.forward(x), config,
@@ -167,14 +174,7 @@ pub fn norm_quantize_ste<const D: usize>(
             got: x.dims().to_vec(),
         });
     }
-    ste.validate(config)?;
-    validate_shape(config, &x.dims(), D - 1)?;
-    if *ste == Ste::LearnedStepSize {
-        return Err(QatError::Invalid(
-            "Ste::LearnedStepSize needs a trainable step: use nn::Quantizer or ste::lsq_quantize"
-                .into(),
-        ));
-    }
+    check_fixed_ste(config, ste, &x.dims())?;
     Ok(apply_norm_ste(x, norm, config, ste))
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
 use super::kv_cache::LayerKv;
-use super::projection::Projection;
+use super::projection::{NormedInput, Projection};
 use super::rope::apply_rope;
 
 /// Causal self-attention of a [`BitNetLm`](super::BitNetLm) block:
@@ -38,7 +38,7 @@ impl Attention {
     /// `0..offset`), the new keys and values are appended to it and attended to with it.
     pub(crate) fn forward(
         &self,
-        x: Tensor<3>,
+        x: NormedInput<3>,
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         offset: usize,
@@ -47,9 +47,9 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = apply_rope(heads(self.q_proj.forward(x.clone()), h), cos, sin);
-        let mut k = apply_rope(heads(self.k_proj.forward(x.clone()), kv), cos, sin);
-        let mut v = heads(self.v_proj.forward(x), kv);
+        let q = apply_rope(heads(self.q_proj.forward_input(&x), h), cos, sin);
+        let mut k = apply_rope(heads(self.k_proj.forward_input(&x), kv), cos, sin);
+        let mut v = heads(self.v_proj.forward_input(&x), kv);
         if let Some(cache) = cache {
             if let Some((k0, v0)) = cache.take() {
                 k = Tensor::cat(vec![k0, k], 2);

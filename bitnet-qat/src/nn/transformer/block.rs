@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use super::attention::Attention;
 use super::ffn::GatedFfn;
 use super::kv_cache::LayerKv;
-use super::projection::Projection;
+use super::projection::{NormedInput, Projection};
 
 /// `h = x + attention(attention_norm(x))`, `y = h + ffn(ffn_norm(h))`.
 #[derive(Module, Debug)]
@@ -59,10 +59,10 @@ impl DecoderBlock {
         offset: usize,
         cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .attention
-                .forward(self.attention_norm.forward(x), cos, sin, offset, cache);
-        h.clone() + self.ffn.forward(self.ffn_norm.forward(h))
+        let [q, k, v, _, gate, up, _] = self.projections();
+        let normed = NormedInput::new(&self.attention_norm, x.clone(), &[q, k, v]);
+        let h = x + self.attention.forward(normed, cos, sin, offset, cache);
+        let normed = NormedInput::new(&self.ffn_norm, h.clone(), &[gate, up]);
+        h + self.ffn.forward_input(&normed)
     }
 }

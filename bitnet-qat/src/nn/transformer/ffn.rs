@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, silu};
 
 use super::config::FfnActivation;
-use super::projection::Projection;
+use super::projection::{NormedInput, Projection};
 
 /// `down(ffn_sub_norm(act(gate x) * up x))`, BitNet b1.58 2B4T's feed-forward network
 /// (`act` = squared ReLU) or LLaMA's (SiLU) with SubLN.
@@ -28,12 +28,17 @@ pub struct GatedFfn {
 impl GatedFfn {
     /// Applies the network to the last axis of `x`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
+        self.forward_input(&NormedInput::Normalized(x))
+    }
+
+    /// [`GatedFfn::forward`] of the output of the pre-FFN norm.
+    pub(crate) fn forward_input(&self, x: &NormedInput<3>) -> Tensor<3> {
+        let gate = self.gate_proj.forward_input(x);
         let gate = match self.activation {
             FfnActivation::ReluSquared => relu(gate).square(),
             FfnActivation::Silu => silu(gate),
         };
-        let hidden = gate * self.up_proj.forward(x);
+        let hidden = gate * self.up_proj.forward_input(x);
         self.down_proj.forward_normed(&self.sub_norm, hidden)
     }
 }

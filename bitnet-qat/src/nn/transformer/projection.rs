@@ -41,11 +41,52 @@ impl Projection {
         }
     }
 
+    /// Applies the projection to the output of a pre-norm shared by several projections.
+    pub(crate) fn forward_input<const D: usize>(&self, input: &NormedInput<D>) -> Tensor<D> {
+        match input {
+            NormedInput::Normalized(x) => self.forward(x.clone()),
+            NormedInput::Deferred(norm, x) => self.forward_normed(norm, x.clone()),
+        }
+    }
+
     /// The BitNet layer, if this projection is one.
     pub fn bit_linear(&self) -> Option<&BitLinear> {
         match self {
             Projection::Bit(l) => Some(l),
             Projection::Full(_) => None,
+        }
+    }
+}
+
+/// The input of the projections that share a pre-norm: normalized once, or — training BitNet
+/// projections, whose activation quantizers fuse the norm in ([`Projection::forward_normed`]) —
+/// the input with the norm, which each projection then applies itself.
+pub(crate) enum NormedInput<'a, const D: usize> {
+    /// `norm(x)`.
+    Normalized(Tensor<D>),
+    /// `x` and the norm, not yet applied.
+    Deferred(&'a RmsNorm, Tensor<D>),
+}
+
+impl<'a, const D: usize> NormedInput<'a, D> {
+    /// `norm(x)` for `projections`: deferred when they are all unpacked BitNet layers without a
+    /// norm of their own and a gradient is tracked (training), normalized once otherwise.
+    pub(crate) fn new(norm: &'a RmsNorm, x: Tensor<D>, projections: &[&Projection]) -> Self {
+        let tracked = x.is_require_grad() || norm.gamma.val().is_require_grad();
+        let fusable = projections.iter().all(
+            |p| matches!(p, Projection::Bit(l) if l.norm.is_none() && l.packed_weight().is_none()),
+        );
+        if tracked && fusable {
+            Self::Deferred(norm, x)
+        } else {
+            Self::Normalized(norm.forward(x))
+        }
+    }
+
+    /// The shape of the input.
+    pub(crate) fn dims(&self) -> [usize; D] {
+        match self {
+            Self::Normalized(x) | Self::Deferred(_, x) => x.dims(),
         }
     }
 }
@@ -57,6 +98,42 @@ mod tests {
     use burn::module::Param;
     use burn::nn::RmsNormConfig;
     use burn::tensor::{Device, Distribution, Tolerance};
+
+    #[test]
+    fn a_shared_pre_norm_is_deferred_only_for_training_bitnet_projections() {
+        use burn::nn::LinearConfig;
+        let device = Device::flex().autodiff();
+        device.seed(43);
+        let bit = || {
+            Projection::Bit(
+                BitLinearConfig::new(64, 16)
+                    .with_norm(false)
+                    .init(&device)
+                    .unwrap(),
+            )
+        };
+        let (q, k) = (bit(), bit());
+        let norm = RmsNormConfig::new(64).init(&device);
+        let x = Tensor::<3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
+        let c = Tensor::<3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &device);
+        let deferred = NormedInput::new(&norm, x.clone(), &[&q, &k]);
+        assert!(matches!(deferred, NormedInput::Deferred(..)));
+        // The same gradients of γ as normalizing once, through both projections.
+        let grad = |input: &NormedInput<3>| {
+            let y = q.forward_input(input) + k.forward_input(input);
+            let grads = (y * c.clone()).sum().backward();
+            norm.gamma.val().grad(&grads).unwrap().into_data()
+        };
+        let once = NormedInput::Normalized(norm.forward(x.clone()));
+        grad(&deferred).assert_approx_eq::<f32>(&grad(&once), Tolerance::rel_abs(1e-5, 1e-6));
+        // A full-precision projection, or no gradient to track: normalized once.
+        let full = Projection::Full(LinearConfig::new(64, 16).init(&device));
+        let mixed = NormedInput::new(&norm, x.clone(), &[&q, &full]);
+        assert!(matches!(mixed, NormedInput::Normalized(_)));
+        let valid_norm = norm.valid();
+        let inference = NormedInput::new(&valid_norm, x.inner(), &[&q]);
+        assert!(matches!(inference, NormedInput::Normalized(_)));
+    }
 
     #[test]
     fn a_subln_norm_fused_into_the_projection_gives_the_gradients_of_the_two_apart() {
