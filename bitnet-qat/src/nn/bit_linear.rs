@@ -59,8 +59,7 @@ pub struct BitLinearConfig {
     #[config(default = true)]
     pub norm: bool,
     /// Whether the norm's gain `γ` is trained. `false` keeps it at 1, a parameter-free RMS norm
-    /// (BitNetMCU's; the reference code's `RMSNorm(x)` with a fresh norm): the norm then takes
-    /// no gradient, and a first layer whose input is data computes no input gradient, which a
+    /// (as BitNetMCU's layers have): the norm then takes no gradient, and a first layer whose input is data computes no input gradient, which a
     /// trained `γ` needs (the step costs about what a plain `Linear` step costs; see
     /// `docs/ste.md`). Stored in the record either way (`γ` = 1), frozen on load.
     #[config(default = true)]
