@@ -210,7 +210,7 @@ pub(crate) fn try_fused_norm_quant<const D: usize>(
     config: &crate::quant::QuantConfig,
     ste: FusedSte,
 ) -> Option<burn::tensor::Tensor<D>> {
-    use crate::quant::{Granularity, QuantFormat, ScaleStat};
+    use crate::quant::Granularity;
     let dims = x.dims();
     let d = *dims.last()?;
     if !fused_takes(x) || gamma.dtype() != x.dtype() || gamma.dims() != [d] || d == 0 {
@@ -221,19 +221,17 @@ pub(crate) fn try_fused_norm_quant<const D: usize>(
         FusedSte::Clipped => true,
         _ => return None,
     };
-    let abs_mean = match config.stat {
-        ScaleStat::AbsMean => true,
-        ScaleStat::AbsMax => false,
-        ScaleStat::AbsMedian => return None,
-    };
+    let quant = fused_spec(config, true)?;
     let group = match config.granularity {
         Granularity::PerToken => d,
         Granularity::PerGroup { size } if size > 0 && d.is_multiple_of(size) => size,
         _ => return None,
     };
-    let (qn, qp) = config.code_range();
-    let centered = config.format == QuantFormat::Binary;
-    let spec = norm_spec(norm_eps, qn, qp, config.eps, abs_mean, centered, group);
+    let spec = NormQuantSpec {
+        quant,
+        norm_eps,
+        group,
+    };
     let rows: burn::tensor::Tensor<2> = x.clone().reshape([-1, d as i64]);
     Some(fused_norm_quant_call(rows, gamma.clone(), spec, clipped)?.reshape(dims))
 }
@@ -519,21 +517,29 @@ pub(crate) fn try_fused<const D: usize>(
     axis: usize,
     ste: FusedSte,
 ) -> Option<burn::tensor::Tensor<D>> {
-    use crate::quant::{Granularity, QuantFormat, ScaleStat};
+    use crate::quant::Granularity;
     if !fused_takes(x) {
         return None;
     }
+    let spec = fused_spec(config, config.granularity != Granularity::PerTensor)?;
+    let (rows, restore) = as_rows(x, config.granularity, axis);
+    Some(restore(fused_call(rows, spec, ste)?))
+}
+
+/// The kernels' description of `config` (`per_row`: one scale per row, else per tensor), if its
+/// statistic is one they compute (absmean or absmax).
+fn fused_spec(config: &crate::quant::QuantConfig, per_row: bool) -> Option<FusedSpec> {
+    use crate::quant::{QuantFormat, ScaleStat};
     let abs_mean = match config.stat {
         ScaleStat::AbsMean => true,
         ScaleStat::AbsMax => false,
         ScaleStat::AbsMedian => return None,
     };
     let (qn, qp) = config.code_range();
-    let per_row = config.granularity != Granularity::PerTensor;
     let centered = config.format == QuantFormat::Binary;
-    let spec = FusedSpec::new(qn, qp, config.eps, abs_mean, per_row, centered);
-    let (rows, restore) = as_rows(x, config.granularity, axis);
-    Some(restore(fused_call(rows, spec, ste)?))
+    Some(FusedSpec::new(
+        qn, qp, config.eps, abs_mean, per_row, centered,
+    ))
 }
 
 /// Whether `x`'s device has the fused kernels for `x`'s float type.

@@ -6,7 +6,7 @@
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
 use super::NormQuantSpec;
-use super::slice::{FusedOutput, for_row_tasks, group_scale, lane_sum, write_group};
+use super::slice::{FusedOutput, LANES, for_row_tasks, group_scale, lane_sum, write_group};
 
 /// What [`norm_quant_slice`] computes per element.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,12 +110,13 @@ fn row(
             }
         }
         _ => {
+            // Σ γ g_n x in `LANES` interleaved partial sums, as `lane_sum` adds.
             let dot: f32 = {
-                let mut acc = [0f32; 8];
-                let n = out.len() / 8 * 8;
-                for k in (0..n).step_by(8) {
-                    for l in 0..8 {
-                        acc[l] += gamma[k + l] * out[k + l] * x[k + l];
+                let mut acc = [0f32; LANES];
+                let n = d / LANES * LANES;
+                for k in (0..n).step_by(LANES) {
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a += gamma[k + l] * out[k + l] * x[k + l];
                     }
                 }
                 (n..d).fold(acc.iter().sum(), |t, k| t + gamma[k] * out[k] * x[k])

@@ -161,7 +161,7 @@ pub(crate) fn ste_grad_slice(
 
 /// Accumulators of [`lane_sum`] and [`lane_abs_max`]: independent lanes the compiler keeps in
 /// one SIMD register, instead of one chain of dependent adds.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// `Σ f(x)` over `xs` in f32, in [`LANES`] interleaved partial sums added in a fixed order.
 pub(super) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {

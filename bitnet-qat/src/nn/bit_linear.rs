@@ -371,12 +371,9 @@ impl BitLinear {
     ) -> crate::Result<Tensor<D>> {
         check_last_dim(&input, self.d_input()?, "BitLinear input")?;
         let bias = self.bias.as_ref().map(|b| b.val());
-        // Training: something takes a gradient (a frozen norm still takes the fused op).
-        let tracked = input.is_require_grad()
-            || self.weight.base().is_require_grad()
-            || norm.is_some_and(|n| n.gamma.val().is_require_grad());
+        let fused = self.fuses_norm(norm, &input);
         let (norm, x) = match norm {
-            Some(n) if !tracked || self.packed_weight().is_some() => (None, n.forward(input)),
+            Some(n) if !fused => (None, n.forward(input)),
             norm => (norm, input),
         };
         if let Some(packed) = self.packed_weight() {
@@ -397,6 +394,20 @@ impl BitLinear {
             (None, None) => x,
         };
         Ok(linear(x, self.quantized_weight(), bias))
+    }
+
+    /// Whether [`BitLinear::forward_normed`] runs `norm` fused with the activation quantizer
+    /// for `input`: in training — the input, the weight or the norm's `γ` takes a gradient (a
+    /// frozen norm still fuses) — and for an unpacked layer.
+    pub(crate) fn fuses_norm<const D: usize>(
+        &self,
+        norm: Option<&RmsNorm>,
+        input: &Tensor<D>,
+    ) -> bool {
+        let tracked = input.is_require_grad()
+            || self.weight.base().is_require_grad()
+            || norm.is_some_and(|n| n.gamma.val().is_require_grad());
+        tracked && self.packed_weight().is_none()
     }
 
     /// Outside training (no autodiff), a layer with BitNet's int8 activations (per token, or

@@ -187,7 +187,7 @@ pub(crate) fn apply_norm_ste<const D: usize>(
     ste: &Ste,
 ) -> Tensor<D> {
     use crate::fused::{FusedSte, try_fused_norm_quant};
-    if let Some(fused @ (FusedSte::Standard | FusedSte::Clipped)) = FusedSte::of(ste)
+    if let Some(fused) = FusedSte::of(ste)
         && let Some(q) = try_fused_norm_quant(&x, &norm.gamma.val(), norm.epsilon, config, fused)
     {
         return q;

@@ -69,14 +69,14 @@ pub(crate) enum NormedInput<'a, const D: usize> {
 }
 
 impl<'a, const D: usize> NormedInput<'a, D> {
-    /// `norm(x)` for `projections`: deferred when they are all unpacked BitNet layers without a
-    /// norm of their own and a gradient is tracked (training), normalized once otherwise.
+    /// `norm(x)` for `projections`: deferred when they are all BitNet layers without a norm of
+    /// their own that fuse it ([`BitLinear::fuses_norm`]: unpacked, in training), normalized
+    /// once otherwise.
     pub(crate) fn new(norm: &'a RmsNorm, x: Tensor<D>, projections: &[&Projection]) -> Self {
-        let tracked = x.is_require_grad() || norm.gamma.val().is_require_grad();
-        let fusable = projections.iter().all(
-            |p| matches!(p, Projection::Bit(l) if l.norm.is_none() && l.packed_weight().is_none()),
+        let fused = projections.iter().all(
+            |p| matches!(p, Projection::Bit(l) if l.norm.is_none() && l.fuses_norm(Some(norm), &x)),
         );
-        if tracked && fusable {
+        if fused {
             Self::Deferred(norm, x)
         } else {
             Self::Normalized(norm.forward(x))
@@ -130,8 +130,8 @@ mod tests {
         let full = Projection::Full(LinearConfig::new(64, 16).init(&device));
         let mixed = NormedInput::new(&norm, x.clone(), &[&q, &full]);
         assert!(matches!(mixed, NormedInput::Normalized(_)));
-        let valid_norm = norm.valid();
-        let inference = NormedInput::new(&valid_norm, x.inner(), &[&q]);
+        let (valid_norm, valid_q) = (norm.valid(), q.valid());
+        let inference = NormedInput::new(&valid_norm, x.inner(), &[&valid_q]);
         assert!(matches!(inference, NormedInput::Normalized(_)));
     }
 
