@@ -22,6 +22,16 @@ pub struct QuantizedRows {
 /// The BitNet activation epsilon.
 pub const ACT_EPS: f32 = 1e-5;
 
+/// Round half to even for `|v| <= 2^22` (NaN stays NaN), as `f32::round_ties_even` does, but
+/// in two additions that vectorize (`round_ties_even` is a libm call on baseline x86-64):
+/// adding and subtracting `1.5 · 2^23` leaves no fraction bits, so the FPU's default rounding
+/// (to nearest, ties to even) does the rounding.
+#[inline(always)]
+pub fn round_half_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
 /// Quantizes row-major `x [rows, cols]`.
 ///
 /// # Errors
@@ -47,13 +57,18 @@ pub fn quantize_rows(x: &[f32], rows: usize, cols: usize) -> Result<QuantizedRow
     let mut codes = AlignedBuf::filled(0i8, rows * padded);
     let mut scales = Vec::with_capacity(rows);
     for (r, row) in x.chunks(cols.max(1)).enumerate().take(rows) {
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = 127.0 / max.max(ACT_EPS);
+        let s = 127.0 / abs_max(row).max(ACT_EPS);
         for (c, v) in codes.as_mut_slice()[r * padded..r * padded + cols]
             .iter_mut()
             .zip(row)
         {
-            *c = (v * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+            let u = round_half_even_small((v * s).clamp(-128.0, 127.0));
+            // A NaN's code is 0 (as an `as` cast makes it); a select, which vectorizes.
+            let u = if u.is_nan() { 0.0 } else { u };
+            // SAFETY: `u` is an integer in [-128, 127] (clamped, rounded, not NaN): finite and
+            // within i32, which is what `to_int_unchecked` requires. (The checked `as` cast
+            // does not vectorize.)
+            *c = unsafe { u.to_int_unchecked::<i32>() } as i8;
         }
         scales.push(s);
     }
@@ -64,6 +79,18 @@ pub fn quantize_rows(x: &[f32], rows: usize, cols: usize) -> Result<QuantizedRow
         codes,
         scales,
     })
+}
+
+/// `max |v|` over `row` (NaNs ignored, as `f32::max` does), in 16 lanes that vectorize.
+fn abs_max(row: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(v.abs());
+        }
+    }
+    (lanes.iter().chain(chunks.remainder())).fold(0f32, |m, v| m.max(v.abs()))
 }
 
 impl QuantizedRows {
@@ -98,5 +125,50 @@ impl QuantizedRows {
             .iter()
             .map(|&c| c as i32)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_rounding_is_half_to_even() {
+        for v in [
+            -128.0f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 126.5, 127.0,
+        ] {
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
+        let mut x = -130.0f32;
+        while x < 130.0 {
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            x += 0.0371;
+        }
+        assert!(round_half_even_small(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn codes_are_bitnets_rounded_and_clamped_products() {
+        // A row maximum of 127 makes s = 1: the halves are exact ties; beside them a NaN.
+        let cols = 300;
+        let x: Vec<f32> = (0..cols)
+            .map(|i| match i {
+                0 => 127.0,
+                1 => f32::NAN,
+                _ => (i as f32 - 150.0) * 0.5,
+            })
+            .collect();
+        let q = quantize_rows(&x, 1, cols).unwrap();
+        assert_eq!(q.scales(), &[1.0]);
+        assert_eq!(&q.codes()[147..154], &[-2, -1, 0, 0, 0, 1, 2]);
+        for (i, v) in x.iter().enumerate() {
+            let want = if v.is_nan() {
+                0
+            } else {
+                v.round_ties_even().clamp(-128.0, 127.0) as i8
+            };
+            assert_eq!(q.codes()[i], want, "{i}: {v}");
+        }
+        assert!(q.codes()[cols..].iter().all(|c| *c == 0));
     }
 }

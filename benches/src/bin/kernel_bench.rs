@@ -1,7 +1,8 @@
 //! `kernel-bench`: the packed ternary CPU kernels against OpenBLAS `sgemv`/`sgemm` and Burn's
-//! f32 `matmul` (Flex), GEMV hot and cold, GEMM hot, 1 and 2 threads. Every cold GEMV is also
-//! set against the memory-bandwidth bound measured in the same run: a streaming read of its
-//! packed weights (same copies, same rotation, same threads), reported as `bound_fraction`.
+//! f32 `matmul` (Flex), GEMV and small batches (M <= 8) hot and cold, GEMM hot, 1 and 2 threads.
+//! Every cold run is also set against the memory-bandwidth bound measured in the same run: a
+//! streaming read of its packed weights (same copies, same rotation, same threads), reported as
+//! `bound_fraction`.
 //!
 //! ```text
 //! cargo run --release --bin kernel-bench -- --json kernel-bench.json
@@ -38,7 +39,8 @@ struct Args {
     /// Samples per variant (at least 21 for reported figures).
     #[arg(long, default_value_t = 21)]
     samples: usize,
-    /// Only the target shapes (GEMV 4096x11008 and GEMM M=512 at 2048x2048 and 4096x11008).
+    /// Only the target shapes: M = 1 and 8 at 4096x11008 and 11008x4096, M = 512 at 2048x2048
+    /// and 4096x11008.
     #[arg(long)]
     quick: bool,
     /// Bytes of weight copies to rotate through for cold GEMV runs.
@@ -144,7 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bound"
     );
     let shapes: Vec<(usize, usize)> = if args.quick {
-        vec![(2048, 2048), (4096, 11008)]
+        vec![(4096, 11008), (11008, 4096), (2048, 2048)]
     } else {
         SHAPES.to_vec()
     };
@@ -168,20 +170,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let w_burn =
             Tensor::<2>::from_data(TensorData::new(w_f32.clone(), [n, k]), &device).transpose();
         let w_burn = Tensor::<2>::from_data(w_burn.into_data(), &device);
-        let ms: Vec<usize> = if args.quick {
-            vec![1, 512]
-        } else {
-            MS.to_vec()
+        let ms: Vec<usize> = match (args.quick, n, k) {
+            (false, ..) => MS.to_vec(),
+            (true, 4096, 11008) => vec![1, 8, 512],
+            (true, 11008, 4096) => vec![1, 8],
+            (true, ..) => vec![512],
         };
         for m in ms {
-            if args.quick && m == 512 && (n, k) != (2048, 2048) && (n, k) != (4096, 11008) {
-                continue;
-            }
             let x: Vec<f32> = (0..m * k)
                 .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             let x_burn = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &device);
-            let modes: &[&str] = if m == 1 { &["hot", "cold"] } else { &["hot"] };
+            // Decode-sized calls run hot and cold; the GEMMs hot.
+            let modes: &[&str] = if m <= 8 { &["hot", "cold"] } else { &["hot"] };
             for &mode in modes {
                 let copies = |bytes: usize| {
                     if mode == "cold" {

@@ -5,7 +5,8 @@ use core::arch::x86_64::*;
 
 use crate::packed::{BLOCK, BLOCK_BYTES};
 
-/// `Σ code·x` for up to `MT` activation rows against one packed row.
+/// `Σ code·x` for up to `MT` activation rows against one packed row. `prefetch` (bytes, 0 =
+/// none) is how far ahead of each code read to prefetch.
 ///
 /// # Safety
 /// The CPU must support AVX2; `codes` must hold `nblocks * 64` bytes and every `x[i]`
@@ -16,7 +17,7 @@ pub unsafe fn code_dot<const MT: usize>(
     codes: &[u8],
     x: [&[i8]; MT],
     nblocks: usize,
-    prefetch: bool,
+    prefetch: usize,
 ) -> [i32; MT] {
     debug_assert!(codes.len() >= nblocks * BLOCK_BYTES);
     let mask = _mm256_set1_epi8(3);
@@ -24,9 +25,8 @@ pub unsafe fn code_dot<const MT: usize>(
     let mut acc = [_mm256_setzero_si256(); MT];
     let cp = codes.as_ptr();
     for b in 0..nblocks {
-        if prefetch {
-            // 8 KiB ahead in the weight stream (rows are contiguous).
-            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(b * BLOCK_BYTES + 8192) as *const i8);
+        if prefetch > 0 {
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(b * BLOCK_BYTES + prefetch) as *const i8);
         }
         for half in 0..2 {
             // SAFETY: the caller guarantees (# Safety) `nblocks * 64` code bytes; `b < nblocks`

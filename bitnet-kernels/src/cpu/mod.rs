@@ -98,7 +98,7 @@ pub struct MatmulOptions {
     pub kernel: Kernel,
     /// Threads to split the outputs over (1 = the calling thread only; 0 = automatic: the
     /// threads of the current rayon pool, which `RAYON_NUM_THREADS` sets, once a call has
-    /// 4 Mi multiply-accumulates or more, else 1).
+    /// 16 Mi multiply-accumulates or more, else 1).
     pub threads: usize,
 }
 
@@ -112,8 +112,9 @@ impl Default for MatmulOptions {
     }
 }
 
-/// Below this many multiply-accumulates one thread is faster than two.
-const PARALLEL_MACS: usize = 1 << 22;
+/// Below this many multiply-accumulates one thread is faster than two (`kernel-bench`: GEMVs
+/// of 2048×2048 and 2560×2560 ran faster on one thread, 4096×4096 and 6912×2560 on two).
+const PARALLEL_MACS: usize = 1 << 24;
 
 impl MatmulOptions {
     fn threads_for(&self, macs: usize, n: usize) -> usize {
@@ -141,11 +142,20 @@ pub fn int_matmul(
     let threads = options.threads_for(m * n * acts.padded(), n);
     let bytes = le_bytes(w.words());
     let row_bytes = words_per_row(w.cols()) * 4;
+    // Codes are w + 1: each product gives back Σ x over its group.
+    let glen = group_len(w);
+    let sums: Vec<i32> = (0..m * groups)
+        .map(|i| {
+            let (r, g) = (i / groups, i % groups);
+            acts.sum(r, g * glen, ((g + 1) * glen).min(acts.cols()))
+        })
+        .collect();
     let run = |n0: usize, n1: usize| -> Vec<i32> {
         let mut out = vec![0i32; m * (n1 - n0) * groups];
         compute(
             options.kernel,
             acts,
+            &sums,
             &bytes,
             row_bytes,
             n0..n1,
@@ -155,7 +165,7 @@ pub fn int_matmul(
         );
         out
     };
-    let mut out = if threads <= 1 {
+    let out = if threads <= 1 {
         run(0, n)
     } else {
         // Rayon's pool stays alive between calls: no thread start per matmul.
@@ -176,16 +186,6 @@ pub fn int_matmul(
         }
         out
     };
-    // Codes are w + 1: subtract Σ x over each group.
-    let glen = group_len(w);
-    for r in 0..m {
-        for g in 0..groups {
-            let sx = acts.sum(r, g * glen, ((g + 1) * glen).min(acts.cols()));
-            for j in 0..n {
-                out[(r * n + j) * groups + g] -= sx;
-            }
-        }
-    }
     Ok(out)
 }
 
@@ -210,7 +210,7 @@ pub fn ternary_matmul(
 ) -> Result<Vec<f32>> {
     let acts = quantize_rows(x, m, w.cols())?;
     let dots = int_matmul(&acts, w, options)?;
-    dequantize(&dots, &acts, w)
+    Ok(scale_back(dots, &acts, w))
 }
 
 /// Scales integer products `[m, n, groups]` back to floats `[m, n]`.
@@ -228,21 +228,39 @@ pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Resul
             got: dots.len(),
         });
     }
+    Ok(scale_back(dots.to_vec(), acts, w))
+}
+
+/// `y_mn = Σ_g dot_mng / (s_x,m · s_w,ng)` for products of the checked sizes, in the products'
+/// own buffer (no second allocation of the output's size).
+fn scale_back(dots: Vec<i32>, acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f32> {
+    let n = w.rows();
+    let (groups, _) = group_blocks(w);
     let scales = w.scales();
-    let mut y = vec![0f32; m * n];
-    for r in 0..m {
-        let sx = acts.scales()[r];
-        for j in 0..n {
-            let base = (r * n + j) * groups;
-            y[r * n + j] = match scales {
-                ScalesRef::PerGroup { .. } => (0..groups)
-                    .map(|g| dots[base + g] as f32 / (sx * scales.get(j, g, groups)))
-                    .sum(),
-                _ => dots[base] as f32 / (sx * scales.get(j, 0, 1)),
-            };
+    if groups > 1 {
+        return dots
+            .chunks(groups)
+            .enumerate()
+            .map(|(i, d)| {
+                let (sx, j) = (acts.scales()[i / n], i % n);
+                (0..groups)
+                    .map(|g| d[g] as f32 / (sx * scales.get(j, g, groups)))
+                    .sum()
+            })
+            .collect();
+    }
+    // Converted where they lie (an in-place `collect`), then divided row by row.
+    let mut y: Vec<f32> = dots.into_iter().map(|d| d as f32).collect();
+    for (row, &sx) in y.chunks_mut(n.max(1)).zip(acts.scales()) {
+        match scales {
+            ScalesRef::PerTensor(sw) => row.iter_mut().for_each(|v| *v /= sx * sw),
+            _ => row
+                .iter_mut()
+                .zip(scales.values())
+                .for_each(|(v, sw)| *v /= sx * sw),
         }
     }
-    Ok(y)
+    y
 }
 
 fn check(acts: &QuantizedRows, w: PackedRef<'_>, options: &MatmulOptions) -> Result<()> {
@@ -298,11 +316,13 @@ fn le_bytes(words: &[u32]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Fills `out [m, n1 - n0, groups]` with `Σ code·x`.
+/// Fills `out [m, n1 - n0, groups]` with `Σ code·x − sums[m, groups]`, the exact
+/// ternary products.
 #[allow(clippy::too_many_arguments)]
 fn compute(
     kernel: Kernel,
     acts: &QuantizedRows,
+    sums: &[i32],
     bytes: &[u8],
     row_bytes: usize,
     ns: core::ops::Range<usize>,
@@ -313,21 +333,41 @@ fn compute(
     let m = acts.rows();
     let width = ns.len();
     let codes = acts.codes();
-    let prefetch = m == 1;
-    let mut put = |r: usize, j: usize, g: usize, v: i32| {
-        out[(r * width + (j - ns.start)) * groups + g] += v;
+    // The first K chunk of a group writes its sum less Σ x, the others add theirs.
+    let mut put = |r: usize, j: usize, g: usize, v: i32, first: bool| {
+        let o = &mut out[(r * width + (j - ns.start)) * groups + g];
+        *o = if first {
+            v - sums[r * groups + g]
+        } else {
+            *o + v
+        };
     };
-    // GEMV streams the weights once, row after row. GEMM is cache-blocked: a chunk of
-    // `K_CHUNK` blocks of 4 activation rows stays in L1 while it meets `N_CHUNK` weight rows,
-    // which stay in L2 while every activation tile passes.
-    let (k_chunk, n_chunk) = if m >= 4 {
-        (K_CHUNK, N_CHUNK)
+    // Up to `batch_rows` activation rows (decode, small-batch decode) form one tile that meets
+    // every weight block once: the weights stream from memory once, decoded once, and the
+    // K chunk of the rows stays in L1 (`X_CHUNK_BYTES`). Larger GEMMs are cache-blocked: a
+    // chunk of `K_CHUNK` blocks of 4 activation rows stays in L1 while it meets `N_CHUNK`
+    // weight rows, which stay in L2 while every activation tile passes.
+    let batch = m <= kernel.batch_rows();
+    let (tile_rows, k_chunk, n_chunk) = if batch {
+        let k_chunk = if m == 1 {
+            bpg
+        } else {
+            (X_CHUNK_BYTES / (m * BLOCK)).max(1)
+        };
+        (m, k_chunk, width.max(1))
     } else {
-        (bpg, width.max(1))
+        (4, K_CHUNK, N_CHUNK)
     };
     for g in 0..groups {
-        for kb in (0..bpg).step_by(k_chunk.max(1)) {
+        for kb in (0..bpg).step_by(k_chunk) {
             let nb = k_chunk.min(bpg - kb);
+            // Streaming weights are prefetched `PREFETCH` bytes of chunks ahead: rows ahead of
+            // the one being read, at the same K offset.
+            let prefetch = if batch {
+                PREFETCH.div_ceil(nb * BLOCK_BYTES) * row_bytes
+            } else {
+                0
+            };
             // Exactly the `nb` blocks a tile reads (bounds-checked slicing: what makes the SIMD
             // kernels' reads sound).
             let wrow = |j: usize| {
@@ -339,18 +379,18 @@ fn compute(
                 let j_end = (j0 + n_chunk).min(ns.end);
                 let mut r = 0;
                 while r < m {
-                    let mt = if m - r >= 4 { 4 } else { 1 };
+                    let mt = tile_rows.min(m - r);
                     let mut j = j0;
                     while j < j_end {
-                        let nt = if kernel == Kernel::Avx512Vnni && j + 1 < j_end {
-                            2
-                        } else {
-                            1
-                        };
+                        // Tile widths are powers of two: the widest that fits.
+                        let mut nt = kernel.tile_cols();
+                        while nt > j_end - j {
+                            nt /= 2;
+                        }
                         let tile = tile(kernel, &wrow, &xrow, j, nt, r, mt, nb, prefetch);
                         for (i, row) in tile.iter().enumerate().take(mt) {
                             for (k, v) in row.iter().enumerate().take(nt) {
-                                put(r + i, j + k, g, *v);
+                                put(r + i, j + k, g, *v, kb == 0);
                             }
                         }
                         j += nt;
@@ -366,8 +406,37 @@ fn compute(
 const K_CHUNK: usize = 16;
 /// Weight rows per N chunk of the cache-blocked GEMM (128 KiB of packed K chunks).
 const N_CHUNK: usize = 128;
+/// Bytes of activation rows a small-batch K chunk keeps in L1.
+const X_CHUNK_BYTES: usize = 32 << 10;
+/// Software prefetch distance in the weight stream (the best of one row, 2–32 KiB measured).
+const PREFETCH: usize = 8192;
 
-/// One tile of `mt ∈ {1, 4}` activation rows by `nt ∈ {1, 2}` weight rows.
+impl Kernel {
+    /// The most activation rows one tile of this variant takes: a call with at most this many
+    /// rows streams the weights once.
+    fn batch_rows(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => 8,
+            Kernel::Avx2 => 4,
+            _ => 1,
+        }
+    }
+
+    /// The most weight rows one tile takes (a power of two; four streams lost to two in
+    /// `kernel-bench`).
+    fn tile_cols(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Up to 8 tile rows by 2 weight rows of integer sums.
+type Tile = [[i32; 2]; 8];
+
+/// One tile of `mt` (at most [`Kernel::batch_rows`]) activation rows by `nt ∈ {1, 2}` weight
+/// rows.
 #[allow(clippy::too_many_arguments)]
 // `nt` and `prefetch` only steer the x86-64 variants.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
@@ -380,9 +449,9 @@ fn tile<'a>(
     r: usize,
     mt: usize,
     nblocks: usize,
-    prefetch: bool,
-) -> [[i32; 2]; 4] {
-    let mut out = [[0i32; 2]; 4];
+    prefetch: usize,
+) -> Tile {
+    let mut out = [[0i32; 2]; 8];
     // What the SIMD kernels read: `nblocks` whole blocks from the start of every row they get.
     // The row closures of `compute` (the only caller) return slices of exactly that length.
     debug_assert!(
@@ -393,62 +462,76 @@ fn tile<'a>(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => {
-            // SAFETY: `check` verified that the CPU has the kernel's instructions, and every row
-            // slice holds the `nblocks` blocks the kernel reads: `compute`'s row closures slice
-            // exactly that many, with bounds checks.
-            unsafe {
-                match (mt, nt) {
-                    (4, 2) => {
-                        let t = avx512::code_dot::<4, 2>(
-                            [wrow(j), wrow(j + 1)],
-                            [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
-                            nblocks,
-                            prefetch,
-                        );
-                        out = t;
-                    }
-                    (4, _) => {
-                        let t = avx512::code_dot::<4, 1>(
-                            [wrow(j)],
-                            [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
-                            nblocks,
-                            prefetch,
-                        );
+            // SAFETY (every call below): `check` verified that the CPU has the kernel's
+            // instructions, and every row slice holds the `nblocks` blocks the kernel reads:
+            // `compute`'s row closures slice exactly that many, with bounds checks.
+            macro_rules! rows {
+                ($mt:literal) => {{
+                    let x: [&[i8]; $mt] = core::array::from_fn(|i| xrow(r + i));
+                    if nt == 2 {
+                        let t = unsafe {
+                            avx512::code_dot::<$mt, 2, { avx512::quarters($mt * 2) }>(
+                                [wrow(j), wrow(j + 1)],
+                                x,
+                                nblocks,
+                                prefetch,
+                            )
+                        };
+                        out[..$mt].copy_from_slice(&t);
+                    } else {
+                        let t = unsafe {
+                            avx512::code_dot::<$mt, 1, { avx512::quarters($mt) }>(
+                                [wrow(j)],
+                                x,
+                                nblocks,
+                                prefetch,
+                            )
+                        };
                         for (o, ti) in out.iter_mut().zip(t) {
                             o[0] = ti[0];
                         }
                     }
-                    (_, 2) => {
-                        out[0] = avx512::gemv_dot::<2>(
-                            [wrow(j), wrow(j + 1)],
-                            xrow(r),
-                            nblocks,
-                            prefetch,
-                        )
-                    }
-                    _ => {
-                        out[0][0] = avx512::gemv_dot::<1>([wrow(j)], xrow(r), nblocks, prefetch)[0]
+                }};
+            }
+            match mt {
+                1 if nt == 2 => {
+                    out[0] = unsafe {
+                        avx512::gemv_dot::<2>([wrow(j), wrow(j + 1)], xrow(r), nblocks, prefetch)
                     }
                 }
+                1 => {
+                    out[0][0] =
+                        unsafe { avx512::gemv_dot::<1>([wrow(j)], xrow(r), nblocks, prefetch)[0] }
+                }
+                2 => rows!(2),
+                3 => rows!(3),
+                4 => rows!(4),
+                5 => rows!(5),
+                6 => rows!(6),
+                7 => rows!(7),
+                _ => rows!(8),
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe {
-            // SAFETY: as for AVX-512: `check` (instructions) and `compute`'s row slices (lengths).
-            if mt == 4 {
-                let t = avx2::code_dot::<4>(
-                    wrow(j),
-                    [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)],
-                    nblocks,
-                    prefetch,
-                );
-                for i in 0..4 {
-                    out[i][0] = t[i];
-                }
-            } else {
-                out[0][0] = avx2::code_dot::<1>(wrow(j), [xrow(r)], nblocks, prefetch)[0];
+        Kernel::Avx2 => {
+            // SAFETY (every call below): as for AVX-512: `check` (instructions) and `compute`'s
+            // row slices (lengths).
+            macro_rules! rows {
+                ($mt:literal) => {{
+                    let x: [&[i8]; $mt] = core::array::from_fn(|i| xrow(r + i));
+                    let t = unsafe { avx2::code_dot::<$mt>(wrow(j), x, nblocks, prefetch) };
+                    for (o, ti) in out.iter_mut().zip(t) {
+                        o[0] = ti;
+                    }
+                }};
             }
-        },
+            match mt {
+                1 => rows!(1),
+                2 => rows!(2),
+                3 => rows!(3),
+                _ => rows!(4),
+            }
+        }
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => {
             for (i, o) in out.iter_mut().enumerate().take(mt) {
@@ -539,7 +622,15 @@ mod tests {
             (9, 4, 1024),
             (1, 33, 4099),
             // A GEMM spanning two K chunks and two N chunks of the cache blocking.
+            (12, 130, 5000),
+            // Every small-batch tile height, each crossing its K chunk (32 KiB of rows).
+            (2, 5, 17000),
+            (3, 4, 11008),
+            (5, 3, 7000),
             (6, 130, 5000),
+            (7, 3, 5000),
+            (8, 7, 4500),
+            (8, 2, 11008),
         ];
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             let (acts, values) = random_case(m, n, k, i as u64);
@@ -562,31 +653,41 @@ mod tests {
 
     #[test]
     fn grouped_scales_give_per_group_integers() {
-        let (m, n, k, group) = (5, 6, 1024, 256);
-        let (acts, values) = random_case(m, n, k, 99);
-        let scales = TernaryScales::PerGroup {
-            group,
-            scales: vec![1.0; n * k / group],
-        };
-        let w = PackedTernary::pack(&values, n, k, scales).unwrap();
-        let expected = naive(&acts, &values, n, k, group);
-        for kernel in Kernel::available() {
-            let got = int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 2 }).unwrap();
-            assert_eq!(got, expected, "{}", kernel.name());
+        // Groups within one K chunk, and groups of 18 blocks that a small-batch K chunk of 8
+        // rows (16 blocks) splits.
+        for (m, n, k, group) in [(5, 6, 1024, 256), (8, 3, 9216, 4608), (1, 3, 9216, 4608)] {
+            let (acts, values) = random_case(m, n, k, 99);
+            let scales = TernaryScales::PerGroup {
+                group,
+                scales: vec![1.0; n * k / group],
+            };
+            let w = PackedTernary::pack(&values, n, k, scales).unwrap();
+            let expected = naive(&acts, &values, n, k, group);
+            for kernel in Kernel::available() {
+                for threads in [1, 2] {
+                    let got =
+                        int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads }).unwrap();
+                    assert_eq!(got, expected, "{} m {m} group {group}", kernel.name());
+                }
+            }
         }
     }
 
     #[test]
     fn the_largest_k_does_not_overflow() {
-        // |x| codes of 127 against +1 and -1 weights at K = MAX_K: the largest sums accepted.
+        // |x| codes of 127 against +1 and -1 weights at K = MAX_K: the largest sums accepted,
+        // in a GEMV and in a small-batch tile (8 rows, K chunks of 16 blocks).
         let k = MAX_K;
-        for (x, w, expected) in [(1.0, 1i8, 127), (-1.0, 1, -127), (1.0, -1, -127)] {
-            let acts = quantize_rows(&vec![x; k], 1, k).unwrap();
-            let w = PackedTernary::pack(&vec![w; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
-            for kernel in Kernel::available() {
-                let got =
-                    int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 1 }).unwrap();
-                assert_eq!(got, vec![expected * k as i32], "{}", kernel.name());
+        for m in [1, 8] {
+            for (x, w, expected) in [(1.0, 1i8, 127), (-1.0, 1, -127), (1.0, -1, -127)] {
+                let acts = quantize_rows(&vec![x; m * k], m, k).unwrap();
+                let w =
+                    PackedTernary::pack(&vec![w; k], 1, k, TernaryScales::PerTensor(1.0)).unwrap();
+                for kernel in Kernel::available() {
+                    let got =
+                        int_matmul(&acts, w.view(), &MatmulOptions { kernel, threads: 1 }).unwrap();
+                    assert_eq!(got, vec![expected * k as i32; m], "{} m {m}", kernel.name());
+                }
             }
         }
     }

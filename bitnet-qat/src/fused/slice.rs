@@ -3,6 +3,8 @@
 //! residual, on Rayon's pool for large buffers.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
+use bitnet_kernels::activation::round_half_even_small;
+
 use super::{FusedSpec, FusedSte};
 
 /// What the fused op writes per element, for `u` on the integer grid.
@@ -261,13 +263,6 @@ fn soft_value(u: f32, qn: f32, qp: f32, t: f32, centered: bool) -> (f32, f32) {
     (value, slope)
 }
 
-/// Round half to even for `|v| <= 2^22` (and NaN stays NaN).
-#[inline(always)]
-pub(crate) fn round_half_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    (v + MAGIC) - MAGIC
-}
-
 /// LSQ on a contiguous f32 buffer with rows of `row_len` elements and `step` one value per row
 /// (`per_row`) or one in all, for `v = x / step`: without `grad`, `round(clamp(v, qn, qp)) *
 /// step`; with `(grad, of_step)`, `grad` times the inside mask (`of_step` false: the gradient
@@ -389,19 +384,5 @@ mod tests {
             assert_eq!(gs[i], g[i] * factor, "gs[{i}]");
         }
         assert!(outside > 0, "some values clip");
-    }
-
-    #[test]
-    fn small_rounding_is_half_to_even() {
-        for v in [
-            -128.0f32, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 126.5, 127.0,
-        ] {
-            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
-        }
-        let mut x = -130.0f32;
-        while x < 130.0 {
-            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
-            x += 0.0371;
-        }
     }
 }
