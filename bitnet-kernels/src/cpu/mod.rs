@@ -626,6 +626,7 @@ mod tests {
             // Every small-batch tile height, each crossing its K chunk (32 KiB of rows).
             (2, 5, 17000),
             (3, 4, 11008),
+            (4, 3, 9000),
             (5, 3, 7000),
             (6, 130, 5000),
             (7, 3, 5000),
