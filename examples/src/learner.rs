@@ -51,8 +51,9 @@ impl Classifier {
 
 /// Implements `QatTrainModel`, `TrainStep` and `InferenceStep` for a model with a
 /// `qat: QatState` field and a method `$classify(&self, $input) -> ClassificationOutput`: the
-/// train step backpropagates the loss and attaches the QAT statistics, `optimize` is
-/// [`optimize`], the inference step is the classification.
+/// train step backpropagates the loss and attaches the QAT statistics, `optimize` and
+/// `optimize_multi` are [`optimize`] and [`bitnet_qat::train::optimize_multi`], the inference
+/// step is the classification.
 macro_rules! qat_classification_steps {
     ($model:ty, $input:ty, $classify:ident) => {
         impl bitnet_qat::train::QatTrainModel for $model {
@@ -85,6 +86,15 @@ macro_rules! qat_classification_steps {
                 grads: burn::optim::GradientsParams,
             ) -> Self {
                 bitnet_qat::train::optimize(self, optim, lr, grads)
+            }
+
+            fn optimize_multi(
+                self,
+                optim: &mut burn::optim::ModuleOptimizer,
+                lr: burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate,
+                grads: burn::optim::MultiGradientsParams,
+            ) -> Self {
+                bitnet_qat::train::optimize_multi(self, optim, lr, grads)
             }
         }
 

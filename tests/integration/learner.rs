@@ -32,17 +32,21 @@ fn config(dir: &std::path::Path, epochs: usize) -> FitConfig {
 /// device's global generator, which the tests running in parallel share. (Each call builds new
 /// quantizer controls: clones of a model share theirs.)
 fn initial() -> Mlp {
-    let device = Device::flex().autodiff();
+    initial_on(&Device::flex().autodiff())
+}
+
+/// [`initial`] on `device`.
+pub(crate) fn initial_on(device: &Device) -> Mlp {
     let mut rng = Lcg(0x5EED);
     let mut layer = |d_in: usize, d_out: usize| {
         let bound = 1.0 / (d_in as f32).sqrt();
         let w: Vec<f32> = (0..d_in * d_out)
             .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
             .collect();
-        let w = Tensor::<2>::from_data(TensorData::new(w, [d_in, d_out]), &device);
+        let w = Tensor::<2>::from_data(TensorData::new(w, [d_in, d_out]), device);
         Dense::Bit(
             BitLinearConfig::new(d_in, d_out)
-                .init_with(w, None, &device)
+                .init_with(w, None, device)
                 .unwrap(),
         )
     };

@@ -13,6 +13,7 @@ mod gpu_qat;
 mod gpu_sizes;
 mod learner;
 mod lm;
+mod multi_device;
 mod quantizers;
 mod reference;
 mod reparam;

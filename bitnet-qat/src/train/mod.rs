@@ -1,7 +1,7 @@
 //! burn-train integration: a [`QatState`] that a model carries through `Learner` training
-//! (global step, flip counts, schedules), the [`optimize`] hook, the [`QatOptimizer`] wrapper
-//! (scheduled weight decay, latent clipping) and [`per_layer_lr`], the [`QatMetric`]s of the
-//! dashboard, and a [`QuietRenderer`] for logs and CI.
+//! (global step, flip counts, schedules), the [`optimize`] and [`optimize_multi`] hooks, the
+//! [`QatOptimizer`] wrapper (scheduled weight decay, latent clipping) and [`per_layer_lr`], the
+//! [`QatMetric`]s of the dashboard, and a [`QuietRenderer`] for logs and CI.
 //!
 //! Enabled by the `train` feature (on by default). The guide is `docs/training.md`.
 
@@ -16,4 +16,4 @@ pub use metric::{QatMetric, QatStat, with_qat_metrics};
 pub use optimizer::{DecayControl, QatOptimizer, ScaledLrScheduler, per_layer_lr};
 pub use output::{QatClassificationOutput, QatStats};
 pub use renderer::QuietRenderer;
-pub use state::{QatPlan, QatState, QatTrainModel, optimize, prepare};
+pub use state::{QatPlan, QatState, QatTrainModel, optimize, optimize_multi, prepare};

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{GradientsParams, ModuleOptimizer, Optimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams, Optimizer};
 use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, TrainOutput};
 
@@ -405,6 +405,42 @@ pub fn optimize<M: QatTrainModel>(
     lr: impl Into<ModuleLearningRate>,
     grads: GradientsParams,
 ) -> M {
+    advance(model, |model| optim.step(lr, model, grads))
+}
+
+/// The `TrainStep::optimize_multi` of a QAT model: [`optimize`] for the gradients of several
+/// devices, which burn-train's `ExecutionStrategy::MultiDevice` with
+/// `MultiDeviceOptim::OptimSharded` hands over (each parameter's gradients summed on one of the
+/// devices). Without it that strategy calls Burn's default `optimize_multi`, and the QAT step,
+/// the schedules and the weight decay never advance.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::train::{QatTrainModel, optimize_multi};
+/// use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+/// use burn::optim::{ModuleOptimizer, MultiGradientsParams};
+///
+/// fn optimize_multi_step<M: QatTrainModel>(
+///     model: M,
+///     optim: &mut ModuleOptimizer,
+///     lr: ModuleLearningRate,
+///     grads: MultiGradientsParams,
+/// ) -> M {
+///     optimize_multi(model, optim, lr, grads)
+/// }
+/// ```
+pub fn optimize_multi<M: QatTrainModel>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    lr: impl Into<ModuleLearningRate>,
+    grads: MultiGradientsParams,
+) -> M {
+    advance(model, |model| optim.step_multi(lr, model, grads))
+}
+
+/// One QAT step around `update` (the optimizer step): the weight decay of the current step
+/// before it; the next step's schedules, the statistics and the step count after it.
+fn advance<M: QatTrainModel>(model: M, update: impl FnOnce(M) -> M) -> M {
     let state = model.qat_state();
     let (step, previous) = state.read();
     state.decay.set(state.plan.weight_decay.at(step));
@@ -418,7 +454,7 @@ pub fn optimize<M: QatTrainModel>(
         }
     });
     let scheduler = state.plan.scheduler.clone();
-    let model = optim.step(lr, model, grads);
+    let model = update(model);
     let model = scheduler.apply(model, step + 1).expect(CHECKED);
     let state = model.qat_state();
     let device = state.recorded.val().device();
