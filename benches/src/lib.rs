@@ -4,6 +4,7 @@
 //! noise hits every variant alike and shows in the spread).
 
 pub mod fuzz;
+pub mod heap;
 pub mod quant_table;
 
 use std::time::Instant;

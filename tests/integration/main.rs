@@ -5,6 +5,7 @@
 mod any_model;
 mod bad_input;
 mod bit_linear;
+mod checkpointing;
 mod convert;
 mod export;
 mod fashion_mnist;

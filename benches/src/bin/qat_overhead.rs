@@ -16,13 +16,12 @@
 //! a parameter-free norm (`norm_affine(false)`), which has no such floor. One step = forward, cross-entropy,
 //! backward, Adam. Variants are interleaved, at least 21 samples each, medians reported.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bitnet_qat::nn::{BitLinear, BitLinearConfig, update_quantizers};
 use bitnet_qat::quant::has_fused_kernels;
 use bitnet_qat::ste::Ste;
+use bitnet_qat_benches::heap::{Counting, peak_during};
 use bitnet_qat_benches::{Stats, count_launches, interleaved, load_average, write_atomic};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -32,32 +31,6 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::Parser;
 use serde::Serialize;
-
-/// Counts live heap bytes and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counters only
-// observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: `GlobalAlloc::alloc`'s contract is ours to uphold and is passed on as is.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` and `layout` come from `alloc` above (the contract of `dealloc`).
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -258,19 +231,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut peaks = [0usize; 5];
     let mut step = |i: usize| {
         let model = models[i].take().expect("model");
-        let before = LIVE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
-        // `linear-dx`: the first layer's input takes a gradient too.
-        let input = if names[i] == "linear-dx" {
-            x.clone().require_grad()
-        } else {
-            x.clone()
-        };
-        let loss = loss_fn.forward(model.forward(input), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = optims[i].step(1e-3, model, grads);
-        device.sync().expect("device sync");
-        peaks[i] = peaks[i].max(PEAK.load(Ordering::Relaxed).saturating_sub(before));
+        let (model, peak) = peak_during(|| {
+            // `linear-dx`: the first layer's input takes a gradient too.
+            let input = if names[i] == "linear-dx" {
+                x.clone().require_grad()
+            } else {
+                x.clone()
+            };
+            let loss = loss_fn.forward(model.forward(input), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let model = optims[i].step(1e-3, model, grads);
+            device.sync().expect("device sync");
+            model
+        });
+        peaks[i] = peaks[i].max(peak);
         models[i] = Some(model);
     };
     // Closures borrowing `step` one at a time through a RefCell-free trampoline.

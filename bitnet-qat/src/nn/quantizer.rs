@@ -125,8 +125,9 @@ impl QuantizerConfig {
 
 /// The initial LSQ step: the non-learned step `max(stat, eps) / Q_p`, one value per scale.
 fn initial_step<const D: usize>(x: Tensor<D>, config: &QuantConfig, axis: usize) -> Tensor<1> {
-    // Computed without autodiff: a parameter must start as a leaf of the graph.
-    let autodiff = x.is_autodiff();
+    // Computed without autodiff: a parameter must start as a leaf of the graph, with the
+    // input's gradient-checkpointing strategy (the tensors of one op must share it).
+    let strategy = x.gradient_checkpointing_strategy();
     let x = without_graph(x);
     let layout = ScaleLayout::new(config.granularity, axis, x.dims());
     let (_, qp) = config.code_range();
@@ -134,7 +135,12 @@ fn initial_step<const D: usize>(x: Tensor<D>, config: &QuantConfig, axis: usize)
         .reduce_compact(x.abs(), config.stat.into())
         .clamp_min(config.eps)
         .div_scalar(qp);
-    if autodiff { step.autodiff() } else { step }
+    match strategy {
+        Some(strategy) => step
+            .autodiff()
+            .with_gradient_checkpointing_strategy(strategy),
+        None => step,
+    }
 }
 
 impl Quantizer {
