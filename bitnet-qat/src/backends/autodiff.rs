@@ -53,6 +53,8 @@ impl<B: Backend + QatBackend, C: CheckpointStrategy> QatBackend for Autodiff<B, 
 mod fused {
     use burn::backend::Backend;
     use burn::backend::TensorMetadata;
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::autodiff::checkpoint::{retro_forward::RetroForward, state::BackwardStates};
     use burn::backend::autodiff::{
         Autodiff,
         checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -84,15 +86,17 @@ mod fused {
             struct StraightThrough;
 
             impl<B: Backend + FusedQuantBackend> Backward<B, 1> for StraightThrough {
-                type State = Option<(FloatTensor<B>, FusedSpec, FusedSte)>;
+                type State = Option<(NodeId, FusedSpec, FusedSte)>;
 
                 fn backward(
                     self,
                     ops: Ops<Self::State, 1>,
                     grads: &mut Gradients,
-                    _checkpointer: &mut Checkpointer,
+                    checkpointer: &mut Checkpointer,
                 ) {
-                    let state = ops.state;
+                    let state = ops
+                        .state
+                        .map(|(x, spec, ste)| (checkpointer.retrieve_node_output(x), spec, ste));
                     unary::<B, _>(ops.parents, ops.node, grads, |grad| match state {
                         None => grad,
                         Some((x, spec, ste)) => ste_grad::<B>(&spec, x, grad, ste),
@@ -100,18 +104,46 @@ mod fused {
                 }
             }
 
-            let node = x.node();
-            let x = x.into_primitive();
+            /// Recomputes the output from the input: under gradient checkpointing the
+            /// quantized tensor (what the next matmul keeps) need not be stored.
+            #[derive(Debug)]
+            struct Recompute<B> {
+                x: NodeId,
+                spec: FusedSpec,
+                ste: FusedSte,
+                backend: core::marker::PhantomData<B>,
+            }
+
+            impl<B: Backend + FusedQuantBackend> RetroForward for Recompute<B> {
+                fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+                    let x = states.get_state::<FloatTensor<B>>(&self.x);
+                    states.save(out_node, fake_quant::<B>(&self.spec, x, self.ste));
+                }
+            }
+
             let spec = FusedSpec::new(qn, qp, eps, abs_mean, per_row, centered);
             let fused = FusedSte::decode(ste, param);
-            let saved = (fused != FusedSte::Standard).then(|| x.clone());
-            let out = fake_quant::<B>(&spec, x, fused);
+            let out = fake_quant::<B>(&spec, x.primitive().clone(), fused);
+            let recompute = Recompute::<B> {
+                x: x.id(),
+                spec,
+                ste: fused,
+                backend: core::marker::PhantomData,
+            };
+            // Memory-bound: Burn's balanced checkpointing recomputes it (one pass over its
+            // input); without checkpointing it behaves as before.
             match StraightThrough
-                .prepare::<C>([node])
-                .compute_bound()
+                .prepare::<C>([x.node()])
+                .memory_bound()
+                .retro_forward(recompute)
+                .parents([&x])
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish(saved.map(|x| (x, spec, fused)), out),
+                OpsKind::Tracked(mut prep) => {
+                    let state =
+                        (fused != FusedSte::Standard).then(|| (prep.checkpoint(&x), spec, fused));
+                    prep.finish(state, out)
+                }
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
         }
@@ -213,15 +245,17 @@ mod fused {
             struct NormQuant;
 
             impl<B: Backend + FusedQuantBackend> Backward<B, 2> for NormQuant {
-                type State = (FloatTensor<B>, FloatTensor<B>, NormQuantSpec, bool);
+                type State = (NodeId, NodeId, NormQuantSpec, bool);
 
                 fn backward(
                     self,
                     ops: Ops<Self::State, 2>,
                     grads: &mut Gradients,
-                    _checkpointer: &mut Checkpointer,
+                    checkpointer: &mut Checkpointer,
                 ) {
                     let (x, gamma, spec, clipped) = ops.state;
+                    let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+                    let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(gamma);
                     let gamma_shape = gamma.shape();
                     let (x2, gamma2) = (x.clone(), gamma.clone());
                     binary::<B, _, _>(
@@ -242,12 +276,52 @@ mod fused {
                 }
             }
 
-            let nodes = [x.node(), gamma.node()];
-            let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+            /// Recomputes the output from the input and the gain (see `fused_fake_quant`).
+            #[derive(Debug)]
+            struct Recompute<B> {
+                x: NodeId,
+                gamma: NodeId,
+                spec: NormQuantSpec,
+                clipped: bool,
+                backend: core::marker::PhantomData<B>,
+            }
+
+            impl<B: Backend + FusedQuantBackend> RetroForward for Recompute<B> {
+                fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+                    let x = states.get_state::<FloatTensor<B>>(&self.x);
+                    let gamma = states.get_state::<FloatTensor<B>>(&self.gamma);
+                    states.save(
+                        out_node,
+                        norm_quant::<B>(&self.spec, x, gamma, self.clipped),
+                    );
+                }
+            }
+
             let spec = norm_spec(norm_eps, qn, qp, eps, abs_mean, centered, group);
-            let out = norm_quant::<B>(&spec, x.clone(), gamma.clone(), clipped);
-            match NormQuant.prepare::<C>(nodes).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish((x, gamma, spec, clipped), out),
+            let out = norm_quant::<B>(
+                &spec,
+                x.primitive().clone(),
+                gamma.primitive().clone(),
+                clipped,
+            );
+            let recompute = Recompute::<B> {
+                x: x.id(),
+                gamma: gamma.id(),
+                spec,
+                clipped,
+                backend: core::marker::PhantomData,
+            };
+            match NormQuant
+                .prepare::<C>([x.node(), gamma.node()])
+                .memory_bound()
+                .retro_forward(recompute)
+                .parents([&x, &gamma])
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), spec, clipped);
+                    prep.finish(state, out)
+                }
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
         }
