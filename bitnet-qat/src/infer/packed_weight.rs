@@ -267,8 +267,11 @@ impl PackedWeight {
             TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
         );
         let values = packed.scales().values().to_vec();
-        let scales =
-            Tensor::<1>::from_data(TensorData::new(values, [layout.scale_count()]), device);
+        // f32 whatever the device's float type: the scales are the quantizer's exact ones.
+        let scales = Tensor::<1>::from_data(
+            TensorData::new(values, [layout.scale_count()]),
+            TensorCreationOptions::new(device.clone()).with_dtype(DType::F32),
+        );
         Ok(Self::from_parts(codes, scales, layout, device))
     }
 
@@ -279,7 +282,10 @@ impl PackedWeight {
             layout.codes_shape(),
             TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
         );
-        let scales = Tensor::<1>::ones([layout.scale_count()], device);
+        let scales = Tensor::<1>::ones(
+            [layout.scale_count()],
+            TensorCreationOptions::new(device.clone()).with_dtype(DType::F32),
+        );
         Self::from_parts(codes, scales, layout, device)
     }
 

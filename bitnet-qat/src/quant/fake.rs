@@ -1,6 +1,6 @@
 //! Fake quantization: quantize and dequantize in one step, with no gradient.
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::config::{QuantConfig, QuantFormat};
 use super::layout::{Reduce, ScaleLayout};
@@ -10,7 +10,9 @@ use crate::error::{QatError, Result};
 ///
 /// `grid = x * scale` (for binary weights `(x - mean x) * scale`), `codes` are the rounded and
 /// clamped grid values, and the dequantized tensor is `codes / scale`. Every field is computed
-/// from a detached input, so none of them carries a gradient.
+/// from a detached input, so none of them carries a gradient. For an f16 or bf16 input the
+/// statistic, scale, grid and codes are computed in f32 (bf16's 8-bit mantissa cannot hold an
+/// int8 activation's grid exactly); [`QuantGrid::dequantize`] returns the input's type.
 #[derive(Debug, Clone)]
 pub struct QuantGrid<const D: usize> {
     /// The input on the grid, before rounding.
@@ -25,17 +27,25 @@ pub struct QuantGrid<const D: usize> {
     pub qp: i32,
     /// The per-scale mean subtracted before binarization (binary format only).
     pub center: Option<Tensor<D>>,
+    /// The input's float type.
+    pub dtype: FloatDType,
 }
 
 impl<const D: usize> QuantGrid<D> {
-    /// The dequantized tensor `codes / scale`.
+    /// The dequantized tensor `codes / scale`, in the input's float type.
     pub fn dequantize(&self) -> Tensor<D> {
-        self.codes.clone() / self.scale.clone()
+        self.restore(self.codes.clone() / self.scale.clone())
+    }
+
+    /// `t` (computed on this grid) in the input's float type.
+    pub fn restore(&self, t: Tensor<D>) -> Tensor<D> {
+        cast_to(t, self.dtype)
     }
 
     /// Maps a (possibly gradient-tracking) `x` onto this grid with the same, detached, scale
-    /// and center: `(x - center) * scale`.
+    /// and center: `(x - center) * scale` (in the grid's type, f32 for a half-precision `x`).
     pub fn regrid(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = cast_to(x, FloatDType::from(self.scale.dtype()));
         match &self.center {
             Some(center) => (x - center.clone()) * self.scale.clone(),
             None => x * self.scale.clone(),
@@ -52,7 +62,11 @@ pub(crate) fn quant_grid<const D: usize>(
     config: &QuantConfig,
     axis: usize,
 ) -> QuantGrid<D> {
-    let x = x.detach();
+    let dtype = FloatDType::from(x.dtype());
+    let x = match dtype {
+        FloatDType::F16 | FloatDType::BF16 => x.detach().cast(FloatDType::F32),
+        _ => x.detach(),
+    };
     let layout = ScaleLayout::new(config.granularity, axis, x.dims());
     let (qn, qp) = config.code_range();
     let stat = layout
@@ -78,6 +92,7 @@ pub(crate) fn quant_grid<const D: usize>(
                 qn: -1,
                 qp: 1,
                 center: Some(center),
+                dtype,
             }
         }
         QuantFormat::Ternary | QuantFormat::Int { .. } => {
@@ -90,8 +105,18 @@ pub(crate) fn quant_grid<const D: usize>(
                 qn,
                 qp,
                 center: None,
+                dtype,
             }
         }
+    }
+}
+
+/// `t` as `dtype` (no op when it is already).
+fn cast_to<const D: usize>(t: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
+    if FloatDType::from(t.dtype()) == dtype {
+        t
+    } else {
+        t.cast(dtype)
     }
 }
 

@@ -212,7 +212,7 @@ pub(crate) fn apply_ste<const D: usize>(
     match *ste {
         Ste::Soft { temperature } => {
             let u = grid.regrid(x);
-            soft_staircase(u, config.format, temperature) / grid.scale
+            grid.restore(soft_staircase(u, config.format, temperature) / grid.scale.clone())
         }
         // Without a gradient to shape, every other STE's forward pass is `q`.
         _ if !tracked => grid.dequantize(),
@@ -221,16 +221,17 @@ pub(crate) fn apply_ste<const D: usize>(
             grid.dequantize() + (x.clone() - x.detach())
         }
         Ste::Clipped => {
-            let inside = grid
-                .grid
-                .clone()
-                .greater_equal_elem(grid.qn)
-                .bool_and(grid.grid.clone().lower_equal_elem(grid.qp))
-                .float();
+            let inside = grid.restore(
+                grid.grid
+                    .clone()
+                    .greater_equal_elem(grid.qn)
+                    .bool_and(grid.grid.clone().lower_equal_elem(grid.qp))
+                    .float(),
+            );
             grid.dequantize() + (x.clone() - x.detach()) * inside
         }
         Ste::Adaptive { delta } => {
-            let e = grid.grid.clone().clamp(grid.qn, grid.qp) - grid.codes.clone();
+            let e = grid.restore(grid.grid.clone().clamp(grid.qn, grid.qp) - grid.codes.clone());
             ewgs(x, grid.dequantize(), e, delta)
         }
     }

@@ -1,0 +1,120 @@
+//! Low-precision training: a device whose float type is bf16 (Flex) or f16 (wgpu; WGSL has no
+//! bf16) runs the QAT layers in that type, with the quantizer statistics in f32. Its own test
+//! binary: a device's float type is set once per process (`Device::configure`).
+
+use std::sync::OnceLock;
+
+use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
+use bitnet_qat::quant::{QuantConfig, fake_quantize};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{DType, Device, DeviceKind, FloatDType, Int, Tensor, TensorData};
+
+/// Flex with bf16 floats (configured once for this process).
+fn flex_bf16() -> Device {
+    static DONE: OnceLock<()> = OnceLock::new();
+    let mut device = Device::flex();
+    DONE.get_or_init(|| device.configure(FloatDType::BF16).expect("Flex takes bf16"));
+    device
+}
+
+/// The wgpu device with f16 floats, or `None` where there is no adapter (outside CI) or it
+/// lacks f16.
+fn wgpu_f16() -> Option<Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let mut device = Device::wgpu(DeviceKind::DefaultDevice);
+            match device.configure(FloatDType::F16) {
+                Ok(()) => Some(device),
+                Err(e) => {
+                    let under_ci = std::env::var("CI")
+                        .is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+                    assert!(!under_ci, "no f16 wgpu device under CI: {e:?}");
+                    eprintln!("SKIPPED: no f16 wgpu device: {e:?}");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Every float parameter's type.
+fn dtypes(model: &impl Module) -> Vec<DType> {
+    struct Collect(Vec<DType>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().dtype());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+/// Trains a small ternary LM on a repeating token pattern for `steps` Adam steps; returns the
+/// first and last losses (as f32).
+fn train(device: &Device, dtype: DType, steps: usize) -> (f32, f32) {
+    let device = device.clone().autodiff();
+    let config = BitNetLmConfig::new(16, 32, 1, 2, 64).with_max_seq_len(16);
+    let mut lm: BitNetLm = config.init(&device).unwrap();
+    assert!(dtypes(&lm).iter().all(|d| *d == dtype), "{:?}", dtypes(&lm));
+    let ids: Vec<i64> = (0..4 * 17).map(|i| ((i * 5) % 16) as i64).collect();
+    let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [4, 17]), &device);
+    let input = tokens.clone().slice([0..4, 0..16]);
+    let target = tokens.slice([0..4, 1..17]).reshape([64]);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut optim = AdamConfig::new().init();
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let logits = lm.forward(input.clone());
+        assert_eq!(logits.dtype(), dtype);
+        let loss = loss_fn.forward(logits.reshape([64, 16]), target.clone());
+        losses.push(loss.clone().into_scalar::<f32>());
+        let grads = GradientsParams::from_grads(loss.backward(), &lm);
+        lm = optim.step(3e-3, lm, grads);
+    }
+    assert!(dtypes(&lm).iter().all(|d| *d == dtype), "{:?}", dtypes(&lm));
+    (losses[0], *losses.last().unwrap())
+}
+
+#[test]
+fn a_ternary_lm_trains_in_bf16_on_flex() {
+    let device = flex_bf16();
+    let (first, last) = train(&device, DType::BF16, 40);
+    assert!(
+        first.is_finite() && last < 0.5 * first,
+        "loss {first} -> {last}"
+    );
+}
+
+#[test]
+fn bf16_activations_are_quantized_with_f32_statistics() {
+    // The int8 grid of a bf16 row, computed in f32, is the grid of the same values in f32:
+    // bf16 arithmetic (8-bit mantissa) would round x * 127 / max|x| wrongly.
+    let device = flex_bf16();
+    let values: Vec<f32> = (0..256)
+        .map(|i| ((i * 37) % 101) as f32 / 13.0 - 3.7)
+        .collect();
+    let x = Tensor::<2>::from_data(TensorData::new(values, [2, 128]), &device);
+    assert_eq!(x.dtype(), DType::BF16);
+    let config = QuantConfig::activation_int8();
+    let q = fake_quantize(x.clone(), &config).unwrap();
+    assert_eq!(q.dtype(), DType::BF16);
+    let want = fake_quantize(x.cast(DType::F32), &config)
+        .unwrap()
+        .cast(DType::BF16);
+    let bits = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    assert_eq!(bits(q), bits(want));
+}
+
+#[test]
+fn a_ternary_lm_trains_in_f16_on_wgpu() {
+    let Some(device) = wgpu_f16() else { return };
+    let (first, last) = train(&device, DType::F16, 20);
+    assert!(
+        first.is_finite() && last < 0.7 * first,
+        "loss {first} -> {last}"
+    );
+}
