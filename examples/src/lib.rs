@@ -7,6 +7,7 @@ pub mod cli;
 pub mod device;
 pub mod learner;
 pub mod lm;
+pub mod multi;
 pub mod report;
 
 use std::time::Instant;

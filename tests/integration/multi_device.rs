@@ -8,23 +8,16 @@
 //! QAT metric must match.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use bitnet_qat::data::{DigitItem, DigitsDataset, EpochLoader, ImageBatch, ImageBatcher};
-use bitnet_qat::nn::QuantizerSettings;
-use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
-use bitnet_qat::train::{QatPlan, QatStat, QuietRenderer, WeightDecaySchedule, prepare};
-use bitnet_qat_examples::learner::{Classifier, bitnet_lr, epoch_metric};
-use bitnet_qat_examples::{Dense, Mlp};
-use burn::data::dataloader::DataLoader;
-use burn::data::dataset::InMemDataset;
-use burn::optim::AdamConfig;
-use burn::tensor::Device;
-use burn::train::metric::store::Split;
-use burn::train::metric::{AccuracyMetric, LossMetric};
-use burn::train::{
-    ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining, TrainingStrategy,
+use bitnet_qat::data::{DigitItem, DigitsDataset};
+use bitnet_qat::train::QatStat;
+use bitnet_qat_examples::learner::{Classifier, epoch_metric};
+use bitnet_qat_examples::multi::{
+    DeviceRun, Strategy, interleave, quantizer_settings as settings, train_on_devices,
 };
+use burn::tensor::Device;
+use burn::train::MultiDeviceOptim;
+use burn::train::metric::store::Split;
 
 use super::gpu::gpu_device;
 use super::learner::initial_on;
@@ -38,83 +31,28 @@ const STEPS: usize = EPOCHS * HALF / BATCH;
 /// The lambda warm-up ends inside the run, so its position matters.
 const RAMP: usize = 10;
 
-/// How a run uses the devices.
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    /// One device, two accumulated micro-batches a step (the interleaved data).
-    Accumulated,
-    /// Two devices, burn-train's `MultiDevice` with this optimizer mode.
-    Multi(MultiDeviceOptim),
-}
-
-/// Trains the digits classifier for `epochs` of the planned [`EPOCHS`] (resuming after
-/// `resume` epochs from the checkpoints in `dir`) and returns the trained model.
+/// Trains over `device` twice (or, `Accumulated`, on it alone with two micro-batches a step).
 fn run(
-    mode: Mode,
+    strategy: Strategy,
     items: Vec<DigitItem>,
     valid: Vec<DigitItem>,
     device: &Device,
     dir: &Path,
-    epochs: usize,
-    resume: Option<usize>,
+    stop_after: Option<usize>,
+    resume_from: Option<usize>,
 ) -> Classifier {
-    let train_device = device.clone().autodiff();
-    let lr = bitnet_lr(3e-3, STEPS, 2, 0.05);
-    let mut plan = QatPlan::new()
-        .with_scheduler(
-            QatScheduler::default().with_lambda(LambdaSchedule::new(RAMP, LambdaRamp::Linear)),
-        )
-        .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
-    plan.stats_every = 1;
-    let model = prepare(Classifier {
-        mlp: initial_on(&train_device),
-        qat: plan.init(&train_device),
-    })
-    .unwrap();
-    let optim = model.qat.optimizer(AdamConfig::new().build());
-    let learner = Learner::new(model, optim, lr.init().unwrap());
-    // No shuffling: the order of the items is the test's.
-    let train: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
-        EpochLoader::new(InMemDataset::new(items), ImageBatcher, BATCH, &train_device)
-            .starting_epoch(resume.unwrap_or(0)),
-    );
-    let valid: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
-        InMemDataset::new(valid),
-        ImageBatcher,
-        256,
-        device,
-    ));
-    let mut training = bitnet_qat::train::with_qat_metrics(
-        SupervisedTraining::new(dir, train, valid)
-            .metrics((AccuracyMetric::new(), LossMetric::new()))
-            .num_epochs(epochs)
-            .with_default_checkpointers()
-            .renderer(Box::new(QuietRenderer::new())),
-    );
-    if let Some(epoch) = resume {
-        training = training.checkpoint(epoch);
-    }
-    training = match mode {
-        Mode::Accumulated => training.grads_accumulation(2),
-        Mode::Multi(optim) => training.with_training_strategy(TrainingStrategy::Default(
-            ExecutionStrategy::MultiDevice(vec![device.clone(), device.clone()], optim),
-        )),
+    let run = DeviceRun {
+        strategy,
+        devices: vec![device.clone(), device.clone()],
+        batch: BATCH,
+        epochs: EPOCHS,
+        stop_after,
+        resume_from,
+        lambda_ramp: RAMP,
+        dir,
+        initial: initial_on(&device.clone().autodiff()),
     };
-    let result = training.launch(learner);
-    assert!(result.error.is_none(), "{mode:?}: {:?}", result.error);
-    result.model
-}
-
-/// Every quantizer's settings, in module order.
-fn settings(model: &Classifier) -> Vec<QuantizerSettings> {
-    let mlp: &Mlp = &model.mlp;
-    mlp.layers
-        .iter()
-        .filter_map(|layer| match layer {
-            Dense::Bit(l) => l.weight_quantizer().map(|q| q.settings()),
-            _ => None,
-        })
-        .collect()
+    train_on_devices(run, items, valid).unwrap_or_else(|e| panic!("{strategy:?}: {e}"))
 }
 
 /// The single-device run, both MultiDevice modes and a MultiDevice run resumed after its first
@@ -124,27 +62,25 @@ fn multi_device_equals_accumulation(device: &Device, name: &str) {
     let items = train.items()[..2 * HALF].to_vec();
     let valid = valid.items()[..256].to_vec();
     // Device d reads `items[d * HALF..]`: step t takes batch t of each half.
-    let interleaved: Vec<DigitItem> = (0..HALF / BATCH)
-        .flat_map(|t| {
-            let first = &items[t * BATCH..(t + 1) * BATCH];
-            let second = &items[HALF + t * BATCH..HALF + (t + 1) * BATCH];
-            first.iter().chain(second).cloned()
-        })
-        .collect();
+    let interleaved = interleave(&items, 2, BATCH).unwrap();
+    assert_eq!(
+        interleaved[BATCH], items[HALF],
+        "the second micro-batch is the second half's"
+    );
 
     let single_dir = fresh_dir(&format!("{name}-accumulated"));
     let single = run(
-        Mode::Accumulated,
+        Strategy::Accumulated,
         interleaved,
         valid.clone(),
         device,
         &single_dir,
-        EPOCHS,
+        None,
         None,
     );
     assert_eq!(single.qat.step(), STEPS);
     let lambdas: Vec<f64> = settings(&single).iter().map(|s| s.lambda).collect();
-    assert_eq!(lambdas, vec![1.0; 2], "the warm-up of {RAMP} steps is over");
+    assert_eq!(lambdas, vec![1.0; 4], "the warm-up of {RAMP} steps is over");
 
     for optim in [
         MultiDeviceOptim::OptimMainDevice,
@@ -153,12 +89,12 @@ fn multi_device_equals_accumulation(device: &Device, name: &str) {
         let what = format!("{name} {optim:?}");
         let dir = fresh_dir(&format!("{name}-{optim:?}"));
         let multi = run(
-            Mode::Multi(optim),
+            Strategy::Multi(optim),
             items.clone(),
             valid.clone(),
             device,
             &dir,
-            EPOCHS,
+            None,
             None,
         );
         // Optimizer steps counted once, not once per device.
@@ -200,9 +136,17 @@ fn multi_device_equals_accumulation(device: &Device, name: &str) {
 
     // The main device's checkpoints resume a MultiDevice run exactly.
     let dir = fresh_dir(&format!("{name}-resumed"));
-    let main = Mode::Multi(MultiDeviceOptim::OptimMainDevice);
-    run(main, items.clone(), valid.clone(), device, &dir, 1, None);
-    let resumed = run(main, items, valid, device, &dir, EPOCHS, Some(1));
+    let main = Strategy::Multi(MultiDeviceOptim::OptimMainDevice);
+    run(
+        main,
+        items.clone(),
+        valid.clone(),
+        device,
+        &dir,
+        Some(1),
+        None,
+    );
+    let resumed = run(main, items, valid, device, &dir, None, Some(1));
     assert_eq!(resumed.qat.step(), STEPS);
     assert!(
         weights(&resumed) == weights(&single),

@@ -1,0 +1,187 @@
+//! The digits classifier trained over several devices with burn-train's strategies, and the
+//! single-device run that it must equal.
+//!
+//! burn-train's `MultiDevice` gives each device a contiguous slice of the data and batches of
+//! the full batch size, and sums the devices' gradients. One step over N devices is therefore
+//! exactly a single-device step that accumulates N micro-batches, taking the devices' batches
+//! in turn ([`interleave`]). `ddp` with a summing all-reduce is the same, up to the order of
+//! the additions.
+//!
+//! `tests/integration/multi_device.rs` checks this on Flex and lavapipe. The `multi_device`
+//! example checks it on GPUs, including `ddp` on CUDA.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bitnet_qat::data::{DigitItem, EpochLoader, ImageBatch, ImageBatcher};
+use bitnet_qat::nn::{QuantizerSettings, quantizers};
+use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
+use bitnet_qat::train::{QatPlan, QuietRenderer, WeightDecaySchedule, prepare, with_qat_metrics};
+use bitnet_qat::{QatError, Result};
+use burn::data::dataloader::DataLoader;
+use burn::data::dataset::InMemDataset;
+use burn::module::Module;
+use burn::optim::AdamConfig;
+use burn::tensor::Device;
+use burn::tensor::distributed::{DistributedConfig, ReduceOperation};
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::{
+    ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining, TrainingStrategy,
+};
+
+use crate::Mlp;
+use crate::learner::{Classifier, bitnet_lr};
+
+/// How a run uses its devices.
+#[derive(Debug, Clone, Copy)]
+pub enum Strategy {
+    /// The first device alone, accumulating one micro-batch per device each step. Give it the
+    /// [`interleave`]d data.
+    Accumulated,
+    /// burn-train's `MultiDevice` with this optimizer mode.
+    Multi(MultiDeviceOptim),
+    /// burn-train's distributed data parallel strategy, gradients all-reduced by summing
+    /// (collectives exist on CUDA only).
+    Ddp,
+}
+
+/// A run of [`train_on_devices`].
+pub struct DeviceRun<'a> {
+    /// How the devices are used.
+    pub strategy: Strategy,
+    /// The devices, main device first. The same device may appear several times.
+    pub devices: Vec<Device>,
+    /// Items per device and step.
+    pub batch: usize,
+    /// Epochs planned (the schedules span them).
+    pub epochs: usize,
+    /// Stop after this epoch.
+    pub stop_after: Option<usize>,
+    /// Resume after this many epochs from the checkpoints in `dir`.
+    pub resume_from: Option<usize>,
+    /// Steps of the linear lambda warm-up.
+    pub lambda_ramp: usize,
+    /// Logs and checkpoints.
+    pub dir: &'a Path,
+    /// The network to start from (built on the first device's autodiff device).
+    pub initial: Mlp,
+}
+
+/// `items` in the order a single device must take them to meet, step after step, the batches
+/// that `slices` devices take from their contiguous slices.
+///
+/// # Errors
+/// [`QatError::Invalid`] unless `items` splits into `slices` slices of whole batches.
+pub fn interleave(items: &[DigitItem], slices: usize, batch: usize) -> Result<Vec<DigitItem>> {
+    let per_slice = steps_per_epoch(items.len(), slices, batch)? * batch;
+    Ok((0..per_slice / batch)
+        .flat_map(|t| {
+            (0..slices).flat_map(move |d| {
+                let start = d * per_slice + t * batch;
+                &items[start..start + batch]
+            })
+        })
+        .cloned()
+        .collect())
+}
+
+/// Optimizer steps per epoch of `items` over `slices` devices.
+fn steps_per_epoch(items: usize, slices: usize, batch: usize) -> Result<usize> {
+    if slices == 0 || batch == 0 || items == 0 || !items.is_multiple_of(slices * batch) {
+        return Err(QatError::Invalid(format!(
+            "{items} items do not split into {slices} device slices of whole batches of {batch}"
+        )));
+    }
+    Ok(items / (slices * batch))
+}
+
+/// Trains the digits classifier as `run` says (Adam, BitNet's two-stage LR and weight decay, a
+/// lambda warm-up, the QAT statistics every step, no shuffling) and returns it.
+///
+/// # Errors
+/// [`QatError::Invalid`] for data that does not split into whole batches per device, no
+/// devices, or a failed training.
+pub fn train_on_devices(
+    run: DeviceRun<'_>,
+    items: Vec<DigitItem>,
+    valid: Vec<DigitItem>,
+) -> Result<Classifier> {
+    let main = run
+        .devices
+        .first()
+        .ok_or_else(|| QatError::Invalid("train_on_devices: no devices".into()))?
+        .clone();
+    let steps = steps_per_epoch(items.len(), run.devices.len(), run.batch)? * run.epochs;
+    let train_device = main.clone().autodiff();
+    let lr = bitnet_lr(3e-3, steps, 2, 0.05);
+    let mut plan = QatPlan::new()
+        .with_scheduler(
+            QatScheduler::default()
+                .with_lambda(LambdaSchedule::new(run.lambda_ramp, LambdaRamp::Linear)),
+        )
+        .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
+    plan.stats_every = 1;
+    let model = prepare(Classifier {
+        mlp: run.initial,
+        qat: plan.init(&train_device),
+    })?;
+    let optim = model.qat.optimizer(AdamConfig::new().build());
+    let learner = Learner::new(model, optim, lr.init()?);
+    let train: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
+        EpochLoader::new(
+            InMemDataset::new(items),
+            ImageBatcher,
+            run.batch,
+            &train_device,
+        )
+        .starting_epoch(run.resume_from.unwrap_or(0)),
+    );
+    let valid: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
+        InMemDataset::new(valid),
+        ImageBatcher,
+        256,
+        &main,
+    ));
+    let mut training = with_qat_metrics(
+        SupervisedTraining::new(run.dir, train, valid)
+            .metrics((AccuracyMetric::new(), LossMetric::new()))
+            .num_epochs(run.stop_after.unwrap_or(run.epochs).min(run.epochs))
+            .with_default_checkpointers()
+            .renderer(Box::new(QuietRenderer::new())),
+    );
+    if let Some(epoch) = run.resume_from {
+        training = training.checkpoint(epoch);
+    }
+    let execution = match run.strategy {
+        Strategy::Accumulated => None,
+        Strategy::Multi(optim) => Some(ExecutionStrategy::MultiDevice(run.devices.clone(), optim)),
+        Strategy::Ddp => Some(ExecutionStrategy::ddp(
+            run.devices.clone(),
+            DistributedConfig {
+                all_reduce_op: ReduceOperation::Sum,
+            },
+        )),
+    };
+    training = match execution {
+        None if run.devices.len() > 1 => training.grads_accumulation(run.devices.len()),
+        None => training,
+        Some(execution) => training.with_training_strategy(TrainingStrategy::Default(execution)),
+    };
+    let result = training.launch(learner);
+    match result.error {
+        None => Ok(result.model),
+        Some(error) => Err(QatError::Invalid(format!(
+            "training ({:?}) failed: {error}",
+            run.strategy
+        ))),
+    }
+}
+
+/// Every quantizer's settings (weights and activations), in module order: what must agree
+/// between two runs at the same step.
+pub fn quantizer_settings(model: &impl Module) -> Vec<QuantizerSettings> {
+    quantizers(model)
+        .into_iter()
+        .map(|found| found.quantizer.settings())
+        .collect()
+}
