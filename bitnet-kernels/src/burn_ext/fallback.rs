@@ -107,6 +107,11 @@ fn scaled_products(
 ) -> Tensor<2> {
     let [m, cols] = a.dims();
     let [rows, _] = weights.dims();
+    // One float type for all: the activations' (the unpacked codes and the scales may be in
+    // the device's, or f32).
+    let weights = weights.cast(a.dtype());
+    let scales = scales.cast(a.dtype());
+    let row_scale = row_scale.map(|s| s.cast(a.dtype()));
     match kind {
         ScaleKind::PerTensor | ScaleKind::PerRow => {
             let dots = a.matmul(weights.transpose());

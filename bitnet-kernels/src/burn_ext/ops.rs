@@ -102,10 +102,7 @@ fn run(
         let native = kernel_dtype(&x.device(), dtype);
         let x = x.cast(native);
         // The kernels read f32 scales (a record loaded on a bf16 device may hold others).
-        let scales = match scales.dtype() {
-            burn::tensor::DType::F32 => scales,
-            _ => scales.cast(burn::tensor::DType::F32),
-        };
+        let scales = scales.cast(burn::tensor::DType::F32);
         Tensor::from_dispatch(<Dispatch as TernaryOps>::ternary_matmul(
             x.into_dispatch(),
             codes.into_dispatch(),

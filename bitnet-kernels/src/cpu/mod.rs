@@ -138,6 +138,9 @@ pub fn int_matmul(
 ) -> Result<Vec<i32>> {
     check(acts, w, options)?;
     let (m, n) = (acts.rows(), w.rows());
+    if m == 0 || n == 0 {
+        return Ok(Vec::new());
+    }
     let (groups, bpg) = group_blocks(w);
     let threads = options.threads_for(m * n * acts.padded(), n);
     let bytes = le_bytes(w.words());
@@ -228,26 +231,19 @@ pub fn dequantize(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Resul
             got: dots.len(),
         });
     }
-    Ok(scale_back(dots.to_vec(), acts, w))
+    Ok(match group_blocks(w).0 {
+        1 => scale_back(dots.to_vec(), acts, w),
+        _ => scale_back_groups(dots, acts, w),
+    })
 }
 
-/// `y_mn = Σ_g dot_mng / (s_x,m · s_w,ng)` for products of the checked sizes, in the products'
-/// own buffer (no second allocation of the output's size).
+/// `y_mn = Σ_g dot_mng / (s_x,m · s_w,ng)` for products of the checked sizes: with one group,
+/// in the products' own buffer (no second allocation of the output's size).
 fn scale_back(dots: Vec<i32>, acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f32> {
     let n = w.rows();
-    let (groups, _) = group_blocks(w);
     let scales = w.scales();
-    if groups > 1 {
-        return dots
-            .chunks(groups)
-            .enumerate()
-            .map(|(i, d)| {
-                let (sx, j) = (acts.scales()[i / n], i % n);
-                (0..groups)
-                    .map(|g| d[g] as f32 / (sx * scales.get(j, g, groups)))
-                    .sum()
-            })
-            .collect();
+    if group_blocks(w).0 > 1 {
+        return scale_back_groups(&dots, acts, w);
     }
     // Converted where they lie (an in-place `collect`), then divided row by row.
     let mut y: Vec<f32> = dots.into_iter().map(|d| d as f32).collect();
@@ -261,6 +257,22 @@ fn scale_back(dots: Vec<i32>, acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f32
         }
     }
     y
+}
+
+/// [`scale_back`] for per-group scales: the groups' quotients added in order.
+fn scale_back_groups(dots: &[i32], acts: &QuantizedRows, w: PackedRef<'_>) -> Vec<f32> {
+    let n = w.rows();
+    let (groups, _) = group_blocks(w);
+    let scales = w.scales();
+    dots.chunks(groups)
+        .enumerate()
+        .map(|(i, d)| {
+            let (sx, j) = (acts.scales()[i / n], i % n);
+            (0..groups)
+                .map(|g| d[g] as f32 / (sx * scales.get(j, g, groups)))
+                .sum()
+        })
+        .collect()
 }
 
 fn check(acts: &QuantizedRows, w: PackedRef<'_>, options: &MatmulOptions) -> Result<()> {
@@ -361,8 +373,8 @@ fn compute(
     for g in 0..groups {
         for kb in (0..bpg).step_by(k_chunk) {
             let nb = k_chunk.min(bpg - kb);
-            // Streaming weights are prefetched `PREFETCH` bytes of chunks ahead: rows ahead of
-            // the one being read, at the same K offset.
+            // Streaming weights are prefetched at the same K offset, ⌈PREFETCH / chunk⌉ rows
+            // ahead of the row being read (about `PREFETCH` bytes of the stream).
             let prefetch = if batch {
                 PREFETCH.div_ceil(nb * BLOCK_BYTES) * row_bytes
             } else {
@@ -435,8 +447,8 @@ impl Kernel {
 /// Up to 8 tile rows by 2 weight rows of integer sums.
 type Tile = [[i32; 2]; 8];
 
-/// One tile of `mt` (at most [`Kernel::batch_rows`]) activation rows by `nt ∈ {1, 2}` weight
-/// rows.
+/// One tile of `mt` activation rows (at most 8; AVX-512 and AVX2 take them in one pass, the
+/// others row by row) by `nt ∈ {1, 2}` weight rows.
 #[allow(clippy::too_many_arguments)]
 // `nt` and `prefetch` only steer the x86-64 variants.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
@@ -628,7 +640,7 @@ mod tests {
             (3, 4, 11008),
             (4, 3, 9000),
             (5, 3, 7000),
-            (6, 130, 5000),
+            (6, 130, 5500),
             (7, 3, 5000),
             (8, 7, 4500),
             (8, 2, 11008),
@@ -731,6 +743,20 @@ mod tests {
                     (got - expected).abs() <= 1e-5 * expected.abs().max(1.0),
                     "{got} vs {expected}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn no_rows_give_empty_products() {
+        // An empty batch (before the small-batch tiles, which size their K chunks by the row
+        // count, it was the one-row path).
+        let w = PackedTernary::pack(&[1; 300], 1, 300, TernaryScales::PerTensor(1.0)).unwrap();
+        for kernel in Kernel::available() {
+            for threads in [0, 1, 2] {
+                let options = MatmulOptions { kernel, threads };
+                let y = ternary_matmul(&[], 0, w.view(), &options).unwrap();
+                assert_eq!(y, Vec::<f32>::new(), "{}", kernel.name());
             }
         }
     }

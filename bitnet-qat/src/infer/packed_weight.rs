@@ -470,7 +470,10 @@ impl PackedWeight {
         let layout = self.layout()?;
         let (rows, cols) = (layout.d_output, layout.d_input);
         let values = unpack_codes(self.codes.val(), cols).transpose(); // [cols, rows]
-        let scales = self.scales.val();
+        // Divided in f32 (the scales' type), returned in the device's float type.
+        let dtype = values.dtype();
+        let values = values.cast(DType::F32);
+        let scales = self.scales.val().cast(DType::F32);
         // The multiplier of every element, in the same [cols, rows] layout.
         let per_element: Tensor<2> = match layout.scales {
             ScaleKind::PerTensor => scales.reshape([1, 1]),
@@ -482,7 +485,7 @@ impl PackedWeight {
                 s.transpose()
             }
         };
-        Ok(values / per_element)
+        Ok((values / per_element).cast(dtype))
     }
 
     /// The codes and scales read back to the host as a [`PackedTernary`] (rows are outputs),

@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, Reparameterizer};
 use burn::nn::{Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
 use super::quantizer::{Quantizer, QuantizerConfig};
 use crate::check::{check_finite, check_last_dim, check_norm_eps};
@@ -450,8 +450,13 @@ impl BitLinear {
             .map_err(|e| QatError::Record(format!("BitLinear weight level: {e:?}")))?;
         let n = levels.len();
         let multipliers: Vec<f32> = levels.into_iter().map(multiplier_of).collect();
-        let sw = Tensor::<2>::from_data(TensorData::new(multipliers, [1, n]), &hard.device());
-        let codes = hard.sign();
+        // In f32 whatever the device's float type, as the activation grid (`quant_grid`).
+        let sw = Tensor::<2>::from_data(
+            TensorData::new(multipliers, [1, n]),
+            TensorCreationOptions::new(hard.device()).with_dtype(DType::F32),
+        );
+        let codes = hard.sign().cast(DType::F32);
+        let dtype = x.dtype();
         let mut out_dims = x.dims();
         out_dims[D - 1] = d_out;
         let x2: Tensor<2> = x.clone().reshape([-1, d_in as i64]);
@@ -479,7 +484,7 @@ impl BitLinear {
             })
             .reduce(|a, b| a + b)
             .unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"));
-        Ok(Some(y.reshape(out_dims)))
+        Ok(Some(y.cast(dtype).reshape(out_dims)))
     }
 
     /// The forward pass of a packed layer: the int8 kernels when the activation quantizer is

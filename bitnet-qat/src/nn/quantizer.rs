@@ -5,7 +5,7 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId, Reparameterization};
 use burn::nn::RmsNorm;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use super::settings::QuantizerSettings;
 use crate::error::QatError;
@@ -369,13 +369,15 @@ impl Quantizer {
     /// # Errors
     /// As [`Quantizer::try_forward`]: a weight whose shape does not fit, malformed settings.
     pub fn weight_codes(&self, weight: Tensor<2>) -> crate::Result<(Tensor<2>, Tensor<2>)> {
-        let weight = without_graph(weight);
+        // In f32 whatever the weight's type: the codes of an f16/bf16 weight are those of its
+        // (exactly representable) values in f32, as its quantizer computes them.
+        let weight = without_graph(weight).cast(DType::F32);
         let settings = self.try_settings()?;
         let (quant, ste) = settings.effective();
         validate_shape(&quant, &weight.dims(), 0)?;
         let scale: Tensor<2> = match &self.step {
             Some(step) => ScaleLayout::new(quant.granularity, 0, weight.dims())
-                .broadcast(without_graph(step.val()))
+                .broadcast(without_graph(step.val()).cast(DType::F32))
                 .recip(),
             None => quant_grid(weight.clone(), &quant, 0).scale,
         };

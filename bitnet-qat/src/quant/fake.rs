@@ -39,13 +39,13 @@ impl<const D: usize> QuantGrid<D> {
 
     /// `t` (computed on this grid) in the input's float type.
     pub fn restore(&self, t: Tensor<D>) -> Tensor<D> {
-        cast_to(t, self.dtype)
+        t.cast(self.dtype)
     }
 
     /// Maps a (possibly gradient-tracking) `x` onto this grid with the same, detached, scale
     /// and center: `(x - center) * scale` (in the grid's type, f32 for a half-precision `x`).
     pub fn regrid(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = cast_to(x, FloatDType::from(self.scale.dtype()));
+        let x = x.cast(self.scale.dtype());
         match &self.center {
             Some(center) => (x - center.clone()) * self.scale.clone(),
             None => x * self.scale.clone(),
@@ -108,15 +108,6 @@ pub(crate) fn quant_grid<const D: usize>(
                 dtype,
             }
         }
-    }
-}
-
-/// `t` as `dtype` (no op when it is already).
-fn cast_to<const D: usize>(t: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
-    if FloatDType::from(t.dtype()) == dtype {
-        t
-    } else {
-        t.cast(dtype)
     }
 }
 
