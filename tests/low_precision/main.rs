@@ -59,6 +59,8 @@ fn dtypes(model: &impl Module) -> Vec<DType> {
 /// first and last losses (as f32) and the model.
 fn train(device: &Device, dtype: DType, steps: usize) -> (f32, f32, BitNetLm) {
     let device = device.clone().autodiff();
+    // A fixed start (each test uses its own device's generator).
+    device.seed(7);
     let config = BitNetLmConfig::new(16, 32, 1, 2, 64).with_max_seq_len(16);
     let mut lm: BitNetLm = config.init(&device).unwrap();
     assert!(dtypes(&lm).iter().all(|d| *d == dtype), "{:?}", dtypes(&lm));
@@ -137,9 +139,9 @@ fn bf16_activations_are_quantized_with_f32_statistics() {
 #[test]
 fn a_ternary_lm_trains_in_f16_on_wgpu() {
     let Some(device) = wgpu_f16() else { return };
-    let (first, last, _) = train(&device, DType::F16, 20);
+    let (first, last, _) = train(&device, DType::F16, 40);
     assert!(
-        first.is_finite() && last < 0.7 * first,
+        first.is_finite() && last < 0.5 * first,
         "loss {first} -> {last}"
     );
 }
