@@ -75,7 +75,7 @@ macro_rules! qat_classification_steps {
                 batch: $input,
             ) -> burn::train::TrainOutput<bitnet_qat::train::QatClassificationOutput> {
                 let output = self.$classify(batch);
-                let grads = output.loss.backward();
+                let grads = self.qat.backward(output.loss.clone());
                 self.qat.train_output(self, grads, output)
             }
 

@@ -4,14 +4,17 @@
 
 use std::sync::OnceLock;
 
+use bitnet_qat::QatError;
 use bitnet_qat::infer::pack;
 use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
 use bitnet_qat::quant::{QuantConfig, fake_quantize};
 use bitnet_qat::schedule::weight_stats;
+use bitnet_qat::train::{QatPlan, QatState, QatTrainModel, prepare};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{DType, Device, DeviceKind, FloatDType, Int, Tensor, TensorData};
+use burn::train::ClassificationOutput;
 
 /// Flex with bf16 floats (configured once for this process).
 fn flex_bf16() -> Device {
@@ -144,4 +147,70 @@ fn a_ternary_lm_trains_in_f16_on_wgpu() {
         first.is_finite() && last < 0.5 * first,
         "loss {first} -> {last}"
     );
+}
+
+/// A model with one weight and a QAT state, for the loss scaling.
+#[derive(Module, Debug)]
+struct Scaled {
+    w: Param<Tensor<1>>,
+    qat: QatState,
+}
+
+impl QatTrainModel for Scaled {
+    fn qat_state(&self) -> &QatState {
+        &self.qat
+    }
+
+    fn qat_state_mut(&mut self) -> &mut QatState {
+        &mut self.qat
+    }
+}
+
+#[test]
+fn loss_scaling_keeps_small_f16_gradients() {
+    // loss = Σ x w 2^-26 with x = 1024: the gradient reaching `x w` is 2^-26, below f16's
+    // smallest subnormal (2^-24), so it underflows to 0 and so does dL/dw = 2^-16. Scaled by
+    // 2^10, the backward pass carries 2^-16, and the gradient divided back is exactly 2^-16.
+    let Some(device) = wgpu_f16() else { return };
+    let device = device.autodiff();
+    let grad = |scale: f64| {
+        let w = Tensor::<1>::from_data([1.0], &device).require_grad();
+        let model = Scaled {
+            w: Param::from_tensor(w),
+            qat: QatPlan::new().with_loss_scale(scale).init(&device),
+        };
+        let x = Tensor::<1>::from_data([1024.0], &device);
+        // Twice 2^-13 (a scalar of 2^-26 would itself be 0 in f16).
+        let tiny = 2f64.powi(-13);
+        let loss = (x * model.w.val()).mul_scalar(tiny).mul_scalar(tiny).sum();
+        let output = ClassificationOutput::new(
+            loss.clone(),
+            Tensor::<2>::zeros([1, 2], &device),
+            Tensor::<1, Int>::zeros([1], &device),
+        );
+        let grads = model.qat.backward(loss);
+        let out = model.qat.train_output(&model, grads, output);
+        let g = out.grads.get::<1>(model.w.id).expect("w has a gradient");
+        assert_eq!(g.dtype(), DType::F16);
+        g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
+    };
+    assert_eq!(grad(1.0), 0.0, "without scaling the gradient underflows");
+    assert_eq!(grad(1024.0), 2f32.powi(-16));
+}
+
+#[test]
+fn a_loss_scale_must_be_finite_and_positive() {
+    let device = flex_bf16().autodiff();
+    for scale in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+        let w = Tensor::<1>::from_data([1.0], &device);
+        let model = Scaled {
+            w: Param::from_tensor(w),
+            qat: QatPlan::new().with_loss_scale(scale).init(&device),
+        };
+        let err = prepare(model).expect_err("an invalid loss scale");
+        assert!(
+            matches!(&err, QatError::Invalid(m) if m.contains("loss_scale")),
+            "{scale}: {err}"
+        );
+    }
 }

@@ -47,6 +47,12 @@ pub struct QatPlan {
     /// (default 10; 1 measures every step). Each measurement reads the quantized weights back
     /// twice; between measurements the metrics repeat the last one.
     pub stats_every: usize,
+    /// Static loss scaling for f16 training (default 1: none): [`QatState::backward`]
+    /// multiplies the loss by it, so that small gradients do not underflow inside the backward
+    /// pass, and [`QatState::train_output`] divides the parameters' gradients by it. A power of
+    /// two (e.g. 1024) scales exactly; a non-finite gradient norm in the metrics says it is too
+    /// large.
+    pub loss_scale: f64,
 }
 
 impl Default for QatPlan {
@@ -56,6 +62,7 @@ impl Default for QatPlan {
             weight_decay: WeightDecaySchedule::default(),
             latent_clip: None,
             stats_every: 10,
+            loss_scale: 1.0,
         }
     }
 }
@@ -81,6 +88,12 @@ impl QatPlan {
     /// Sets latent-weight clipping.
     pub fn with_latent_clip(mut self, clip: Option<f32>) -> Self {
         self.latent_clip = clip;
+        self
+    }
+
+    /// Sets the static loss scale (see [`QatPlan::loss_scale`]; [`prepare`] checks it).
+    pub fn with_loss_scale(mut self, scale: f64) -> Self {
+        self.loss_scale = scale;
         self
     }
 
@@ -330,15 +343,31 @@ impl QatState {
         }
     }
 
-    /// Ends `TrainStep::step` of a classifier: the gradients as Burn's `TrainOutput` wants them,
-    /// and the output with this step's [`QatStats`].
+    /// The gradients of `loss`, computed from `loss ×` [`QatPlan::loss_scale`]: the first half
+    /// of `TrainStep::step` (then [`QatState::train_output`], which scales them back).
+    pub fn backward(&self, loss: Tensor<1>) -> Gradients {
+        let scale = self.plan.loss_scale;
+        if scale == 1.0 {
+            loss.backward()
+        } else {
+            loss.mul_scalar(scale).backward()
+        }
+    }
+
+    /// Ends `TrainStep::step` of a classifier: the gradients (from [`QatState::backward`],
+    /// divided by the loss scale) as Burn's `TrainOutput` wants them, and the output with this
+    /// step's [`QatStats`].
     pub fn train_output<M: Module>(
         &self,
         model: &M,
         grads: Gradients,
         output: ClassificationOutput,
     ) -> TrainOutput<QatClassificationOutput> {
-        let grads = GradientsParams::from_grads(grads, model);
+        let grads = unscale(
+            GradientsParams::from_grads(grads, model),
+            model,
+            self.plan.loss_scale,
+        );
         let qat = self.stats_without_grad_norm(model);
         // Read back by the metric thread, not here (see QatClassificationOutput).
         let grad_sq = grad_sq_sum(model, &grads);
@@ -372,6 +401,12 @@ impl QatState {
 pub fn prepare<M: QatTrainModel>(model: M) -> Result<M> {
     let state = model.qat_state();
     state.plan.weight_decay.validate()?;
+    let scale = state.plan.loss_scale;
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(crate::QatError::Invalid(format!(
+            "QatPlan::loss_scale must be finite and > 0, got {scale}"
+        )));
+    }
     let step = state.try_read()?.0;
     // `apply` decodes the recorded settings of every quantizer, so a malformed one is an error
     // here, before training.
@@ -510,6 +545,30 @@ fn settings(model: &impl Module) -> (f64, f64, Option<f64>) {
 
 /// The sum of the squared gradients of `module`'s parameters (on the device), `None` without
 /// any.
+/// `grads` divided by `scale` (unchanged for 1).
+fn unscale(grads: GradientsParams, module: &impl Module, scale: f64) -> GradientsParams {
+    struct Unscale {
+        grads: GradientsParams,
+        inverse: f64,
+    }
+    impl ModuleVisitor for Unscale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.inverse));
+            }
+        }
+    }
+    if scale == 1.0 {
+        return grads;
+    }
+    let mut visitor = Unscale {
+        grads,
+        inverse: 1.0 / scale,
+    };
+    module.visit(&mut visitor);
+    visitor.grads
+}
+
 fn grad_sq_sum(module: &impl Module, grads: &GradientsParams) -> Option<Tensor<1>> {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
