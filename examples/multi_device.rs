@@ -18,11 +18,11 @@
 use bitnet_qat::data::{DIGITS_CLASSES, DIGITS_PIXELS, DigitsDataset};
 use bitnet_qat::ste::Ste;
 use bitnet_qat_examples::multi::{
-    DeviceRun, Strategy, interleave, quantizer_settings as settings, train_on_devices,
+    DeviceRun, Strategy, float_parameters, interleave, quantizer_settings as settings,
+    train_on_devices,
 };
 use bitnet_qat_examples::{Mlp, Precision};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use burn::train::MultiDeviceOptim;
 use clap::{Parser, ValueEnum};
 
@@ -112,7 +112,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let multi = run(strategy, devices, items, "multi")?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let (a, b) = (weights(&single), weights(&multi));
+    let flat = |m: &_| -> Vec<f32> { float_parameters(m).concat() };
+    let (a, b) = (flat(&single), flat(&multi));
     // NaN for a NaN weight or for models of different sizes: never within the tolerance.
     let max_diff = if a.len() == b.len() {
         a.iter()
@@ -169,18 +170,4 @@ fn device_list(name: &str, base: Device, n: usize) -> Result<Vec<Device>, String
     }
     let _ = name;
     Ok(vec![base; n])
-}
-
-/// Every float parameter's values, flattened.
-fn weights(model: &impl Module) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let values = param.val().into_data().convert::<f32>();
-            self.0.extend(values.iter::<f32>());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
 }

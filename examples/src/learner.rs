@@ -230,10 +230,6 @@ where
         (total_steps / 20).min(375),
         config.weight_decay,
     );
-    let plan = config
-        .plan
-        .clone()
-        .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
     let mut sizes = vec![pixels];
     sizes.extend_from_slice(&config.hidden);
     sizes.push(classes);
@@ -241,12 +237,7 @@ where
         Some(mlp) => mlp.fork(&device).train(),
         None => Mlp::with_ste(&sizes, config.precision, config.ste, &device)?,
     };
-    let model = prepare(Classifier {
-        mlp,
-        qat: plan.init(&device),
-    })?;
-    let optim = model.qat.optimizer(AdamConfig::new().build());
-    let learner = Learner::new(model, optim, lr.init()?);
+    let learner = classifier_learner(mlp, config.plan.clone(), &lr, &device)?;
 
     // The batch order of epoch e depends only on (seed, e), so a resumed run continues it.
     let train_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
@@ -276,6 +267,24 @@ where
         valid_accuracy,
         seconds,
     })
+}
+
+/// The `Learner` of a [`Classifier`] around `mlp` (built on `device`): the QAT state of `plan`
+/// with BitNet's weight decay of `lr`, readied by `prepare`, Adam in the QAT optimizer
+/// wrapper, and `lr` as the learning-rate schedule.
+pub(crate) fn classifier_learner(
+    mlp: Mlp,
+    plan: QatPlan,
+    lr: &BitNetLrSchedulerConfig,
+    device: &Device,
+) -> Result<Learner<Classifier>> {
+    let plan = plan.with_weight_decay(WeightDecaySchedule::bitnet(lr));
+    let model = prepare(Classifier {
+        mlp,
+        qat: plan.init(device),
+    })?;
+    let optim = model.qat.optimizer(AdamConfig::new().build());
+    Ok(Learner::new(model, optim, lr.init()?))
 }
 
 /// How a fit runs: its log folder, the epochs planned and run, checkpoints, resume, renderer.

@@ -16,21 +16,18 @@ use std::sync::Arc;
 use bitnet_qat::data::{DigitItem, EpochLoader, ImageBatch, ImageBatcher};
 use bitnet_qat::nn::{QuantizerSettings, quantizers};
 use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
-use bitnet_qat::train::{QatPlan, QuietRenderer, WeightDecaySchedule, prepare, with_qat_metrics};
+use bitnet_qat::train::{QatPlan, QuietRenderer};
 use bitnet_qat::{QatError, Result};
 use burn::data::dataloader::DataLoader;
 use burn::data::dataset::InMemDataset;
-use burn::module::Module;
-use burn::optim::AdamConfig;
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::distributed::{DistributedConfig, ReduceOperation};
+use burn::tensor::{Device, Tensor};
 use burn::train::metric::{AccuracyMetric, LossMetric};
-use burn::train::{
-    ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining, TrainingStrategy,
-};
+use burn::train::{ExecutionStrategy, MultiDeviceOptim, SupervisedTraining, TrainingStrategy};
 
 use crate::Mlp;
-use crate::learner::{Classifier, bitnet_lr};
+use crate::learner::{Classifier, Run, bitnet_lr, classifier_learner, launch};
 
 /// How a run uses its devices.
 #[derive(Debug, Clone, Copy)]
@@ -114,19 +111,13 @@ pub fn train_on_devices(
     let steps = steps_per_epoch(items.len(), run.devices.len(), run.batch)? * run.epochs;
     let train_device = main.clone().autodiff();
     let lr = bitnet_lr(3e-3, steps, 2, 0.05);
-    let mut plan = QatPlan::new()
+    let plan = QatPlan::new()
         .with_scheduler(
             QatScheduler::default()
                 .with_lambda(LambdaSchedule::new(run.lambda_ramp, LambdaRamp::Linear)),
         )
-        .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
-    plan.stats_every = 1;
-    let model = prepare(Classifier {
-        mlp: run.initial,
-        qat: plan.init(&train_device),
-    })?;
-    let optim = model.qat.optimizer(AdamConfig::new().build());
-    let learner = Learner::new(model, optim, lr.init()?);
+        .with_stats_every(1);
+    let learner = classifier_learner(run.initial, plan, &lr, &train_device)?;
     let train: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
         EpochLoader::new(
             InMemDataset::new(items),
@@ -142,16 +133,8 @@ pub fn train_on_devices(
         256,
         &main,
     ));
-    let mut training = with_qat_metrics(
-        SupervisedTraining::new(run.dir, train, valid)
-            .metrics((AccuracyMetric::new(), LossMetric::new()))
-            .num_epochs(run.stop_after.unwrap_or(run.epochs).min(run.epochs))
-            .with_default_checkpointers()
-            .renderer(Box::new(QuietRenderer::new())),
-    );
-    if let Some(epoch) = run.resume_from {
-        training = training.checkpoint(epoch);
-    }
+    let training = SupervisedTraining::new(run.dir, train, valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()));
     let execution = match run.strategy {
         Strategy::Accumulated => None,
         Strategy::Multi(optim) => Some(ExecutionStrategy::MultiDevice(run.devices.clone(), optim)),
@@ -162,19 +145,26 @@ pub fn train_on_devices(
             },
         )),
     };
-    training = match execution {
+    let training = match execution {
         None if run.devices.len() > 1 => training.grads_accumulation(run.devices.len()),
         None => training,
         Some(execution) => training.with_training_strategy(TrainingStrategy::Default(execution)),
     };
-    let result = training.launch(learner);
-    match result.error {
-        None => Ok(result.model),
-        Some(error) => Err(QatError::Invalid(format!(
-            "training ({:?}) failed: {error}",
-            run.strategy
-        ))),
-    }
+    let (model, _, _) = launch(
+        training,
+        learner,
+        Run {
+            dir: run.dir,
+            epochs: run.epochs,
+            stop_after: run.stop_after,
+            resume_from: run.resume_from,
+            checkpoints: true,
+            renderer: Some(Box::new(QuietRenderer::new())),
+        },
+        "Accuracy",
+    )
+    .map_err(|e| QatError::Invalid(format!("{:?}: {e}", run.strategy)))?;
+    Ok(model)
 }
 
 /// Every quantizer's settings (weights and activations), in module order: what must agree
@@ -184,4 +174,19 @@ pub fn quantizer_settings(model: &impl Module) -> Vec<QuantizerSettings> {
         .into_iter()
         .map(|found| found.quantizer.settings())
         .collect()
+}
+
+/// The values of every float parameter of `model`, one vector per parameter in module order:
+/// what two runs are compared on.
+pub fn float_parameters(model: &impl Module) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let data = param.val().into_data().convert::<f32>();
+            self.0.push(data.iter::<f32>().collect());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
 }

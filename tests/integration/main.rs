@@ -46,11 +46,7 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
     }
 }
 
-/// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`): there a
-/// missing dependency fails the test instead of skipping it.
-pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-}
+pub use bitnet_qat_integration_tests::under_ci;
 
 /// Skips the calling test for `reason` (a missing dependency): under CI this fails the test;
 /// elsewhere it prints `SKIPPED` and appends `test: reason` to the file named by
@@ -88,17 +84,10 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
 
 /// Every float parameter of `model`, bit for bit.
 pub fn weights(model: &impl burn::module::Module) -> Vec<Vec<u32>> {
-    use burn::module::{ModuleVisitor, Param};
-    struct Collect(Vec<Vec<u32>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0
-                .push(values(param.val()).into_iter().map(f32::to_bits).collect());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
+    bitnet_qat_examples::multi::float_parameters(model)
+        .into_iter()
+        .map(|p| p.into_iter().map(f32::to_bits).collect())
+        .collect()
 }
 
 /// A deterministic stream of numbers in `[0, 1)`, independent of Burn's device generators.
