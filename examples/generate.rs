@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bitnet_qat::export::{import_gguf, import_hf};
+use bitnet_qat::nn::transformer::SavedLm;
 use bitnet_qat::nn::transformer::{Sampling, generate};
 use bitnet_qat_examples::cli::DeviceArg;
-use bitnet_qat_examples::lm::SavedLm;
 use clap::Parser;
 
 /// Generate text with a trained BitNet language model.

@@ -15,10 +15,11 @@
 use std::path::PathBuf;
 
 use bitnet_qat::data::{TokenBatcher, TokenWindows};
+use bitnet_qat::nn::transformer::SavedLm;
 use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
 use bitnet_qat::train::QatPlan;
 use bitnet_qat_examples::cli::{DeviceArg, LmArgs, QuietArg, ShakespeareArgs, ShakespeareData};
-use bitnet_qat_examples::lm::{LmFitConfig, SavedLm, fit_lm, sample};
+use bitnet_qat_examples::lm::{LmFitConfig, fit_lm, sample};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use clap::Parser;

@@ -7,6 +7,11 @@ pub mod fuzz;
 pub mod heap;
 pub mod quant_table;
 
+// The unit tests count heap bytes too (the fuzzer's memory bound).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
+
 use std::time::Instant;
 
 use serde::Serialize;

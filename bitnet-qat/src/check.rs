@@ -47,7 +47,7 @@ pub(crate) fn check_last_dim<const D: usize>(
 ) -> Result<()> {
     if input.dims()[D - 1] != d_input {
         return Err(QatError::Shape {
-            what,
+            what: what.into(),
             expected: format!("[..., {d_input}]"),
             got: input.dims().to_vec(),
         });
@@ -55,8 +55,9 @@ pub(crate) fn check_last_dim<const D: usize>(
     Ok(())
 }
 
-/// Checks every float parameter of `model` (the latent values of reparameterized ones) and
-/// names the first one that holds NaN or infinite values.
+/// Checks every float parameter of `model` (the latent values of reparameterized ones; the
+/// values of packed weights, not their empty structural bases) and names the first one that
+/// holds NaN or infinite values.
 ///
 /// # Example
 /// ```
@@ -70,6 +71,7 @@ pub(crate) fn check_last_dim<const D: usize>(
 pub fn check_model_finite<M: Module>(model: &M) -> Result<()> {
     let mut visitor = FiniteVisitor::default();
     model.visit(&mut visitor);
+    visitor.flush();
     match visitor.error {
         Some(e) => Err(e),
         None => Ok(()),
@@ -79,12 +81,13 @@ pub fn check_model_finite<M: Module>(model: &M) -> Result<()> {
 /// Checks everything a loaded model's forward pass relies on, so that a corrupted, truncated or
 /// mismatched checkpoint is an error here rather than a panic later: every parameter finite
 /// ([`check_model_finite`]), the recorded settings of every [`Quantizer`](crate::nn::Quantizer)
-/// and the recorded layout of every [`PackedWeight`](crate::infer::PackedWeight) well formed and
-/// consistent with their tensors.
+/// well formed (a weight quantizer's also fitting its weight), and the recorded layout of every
+/// [`PackedWeight`](crate::infer::PackedWeight) well formed and consistent with its codes and
+/// scales, which hold only codes 0 to 2 and finite positive scales.
 ///
 /// # Errors
 /// The first problem found: [`QatError::NonFinite`] naming the parameter, [`QatError::Record`]
-/// for malformed settings or layouts.
+/// naming the parameter path for malformed settings, layouts, codes or scales.
 ///
 /// # Example
 /// ```
@@ -99,7 +102,22 @@ pub fn check_model_finite<M: Module>(model: &M) -> Result<()> {
 pub fn check_model<M: Module>(model: &M) -> Result<()> {
     check_model_finite(model)?;
     for found in crate::nn::quantizers(model) {
-        found.quantizer.try_settings()?;
+        let settings_path = format!("{}.settings", found.path);
+        let settings = found
+            .quantizer
+            .try_settings()
+            .map_err(|e| e.at(&settings_path))?;
+        // A weight quantizer's scales must fit its weight (a group that divides the inputs).
+        if let Some(weight) = &found.weight {
+            crate::quant::validate_shape(&settings.effective().0, &weight.dims(), 0).map_err(
+                |e| {
+                    QatError::record(
+                        &settings_path,
+                        format!("settings that do not fit the weight: {e}"),
+                    )
+                },
+            )?;
+        }
     }
     let mut packed = PackedVisitor::default();
     model.visit(&mut packed);
@@ -127,8 +145,9 @@ impl PackedVisitor {
 
     fn check(&mut self, layout: &Param<Tensor<1, Int>>) -> Result<()> {
         let (Some(codes), Some(scales)) = (self.codes.take(), self.scales.take()) else {
-            return Err(QatError::Record(
-                "a packed weight without its codes or scales".into(),
+            return Err(QatError::record(
+                "",
+                "a packed weight without its codes or scales",
             ));
         };
         let layout =
@@ -165,8 +184,13 @@ impl ModuleVisitor for PackedVisitor {
                     param.val().reshape([param.shape().num_elements()]),
                 );
                 if let Err(e) = self.check(&layout) {
-                    let path: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
-                    self.error = Some(QatError::Record(format!("`{}`: {e}", path.join("."))));
+                    // The weight's path: the packed weight's fields are its codes, scales and
+                    // layout.
+                    let path: Vec<&str> = self.path[..self.path.len() - 1]
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    self.error = Some(e.at(&path.join(".")));
                 }
             }
             _ => {}
@@ -174,29 +198,62 @@ impl ModuleVisitor for PackedVisitor {
     }
 }
 
+/// Checks every float parameter for NaN and infinite values, except the structural bases of
+/// packed weights (a zero broadcast to the weight's shape: checking it would allocate the f32
+/// weight that packing removed). A parameter is checked when the next event shows it is not
+/// one: Burn visits a packed weight's base just before it enters its `packed`
+/// reparameterization.
 #[derive(Default)]
 struct FiniteVisitor {
     path: Vec<String>,
+    /// The last float parameter visited, not yet checked: its path and its check.
+    pending: Option<PendingCheck>,
     error: Option<QatError>,
 }
 
+/// A deferred check of one parameter.
+type PendingCheck = Box<dyn FnOnce() -> Result<()>>;
+
+impl FiniteVisitor {
+    /// Runs the pending check, if any.
+    fn flush(&mut self) {
+        if let Some(check) = self.pending.take()
+            && self.error.is_none()
+            && let Err(e) = check()
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
 impl ModuleVisitor for FiniteVisitor {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if container_type == "Reparameterization"
+            && name == <crate::infer::PackedWeight as burn::module::Reparameterization>::NAME
+        {
+            // The parameter visited last is the base of this packed weight: not checked.
+            self.pending = None;
+        } else {
+            self.flush();
+        }
         self.path.push(name.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.flush();
         self.path.pop();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.error.is_none()
-            && let Err(e) = check_finite(
-                &param.base(),
-                &format!("parameter `{}`", self.path.join(".")),
-            )
-        {
-            self.error = Some(e);
+        self.flush();
+        if self.error.is_none() {
+            let base = param.base();
+            let what = format!("parameter `{}`", self.path.join("."));
+            self.pending = Some(Box::new(move || check_finite(&base, &what)));
         }
+    }
+
+    fn visit_int<const D: usize>(&mut self, _param: &Param<Tensor<D, Int>>) {
+        self.flush();
     }
 }

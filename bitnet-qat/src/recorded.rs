@@ -45,7 +45,7 @@ pub(crate) fn check_header(
     version: i64,
     what: &str,
 ) -> Result<()> {
-    let bad = |msg: String| Err(QatError::Record(format!("{what}: {msg}")));
+    let bad = |msg: String| Err(QatError::record("", format!("{what}: {msg}")));
     if values.len() != len {
         return bad(format!("{} values, expected {len}", values.len()));
     }
@@ -159,13 +159,40 @@ impl ModuleDisplayDefault for Recorded {
 impl ModuleDisplay for Recorded {}
 
 /// The values of an integer parameter, read back from its device; `what` names the record.
+///
+/// # Errors
+/// [`QatError::Record`] (without a path) for values of a non-integer type or outside `i64`
+/// (a loaded record holds what its file says).
 pub(crate) fn read_back(param: &Param<Tensor<1, Int>>, what: &str) -> Result<Vec<i64>> {
-    param
-        .val()
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| QatError::Record(format!("{what}: {e:?}")))
+    int_values(&param.val().into_data()).map_err(|e| QatError::record("", format!("{what}: {e}")))
+}
+
+/// The values of integer tensor data as `i64`, whatever its integer type; an error naming the
+/// type for data of another type (floats, booleans, quantized) or a `u64` value past
+/// `i64::MAX`. Burn's own conversions panic on those; data read from a file may be anything.
+pub(crate) fn int_values(data: &TensorData) -> core::result::Result<Vec<i64>, String> {
+    fn widen<T: burn::tensor::Element + Copy>(
+        data: &TensorData,
+        f: impl Fn(T) -> Option<i64>,
+    ) -> core::result::Result<Vec<i64>, String> {
+        let values = data.as_slice::<T>().map_err(|e| format!("{e:?}"))?;
+        values
+            .iter()
+            .map(|&v| f(v).ok_or_else(|| "a value past i64::MAX".to_string()))
+            .collect()
+    }
+    use burn::tensor::DType;
+    match data.dtype() {
+        DType::I64 => widen::<i64>(data, Some),
+        DType::I32 => widen::<i32>(data, |v| Some(v.into())),
+        DType::I16 => widen::<i16>(data, |v| Some(v.into())),
+        DType::I8 => widen::<i8>(data, |v| Some(v.into())),
+        DType::U64 => widen::<u64>(data, |v| i64::try_from(v).ok()),
+        DType::U32 => widen::<u32>(data, |v| Some(v.into())),
+        DType::U16 => widen::<u16>(data, |v| Some(v.into())),
+        DType::U8 => widen::<u8>(data, |v| Some(v.into())),
+        other => Err(format!("values of type {other:?}, not integers")),
+    }
 }
 
 /// Decoded recorded values by parameter id, the oldest evicted past `capacity` entries.

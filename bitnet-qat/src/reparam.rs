@@ -111,6 +111,13 @@ impl QatReparameterizer {
     ///
     /// Returns the first configuration error (an invalid quantizer, a group size that does not
     /// divide a selected weight's input dimension), or an error if no parameter was selected.
+    ///
+    /// # Errors
+    /// As [`Ste::validate`](crate::ste::Ste::validate) for an invalid quantizer;
+    /// [`QatError::Config`] of `QuantConfig.granularity` for a group size that does not divide
+    /// a selected weight's input dimension (naming the parameter path in `allowed`);
+    /// [`QatError::Shape`] naming the parameter for a selected parameter that is not 2-D;
+    /// [`QatError::Config`] of `QatReparameterizer.filter` when no parameter was selected.
     pub fn apply<M: Module>(mut self, model: M) -> Result<M> {
         self.config.ste.validate(&self.config.quant)?;
         self.attached = crate::nn::quantizers(&model)
@@ -122,10 +129,19 @@ impl QatReparameterizer {
             return Err(e);
         }
         if self.quantized.is_empty() {
-            return Err(QatError::Invalid(
-                "the reparameterizer selected no parameter: check the filter and exclusions \
-                 (weights that already have a quantizer, such as BitLinear's, keep theirs)"
-                    .into(),
+            let filter = if self.filter.is_some() {
+                "a custom filter"
+            } else {
+                "the default filter (2-D parameters named `weight`)"
+            };
+            return Err(QatError::config(
+                "QatReparameterizer.filter",
+                format!(
+                    "{filter}, excluding {:?}: no parameter selected",
+                    self.exclude
+                ),
+                "a filter and exclusions that select at least one parameter without a \
+                 quantizer (weights that already have one, such as BitLinear's, keep theirs)",
             ));
         }
         Ok(model)
@@ -170,7 +186,7 @@ impl Reparameterizer for &mut QatReparameterizer {
                 self.config.init_weight(&weight)
             }
             _ => Err(QatError::Shape {
-                what: "reparameterized parameter",
+                what: "reparameterized parameter".into(),
                 expected: "a 2-D weight [d_input, d_output]".into(),
                 got: dims.to_vec(),
             }),
@@ -182,11 +198,16 @@ impl Reparameterizer for &mut QatReparameterizer {
             }
             Err(e) => {
                 self.error = Some(match e {
-                    QatError::GroupSize { group_size, dim } => QatError::Invalid(format!(
-                        "parameter `{path}`: group size {group_size} does not divide its input \
-                         dimension {dim}"
-                    )),
-                    other => other,
+                    QatError::GroupSize { group_size, dim } => QatError::config(
+                        "QuantConfig.granularity",
+                        format!("PerGroup {{ size: {group_size} }}"),
+                        format!(
+                            "a group size that divides the input dimension {dim} of parameter \
+                             `{path}`"
+                        ),
+                    ),
+                    // A shape error names the parameter; other errors are returned as they are.
+                    other => other.at(path),
                 });
                 (param, None)
             }
@@ -213,6 +234,31 @@ mod tests {
             .with_filter(|path, dims| path.starts_with("attn") && dims.len() == 2);
         assert!(custom.selects("attn.q.weight", &[4, 4]));
         assert!(!custom.selects("mlp.weight", &[4, 4]));
+    }
+
+    #[test]
+    fn a_group_size_that_does_not_divide_a_weight_names_its_path() {
+        use crate::quant::Granularity;
+        use burn::nn::LinearConfig;
+        use burn::tensor::Device;
+
+        let linear = LinearConfig::new(8, 8).init(&Device::flex());
+        let quant = QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 3 });
+        match QatReparameterizer::new(quant).apply(linear) {
+            Err(QatError::Config {
+                name,
+                value,
+                allowed,
+            }) => {
+                assert_eq!(name, "QuantConfig.granularity");
+                assert_eq!(value, "PerGroup { size: 3 }");
+                assert!(
+                    allowed.contains("dimension 8 of parameter `weight`"),
+                    "{allowed}"
+                );
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     #[test]
@@ -244,7 +290,13 @@ mod tests {
             .apply(net);
         // The second call finds nothing left to quantize: the Linear keeps its int8 quantizer.
         assert!(
-            matches!(&net, Err(QatError::Invalid(m)) if m.contains("keep theirs")),
+            matches!(
+                &net,
+                Err(QatError::Config { name, value, allowed })
+                    if name == "QatReparameterizer.filter"
+                        && value.contains("[\"bit\"]")
+                        && allowed.contains("keep theirs")
+            ),
             "{:?}",
             net.map(|_| ())
         );

@@ -278,7 +278,16 @@ mod tests {
         assert_eq!(args.data.data, PathBuf::from("/d"));
         assert_eq!(args.data.limit, None);
         let args = Args::parse_from(["x", "--device", "tpu"]);
-        let err = args.device.device().unwrap_err().to_string();
-        assert!(err.contains("unknown or disabled device \"tpu\""), "{err}");
+        match args.device.device().map(|_| ()) {
+            Err(bitnet_qat::QatError::Config {
+                name,
+                value,
+                allowed,
+            }) => {
+                assert_eq!((name.as_str(), value.as_str()), ("device", "\"tpu\""));
+                assert!(allowed.contains("flex"), "{allowed}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -35,6 +35,9 @@ pub fn default_name() -> &'static str {
 }
 
 /// The device called `name` (see [`available`]).
+///
+/// # Errors
+/// [`QatError::Config`] of `device` for a name this build does not have.
 pub fn device(name: &str) -> Result<Device> {
     #[allow(unused_imports)]
     use burn::tensor::DeviceKind;
@@ -54,11 +57,15 @@ pub fn device(name: &str) -> Result<Device> {
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
         other => {
-            return Err(QatError::Invalid(format!(
-                "unknown or disabled device {other:?}: this build has {} (enable GPUs with \
-                 --features wgpu|vulkan|metal|webgpu|cuda)",
-                available().join(", ")
-            )));
+            return Err(QatError::Config {
+                name: "device".into(),
+                value: format!("{other:?}"),
+                allowed: format!(
+                    "one of this build's devices: {} (enable GPUs with --features \
+                     wgpu|vulkan|metal|webgpu|cuda)",
+                    available().join(", ")
+                ),
+            });
         }
     })
 }

@@ -202,6 +202,12 @@ pub struct Fitted {
 /// Trains a [`Classifier`] `pixels -> hidden... -> classes` on `train` with burn-train's
 /// `Learner` (Adam, BitNet's two-stage LR and weight decay, the QAT metrics), validating on
 /// `valid` after each epoch.
+///
+/// # Errors
+/// [`QatError::Dataset`] for an empty training or validation set; [`QatError::Config`] for
+/// `FitConfig.epochs` or `FitConfig.batch_size` of 0; [`QatError::Training`] when the run
+/// fails; [`QatError::Io`] or [`QatError::Training`] when the validation accuracy cannot be
+/// read back from the metric logs (see [`epoch_metric`]).
 pub fn fit<I, D>(
     train: D,
     valid: D,
@@ -215,10 +221,24 @@ where
     I: Send + Sync + Clone + std::fmt::Debug + 'static,
     ImageBatcher: Batcher<I, ImageBatch>,
 {
-    if train.is_empty() || valid.is_empty() || config.epochs == 0 || config.batch_size == 0 {
-        return Err(QatError::Invalid(
-            "fit needs training and validation items, epochs > 0 and batch_size > 0".into(),
-        ));
+    for (set, items) in [("training", train.len()), ("validation", valid.len())] {
+        if items == 0 {
+            return Err(QatError::Dataset(format!(
+                "fit: the {set} set has no items"
+            )));
+        }
+    }
+    for (name, value) in [
+        ("FitConfig.epochs", config.epochs),
+        ("FitConfig.batch_size", config.batch_size),
+    ] {
+        if value == 0 {
+            return Err(QatError::Config {
+                name: name.into(),
+                value: value.to_string(),
+                allowed: "> 0".into(),
+            });
+        }
     }
     let device = device.clone().autodiff();
     device.seed(config.seed);
@@ -241,7 +261,7 @@ where
 
     // The batch order of epoch e depends only on (seed, e), so a resumed run continues it.
     let train_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
-        EpochLoader::new(train, ImageBatcher, config.batch_size, &device)
+        EpochLoader::new(train, ImageBatcher, config.batch_size, &device)?
             .shuffle(config.seed)
             .starting_epoch(config.resume_from.unwrap_or(0)),
     );
@@ -250,7 +270,7 @@ where
         ImageBatcher,
         config.batch_size.max(256),
         &device.clone().without_autodiff(),
-    ));
+    )?);
     let training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
         .metrics((AccuracyMetric::new(), LossMetric::new()));
     let run = Run {
@@ -306,6 +326,11 @@ pub(crate) struct Run<'a> {
 /// checkpoints, resume and renderer of `run`. Returns the trained model (in inference mode),
 /// the validation value of the metric `metric` for each epoch this call ran, and the wall
 /// time in seconds.
+///
+/// A checkpoint is checked before burn-train resumes from it
+/// ([`bitnet_qat::train::check_checkpoint`]), and the model's QAT interrupter stops the run at a
+/// step that meets a diverged model: that is a [`QatError::Training`] naming the step and the
+/// parameter, the checkpoints of earlier epochs kept.
 pub(crate) fn launch<M>(
     training: SupervisedTraining<M>,
     learner: Learner<M>,
@@ -313,7 +338,7 @@ pub(crate) fn launch<M>(
     metric: &str,
 ) -> Result<(M, Vec<f64>, f64)>
 where
-    M: burn::train::LearnerModel,
+    M: burn::train::LearnerModel + bitnet_qat::train::QatTrainModel,
     <M as burn::train::TrainStep>::Output: burn::train::metric::Adaptor<bitnet_qat::train::QatStats>
         + burn::train::metric::Adaptor<()>,
 {
@@ -326,9 +351,13 @@ where
     if run.checkpoints || run.resume_from.is_some() {
         training = training.with_default_checkpointers();
     }
+    let model = learner.model();
     if let Some(epoch) = run.resume_from {
+        bitnet_qat::train::check_checkpoint(&model, run.dir, epoch)?;
         training = training.checkpoint(epoch);
     }
+    let state = model.qat_state().clone();
+    training = training.with_interrupter(state.interrupter());
     if let Some(renderer) = run.renderer {
         training = training.renderer(renderer);
     }
@@ -336,7 +365,10 @@ where
     let result = training.launch(learner);
     let seconds = start.elapsed().as_secs_f64();
     if let Some(error) = result.error {
-        return Err(QatError::Invalid(format!("training failed: {error}")));
+        return Err(QatError::Training(error.to_string()));
+    }
+    if let Some(failure) = state.failure() {
+        return Err(failure);
     }
     let first = run.resume_from.unwrap_or(0) + 1;
     let values = (first..=last)
@@ -347,10 +379,17 @@ where
 
 /// The epoch value of a numeric metric from burn-train's logs in `dir` (the mean over the
 /// epoch's batches, weighted by batch size).
+///
+/// # Errors
+/// [`QatError::Io`] naming `dir` when the log cannot be read; [`QatError::Training`] when it
+/// holds no entry for the metric and epoch (the run did not log it).
 pub fn epoch_metric(dir: &Path, name: &str, epoch: usize, split: Split) -> Result<f64> {
     let entries = FileMetricLogger::new(dir)
         .read_numeric(name, epoch, &split)
-        .map_err(|e| QatError::Invalid(format!("metric log {name} epoch {epoch}: {e}")))?;
+        .map_err(|e| QatError::Io {
+            path: dir.display().to_string(),
+            message: format!("metric log {name} epoch {epoch}: {e}"),
+        })?;
     let (mut sum, mut count) = (0.0, 0usize);
     for entry in entries {
         match entry {
@@ -369,8 +408,9 @@ pub fn epoch_metric(dir: &Path, name: &str, epoch: usize, split: Split) -> Resul
         }
     }
     if count == 0 {
-        return Err(QatError::Invalid(format!(
-            "metric log {name} epoch {epoch}: no entries"
+        return Err(QatError::Training(format!(
+            "the metric log {name} epoch {epoch} in {} has no entries",
+            dir.display()
         )));
     }
     Ok(sum / count as f64)

@@ -1,18 +1,16 @@
 //! The BitNet language model trained with burn-train's `Learner`: a [`LanguageModel`] (a
 //! [`BitNetLm`] plus its [`QatState`]) implementing `TrainStep`/`InferenceStep`, and [`fit_lm`],
 //! which runs `SupervisedTraining` with loss, perplexity, next-token accuracy, learning rate and
-//! every QAT metric, checkpoints and exact resume; [`SavedLm`] writes and reads a trained model
-//! (configuration, tokenizer, packed or f32 weights) as a folder.
+//! every QAT metric, checkpoints and exact resume. A trained model is saved and read back as a
+//! folder with [`bitnet_qat::nn::transformer::SavedLm`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bitnet_qat::data::{CharTokenizer, EpochLoader, TokenBatch, TokenBatcher, TokenWindows};
-use bitnet_qat::infer::{load_packed, pack, save};
 use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, Sampling, generate};
 use bitnet_qat::train::{QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare};
 use bitnet_qat::{QatError, Result};
-use burn::config::Config;
 use burn::data::dataloader::DataLoader;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -135,24 +133,37 @@ pub struct LmFitted {
 /// resumed from a checkpoint continues exactly.
 ///
 /// # Errors
-/// [`QatError::Invalid`] for zero steps, epochs or batch size, an invalid model or a failed
-/// run; [`QatError::Dataset`] for texts not longer than the context.
+/// [`QatError::Config`] for zero steps, epochs or batch size, or a context longer than the
+/// model's `max_seq_len`; the model's own errors for an invalid model; [`QatError::Training`]
+/// for a failed run; [`QatError::Dataset`] for texts not longer than the context.
 pub fn fit_lm(
     train: Arc<Vec<usize>>,
     valid: Arc<Vec<usize>>,
     config: LmFitConfig,
     device: &Device,
 ) -> Result<LmFitted> {
-    if config.steps == 0 || config.epochs == 0 || config.batch_size == 0 {
-        return Err(QatError::Invalid(
-            "fit_lm needs steps > 0, epochs > 0 and batch_size > 0".into(),
-        ));
+    for (name, value) in [
+        ("steps", config.steps),
+        ("epochs", config.epochs),
+        ("batch_size", config.batch_size),
+    ] {
+        if value == 0 {
+            return Err(QatError::Config {
+                name: format!("LmFitConfig.{name}"),
+                value: "0".into(),
+                allowed: "> 0".into(),
+            });
+        }
     }
     if config.context > config.model.max_seq_len {
-        return Err(QatError::Invalid(format!(
-            "context {} exceeds the model's max_seq_len {}",
-            config.context, config.model.max_seq_len
-        )));
+        return Err(QatError::Config {
+            name: "LmFitConfig.context".into(),
+            value: config.context.to_string(),
+            allowed: format!(
+                "at most the model's max_seq_len {}",
+                config.model.max_seq_len
+            ),
+        });
     }
     let device = device.clone().autodiff();
     device.seed(config.seed);
@@ -192,8 +203,8 @@ pub fn fit_lm(
         config.seed,
     )?;
     let train_loader: Arc<dyn DataLoader<TokenBatch>> = Arc::new(
-        EpochLoader::new(windows, TokenBatcher, config.batch_size, &device)
-            .stream(per_epoch)
+        EpochLoader::new(windows, TokenBatcher, config.batch_size, &device)?
+            .stream(per_epoch)?
             .starting_epoch(config.resume_from.unwrap_or(0)),
     );
     let valid_windows = TokenWindows::tiled(valid, config.context, Some(config.valid_windows))?;
@@ -202,7 +213,7 @@ pub fn fit_lm(
         TokenBatcher,
         config.batch_size,
         &device.clone().without_autodiff(),
-    ));
+    )?);
     let training = SupervisedTraining::new(&config.dir, train_loader, valid_loader).metrics((
         LossMetric::new(),
         PerplexityMetric::new(),
@@ -243,95 +254,4 @@ pub fn sample(lm: &BitNetLm, tokenizer: &CharTokenizer, n: usize, seed: u64) -> 
         tokenizer.decode(&prompt),
         tokenizer.decode(&text)
     ))
-}
-
-/// A trained language model saved as a folder: `lm.json` (the [`BitNetLmConfig`]),
-/// `tokenizer.json` and the weights, `packed.bpk` (2-bit packed projections, see
-/// [`bitnet_qat::infer::pack`]) for a ternary or binary model, `model.bpk` (f32) otherwise.
-/// A packed model loads into [`BitNetLmConfig::init_packed_skeleton`], so its projections are
-/// never allocated in f32.
-pub struct SavedLm;
-
-impl SavedLm {
-    /// The file of the configuration in `dir`.
-    pub const CONFIG: &'static str = "lm.json";
-    /// The file of the tokenizer in `dir`.
-    pub const TOKENIZER: &'static str = "tokenizer.json";
-    /// The file of packed weights in `dir`.
-    pub const PACKED: &'static str = "packed.bpk";
-    /// The file of f32 weights in `dir`.
-    pub const FULL: &'static str = "model.bpk";
-
-    /// Writes `lm` (packed when `packed`) with its configuration and tokenizer into `dir`.
-    ///
-    /// # Errors
-    /// [`QatError::Record`] for an I/O error; [`QatError::Invalid`] for a model that does
-    /// not pack.
-    pub fn save(
-        dir: &Path,
-        config: &BitNetLmConfig,
-        tokenizer: &CharTokenizer,
-        lm: &BitNetLm,
-        packed: bool,
-    ) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| QatError::Record(format!("creating {}: {e}", dir.display())))?;
-        let json = config.to_string();
-        bitnet_kernels::file::write_atomic(&dir.join(Self::CONFIG), json.as_bytes())
-            .map_err(|e| QatError::Record(format!("writing {}: {e}", dir.display())))?;
-        tokenizer.save(dir.join(Self::TOKENIZER))?;
-        let (written, other) = if packed {
-            save(pack(lm)?, dir.join(Self::PACKED))?;
-            (Self::PACKED, Self::FULL)
-        } else {
-            save(lm.clone(), dir.join(Self::FULL))?;
-            (Self::FULL, Self::PACKED)
-        };
-        // A weights file of the other kind, left by an earlier save, would be loaded instead.
-        match std::fs::remove_file(dir.join(other)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(QatError::Record(format!(
-                "removing the stale {other} beside {written} in {}: {e}",
-                dir.display()
-            ))),
-        }
-    }
-
-    /// Reads a folder written by [`SavedLm::save`] onto `device`: the model (packed weights
-    /// stay packed), its configuration and tokenizer.
-    ///
-    /// # Errors
-    /// [`QatError::Record`] for a missing or malformed file.
-    pub fn load(dir: &Path, device: &Device) -> Result<(BitNetLm, BitNetLmConfig, CharTokenizer)> {
-        let config_path = dir.join(Self::CONFIG);
-        let json = std::fs::read_to_string(&config_path)
-            .map_err(|e| QatError::Record(format!("reading {}: {e}", config_path.display())))?;
-        let config = BitNetLmConfig::load_binary(json.as_bytes())
-            .map_err(|e| QatError::Record(format!("{}: {e}", config_path.display())))?;
-        let tokenizer = CharTokenizer::load(dir.join(Self::TOKENIZER))?;
-        if tokenizer.vocab_size() != config.vocab_size {
-            return Err(QatError::Record(format!(
-                "{}: a tokenizer of {} tokens for a model of {}",
-                dir.display(),
-                tokenizer.vocab_size(),
-                config.vocab_size
-            )));
-        }
-        let packed = dir.join(Self::PACKED);
-        let bad_config = |e: QatError| QatError::Record(format!("{}: {e}", config_path.display()));
-        let lm = if packed.exists() {
-            // No f32 copy of the packed projections is ever allocated.
-            load_packed(
-                config.init_packed_skeleton(device).map_err(bad_config)?,
-                &packed,
-            )?
-        } else {
-            load_packed(
-                config.init(device).map_err(bad_config)?,
-                dir.join(Self::FULL),
-            )?
-        };
-        Ok((lm, config, tokenizer))
-    }
 }

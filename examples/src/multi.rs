@@ -68,7 +68,9 @@ pub struct DeviceRun<'a> {
 /// that `slices` devices take from their contiguous slices.
 ///
 /// # Errors
-/// [`QatError::Invalid`] unless `items` splits into `slices` slices of whole batches.
+/// [`QatError::Config`] of `DeviceRun.devices` for no slices or of `DeviceRun.batch` for a
+/// batch of 0; [`QatError::Dataset`] unless `items` splits into `slices` slices of whole
+/// batches.
 pub fn interleave(items: &[DigitItem], slices: usize, batch: usize) -> Result<Vec<DigitItem>> {
     let per_slice = steps_per_epoch(items.len(), slices, batch)? * batch;
     Ok((0..per_slice / batch)
@@ -84,30 +86,47 @@ pub fn interleave(items: &[DigitItem], slices: usize, batch: usize) -> Result<Ve
 
 /// Optimizer steps per epoch of `items` over `slices` devices.
 fn steps_per_epoch(items: usize, slices: usize, batch: usize) -> Result<usize> {
-    if slices == 0 || batch == 0 || items == 0 || !items.is_multiple_of(slices * batch) {
-        return Err(QatError::Invalid(format!(
+    if slices == 0 {
+        return Err(no_devices());
+    }
+    if batch == 0 {
+        return Err(QatError::Config {
+            name: "DeviceRun.batch".into(),
+            value: "0".into(),
+            allowed: "> 0".into(),
+        });
+    }
+    if items == 0 || !items.is_multiple_of(slices * batch) {
+        return Err(QatError::Dataset(format!(
             "{items} items do not split into {slices} device slices of whole batches of {batch}"
         )));
     }
     Ok(items / (slices * batch))
 }
 
+/// The error for a run without devices.
+fn no_devices() -> QatError {
+    QatError::Config {
+        name: "DeviceRun.devices".into(),
+        value: "no devices".into(),
+        allowed: "at least one device".into(),
+    }
+}
+
 /// Trains the digits classifier as `run` says (Adam, BitNet's two-stage LR and weight decay, a
 /// lambda warm-up, the QAT statistics every step, no shuffling) and returns it.
 ///
 /// # Errors
-/// [`QatError::Invalid`] for data that does not split into whole batches per device, no
-/// devices, or a failed training.
+/// [`QatError::Dataset`] for data that does not split into whole batches per device;
+/// [`QatError::Config`] of `DeviceRun.devices` for no devices or of `DeviceRun.batch` for a
+/// batch of 0; [`QatError::Training`] (naming the strategy) for a failed training; as
+/// [`crate::learner::epoch_metric`] when the metric logs cannot be read.
 pub fn train_on_devices(
     run: DeviceRun<'_>,
     items: Vec<DigitItem>,
     valid: Vec<DigitItem>,
 ) -> Result<Classifier> {
-    let main = run
-        .devices
-        .first()
-        .ok_or_else(|| QatError::Invalid("train_on_devices: no devices".into()))?
-        .clone();
+    let main = run.devices.first().ok_or_else(no_devices)?.clone();
     let steps = steps_per_epoch(items.len(), run.devices.len(), run.batch)? * run.epochs;
     let train_device = main.clone().autodiff();
     let lr = bitnet_lr(3e-3, steps, 2, 0.05);
@@ -124,7 +143,7 @@ pub fn train_on_devices(
             ImageBatcher,
             run.batch,
             &train_device,
-        )
+        )?
         .starting_epoch(run.resume_from.unwrap_or(0)),
     );
     let valid: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
@@ -132,7 +151,7 @@ pub fn train_on_devices(
         ImageBatcher,
         256,
         &main,
-    ));
+    )?);
     let training = SupervisedTraining::new(run.dir, train, valid)
         .metrics((AccuracyMetric::new(), LossMetric::new()));
     let execution = match run.strategy {
@@ -163,7 +182,11 @@ pub fn train_on_devices(
         },
         "Accuracy",
     )
-    .map_err(|e| QatError::Invalid(format!("{:?}: {e}", run.strategy)))?;
+    .map_err(|e| match e {
+        // The strategy that failed, in the message of the failed run.
+        QatError::Training(message) => QatError::Training(format!("{:?}: {message}", run.strategy)),
+        other => other,
+    })?;
     Ok(model)
 }
 

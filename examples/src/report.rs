@@ -53,24 +53,33 @@ pub fn markdown_table(variants: &[Variant]) -> String {
 /// The font the plot uses (Debian `fonts-dejavu-core`, installed by `scripts/install-deps.sh`).
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-fn plot_error(what: impl std::fmt::Display) -> QatError {
-    QatError::Invalid(format!("plot: {what}"))
+/// A [`QatError::Io`] for drawing or writing the plot file at `path`.
+fn plot_error(path: &Path, what: impl std::fmt::Display) -> QatError {
+    QatError::Io {
+        path: path.display().to_string(),
+        message: format!("plot: {what}"),
+    }
 }
 
 /// Draws the validation curves of `variants` (the metric `y_desc` names, in `unit` — `" %"` or
 /// `""` — against epoch) into a PNG at `path`. The legend goes where the curves are not: above
 /// falling curves (a loss), below rising ones (an accuracy).
+///
+/// # Errors
+/// [`QatError::Io`] naming the file when the font cannot be read or used ([`FONT`]) or the
+/// PNG cannot be drawn or written; [`QatError::Training`] when no variant has a curve to draw.
 pub fn plot_curves(
     variants: &[Variant],
     title: &str,
     (y_desc, unit): (&str, &str),
     path: &Path,
 ) -> Result<()> {
-    let font = std::fs::read(FONT).map_err(|e| {
-        plot_error(format!(
-            "cannot read the font {FONT} ({e}); install Debian's fonts-dejavu-core \
+    let font = std::fs::read(FONT).map_err(|e| QatError::Io {
+        path: FONT.into(),
+        message: format!(
+            "cannot read the plot font ({e}); install Debian's fonts-dejavu-core \
              (scripts/install-deps.sh does)"
-        ))
+        ),
     })?;
     // plotters keeps registered fonts for the whole process.
     register_font(
@@ -78,21 +87,26 @@ pub fn plot_curves(
         FontStyle::Normal,
         Box::leak(font.into_boxed_slice()),
     )
-    .map_err(|_| plot_error(format!("{FONT} is not a usable TrueType font")))?;
+    .map_err(|_| QatError::Io {
+        path: FONT.into(),
+        message: "not a usable TrueType font".into(),
+    })?;
     let epochs = variants.iter().map(|v| v.curve.len()).max().unwrap_or(0);
     let values = variants.iter().flat_map(|v| v.curve.iter().copied());
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
     if epochs == 0 || !lo.is_finite() {
-        return Err(plot_error("no curves to draw"));
+        return Err(QatError::Training(
+            "plot: no validation curve to draw (no variant has an epoch value)".into(),
+        ));
     }
     let pad = ((hi - lo) * 0.1).max(1e-3);
     let (lo, hi) = (lo - pad, hi + pad);
     // Drawn to a temporary file, then renamed: a crash never leaves half a PNG at `path`.
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
     draw(variants, (title, y_desc, unit), &tmp, epochs, lo, hi)?;
-    std::fs::rename(&tmp, path).map_err(|e| plot_error(format!("{}: {e}", path.display())))
+    std::fs::rename(&tmp, path).map_err(|e| plot_error(path, e))
 }
 
 fn draw(
@@ -104,14 +118,14 @@ fn draw(
     hi: f64,
 ) -> Result<()> {
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_error)?;
+    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
         .build_cartesian_2d(1f64..epochs.max(2) as f64, lo..hi)
-        .map_err(plot_error)?;
+        .map_err(|e| plot_error(path, e))?;
     chart
         .configure_mesh()
         .x_desc("epoch")
@@ -120,7 +134,7 @@ fn draw(
         .y_desc(y_desc)
         .label_style(("sans-serif", 16))
         .draw()
-        .map_err(plot_error)?;
+        .map_err(|e| plot_error(path, e))?;
     let falling = variants.iter().all(|v| v.curve.last() <= v.curve.first());
     for (i, v) in variants.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -132,7 +146,7 @@ fn draw(
             .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(plot_error)?
+            .map_err(|e| plot_error(path, e))?
             .label(format!("{} ({:.2}{unit})", v.name, v.accuracy()))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -143,7 +157,7 @@ fn draw(
                     .into_iter()
                     .map(|p| Circle::new(p, 3, color.filled())),
             )
-            .map_err(plot_error)?;
+            .map_err(|e| plot_error(path, e))?;
     }
     chart
         .configure_series_labels()
@@ -156,8 +170,8 @@ fn draw(
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
         .draw()
-        .map_err(plot_error)?;
-    root.present().map_err(plot_error)?;
+        .map_err(|e| plot_error(path, e))?;
+    root.present().map_err(|e| plot_error(path, e))?;
     Ok(())
 }
 

@@ -100,7 +100,10 @@ fn invalid_configurations_are_typed_errors() {
         ),
         (
             BitLinearConfig::new(8, 4).with_activation_ste(Ste::LearnedStepSize),
-            |e| matches!(e, QatError::Invalid(_)),
+            |e| {
+                matches!(e, QatError::Config { name, value, .. }
+                    if name == "BitLinearConfig.activation_ste" && value == "LearnedStepSize")
+            },
         ),
         (BitLinearConfig::new(0, 4), |e| {
             matches!(e, QatError::ZeroDim { name: "d_input" })
@@ -136,7 +139,7 @@ fn shape_mismatches_are_typed_errors() {
             &QuantConfig::ternary(),
             &Ste::LearnedStepSize
         ),
-        Err(QatError::Invalid(_))
+        Err(QatError::Config { name, .. }) if name == "Ste"
     ));
     let w = Tensor::<2>::zeros([6, 2], &device);
     let grouped = QuantConfig::int(4).with_granularity(Granularity::PerGroup { size: 4 });

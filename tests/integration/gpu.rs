@@ -101,9 +101,7 @@ fn run(c: &Case, device: &Device, int8: bool) -> Vec<f32> {
 fn run_with_dot(c: &Case, device: &Device, dot: bitnet_kernels::int8_dot::Int8Dot) -> Vec<f32> {
     use bitnet_kernels::burn_ext::ternary_matmul_with_dot;
     let (x, codes, scales) = operands(c, device, DType::F32);
-    values(ternary_matmul_with_dot(
-        x, codes, scales, c.cols, c.kind, dot,
-    ))
+    values(ternary_matmul_with_dot(x, codes, scales, c.cols, c.kind, dot).unwrap())
 }
 
 /// The case's activations (cast to `dtype`), codes and scales on `device`.
@@ -126,7 +124,8 @@ fn run_as(c: &Case, device: &Device, int8: bool, dtype: DType) -> (Vec<f32>, DTy
         ternary_matmul(x, codes, scales, c.cols, c.kind)
     } else {
         ternary_matmul_float(x, codes, scales, c.cols, c.kind)
-    };
+    }
+    .unwrap();
     assert_eq!(y.dims(), [c.m, c.rows]);
     let dtype = y.dtype();
     (values(y), dtype)
@@ -281,9 +280,8 @@ fn float_activation_path_matches_the_tensor_op_fallback() {
     );
     let scales =
         Tensor::<1>::from_data(TensorData::new(c.scales.clone(), [c.scales.len()]), &device);
-    let reference = values(ternary_matmul_float_fallback(
-        x, codes, scales, c.cols, c.kind,
-    ));
+    let reference =
+        values(ternary_matmul_float_fallback(x, codes, scales, c.cols, c.kind).unwrap());
     for (a, b) in kernel.iter().zip(&reference) {
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
     }

@@ -164,3 +164,115 @@ fn two_plus_two_epochs_equal_four_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&straight_dir);
     let _ = std::fs::remove_dir_all(&split_dir);
 }
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_the_parameter_instead_of_panicking() {
+    let (train, valid) = DigitsDataset::load().unwrap().split(0.2, 7);
+    let dir = fresh_dir("learner-diverge");
+    let mut run = config(&dir, 3);
+    // Adam steps of 1e35: the logits overflow, the gradients turn NaN, so do the weights.
+    run.lr = 1e35;
+    run.plan = QatPlan::new().with_stats_every(1);
+    run.checkpoints = true;
+    let err = fit(
+        train,
+        valid,
+        DIGITS_PIXELS,
+        DIGITS_CLASSES,
+        run,
+        &Device::flex(),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    match &err {
+        bitnet_qat::QatError::Training(message) => {
+            assert!(message.starts_with("step "), "{message}");
+            assert!(message.contains("mlp.layers."), "{message}");
+            assert!(
+                message.contains("NaN") || message.contains("infinite"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The run stopped in its first epoch: no checkpoint of the diverged model was written.
+    assert!(!bitnet_qat::train::checkpoint_path(&dir, 1).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_resumed_is_refused_before_launch() {
+    let (train, valid) = DigitsDataset::load().unwrap().split(0.2, 7);
+    let dir = fresh_dir("learner-bad-checkpoint");
+    let mut first = config(&dir, 2);
+    first.stop_after = Some(1);
+    first.checkpoints = true;
+    let device = Device::flex();
+    fit(
+        train.clone(),
+        valid.clone(),
+        DIGITS_PIXELS,
+        DIGITS_CLASSES,
+        first,
+        &device,
+    )
+    .unwrap();
+    let path = bitnet_qat::train::checkpoint_path(&dir, 1);
+    let good = std::fs::read(&path).unwrap();
+    let resume = |dir: &std::path::Path| {
+        let mut second = config(dir, 2);
+        second.resume_from = Some(1);
+        fit(
+            train.clone(),
+            valid.clone(),
+            DIGITS_PIXELS,
+            DIGITS_CLASSES,
+            second,
+            &device,
+        )
+        .map(|_| ())
+    };
+    // Truncated: burnpack's refusal naming the file, not burn-train's panic inside `launch`.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    match resume(&dir) {
+        Err(bitnet_qat::QatError::File {
+            format: "burnpack",
+            path: p,
+            ..
+        }) => assert!(p.ends_with("model-1.bpk"), "{p}"),
+        other => panic!("{other:?}"),
+    }
+    // Missing.
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(resume(&dir), Err(bitnet_qat::QatError::Io { .. })));
+    // A checkpoint of another network (64 hidden units here, 32 there).
+    let other_dir = fresh_dir("learner-other-checkpoint");
+    let mut other = config(&other_dir, 2);
+    other.stop_after = Some(1);
+    other.checkpoints = true;
+    other.initial = None;
+    other.hidden = vec![32];
+    fit(
+        train.clone(),
+        valid.clone(),
+        DIGITS_PIXELS,
+        DIGITS_CLASSES,
+        other,
+        &device,
+    )
+    .unwrap();
+    std::fs::copy(bitnet_qat::train::checkpoint_path(&other_dir, 1), &path).unwrap();
+    match resume(&dir) {
+        Err(bitnet_qat::QatError::Shape {
+            what,
+            expected,
+            got,
+        }) => {
+            assert_eq!(what, "`mlp.layers.0.Bit.weight`");
+            assert_eq!((expected.as_str(), got), ("[64, 64]", vec![64, 32]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other_dir);
+}

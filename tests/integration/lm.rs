@@ -8,9 +8,10 @@ use bitnet_qat::data::{
     CharTokenizer, SHAKESPEARE_VALID_WORKS, TextCorpus, TokenBatcher, TokenWindows, shakespeare_dir,
 };
 use bitnet_qat::infer::pack;
+use bitnet_qat::nn::transformer::SavedLm;
 use bitnet_qat::nn::transformer::{BitNetLmConfig, Sampling, generate};
 use bitnet_qat::quant::{Granularity, QuantConfig};
-use bitnet_qat_examples::lm::{LmFitConfig, SavedLm, fit_lm};
+use bitnet_qat_examples::lm::{LmFitConfig, fit_lm};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::Module;
@@ -141,31 +142,52 @@ fn corrupted_model_folders_are_typed_errors() {
     let lm = config.init(&device).unwrap();
     let dir = fresh_dir("lm-corrupt");
     SavedLm::save(&dir, &config, &tokenizer, &lm, true).unwrap();
-    let expect = |what: &str, needle: &str| match SavedLm::load(&dir, &device) {
-        Err(QatError::Record(msg)) => assert!(msg.contains(needle), "{what}: {msg}"),
-        Err(e) => panic!("{what}: {e}"),
-        Ok(_) => panic!("{what}: loaded"),
-    };
-    // A truncated packed file.
+    let load = || SavedLm::load(&dir, &device).map(|_| ());
+    // A truncated packed file: burnpack's refusal, naming the file.
     let packed = dir.join(SavedLm::PACKED);
     let bytes = std::fs::read(&packed).unwrap();
     std::fs::write(&packed, &bytes[..bytes.len() / 2]).unwrap();
-    expect("truncated weights", "packed.bpk");
+    match load() {
+        Err(QatError::File { format, path, .. }) => {
+            assert_eq!(format, "burnpack");
+            assert!(path.ends_with("packed.bpk"), "{path}");
+        }
+        other => panic!("truncated weights: {other:?}"),
+    }
     std::fs::write(&packed, &bytes).unwrap();
-    assert!(SavedLm::load(&dir, &device).is_ok());
+    assert!(load().is_ok());
     // A tokenizer of another vocabulary, then a corrupted one.
     let tok = dir.join(SavedLm::TOKENIZER);
     CharTokenizer::from_text("xyz").save(&tok).unwrap();
-    expect(
-        "other tokenizer",
-        "a tokenizer of 4 tokens for a model of 10",
-    );
+    match load() {
+        Err(QatError::Mismatch {
+            expected, found, ..
+        }) => assert_eq!((expected.as_str(), found.as_str()), ("10", "4")),
+        other => panic!("other tokenizer: {other:?}"),
+    }
     std::fs::write(&tok, "{\"format\":").unwrap();
-    expect("corrupted tokenizer", "tokenizer");
+    match load() {
+        Err(QatError::File { format, path, .. }) => {
+            assert_eq!(format, "tokenizer.json");
+            assert!(path.ends_with("tokenizer.json"), "{path}");
+        }
+        other => panic!("corrupted tokenizer: {other:?}"),
+    }
     tokenizer.save(&tok).unwrap();
-    // A corrupted configuration.
+    // A truncated configuration: located at its last byte.
     std::fs::write(dir.join(SavedLm::CONFIG), "{\"d_model\": 32").unwrap();
-    expect("corrupted config", "lm.json");
+    match load() {
+        Err(QatError::File {
+            format: "lm.json",
+            offset,
+            ..
+        }) => assert_eq!(
+            offset,
+            Some(13),
+            "the last byte: the object is never closed"
+        ),
+        other => panic!("corrupted config: {other:?}"),
+    }
     // An f32 model saved over the packed one replaces it (no stale packed file is loaded).
     let full = config
         .clone()

@@ -5,6 +5,8 @@
 mod any_model;
 mod bad_input;
 mod bit_linear;
+mod burnpack_edit;
+mod caches;
 mod checkpointing;
 mod convert;
 mod export;
@@ -12,6 +14,7 @@ mod fashion_mnist;
 mod gpu;
 mod gpu_qat;
 mod gpu_sizes;
+mod hostile_files;
 mod learner;
 mod lm;
 mod multi_device;
@@ -46,33 +49,7 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
     }
 }
 
-pub use bitnet_qat_integration_tests::under_ci;
-
-/// Skips the calling test for `reason` (a missing dependency): under CI this fails the test;
-/// elsewhere it prints `SKIPPED` and appends `test: reason` to the file named by
-/// `BITNET_QAT_SKIPPED`, which `scripts/test.sh` counts and lists.
-#[track_caller]
-pub fn skip(reason: &str) {
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_string();
-    assert!(!under_ci(), "{test} cannot run under CI: {reason}");
-    eprintln!("SKIPPED {test}: {reason}");
-    if let Some(path) = std::env::var_os("BITNET_QAT_SKIPPED") {
-        use std::io::Write;
-        let line = format!("{test}: {reason}\n");
-        // One append-mode write per line: lines of parallel tests do not interleave.
-        let written = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            panic!("cannot record the skip in {}: {e}", path.display());
-        }
-    }
-}
+pub use bitnet_qat_integration_tests::{skip, under_ci};
 
 /// An empty temporary folder for `name`, unique to this process (removed first if a crashed
 /// run left it).

@@ -181,11 +181,14 @@ fn check(gpu: &Device) -> (usize, usize) {
                     } else {
                         xt
                     };
-                    read(if int8 {
-                        ternary_matmul(xt, codes, scales, cols, kind)
-                    } else {
-                        ternary_matmul_float(xt, codes, scales, cols, kind)
-                    })
+                    read(
+                        if int8 {
+                            ternary_matmul(xt, codes, scales, cols, kind)
+                        } else {
+                            ternary_matmul_float(xt, codes, scales, cols, kind)
+                        }
+                        .expect("operands of one product"),
+                    )
                 };
                 let (want, got) = (result(&cpu), result(gpu));
                 // Float sums in another order differ by ulps of Σ|terms| (see tests/integration/gpu.rs).
@@ -372,6 +375,7 @@ fn main() {
                     ScaleKind::PerTensor,
                     dot,
                 )
+                .expect("operands of one product")
             };
             let stats = time(
                 samples,
@@ -388,6 +392,7 @@ fn main() {
                             k,
                             ScaleKind::PerTensor,
                         )
+                        .expect("operands of one product")
                     },
                     &mut || {
                         ternary_matmul_float(
@@ -397,6 +402,7 @@ fn main() {
                             k,
                             ScaleKind::PerTensor,
                         )
+                        .expect("operands of one product")
                     },
                     &mut || x16.clone().matmul(w16.clone()),
                     &mut || x.clone().matmul(w32.clone()),

@@ -3,13 +3,27 @@
 use burn::tensor::{Int, Tensor};
 
 use super::ScaleKind;
+use super::ops::check_operands;
 use crate::activation::ACT_EPS;
-use crate::packed::{BLOCK, BLOCK_WORDS};
+use crate::error::{KernelError, Result};
+use crate::packed::{BLOCK, BLOCK_WORDS, MAX_K, words_per_row};
 
 /// Unpacks `codes [rows, words_per_row(cols)]` into the ternary values `[rows, cols]` as
-/// floats (`-1.0`, `0.0`, `1.0`), with Burn tensor operations only.
-pub fn unpack_codes(codes: Tensor<2, Int>, cols: usize) -> Tensor<2> {
+/// floats (`-1.0`, `0.0`, `1.0`; a code 3, which no valid packed matrix holds, gives `2.0`),
+/// with Burn tensor operations only.
+///
+/// # Errors
+/// [`KernelError::Size`] for codes that are not `words_per_row(cols)` words per row, or no
+/// columns.
+pub fn unpack_codes(codes: Tensor<2, Int>, cols: usize) -> Result<Tensor<2>> {
     let [rows, words] = codes.dims();
+    if cols == 0 || cols > MAX_K || words != words_per_row(cols) {
+        return Err(KernelError::Size {
+            what: "code words per row (for 1..=2^18 columns)",
+            expected: words_per_row(cols.clamp(1, MAX_K)),
+            got: words,
+        });
+    }
     let blocks = words / BLOCK_WORDS;
     // Word i of block b, byte t, quarter q holds weight k = 256 b + 64 q + 4 i + t at bit
     // 8 t + 6 - 2 q: gather the codes in (b, q, i, t) order, which is k order.
@@ -28,10 +42,11 @@ pub fn unpack_codes(codes: Tensor<2, Int>, cols: usize) -> Tensor<2> {
         })
         .collect();
     let all: Tensor<5, Int> = Tensor::stack(quarters, 2);
-    all.reshape([rows, blocks * BLOCK])
+    Ok(all
+        .reshape([rows, blocks * BLOCK])
         .narrow(1, 0, cols)
         .float()
-        .sub_scalar(1.0)
+        .sub_scalar(1.0))
 }
 
 /// `y = x · Wᵀ` with Burn tensor operations only: the codes are unpacked with shifts and masks,
@@ -53,18 +68,23 @@ pub fn unpack_codes(codes: Tensor<2, Int>, cols: usize) -> Tensor<2> {
 /// );
 /// let scales = Tensor::<1>::from_data([2.0], &device);
 /// let x = Tensor::<2>::from_data([[1.0, 2.0, -1.0]], &device);
-/// let a = ternary_matmul(x.clone(), codes.clone(), scales.clone(), 3, ScaleKind::PerTensor);
-/// let b = ternary_matmul_fallback(x, codes, scales, 3, ScaleKind::PerTensor);
+/// let a = ternary_matmul(x.clone(), codes.clone(), scales.clone(), 3, ScaleKind::PerTensor)?;
+/// let b = ternary_matmul_fallback(x, codes, scales, 3, ScaleKind::PerTensor)?;
 /// a.into_data().assert_eq(&b.into_data(), true);
+/// # Ok::<(), bitnet_kernels::KernelError>(())
 /// ```
+///
+/// # Errors
+/// As [`ternary_matmul`](super::ternary_matmul).
 pub fn ternary_matmul_fallback(
     x: Tensor<2>,
     codes: Tensor<2, Int>,
     scales: Tensor<1>,
     cols: usize,
     kind: ScaleKind,
-) -> Tensor<2> {
-    let weights = unpack_codes(codes, cols);
+) -> Result<Tensor<2>> {
+    check_operands(&x, &codes, &scales, cols, kind)?;
+    let weights = unpack_codes(codes, cols)?;
 
     // BitNet's activation quantizer: s = 127 / max(max|x|, eps).
     let x = x.cast(burn::tensor::DType::F32);
@@ -72,27 +92,31 @@ pub fn ternary_matmul_fallback(
     let sx = max.ones_like().mul_scalar(127.0) / max;
     let xq = (x * sx.clone()).round().clamp(-128.0, 127.0);
 
-    scaled_products(xq, weights, scales, kind, Some(sx))
+    Ok(scaled_products(xq, weights, scales, kind, Some(sx)))
 }
 
 /// `y = x · Wᵀ` with float activations (no activation quantization), with Burn tensor
 /// operations only: the codes are unpacked and multiplied in floats, then divided by the
 /// weight scales.
+///
+/// # Errors
+/// As [`ternary_matmul`](super::ternary_matmul).
 pub fn ternary_matmul_float_fallback(
     x: Tensor<2>,
     codes: Tensor<2, Int>,
     scales: Tensor<1>,
     cols: usize,
     kind: ScaleKind,
-) -> Tensor<2> {
-    let weights = unpack_codes(codes, cols);
-    scaled_products(
+) -> Result<Tensor<2>> {
+    check_operands(&x, &codes, &scales, cols, kind)?;
+    let weights = unpack_codes(codes, cols)?;
+    Ok(scaled_products(
         x.cast(burn::tensor::DType::F32),
         weights,
         scales,
         kind,
         None,
-    )
+    ))
 }
 
 /// `Σ_k a[r, k] w[j, k] / (s_a[r] · s_w)` per scale group, summed over the groups: `a` the

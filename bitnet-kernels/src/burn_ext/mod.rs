@@ -171,6 +171,143 @@ fn float_matmul_cpu(
 mod tests {
     use super::*;
 
+    #[cfg(feature = "flex")]
+    #[test]
+    fn inconsistent_operands_are_typed_errors_not_panics() {
+        use crate::KernelError;
+        use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
+        let device = Device::flex();
+        let codes = |rows: usize, words: usize| {
+            Tensor::<2, Int>::from_data(
+                TensorData::new(vec![0x5555_5555u32; rows * words], [rows, words]),
+                TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+            )
+        };
+        let scales = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::<1>::from_data(TensorData::new(v, [n]), &device)
+        };
+        let x = Tensor::<2>::ones([2, 512], &device);
+        let run = |x: Tensor<2>, c, s, cols, kind| ternary_matmul(x, c, s, cols, kind).map(|_| ());
+        // Valid: 3 rows of 512 inputs (32 words), per-row scales.
+        assert!(
+            run(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0; 3]),
+                512,
+                ScaleKind::PerRow
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            run(
+                x.clone(),
+                codes(3, 16),
+                scales(vec![1.0; 3]),
+                512,
+                ScaleKind::PerRow
+            ),
+            Err(KernelError::Size {
+                what: "ternary_matmul code words per row",
+                expected: 32,
+                got: 16
+            })
+        );
+        assert_eq!(
+            run(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0; 2]),
+                512,
+                ScaleKind::PerRow
+            ),
+            Err(KernelError::Size {
+                what: "ternary_matmul scales",
+                expected: 3,
+                got: 2
+            })
+        );
+        assert_eq!(
+            run(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0; 3]),
+                256,
+                ScaleKind::PerRow
+            ),
+            Err(KernelError::Size {
+                what: "ternary_matmul activation width",
+                expected: 256,
+                got: 512
+            })
+        );
+        assert!(matches!(
+            run(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0; 6]),
+                512,
+                ScaleKind::PerGroup(100)
+            ),
+            Err(KernelError::GroupSize { group: 100, .. })
+        ));
+        assert!(matches!(
+            run(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0, 0.0, 1.0]),
+                512,
+                ScaleKind::PerRow
+            ),
+            Err(KernelError::BadScale { index: 1, .. })
+        ));
+        assert!(matches!(
+            run(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0]),
+                1 << 19,
+                ScaleKind::PerTensor
+            ),
+            Err(KernelError::KTooLarge { .. })
+        ));
+        // The float product and the fallbacks check the same way.
+        assert!(matches!(
+            ternary_matmul_float(
+                x.clone(),
+                codes(3, 32),
+                scales(vec![1.0; 2]),
+                512,
+                ScaleKind::PerRow
+            ),
+            Err(KernelError::Size { .. })
+        ));
+        assert!(matches!(
+            ternary_matmul_fallback(
+                x,
+                codes(3, 31),
+                scales(vec![1.0; 3]),
+                512,
+                ScaleKind::PerRow
+            ),
+            Err(KernelError::Size { .. })
+        ));
+        assert!(matches!(
+            unpack_codes(codes(3, 31), 512),
+            Err(KernelError::Size { .. })
+        ));
+        // Codes of another integer type (a record may bring them): the kernels read u32 words.
+        let i64_codes = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0x5555_5555i64; 3 * 32], [3, 32]),
+            TensorCreationOptions::new(device.clone()).with_dtype(DType::I64),
+        );
+        assert!(matches!(
+            run(Tensor::<2>::ones([2, 512], &device), i64_codes, scales(vec![1.0; 3]), 512, ScaleKind::PerRow),
+            Err(KernelError::Inconsistent(m)) if m.contains("I64")
+        ));
+    }
+
     #[test]
     fn the_activations_argument_round_trips() {
         for mode in [

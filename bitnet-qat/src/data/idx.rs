@@ -67,7 +67,8 @@ pub struct IdxDataset {
 
 impl IdxDataset {
     /// Loads a split from `dir`. A missing directory or file is a [`QatError::Dataset`] that
-    /// says how to get the data; a truncated or malformed file is one that says what is wrong.
+    /// says how to get the data; an unreadable one a [`QatError::Io`]; a truncated or malformed
+    /// file a [`QatError::File`] naming the field and its byte offset.
     pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
         let images = read_maybe_gz(dir, &format!("{}-images-idx3-ubyte", split.prefix()))?;
@@ -76,26 +77,33 @@ impl IdxDataset {
     }
 
     /// Parses the gzip-compressed contents of an images file and a labels file, decompressing
-    /// each to at most [`MAX_IDX_BYTES`] (a hostile archive cannot exhaust memory).
+    /// each to at most [`MAX_IDX_BYTES`] (a hostile archive cannot exhaust memory): a
+    /// [`QatError::File`] (format `gzip`) for an archive that is not one.
     pub fn from_idx_gz_bytes(images: &[u8], labels: &[u8]) -> Result<Self> {
         Self::from_idx_bytes(&gunzip(images, "images")?, &gunzip(labels, "labels")?)
     }
 
-    /// Parses the contents of an images file and a labels file.
+    /// Parses the contents of an images file and a labels file: a [`QatError::File`] (format
+    /// `IDX`, path `images` or `labels`) naming the field and its byte offset for a truncated or
+    /// malformed one.
     pub fn from_idx_bytes(images: &[u8], labels: &[u8]) -> Result<Self> {
         let (dims, pixels) = parse_idx(images, IMAGES_MAGIC, 3, "images")?;
         let (ldims, labels) = parse_idx(labels, LABELS_MAGIC, 1, "labels")?;
         if dims[0] != ldims[0] {
-            return Err(QatError::Dataset(format!(
-                "{} images but {} labels",
-                dims[0], ldims[0]
-            )));
+            return Err(idx_error(
+                "labels",
+                "count",
+                Some(4),
+                format!("{} labels for {} images", ldims[0], dims[0]),
+            ));
         }
         if let Some(i) = labels.iter().position(|l| *l > 9) {
-            return Err(QatError::Dataset(format!(
-                "label {i} is {} (> 9)",
-                labels[i]
-            )));
+            return Err(idx_error(
+                "labels",
+                format!("label {i}"),
+                Some(8 + i as u64),
+                format!("{} (classes are 0..=9)", labels[i]),
+            ));
         }
         Ok(Self {
             rows: dims[1],
@@ -178,9 +186,7 @@ impl Dataset<ImageItem> for IdxDataset {
 fn read_maybe_gz(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let plain = dir.join(name);
     let gz: PathBuf = dir.join(format!("{name}.gz"));
-    let io = |path: &Path, e: std::io::Error| {
-        QatError::Dataset(format!("reading {}: {e}", path.display()))
-    };
+    let io = |path: &Path, e: std::io::Error| QatError::io(path, e);
     if plain.is_file() {
         return std::fs::read(&plain).map_err(|e| io(&plain, e));
     }
@@ -200,17 +206,54 @@ fn read_maybe_gz(dir: &Path, name: &str) -> Result<Vec<u8>> {
 /// 47 MB).
 pub const MAX_IDX_BYTES: u64 = 1 << 30;
 
+/// A [`QatError::File`] of an IDX file (`what`: `images`, `labels`, or a path).
+fn idx_error(
+    what: &str,
+    field: impl Into<String>,
+    offset: Option<u64>,
+    reason: String,
+) -> QatError {
+    QatError::File {
+        format: "IDX",
+        path: what.to_string(),
+        field: field.into(),
+        offset,
+        reason,
+    }
+}
+
 /// Decompresses gzip `bytes` to at most [`MAX_IDX_BYTES`]; `what` names the file in errors.
 fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(MAX_IDX_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| QatError::Dataset(format!("decompressing {what}: {e}")))?;
-    if out.len() as u64 > MAX_IDX_BYTES {
-        return Err(QatError::Dataset(format!(
-            "{what} decompresses to more than {MAX_IDX_BYTES} bytes"
-        )));
+    let gzip = |reason: String| QatError::File {
+        format: "gzip",
+        path: what.to_string(),
+        field: String::new(),
+        offset: None,
+        reason,
+    };
+    // Read in chunks into a buffer that grows by doubling but never past the limit (a plain
+    // `read_to_end` would double a 1 GiB buffer to 2 GiB for an archive that runs past it).
+    let limit = MAX_IDX_BYTES as usize + 1;
+    let mut decoder = flate2::read::GzDecoder::new(bytes);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| gzip(format!("decompressing: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > limit - 1 {
+            return Err(gzip(format!(
+                "decompresses to more than {MAX_IDX_BYTES} bytes"
+            )));
+        }
+        if out.capacity() - out.len() < n {
+            let wanted = (out.capacity() * 2).clamp(out.len() + n, limit);
+            out.reserve_exact(wanted - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
     Ok(out)
 }
@@ -223,41 +266,66 @@ fn parse_idx<'a>(
     what: &str,
 ) -> Result<(Vec<usize>, &'a [u8])> {
     let header = 4 + 4 * rank;
-    let truncated = || {
-        QatError::Dataset(format!(
-            "{what} file truncated: {} bytes, the header alone needs {header}",
-            bytes.len()
-        ))
+    let truncated = |field: &str| {
+        idx_error(
+            what,
+            field,
+            Some(bytes.len() as u64),
+            format!(
+                "truncated: {} bytes, the header alone needs {header}",
+                bytes.len()
+            ),
+        )
     };
     if bytes.len() < 4 {
-        return Err(truncated());
+        return Err(truncated("magic"));
     }
-    let word = |i: usize| u32::from_be_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-    if word(0) != magic {
-        return Err(QatError::Dataset(format!(
-            "{what} file has magic {:#010x}, expected {magic:#010x} (is it an IDX {what} file?)",
-            word(0)
-        )));
+    let word = |i: usize| {
+        bytes
+            .get(4 * i..4 * i + 4)
+            .and_then(|w| w.try_into().ok())
+            .map(u32::from_be_bytes)
+    };
+    let found = word(0).unwrap_or_default();
+    if found != magic {
+        return Err(idx_error(
+            what,
+            "magic",
+            Some(0),
+            format!("{found:#010x}, expected {magic:#010x} (is it an IDX {what} file?)"),
+        ));
     }
-    if bytes.len() < header {
-        return Err(truncated());
-    }
-    let dims: Vec<usize> = (1..=rank).map(|i| word(i) as usize).collect();
+    let dims: Vec<usize> = (1..=rank)
+        .map(|i| word(i).map(|w| w as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| truncated("dimensions"))?;
     let count = dims
         .iter()
         .try_fold(1usize, |a, d| a.checked_mul(*d))
-        .ok_or_else(|| QatError::Dataset(format!("{what} dimensions {dims:?} overflow")))?;
+        .ok_or_else(|| {
+            idx_error(
+                what,
+                "dimensions",
+                Some(4),
+                format!("{dims:?}: their product overflows"),
+            )
+        })?;
     let data = &bytes[header..];
     if data.len() != count {
-        return Err(QatError::Dataset(format!(
-            "{what} file {}: dimensions {dims:?} need {count} bytes of data, found {}",
-            if data.len() < count {
-                "truncated"
-            } else {
-                "too long"
-            },
-            data.len()
-        )));
+        return Err(idx_error(
+            what,
+            "data",
+            Some(header as u64),
+            format!(
+                "{}: dimensions {dims:?} need {count} bytes of data, found {}",
+                if data.len() < count {
+                    "truncated"
+                } else {
+                    "too long"
+                },
+                data.len()
+            ),
+        ));
     }
     Ok((dims, data))
 }
@@ -327,38 +395,63 @@ mod tests {
         let good_labels = labels(&[1, 2, 3]);
         for cut in [0, 5, 15, good_images.len() - 1] {
             let err = IdxDataset::from_idx_bytes(&good_images[..cut], &good_labels).unwrap_err();
-            assert!(matches!(err, QatError::Dataset(_)), "{err}");
+            assert!(
+                matches!(&err, QatError::File { format: "IDX", path, .. } if path == "images"),
+                "{err}"
+            );
         }
         // Labels where images belong: wrong magic.
         let err = IdxDataset::from_idx_bytes(&good_labels, &good_labels).unwrap_err();
         assert!(err.to_string().contains("magic"), "{err}");
-        // Counts that disagree, a label above 9, trailing bytes.
-        let dataset_error = |r: Result<IdxDataset>, needle: &str| match r {
-            Err(QatError::Dataset(m)) => assert!(m.contains(needle), "{needle}: {m}"),
+        // Counts that disagree, a label above 9, trailing bytes: field and offset.
+        let file_error = |r: Result<IdxDataset>, field: &str, at: u64, needle: &str| match r {
+            Err(QatError::File {
+                field: f,
+                offset,
+                reason,
+                ..
+            }) => {
+                assert_eq!((f.as_str(), offset), (field, Some(at)), "{reason}");
+                assert!(reason.contains(needle), "{needle}: {reason}");
+            }
             other => panic!("{needle}: {other:?}"),
         };
-        dataset_error(
+        file_error(
             IdxDataset::from_idx_bytes(&good_images, &labels(&[1, 2])),
-            "labels",
+            "count",
+            4,
+            "2 labels for 3 images",
         );
-        dataset_error(
+        file_error(
             IdxDataset::from_idx_bytes(&good_images, &labels(&[1, 2, 10])),
-            "(> 9)",
+            "label 2",
+            10,
+            "0..=9",
         );
         let mut long = good_images.clone();
         long.push(0);
-        dataset_error(IdxDataset::from_idx_bytes(&long, &good_labels), "too long");
+        file_error(
+            IdxDataset::from_idx_bytes(&long, &good_labels),
+            "data",
+            16,
+            "too long",
+        );
         // Dimensions whose product overflows must not allocate or panic.
         let mut huge = Vec::new();
         for w in [IMAGES_MAGIC, u32::MAX, u32::MAX, u32::MAX] {
             huge.extend_from_slice(&w.to_be_bytes());
         }
-        dataset_error(IdxDataset::from_idx_bytes(&huge, &good_labels), "overflow");
-        // A gzip archive that is not one, and one that decompresses to a valid file.
-        dataset_error(
-            IdxDataset::from_idx_gz_bytes(&good_images, &good_labels),
-            "decompressing",
+        file_error(
+            IdxDataset::from_idx_bytes(&huge, &good_labels),
+            "dimensions",
+            4,
+            "overflows",
         );
+        // A gzip archive that is not one, and one that decompresses to a valid file.
+        assert!(matches!(
+            IdxDataset::from_idx_gz_bytes(&good_images, &good_labels),
+            Err(QatError::File { format: "gzip", reason, .. }) if reason.contains("decompressing")
+        ));
         let gz = |bytes: &[u8]| {
             use std::io::Write;
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -11,6 +11,8 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::tensor::Device;
 
+use crate::error::QatError;
+
 /// Shuffles `items` with Fisher–Yates driven by SplitMix64 from `seed`: the same seed gives the
 /// same order on every platform and whatever the `rand` version (what [`EpochLoader`] uses for
 /// each epoch, and handy for custom training loops).
@@ -57,11 +59,20 @@ pub fn shuffle<T>(items: &mut [T], seed: u64) {
 ///
 /// let (train, _) = DigitsDataset::load().unwrap().split(0.2, 42);
 /// let device = burn::tensor::Device::flex();
-/// let loader = EpochLoader::new(train.clone(), ImageBatcher, 64, &device).shuffle(7);
+/// let loader = EpochLoader::new(train.clone(), ImageBatcher, 64, &device)?.shuffle(7);
 /// let first = loader.iter().next().unwrap().unwrap();
 /// // A loader resuming at epoch 0 sees the same first batch.
-/// let again = EpochLoader::new(train, ImageBatcher, 64, &device).shuffle(7).starting_epoch(0);
+/// let again = EpochLoader::new(train, ImageBatcher, 64, &device)?.shuffle(7).starting_epoch(0);
 /// assert_eq!(first.targets.into_data(), again.iter().next().unwrap().unwrap().targets.into_data());
+/// // A batch size of 0 is a typed error, not a panic.
+/// assert!(matches!(
+///     EpochLoader::new(again_data(), ImageBatcher, 0, &device).map(|_| ()),
+///     Err(bitnet_qat::QatError::Config { name, .. }) if name == "EpochLoader.batch_size"
+/// ));
+/// # fn again_data() -> bitnet_qat::data::DigitsDataset {
+/// #     DigitsDataset::load().unwrap()
+/// # }
+/// # Ok::<(), bitnet_qat::QatError>(())
 /// ```
 pub struct EpochLoader<I, B> {
     dataset: Arc<dyn Dataset<I>>,
@@ -95,17 +106,19 @@ impl<I, B> Clone for EpochLoader<I, B> {
 impl<I: 'static, B> EpochLoader<I, B> {
     /// Batches of `batch_size` (the last may be smaller) in dataset order, on `device`.
     ///
-    /// # Panics
-    /// If `batch_size` is 0.
+    /// # Errors
+    /// [`QatError::Config`] (`EpochLoader.batch_size`) for a batch size of 0.
     pub fn new(
         dataset: impl Dataset<I> + 'static,
         batcher: B,
         batch_size: usize,
         device: &Device,
-    ) -> Self {
-        assert!(batch_size > 0, "EpochLoader: batch_size must be > 0");
+    ) -> crate::Result<Self> {
+        if batch_size == 0 {
+            return Err(QatError::config("EpochLoader.batch_size", 0, "> 0"));
+        }
         let len = dataset.len();
-        Self {
+        Ok(Self {
             dataset: Arc::new(dataset),
             batcher: Arc::new(batcher),
             batch_size,
@@ -114,7 +127,7 @@ impl<I: 'static, B> EpochLoader<I, B> {
             next_epoch: AtomicUsize::new(0),
             range: 0..len,
             device: device.clone(),
-        }
+        })
     }
 
     /// Shuffles every epoch with a permutation derived from `seed` and the epoch number.
@@ -129,12 +142,18 @@ impl<I: 'static, B> EpochLoader<I, B> {
     /// as [`TokenWindows::random`](super::TokenWindows::random) sized for a whole run), so each
     /// epoch (a checkpoint interval) sees new ones.
     ///
-    /// # Panics
-    /// If `items` is 0.
-    pub fn stream(mut self, items: usize) -> Self {
-        assert!(items > 0, "EpochLoader: stream needs items > 0");
+    /// # Errors
+    /// [`QatError::Config`] (`EpochLoader.stream`) for 0 items.
+    pub fn stream(mut self, items: usize) -> crate::Result<Self> {
+        if items == 0 {
+            return Err(QatError::config(
+                "EpochLoader.stream",
+                0,
+                "> 0 items an epoch",
+            ));
+        }
         self.stream = Some(items);
-        self
+        Ok(self)
     }
 
     /// The next `DataLoader::iter` runs epoch `epoch` (0-based): a run resumed after `k` epochs
@@ -274,7 +293,9 @@ mod tests {
     fn epochs_are_reproducible_across_copies_and_resumes() {
         let (data, _) = DigitsDataset::load().unwrap().split(0.9, 1);
         let device = Device::flex();
-        let loader = EpochLoader::new(data.clone(), ImageBatcher, 50, &device).shuffle(3);
+        let loader = EpochLoader::new(data.clone(), ImageBatcher, 50, &device)
+            .unwrap()
+            .shuffle(3);
         assert_eq!(DataLoader::<ImageBatch>::num_items(&loader), 180);
         let e0 = labels(&loader);
         let moved = loader.to_device(&device);
@@ -290,6 +311,7 @@ mod tests {
         all.sort();
         assert_eq!(sorted0, all, "an epoch is a permutation");
         let resumed = EpochLoader::new(data.clone(), ImageBatcher, 50, &device)
+            .unwrap()
             .shuffle(3)
             .starting_epoch(1);
         assert_eq!(labels(&resumed), e1);
@@ -302,7 +324,9 @@ mod tests {
     fn copies_for_devices_count_their_own_epochs() {
         let (data, _) = DigitsDataset::load().unwrap().split(0.9, 1);
         let device = Device::flex();
-        let loader = EpochLoader::new(data, ImageBatcher, 30, &device).shuffle(5);
+        let loader = EpochLoader::new(data, ImageBatcher, 30, &device)
+            .unwrap()
+            .shuffle(5);
         // Two device slices, as burn-train makes them: each runs epochs 0, 1, ... on its part,
         // however their calls interleave.
         let (a, b) = (
@@ -334,7 +358,10 @@ mod tests {
         let (data, _) = DigitsDataset::load().unwrap().split(0.9, 1);
         let all: Vec<i64> = data.items().iter().map(|i| i64::from(i.label)).collect();
         let device = Device::flex();
-        let loader = EpochLoader::new(data, ImageBatcher, 50, &device).stream(50);
+        let loader = EpochLoader::new(data, ImageBatcher, 50, &device)
+            .unwrap()
+            .stream(50)
+            .unwrap();
         assert_eq!(DataLoader::<ImageBatch>::num_items(&loader), 50);
         let epoch = |e: usize| batch_labels(loader.iter_epoch::<ImageBatch>(e)).concat();
         assert_eq!(epoch(0), all[..50]);
@@ -348,7 +375,9 @@ mod tests {
             50,
             &device,
         )
+        .unwrap()
         .stream(50)
+        .unwrap()
         .starting_epoch(1);
         assert_eq!(labels(&resumed).concat(), all[50..100]);
     }

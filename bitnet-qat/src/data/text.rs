@@ -100,8 +100,7 @@ impl TextCorpus {
         };
         for name in names {
             let path = dir.join(format!("{name}_gut.txt"));
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| QatError::Dataset(format!("reading {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| QatError::io(&path, e))?;
             if SHAKESPEARE_VALID_WORKS.contains(&name.as_str()) {
                 corpus.valid.push_str(&text);
                 corpus.valid_works.push(name);

@@ -12,6 +12,19 @@ pub const UNKNOWN_TOKEN: usize = 0;
 
 /// The tag of a saved tokenizer.
 const FORMAT: &str = "bitnet-qat char tokenizer";
+/// The file format's name in errors.
+const FILE: &str = "tokenizer.json";
+
+/// A [`QatError::File`] of a tokenizer read from memory.
+fn file_error(field: &str, reason: String) -> QatError {
+    QatError::File {
+        format: FILE,
+        path: String::new(),
+        field: field.into(),
+        offset: None,
+        reason,
+    }
+}
 const VERSION: u32 = 1;
 /// The largest vocabulary a saved tokenizer may hold (Unicode has fewer scalar values).
 const MAX_CHARS: usize = 0x11_0000;
@@ -61,19 +74,33 @@ impl CharTokenizer {
     /// back).
     ///
     /// # Errors
-    /// [`QatError::Record`] for a vocabulary that is empty, too long, unsorted or repeats a
-    /// character.
+    /// [`QatError::File`] (format `tokenizer.json`, field `chars`) for a vocabulary that is
+    /// empty, too long, unsorted or repeats a character.
     pub fn from_chars(chars: Vec<char>) -> Result<Self> {
-        let bad = |msg: String| QatError::Record(format!("tokenizer: {msg}"));
-        if chars.is_empty() || chars.len() > MAX_CHARS {
-            return Err(bad(format!("{} characters", chars.len())));
+        Self::from_char_iter(chars.into_iter())
+    }
+
+    /// [`CharTokenizer::from_chars`] of characters read one by one, refused at the first that
+    /// breaks the order or the limit (a hostile vocabulary is never collected whole).
+    fn from_char_iter(chars: impl Iterator<Item = char>) -> Result<Self> {
+        let bad = |msg: String| file_error("chars", msg);
+        let mut sorted: Vec<char> = Vec::new();
+        for c in chars {
+            if sorted.len() == MAX_CHARS {
+                return Err(bad(format!("more than {MAX_CHARS} characters")));
+            }
+            if sorted.last().is_some_and(|&last| last >= c) {
+                return Err(bad(format!(
+                    "characters not strictly increasing (repeated or unsorted) at character {}",
+                    sorted.len()
+                )));
+            }
+            sorted.push(c);
         }
-        if chars.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(bad(
-                "characters not strictly increasing (repeated or unsorted)".into(),
-            ));
+        if sorted.is_empty() {
+            return Err(bad("0 characters".into()));
         }
-        Ok(Self::from_sorted(chars))
+        Ok(Self::from_sorted(sorted))
     }
 
     /// The characters of ids `1..vocab_size()`, in order.
@@ -119,40 +146,54 @@ impl CharTokenizer {
     /// A tokenizer from the JSON of [`CharTokenizer::to_json`].
     ///
     /// # Errors
-    /// [`QatError::Record`] for text that is not such JSON, another format or version, or a
-    /// vocabulary that is empty, too long, unsorted or repeats a character.
+    /// [`QatError::File`] (format `tokenizer.json`) naming the field: text that is not such
+    /// JSON (with the byte offset), another format or version, or a vocabulary that is empty,
+    /// too long, unsorted or repeats a character.
     pub fn from_json(json: &str) -> Result<Self> {
-        let bad = |msg: String| QatError::Record(format!("tokenizer: {msg}"));
-        let saved: Saved = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        if saved.format != FORMAT || saved.version != VERSION {
-            return Err(bad(format!(
-                "not a tokenizer of this crate (format {:?}, version {})",
-                saved.format, saved.version
-            )));
+        let saved: Saved = serde_json::from_str(json).map_err(|e| QatError::File {
+            format: FILE,
+            path: String::new(),
+            field: String::new(),
+            offset: crate::error::json_offset(json.as_bytes(), e.line(), e.column()),
+            reason: e.to_string(),
+        })?;
+        if saved.format != FORMAT {
+            return Err(file_error(
+                "format",
+                format!(
+                    "{:?}: not a tokenizer of this crate ({FORMAT:?})",
+                    saved.format
+                ),
+            ));
         }
-        Self::from_chars(saved.chars.chars().collect())
+        if saved.version != VERSION {
+            return Err(file_error(
+                "version",
+                format!("{}: this build reads version {VERSION}", saved.version),
+            ));
+        }
+        Self::from_char_iter(saved.chars.chars())
     }
 
     /// Writes the tokenizer to `path` as JSON, atomically.
     ///
     /// # Errors
-    /// [`QatError::Record`] for an I/O error.
+    /// [`QatError::Io`] for a file that cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         bitnet_kernels::file::write_atomic(path, self.to_json().as_bytes())
-            .map_err(|e| QatError::Record(format!("writing {}: {e}", path.display())))
+            .map_err(|e| QatError::io(path, e))
     }
 
     /// Reads a tokenizer written by [`CharTokenizer::save`].
     ///
     /// # Errors
-    /// [`QatError::Record`] for an I/O error or a malformed file (see
-    /// [`CharTokenizer::from_json`]).
+    /// [`QatError::Io`] for a file that cannot be read; [`QatError::File`] naming the file for
+    /// a malformed one (see [`CharTokenizer::from_json`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let json = std::fs::read_to_string(path)
-            .map_err(|e| QatError::Record(format!("reading {}: {e}", path.display())))?;
-        Self::from_json(&json).map_err(|e| QatError::Record(format!("{}: {e}", path.display())))
+        let json = std::fs::read_to_string(path).map_err(|e| QatError::io(path, e))?;
+        Self::from_json(&json).map_err(|e| e.in_file(path))
     }
 }
 
@@ -193,26 +234,53 @@ mod tests {
     fn malformed_files_are_record_errors() {
         let good = CharTokenizer::from_text("abc").to_json();
         let cases = [
-            (good[..good.len() - 3].to_string(), "EOF"),
-            (good.replace("\"abc\"", "\"\""), "0 characters"),
-            (good.replace("\"abc\"", "\"aab\""), "strictly increasing"),
-            (good.replace("\"abc\"", "\"cba\""), "strictly increasing"),
+            (good[..good.len() - 3].to_string(), "", "EOF"),
+            (good.replace("\"abc\"", "\"\""), "chars", "0 characters"),
+            (
+                good.replace("\"abc\"", "\"aab\""),
+                "chars",
+                "strictly increasing",
+            ),
+            (
+                good.replace("\"abc\"", "\"cba\""),
+                "chars",
+                "strictly increasing",
+            ),
             (
                 good.replace("\"version\":1", "\"version\":2"),
+                "version",
+                "reads version 1",
+            ),
+            (
+                good.replace("char tokenizer", "bpe"),
+                "format",
                 "not a tokenizer",
             ),
-            (good.replace("char tokenizer", "bpe"), "not a tokenizer"),
-            ("[1, 2]".to_string(), "invalid type"),
+            ("[1, 2]".to_string(), "", "invalid type"),
         ];
-        for (json, expected) in cases {
+        for (json, expected_field, expected) in cases {
             match CharTokenizer::from_json(&json) {
-                Err(QatError::Record(msg)) => assert!(msg.contains(expected), "{json}: {msg}"),
+                Err(QatError::File {
+                    format: "tokenizer.json",
+                    field,
+                    reason,
+                    ..
+                }) => {
+                    assert_eq!(field, expected_field, "{json}");
+                    assert!(reason.contains(expected), "{json}: {reason}");
+                }
                 other => panic!("{json}: {other:?}"),
             }
         }
+        // A syntax error is located: the byte of the stray character.
+        match CharTokenizer::from_json("{\"format\": x}") {
+            Err(QatError::File { offset, .. }) => assert_eq!(offset, Some(11)),
+            other => panic!("{other:?}"),
+        }
         let missing = std::env::temp_dir().join("bitnet-qat-no-such-tokenizer.json");
-        assert!(
-            matches!(CharTokenizer::load(&missing), Err(QatError::Record(m)) if m.contains("reading"))
-        );
+        assert!(matches!(
+            CharTokenizer::load(&missing),
+            Err(QatError::Io { path, .. }) if path.ends_with("bitnet-qat-no-such-tokenizer.json")
+        ));
     }
 }

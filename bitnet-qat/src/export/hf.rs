@@ -41,9 +41,13 @@ fn unrepresentable(reason: impl Into<String>) -> QatError {
     }
 }
 
-fn bad(format: &'static str, reason: impl Into<String>) -> QatError {
+/// A [`QatError::File`] of the file `format` read from memory: `field` names the key or tensor.
+fn bad(format: &'static str, field: impl Into<String>, reason: impl Into<String>) -> QatError {
     QatError::File {
         format,
+        path: String::new(),
+        field: field.into(),
+        offset: None,
         reason: reason.into(),
     }
 }
@@ -87,15 +91,13 @@ pub fn export_hf(
     super::check_vocabulary(tokenizer, config)?;
     let weights = LmWeights::from_lm(lm, config)?;
     let tensors = safetensors_bytes(&weights)?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| QatError::Record(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| QatError::io(dir, e))?;
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
-        bitnet_kernels::file::write_atomic(&path, bytes)
-            .map_err(|e| QatError::Record(format!("writing {}: {e}", path.display())))
+        bitnet_kernels::file::write_atomic(&path, bytes).map_err(|e| QatError::io(&path, e))
     };
     let pretty = |v: &Value| {
-        serde_json::to_vec_pretty(v).map_err(|e| QatError::Invalid(format!("encoding JSON: {e}")))
+        serde_json::to_vec_pretty(v).map_err(|e| unrepresentable(format!("encoding JSON: {e}")))
     };
     write(WEIGHTS, &tensors)?;
     write(TOKENIZER, &pretty(&tokenizer_json(tokenizer))?)?;
@@ -136,7 +138,7 @@ fn config_json(c: &BitNetLmConfig) -> Result<Value> {
         });
     }
     config[CONFIG_KEY] = serde_json::from_str(&c.to_string())
-        .map_err(|e| QatError::Invalid(format!("encoding the configuration: {e}")))?;
+        .map_err(|e| unrepresentable(format!("encoding the configuration: {e}")))?;
     Ok(config)
 }
 
@@ -198,7 +200,8 @@ fn unpack_rows(name: &str, bytes: &[u8], rows: usize, cols: usize) -> Result<Vec
             if code == 3 {
                 return Err(bad(
                     "safetensors",
-                    format!("`{name}`: byte {j} holds the code 3, not a ternary value"),
+                    name,
+                    format!("byte {j} holds the code 3, not a ternary value"),
                 ));
             }
             values[(i * p + r) * cols + c] = code as i8 - 1;
@@ -294,10 +297,10 @@ fn safetensors_bytes(w: &LmWeights) -> Result<Vec<u8>> {
             TensorView::new(*dtype, shape.clone(), bytes).map(|view| (n.clone(), view))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| QatError::Invalid(format!("a safetensors view: {e}")))?;
+        .map_err(|e| unrepresentable(format!("a safetensors view: {e}")))?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| QatError::Invalid(format!("encoding safetensors: {e}")))
+        .map_err(|e| unrepresentable(format!("encoding safetensors: {e}")))
 }
 
 /// Reads a folder written by [`export_hf`], or any `BitNetForCausalLM` folder whose weights
@@ -306,19 +309,29 @@ fn safetensors_bytes(w: &LmWeights) -> Result<Vec<u8>> {
 /// activations are quantized per token to int8 (transformers' `bitlinear`).
 ///
 /// # Errors
-/// [`QatError::File`] naming the file and problem: a missing or malformed file, another
-/// `model_type`, a missing key, a missing or misshapen tensor, a non-ternary code, a scale
-/// that is not positive and finite.
+/// [`QatError::Io`] for a missing or unreadable `config.json` or `model.safetensors`;
+/// [`QatError::File`] naming the file, the key or tensor and the problem: a malformed file,
+/// another `model_type`, a missing key, a configuration value out of range, a missing or
+/// misshapen tensor, a non-ternary code, a scale that is not positive and finite.
 pub fn import_hf(dir: impl AsRef<Path>) -> Result<ImportedLm> {
     let dir = dir.as_ref();
-    let read = |name: &str, format: &'static str| {
+    let read = |name: &str| {
         let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| bad(format, format!("reading {}: {e}", path.display())))
+        std::fs::read(&path).map_err(|e| QatError::io(&path, e))
     };
-    let config = read(CONFIG, "config.json")?;
-    let weights = read(WEIGHTS, "safetensors")?;
-    let tokenizer = read(TOKENIZER, "tokenizer.json").ok();
-    import_hf_bytes(&config, &weights, tokenizer.as_deref())
+    let config = read(CONFIG)?;
+    let weights = read(WEIGHTS)?;
+    let tokenizer = read(TOKENIZER).ok();
+    import_hf_bytes(&config, &weights, tokenizer.as_deref()).map_err(|e| {
+        let file = match &e {
+            QatError::File {
+                format: "config.json",
+                ..
+            } => CONFIG,
+            _ => WEIGHTS,
+        };
+        e.in_file(&dir.join(file))
+    })
 }
 
 /// [`import_hf`] of the bytes of `config.json`, `model.safetensors` and, if any,
@@ -331,37 +344,56 @@ pub fn import_hf_bytes(
     weights: &[u8],
     tokenizer: Option<&[u8]>,
 ) -> Result<ImportedLm> {
-    let config: Value =
-        serde_json::from_slice(config).map_err(|e| bad("config.json", e.to_string()))?;
+    if config.len() > MAX_CONFIG_BYTES {
+        return Err(bad(
+            "config.json",
+            "",
+            format!(
+                "{} bytes; a transformers configuration takes a few kB, this reader reads at \
+                 most {MAX_CONFIG_BYTES}",
+                config.len()
+            ),
+        ));
+    }
+    let config: Value = serde_json::from_slice(config).map_err(|e| QatError::File {
+        format: "config.json",
+        path: String::new(),
+        field: String::new(),
+        offset: crate::error::json_offset(config, e.line(), e.column()),
+        reason: e.to_string(),
+    })?;
     let config = config_of(&config)?;
     // A vocabulary of another size is not this model's.
     let tokenizer = tokenizer
-        .and_then(|bytes| serde_json::from_slice(bytes).ok())
-        .and_then(|v: Value| tokenizer_of(&v))
+        .and_then(super::hf_tokenizer::tokenizer_of)
         .filter(|t| t.vocab_size() == config.vocab_size);
     let weights = weights_of(weights, config)?;
     Ok(ImportedLm { tokenizer, weights })
 }
 
+/// The largest `config.json` read (1 MiB): its JSON document takes up to 32 times its size in
+/// memory, so a larger one is refused rather than parsed.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+
 fn config_of(v: &Value) -> Result<BitNetLmConfig> {
-    let bad = |r: String| bad("config.json", r);
+    let bad = |field: &str, r: String| bad("config.json", field, r);
     if v["model_type"] != "bitnet" {
-        return Err(bad(format!(
-            "model_type is {}, not \"bitnet\"",
-            v["model_type"]
-        )));
+        return Err(bad(
+            "model_type",
+            format!("{}, not \"bitnet\"", v["model_type"]),
+        ));
     }
     let uint = |key: &str| {
         v[key]
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| bad(format!("`{key}` is {}, not an unsigned integer", v[key])))
+            .ok_or_else(|| bad(key, format!("{}, not an unsigned integer", v[key])))
     };
     let float = |key: &str, default: Option<f64>| match (&v[key], default) {
         (Value::Null, Some(d)) => Ok(d),
         (x, _) => x
             .as_f64()
-            .ok_or_else(|| bad(format!("`{key}` is {x}, not a number"))),
+            .ok_or_else(|| bad(key, format!("{x}, not a number"))),
     };
     let (vocab_size, d_model, d_ff, n_layers, n_heads) = (
         uint("vocab_size")?,
@@ -379,23 +411,23 @@ fn config_of(v: &Value) -> Result<BitNetLmConfig> {
             &ours.to_string(),
             [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
         )
-        .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?
+        .map_err(|e| bad(CONFIG_KEY, e))?
     } else {
         let activation = match v["hidden_act"].as_str().unwrap_or("relu2") {
             "relu2" => FfnActivation::ReluSquared,
             "silu" => FfnActivation::Silu,
-            other => return Err(bad(format!("hidden_act {other:?} (relu2 or silu)"))),
+            other => return Err(bad("hidden_act", format!("{other:?} (relu2 or silu)"))),
         };
         let quantized = match &v["quantization_config"] {
             Value::Null => false,
             q if q["quant_method"] == "bitnet" => true,
-            q => return Err(bad(format!("quantization_config {q} is not BitNet's"))),
+            q => return Err(bad("quantization_config", format!("{q} is not BitNet's"))),
         };
         let rope_theta = match &v["rope_parameters"]["rope_theta"] {
             Value::Null => float("rope_theta", Some(500_000.0))?,
             x => x
                 .as_f64()
-                .ok_or_else(|| bad(format!("rope_parameters.rope_theta is {x}")))?,
+                .ok_or_else(|| bad("rope_parameters.rope_theta", format!("{x}, not a number")))?,
         };
         BitNetLmConfig::new(vocab_size, d_model, n_layers, n_heads, d_ff)
             .with_n_kv_heads(Some(n_kv_heads))
@@ -407,37 +439,36 @@ fn config_of(v: &Value) -> Result<BitNetLmConfig> {
             .with_weight_quant(quantized.then(QuantConfig::ternary))
             .with_activation_quant(quantized.then(QuantConfig::activation_int8))
     };
-    config
-        .validate()
-        .map_err(|e| bad(format!("the model's configuration: {e}")))?;
+    let stored = v.get(CONFIG_KEY).is_some();
+    config.validate().map_err(|e| {
+        let (field, reason) = super::config_field(e);
+        if field.is_empty() {
+            return bad(CONFIG_KEY, reason);
+        }
+        if stored {
+            // The value came from this crate's configuration key.
+            return bad(&format!("{CONFIG_KEY}.{field}"), reason);
+        }
+        let key = match field.as_str() {
+            "vocab_size" => "vocab_size",
+            "d_model" => "hidden_size",
+            "n_layers" => "num_hidden_layers",
+            "d_ff" => "intermediate_size",
+            "n_heads" => "num_attention_heads",
+            "n_kv_heads" => "num_key_value_heads",
+            "max_seq_len" => "max_position_embeddings",
+            "rope_theta" => "rope_theta",
+            "norm_eps" => "rms_norm_eps",
+            _ => CONFIG_KEY,
+        };
+        bad(key, format!("{field} = {reason}"))
+    })?;
     Ok(config)
-}
-
-fn tokenizer_of(v: &Value) -> Option<CharTokenizer> {
-    let vocab = v["model"]["vocab"].as_object()?;
-    let mut by_id: Vec<Option<&str>> = vec![None; vocab.len()];
-    for (text, id) in vocab {
-        *by_id.get_mut(usize::try_from(id.as_u64()?).ok()?)? = Some(text);
-    }
-    if by_id.first().copied().flatten() != Some(UNKNOWN_TEXT) {
-        return None;
-    }
-    let chars = by_id[1..]
-        .iter()
-        .map(|t| {
-            let mut chars = (*t)?.chars();
-            match (chars.next(), chars.next()) {
-                (Some(c), None) => Some(c),
-                _ => None,
-            }
-        })
-        .collect::<Option<Vec<char>>>()?;
-    CharTokenizer::from_chars(chars).ok()
 }
 
 /// The values of tensor `name` as f32, checked to be `shape` and finite.
 fn floats(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let bad = |r: String| bad("safetensors", format!("`{name}`: {r}"));
+    let bad = |r: String| bad("safetensors", name, r);
     let t = st.tensor(name).map_err(|_| bad("missing tensor".into()))?;
     if t.shape() != shape {
         return Err(bad(format!("shape {:?}, expected {shape:?}", t.shape())));
@@ -452,7 +483,8 @@ fn floats(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>>
 }
 
 fn weights_of(bytes: &[u8], config: BitNetLmConfig) -> Result<LmWeights> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| bad("safetensors", e.to_string()))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| bad("safetensors", "header", e.to_string()))?;
     let (d, ff, v) = (config.d_model, config.d_ff, config.vocab_size);
     let mut blocks = Vec::new();
     for i in 0..config.n_layers {
@@ -461,7 +493,7 @@ fn weights_of(bytes: &[u8], config: BitNetLmConfig) -> Result<LmWeights> {
         for ((_, proj), (d_in, d_out)) in PROJECTION_NAMES.iter().zip(config.projection_dims()) {
             let weight = name(&format!("{proj}.weight"));
             projections.push(if config.weight_quant.is_some() {
-                let err = |r: String| bad("safetensors", format!("`{weight}`: {r}"));
+                let err = |r: String| bad("safetensors", &weight, r);
                 let t = st
                     .tensor(&weight)
                     .map_err(|_| err("missing tensor".into()))?;
@@ -510,11 +542,17 @@ fn weights_of(bytes: &[u8], config: BitNetLmConfig) -> Result<LmWeights> {
         blocks,
         config,
     };
-    weights.check().map_err(|e| {
-        bad(
+    weights.check().map_err(|e| match e {
+        QatError::Mismatch {
+            what,
+            expected,
+            found,
+        } => bad(
             "safetensors",
-            format!("the weights do not fit the configuration: {e}"),
-        )
+            what,
+            format!("expected {expected}, found {found}"),
+        ),
+        other => bad("safetensors", "", other.to_string()),
     })?;
     Ok(weights)
 }

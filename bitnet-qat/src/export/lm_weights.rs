@@ -138,9 +138,9 @@ pub(crate) struct LmWeights {
 
 fn host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
     t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| QatError::Record(format!("reading {what}: {e:?}")))
+        .try_cast_as::<f32>()
+        .and_then(|d| d.try_into_vec::<f32>())
+        .map_err(|e| QatError::device(what, e))
 }
 
 fn gamma(norm: &RmsNorm, what: &str) -> Result<Vec<f32>> {
@@ -175,7 +175,8 @@ impl LmWeights {
     /// The weights of `lm` (packed first when a ternary projection is not packed yet).
     ///
     /// # Errors
-    /// As [`pack`]; [`QatError::Record`] for a tensor that cannot be read back.
+    /// As [`pack`]; [`QatError::Mismatch`] for a model of another size than `config`;
+    /// [`QatError::Device`] for a tensor that cannot be read back.
     pub fn from_lm(lm: &BitNetLm, config: &BitNetLmConfig) -> Result<Self> {
         config.validate()?;
         let unpacked = lm.bit_linears().any(|l| l.packed_weight().is_none());
@@ -187,14 +188,11 @@ impl LmWeights {
             lm
         };
         if lm.blocks.len() != config.n_layers || lm.vocab_size() != config.vocab_size {
-            return Err(QatError::Invalid(format!(
-                "the model ({} blocks, {} tokens) is not the configuration's ({} blocks, {} \
-                 tokens)",
-                lm.blocks.len(),
-                lm.vocab_size(),
-                config.n_layers,
-                config.vocab_size
-            )));
+            return Err(QatError::mismatch(
+                "the model and its configuration (blocks, tokens)",
+                format!("({}, {})", config.n_layers, config.vocab_size),
+                format!("({}, {})", lm.blocks.len(), lm.vocab_size()),
+            ));
         }
         let blocks = lm
             .blocks
@@ -210,7 +208,9 @@ impl LmWeights {
                         match p {
                             Projection::Bit(l) => l
                                 .packed_weight()
-                                .ok_or_else(|| QatError::Invalid(format!("{what}: not packed")))?
+                                .ok_or_else(|| {
+                                    QatError::unsupported(&what, "its weight is not packed")
+                                })?
                                 .to_packed()
                                 .map(ProjectionWeights::Ternary),
                             Projection::Full(l) => host(l.weight.val().transpose(), &what)
@@ -245,36 +245,49 @@ impl LmWeights {
     /// exactly when the configuration quantizes weights.
     ///
     /// # Errors
-    /// [`QatError::Invalid`] naming the first tensor that does not fit.
+    /// [`QatError::Mismatch`] naming the first tensor that does not fit.
     pub fn check(&self) -> Result<()> {
         let c = &self.config;
         c.validate()?;
-        let bad = |what: String| Err(QatError::Invalid(what));
+        let bad = |what: String, expected: String, found: String| {
+            Err(QatError::mismatch(what, expected, found))
+        };
         let len = |what: &str, v: &[f32], n: usize| {
             if v.len() == n {
                 Ok(())
             } else {
-                bad(format!("{what}: {} values, expected {n}", v.len()))
+                bad(
+                    format!("{what} (values)"),
+                    n.to_string(),
+                    v.len().to_string(),
+                )
             }
         };
         len("the embedding", &self.embedding, c.vocab_size * c.d_model)?;
         if self.head.is_some() == c.tied_head {
-            return bad(format!(
-                "the configuration says tied_head = {} but the weights {} a separate head",
-                c.tied_head,
-                if self.head.is_some() { "have" } else { "lack" }
-            ));
+            let head = |separate: bool| {
+                if separate {
+                    "a separate output head"
+                } else {
+                    "a head tied to the embedding"
+                }
+            };
+            return bad(
+                "the output head".into(),
+                head(!c.tied_head).into(),
+                head(self.head.is_some()).into(),
+            );
         }
         if let Some(h) = &self.head {
             len("the output head", h, c.vocab_size * c.d_model)?;
         }
         len("the final norm", &self.norm, c.d_model)?;
         if self.blocks.len() != c.n_layers {
-            return bad(format!(
-                "{} blocks for n_layers {}",
-                self.blocks.len(),
-                c.n_layers
-            ));
+            return bad(
+                "blocks".into(),
+                c.n_layers.to_string(),
+                self.blocks.len().to_string(),
+            );
         }
         for (i, b) in self.blocks.iter().enumerate() {
             len(
@@ -290,7 +303,11 @@ impl LmWeights {
             len(&format!("block {i} ffn_norm"), &b.ffn_norm, c.d_model)?;
             len(&format!("block {i} ffn_sub_norm"), &b.ffn_sub_norm, c.d_ff)?;
             if b.projections.len() != 7 {
-                return bad(format!("block {i}: {} projections", b.projections.len()));
+                return bad(
+                    format!("block {i} projections"),
+                    "7".into(),
+                    b.projections.len().to_string(),
+                );
             }
             for ((p, (d_in, d_out)), (name, _)) in b
                 .projections
@@ -302,24 +319,21 @@ impl LmWeights {
                 match (p, c.weight_quant.is_some()) {
                     (ProjectionWeights::Ternary(t), true) => {
                         if (t.rows(), t.cols()) != (d_out, d_in) {
-                            return bad(format!(
-                                "{what}: {} x {} (outputs x inputs), expected {d_out} x {d_in}",
-                                t.rows(),
-                                t.cols()
-                            ));
+                            return bad(
+                                format!("{what} (outputs x inputs)"),
+                                format!("{d_out} x {d_in}"),
+                                format!("{} x {}", t.rows(), t.cols()),
+                            );
                         }
                     }
                     (ProjectionWeights::Float(v), false) => len(&what, v, d_in * d_out)?,
                     (_, quantized) => {
-                        return bad(format!(
-                            "{what}: {} weights for a {} configuration",
-                            if quantized { "float" } else { "ternary" },
-                            if quantized {
-                                "ternary"
-                            } else {
-                                "full-precision"
-                            }
-                        ));
+                        let kind = |ternary: bool| if ternary { "ternary" } else { "float" };
+                        return bad(
+                            format!("{what} weights"),
+                            kind(quantized).into(),
+                            kind(!quantized).into(),
+                        );
                     }
                 }
             }
@@ -356,9 +370,10 @@ impl LmWeights {
             (Projection::Bit(layer), ProjectionWeights::Ternary(t)) => {
                 let [d_in, d_out] = layer.weight.shape().dims::<2>();
                 let weight = PackedWeight::from_packed(t, false, device)?.dequantize()?;
-                let config = self.config.projection(d_in, d_out).ok_or_else(|| {
-                    QatError::Invalid("ternary weights for a full-precision model".into())
-                })?;
+                let config = self
+                    .config
+                    .projection(d_in, d_out)
+                    .ok_or_else(|| QatError::mismatch("projection weights", "float", "ternary"))?;
                 Ok(Projection::Bit(config.init_with(weight, None, device)?))
             }
             (p, w) => float_projection(p, w, device),
@@ -414,8 +429,10 @@ fn float_projection(p: Projection, w: &ProjectionWeights, device: &Device) -> Re
             );
             Ok(Projection::Full(layer))
         }
-        _ => Err(QatError::Invalid(
-            "the projection kinds of the weights and the configuration differ".into(),
+        _ => Err(QatError::mismatch(
+            "projection weights (the configuration's kind)",
+            "float",
+            "ternary",
         )),
     }
 }

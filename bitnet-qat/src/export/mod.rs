@@ -8,6 +8,7 @@
 
 mod gguf;
 mod hf;
+mod hf_tokenizer;
 mod lm_weights;
 
 use burn::tensor::Device;
@@ -46,7 +47,7 @@ impl ImportedLm {
     /// f32).
     ///
     /// # Errors
-    /// [`crate::QatError::Invalid`] when the weights do not fit the configuration.
+    /// [`crate::QatError::Mismatch`] when the weights do not fit the configuration.
     pub fn packed(&self, device: &Device) -> Result<BitNetLm> {
         self.weights.packed_lm(device)
     }
@@ -63,14 +64,34 @@ impl ImportedLm {
     }
 }
 
-/// Checks that `tokenizer` has the vocabulary of `config`.
-fn check_vocabulary(tokenizer: &CharTokenizer, config: &BitNetLmConfig) -> Result<()> {
+/// The field of a [`BitNetLmConfig`] that an error of [`BitNetLmConfig::validate`] names
+/// (`n_layers` for `BitNetLmConfig.n_layers`, `norm_eps` for a bad epsilon; empty for another
+/// error) and what is wrong with it: so a reader can name its own key for the field.
+pub(crate) fn config_field(e: QatError) -> (String, String) {
+    match e {
+        QatError::Config {
+            name,
+            value,
+            allowed,
+        } => (
+            name.strip_prefix("BitNetLmConfig.")
+                .unwrap_or(&name)
+                .to_string(),
+            format!("{value}: {allowed}"),
+        ),
+        e @ QatError::NormEpsilon(_) => ("norm_eps".into(), e.to_string()),
+        other => (String::new(), other.to_string()),
+    }
+}
+
+/// Checks that `tokenizer` has the vocabulary of `config`: a [`QatError::Mismatch`] otherwise.
+pub(crate) fn check_vocabulary(tokenizer: &CharTokenizer, config: &BitNetLmConfig) -> Result<()> {
     if tokenizer.vocab_size() == config.vocab_size {
         return Ok(());
     }
-    Err(QatError::Invalid(format!(
-        "a tokenizer of {} tokens for a model of {}",
+    Err(QatError::mismatch(
+        "the tokenizer's vocabulary and the model's vocab_size",
+        config.vocab_size,
         tokenizer.vocab_size(),
-        config.vocab_size
-    )))
+    ))
 }

@@ -14,9 +14,10 @@ use crate::ste::Ste;
 
 /// Packs a latent weight `[d_input, d_output]` with its quantizer, as the forward pass
 /// quantizes it (the effective quantizer: scheduled format included): rows of the packed matrix
-/// are outputs. What the packed form cannot reproduce is an error: formats other than ternary
-/// and binary, the soft STE's soft forward pass, a lambda below 1 (a blend with the latent
-/// weight).
+/// are outputs. What the packed form cannot reproduce is a [`QatError::Unsupported`] without a
+/// layer path (the caller adds it with [`QatError::at`]): formats other than ternary and
+/// binary, the soft STE's soft forward pass, a lambda below 1 (a blend with the latent weight),
+/// per-group scales whose groups are not whole 256-blocks, a weight too large to pack.
 pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<PackedTernary> {
     let settings = quantizer.try_settings()?;
     check_packable(&settings)?;
@@ -26,17 +27,20 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
     // a ternary or binary group is ±level, so the code is its sign and the multiplier `s` is
     // the one whose `1 / s` is the level — `code / s`, what the packed weight dequantizes to,
     // is then the quantized weight to the bit.
-    let hard: Vec<f32> = to_vec(quantizer.hard_weight(weight)?.transpose()); // [d_out, d_in]
+    let hard: Vec<f32> = to_vec(quantizer.hard_weight(weight)?.transpose())?; // [d_out, d_in]
     let kind = scale_kind(config.granularity);
     let group = match kind {
         ScaleKind::PerTensor => d_in * d_out,
         ScaleKind::PerRow => d_in,
         ScaleKind::PerGroup(size) => {
             if !size.is_multiple_of(BLOCK) {
-                return Err(QatError::Invalid(format!(
-                    "packed per-group scales need groups that are a multiple of {BLOCK} \
-                     inputs; this layer uses groups of {size}"
-                )));
+                return Err(QatError::unsupported(
+                    "",
+                    format!(
+                        "packed per-group scales need groups that are a multiple of {BLOCK} \
+                         inputs; this layer uses groups of {size}"
+                    ),
+                ));
             }
             size
         }
@@ -45,10 +49,10 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
     for values in hard.chunks(group) {
         let level = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         if values.iter().any(|v| *v != 0.0 && v.abs() != level) {
-            return Err(QatError::Invalid(
-                "the quantized weight is not ternary (values other than 0 and ±one level in \
-                 a scale group)"
-                    .into(),
+            return Err(QatError::unsupported(
+                "",
+                "the quantized weight is not ternary (values other than 0 and ±one level in a \
+                 scale group)",
             ));
         }
         multipliers.push(multiplier_of(level));
@@ -58,35 +62,41 @@ pub(crate) fn pack_weight(weight: Tensor<2>, quantizer: &Quantizer) -> Result<Pa
         .map(|v| (*v > 0.0) as i8 - (*v < 0.0) as i8)
         .collect();
     PackedTernary::pack(&values, d_out, d_in, ternary_scales(kind, multipliers))
-        .map_err(|e| QatError::Invalid(format!("packing failed: {e}")))
+        .map_err(|e| QatError::unsupported("", format!("the packed format refuses it: {e}")))
 }
 
 /// Whether the weight quantizer of `settings` has a packed form, which reproduces it exactly:
 /// ternary or binary values (the effective format), a hard forward pass (no soft STE), lambda 1.
 ///
 /// # Errors
-/// [`QatError::Invalid`] saying which of the three it is not.
+/// [`QatError::Unsupported`] (without a layer path) saying which of the three it is not.
 pub(crate) fn check_packable(settings: &QuantizerSettings) -> Result<()> {
     let (config, ste) = settings.effective();
     if !matches!(config.format, QuantFormat::Ternary | QuantFormat::Binary) {
-        return Err(QatError::Invalid(format!(
-            "only ternary and binary weights have a packed form; this layer uses {:?}",
-            config.format
-        )));
+        return Err(QatError::unsupported(
+            "",
+            format!(
+                "only ternary and binary weights have a packed form; this layer uses {:?}",
+                config.format
+            ),
+        ));
     }
     if let Ste::Soft { .. } = ste {
-        return Err(QatError::Invalid(
+        return Err(QatError::unsupported(
+            "",
             "the soft STE's forward pass is not the hard quantizer: finish annealing and \
-             switch to a hard STE before converting"
-                .into(),
+             switch to a hard STE before converting",
         ));
     }
     if settings.lambda != 1.0 {
-        return Err(QatError::Invalid(format!(
-            "the weight quantizer runs at lambda {} (a blend with the latent weight): convert \
-             once the lambda schedule has reached 1",
-            settings.lambda
-        )));
+        return Err(QatError::unsupported(
+            "",
+            format!(
+                "the weight quantizer runs at lambda {} (a blend with the latent weight): \
+                 convert once the lambda schedule has reached 1",
+                settings.lambda
+            ),
+        ));
     }
     Ok(())
 }
@@ -123,9 +133,9 @@ pub(crate) fn multiplier_of(level: f32) -> f32 {
     .unwrap_or(s)
 }
 
-fn to_vec(t: Tensor<2>) -> Vec<f32> {
+fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
     t.into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .expect("f32 tensor data")
+        .try_cast_as::<f32>()
+        .and_then(|d| d.try_to_vec())
+        .map_err(|e| QatError::device("the quantized weight", e))
 }

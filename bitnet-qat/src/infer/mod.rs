@@ -5,12 +5,15 @@
 //! saved one ([`TernaryLinearConfig::init`]).
 
 pub(crate) mod convert;
+mod load;
 mod pack;
 mod packed_weight;
 mod ternary_linear;
 
+pub(crate) use load::{FloatTypes, load_checked};
+pub use load::{load_packed, load_packed_bytes};
 pub(crate) use pack::attach;
-pub use pack::{load_packed, pack, record_bytes, save};
-pub use packed_weight::{PackedLayout, PackedWeight};
+pub use pack::{pack, record_bytes, save};
+pub use packed_weight::{MAX_PACKED_WEIGHTS, PackedLayout, PackedWeight};
 pub(crate) use packed_weight::{host_packed, recorded_layout};
 pub use ternary_linear::{TernaryLinear, TernaryLinearConfig};

@@ -5,8 +5,13 @@
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bitnet_kernels::burn_ext::{ScaleKind, ternary_matmul, ternary_matmul_float, unpack_codes};
-use bitnet_kernels::packed::{BLOCK, MAX_K, PackedTernary, TernaryScales, words_per_row};
-use burn::module::{Module, Param, ParamId, Reparameterization};
+use bitnet_kernels::packed::{
+    BLOCK, MAX_K, PackedTernary, TernaryScales, padded_cols, words_per_row,
+};
+use burn::module::{
+    Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
+    Param, ParamId, Reparameterization,
+};
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
 use crate::check::check_last_dim;
@@ -43,8 +48,9 @@ impl PackedLayout {
     /// A checked layout.
     ///
     /// # Errors
-    /// [`QatError::Invalid`] for a zero size, an input size above the packed format's maximum
-    /// (2^18), or groups that are not a multiple of 256 dividing the input size.
+    /// [`QatError::Config`] naming the field: a zero size, an input size above the packed
+    /// format's maximum (2^18), more than [`MAX_PACKED_WEIGHTS`] weights, or groups that are
+    /// not a multiple of 256 dividing the input size.
     pub fn new(
         d_input: usize,
         d_output: usize,
@@ -62,21 +68,37 @@ impl PackedLayout {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.d_input == 0 || self.d_output == 0 || self.d_input > MAX_K {
-            return Err(QatError::Invalid(format!(
-                "a packed weight needs 1..={MAX_K} inputs and at least one output, got \
-                 {} x {}",
-                self.d_input, self.d_output
-            )));
+        if !(1..=MAX_K).contains(&self.d_input) {
+            return Err(QatError::config(
+                "PackedLayout.d_input",
+                self.d_input,
+                format!("1..={MAX_K} (the packed kernels' largest reduction)"),
+            ));
+        }
+        // Every size derived from the layout (codes, scales, bytes) is computed from these two
+        // checked products, so none of them overflows.
+        let weights = self.d_output.checked_mul(padded_cols(self.d_input));
+        if self.d_output == 0 || weights.is_none_or(|n| n > MAX_PACKED_WEIGHTS) {
+            return Err(QatError::config(
+                "PackedLayout.d_output",
+                self.d_output,
+                format!(
+                    "at least 1, and at most {MAX_PACKED_WEIGHTS} weights with {} inputs",
+                    self.d_input
+                ),
+            ));
         }
         if let ScaleKind::PerGroup(group) = self.scales
             && !(group > 0 && group.is_multiple_of(BLOCK) && self.d_input.is_multiple_of(group))
         {
-            return Err(QatError::Invalid(format!(
-                "packed per-group scales need groups that are a multiple of {BLOCK} dividing \
-                 the {} inputs; got groups of {group}",
-                self.d_input
-            )));
+            return Err(QatError::config(
+                "PackedLayout.scales",
+                format!("groups of {group}"),
+                format!(
+                    "groups that are a multiple of {BLOCK} dividing the {} inputs",
+                    self.d_input
+                ),
+            ));
         }
         Ok(())
     }
@@ -111,23 +133,38 @@ impl PackedLayout {
         out
     }
 
-    /// The layout recorded in `values` (a [`PackedWeight`]'s layout parameter), checked.
+    /// The layout recorded in `values` (a [`PackedWeight`]'s layout parameter), checked: a
+    /// [`QatError::Record`] (without a path, which the caller adds) naming the field.
     pub(crate) fn decode_record(values: &[i64]) -> Result<Self> {
         check_header(values, ENCODED_LEN, MAGIC, VERSION, WHAT)?;
-        let bad = |what: &str| QatError::Record(format!("{WHAT}: {what}"));
-        let size = |i| usize::try_from(u64_at(values, i)).map_err(|_| bad("a size"));
-        let scales = match (values[10], size(11)?) {
+        let bad = |what: String| QatError::record("", format!("{WHAT}: {what}"));
+        let size = |i, name| {
+            usize::try_from(u64_at(values, i))
+                .map_err(|_| bad(format!("{name} {} is too large", u64_at(values, i))))
+        };
+        let scales = match (values[10], size(11, "group")?) {
             (0, 0) => ScaleKind::PerTensor,
             (1, 0) => ScaleKind::PerRow,
             (2, group) if group > 0 => ScaleKind::PerGroup(group),
-            _ => return Err(bad("scale layout")),
+            (kind, group) => {
+                return Err(bad(format!(
+                    "scale layout {kind} with group {group} (0 per tensor, 1 per row, 2 per \
+                     group of a positive size)"
+                )));
+            }
         };
         let int8_activations = match values[15] {
             0 => false,
             1 => true,
-            _ => return Err(bad("activation mode")),
+            v => return Err(bad(format!("activation mode {v} (0 float, 1 int8)"))),
         };
-        Self::new(size(2)?, size(6)?, scales, int8_activations).map_err(|e| bad(&e.to_string()))
+        Self::new(
+            size(2, "d_input")?,
+            size(6, "d_output")?,
+            scales,
+            int8_activations,
+        )
+        .map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -151,10 +188,15 @@ pub(crate) fn recorded_layout(
 
 fn checked_layout(layout: PackedLayout, codes: [usize; 2], scales: usize) -> Result<PackedLayout> {
     if codes != layout.codes_shape() || scales != layout.scale_count() {
-        return Err(QatError::Record(format!(
-            "packed weight: codes {codes:?} and {scales} scales do not match the recorded \
-             layout {layout:?}"
-        )));
+        return Err(QatError::record(
+            "",
+            format!(
+                "packed weight: codes {codes:?} and {scales} scales do not match the recorded \
+                 layout {layout:?} (codes {:?}, {} scales)",
+                layout.codes_shape(),
+                layout.scale_count()
+            ),
+        ));
     }
     Ok(layout)
 }
@@ -175,23 +217,28 @@ pub(crate) fn ternary_scales(kind: ScaleKind, values: Vec<f32>) -> TernaryScales
 }
 
 /// Packed codes `[d_output, words]` and scales of `layout` read back to the host, checked by
-/// [`PackedTernary::from_parts`].
+/// [`PackedTernary::from_parts`]: codes must be u32 and scales f32 (as this crate makes them and
+/// the kernels read them; a record may bring anything).
 pub(crate) fn host_packed(
     layout: PackedLayout,
     codes: Tensor<2, Int>,
     scales: Tensor<1>,
 ) -> Result<PackedTernary> {
-    let bad = |e: &dyn std::fmt::Display| QatError::Record(format!("packed weight: {e}"));
+    let bad = |e: &dyn std::fmt::Display| QatError::record("", format!("packed weight: {e}"));
+    let (codes, scales) = (codes.into_data(), scales.into_data());
+    if codes.dtype() != DType::U32 || scales.dtype() != DType::F32 {
+        return Err(bad(&format!(
+            "codes of type {:?} and scales of type {:?} (u32 and f32 expected)",
+            codes.dtype(),
+            scales.dtype()
+        )));
+    }
     let words = codes
-        .into_data()
-        .convert::<u32>()
         .try_into_vec::<u32>()
-        .map_err(|e| bad(&format!("{e:?}")))?;
+        .map_err(|e| QatError::device("packed codes", e))?;
     let values = scales
-        .into_data()
-        .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| bad(&format!("{e:?}")))?;
+        .map_err(|e| QatError::device("packed scales", e))?;
     PackedTernary::from_parts(
         layout.d_output,
         layout.d_input,
@@ -201,11 +248,22 @@ pub(crate) fn host_packed(
     .map_err(|e| bad(&e))
 }
 
+/// A kernel's refusal of a packed weight's tensors: codes or scales that its checked layout
+/// does not describe, or invalid scales (a record that [`crate::check::check_model`] refuses).
+fn kernel_error(e: bitnet_kernels::KernelError) -> QatError {
+    QatError::record("", format!("packed weight: {e}"))
+}
+
 /// "PW", the tag of the encoding.
 const MAGIC: i64 = 0x5057;
 const VERSION: i64 = 1;
 const ENCODED_LEN: usize = 16;
 const WHAT: &str = "packed weight layout";
+
+/// The most weights (rows times inputs padded to whole 256-blocks) a [`PackedLayout`] may
+/// describe: 2^40, 256 GiB of 2-bit codes. A layout read from a file is also bounded by the
+/// bytes that back it (see [`crate::infer::load_packed`]).
+pub const MAX_PACKED_WEIGHTS: usize = 1 << 40;
 
 /// Decoded layouts by parameter id (see `crate::recorded`).
 static CACHE: LazyLock<IdCache<PackedLayout>> = LazyLock::new(|| IdCache::new(1 << 14));
@@ -232,16 +290,64 @@ pub struct PackedWeight {
     /// The layout of the parameter id it was built with.
     #[module(skip)]
     host: Option<(ParamId, PackedLayout)>,
-    /// The codes regrouped for [`PackedWeight::linear_grouped`], built on first use.
-    #[module(skip)]
+    /// The codes regrouped for [`PackedWeight::linear_grouped`], built on first use (a cache:
+    /// nothing is recorded, every map empties it).
     grouped: GroupedCodes,
 }
 
+/// Sixteen codes 1 (the weight 0) in one word.
+const ZERO_WORD: u32 = 0x5555_5555;
+
 /// The regrouped codes of a [`PackedWeight`] and the codes parameter id and group they were
-/// built from (a record loaded into the weight brings another id, so they are rebuilt). Shared
-/// by clones; freed with the last of them.
+/// built from. Shared by clones; freed with the last of them.
+///
+/// A module of its own so that it cannot outlive the codes it was built from: every
+/// [`Module::map`] of the weight — a load from any store (burnpack, safetensors, a Burn
+/// record), which may write new codes under the old parameter id, a move to another device, a
+/// fork — gives the weight an empty cache, and a parameter of another id is never answered
+/// from it.
 #[derive(Clone, Debug, Default)]
 struct GroupedCodes(Arc<Mutex<Option<Regrouped>>>);
+
+impl Module for GroupedCodes {
+    fn collect_devices(&self, devices: Devices) -> Devices {
+        devices
+    }
+
+    fn fork(self, _device: &Device) -> Self {
+        Self::default()
+    }
+
+    fn to_device(self, _device: &Device) -> Self {
+        Self::default()
+    }
+
+    fn train(self) -> Self {
+        self
+    }
+
+    fn valid(&self) -> Self {
+        self.clone()
+    }
+
+    fn materialize(self) -> Self {
+        self
+    }
+
+    fn visit<V: ModuleVisitor>(&self, _visitor: &mut V) {}
+
+    fn map<M: ModuleMapper>(self, _mapper: &mut M) -> Self {
+        Self::default()
+    }
+}
+
+impl ModuleDisplayDefault for GroupedCodes {
+    fn content(&self, _content: Content) -> Option<Content> {
+        None
+    }
+}
+
+impl ModuleDisplay for GroupedCodes {}
 
 /// The codes parameter id and group, and the codes regrouped for them.
 type Regrouped = (ParamId, usize, Tensor<2, Int>);
@@ -275,11 +381,24 @@ impl PackedWeight {
         Ok(Self::from_parts(codes, scales, layout, device))
     }
 
-    /// A packed weight of `layout` with all codes 0 and scales 1 on `device`: a skeleton to load
-    /// a record into, with no f32 copy of the weight.
+    /// A packed weight of `layout` whose every weight is 0 (code 1), with scales 1, on
+    /// `device`: a skeleton to load a record into, with no f32 copy of the weight.
+    ///
+    /// # Example
+    /// ```
+    /// use bitnet_kernels::burn_ext::ScaleKind;
+    /// use bitnet_qat::infer::{PackedLayout, PackedWeight};
+    /// use burn::tensor::Device;
+    ///
+    /// let layout = PackedLayout::new(256, 2, ScaleKind::PerRow, false).unwrap();
+    /// let w = PackedWeight::zeros(layout, &Device::flex());
+    /// let dense = w.dequantize().unwrap().into_data().to_vec::<f32>().unwrap();
+    /// assert!(dense.iter().all(|v| *v == 0.0));
+    /// ```
     pub fn zeros(layout: PackedLayout, device: &Device) -> Self {
-        let codes = Tensor::<2, Int>::zeros(
+        let codes = Tensor::<2, Int>::full(
             layout.codes_shape(),
+            ZERO_WORD as i64,
             TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
         );
         let scales = Tensor::<1>::ones(
@@ -368,6 +487,7 @@ impl PackedWeight {
             } else {
                 ternary_matmul_float(x, codes, scales, layout.d_input, layout.scales)
             }
+            .map_err(kernel_error)
         })
     }
 
@@ -378,12 +498,12 @@ impl PackedWeight {
         x: Tensor<D>,
         layout: PackedLayout,
         bias: Option<Tensor<1>>,
-        product: impl FnOnce(Tensor<2>) -> Tensor<2>,
+        product: impl FnOnce(Tensor<2>) -> Result<Tensor<2>>,
     ) -> Result<Tensor<D>> {
         check_last_dim(&x, layout.d_input, "packed matmul input")?;
         let mut out_dims = x.dims();
         out_dims[D - 1] = layout.d_output;
-        let y = product(x.reshape([-1, layout.d_input as i64]));
+        let y = product(x.reshape([-1, layout.d_input as i64]))?;
         let y = match bias {
             Some(b) => y + b.unsqueeze(),
             None => y,
@@ -419,18 +539,22 @@ impl PackedWeight {
         let rows = layout.d_output;
         let codes = self.grouped_codes(group, layout);
         self.rows(x, layout, bias, |x| {
-            (0..layout.d_input / group)
-                .map(|g| {
-                    ternary_matmul(
-                        x.clone().narrow(1, g * group, group),
-                        codes.clone().narrow(0, g * rows, rows),
-                        self.scales.val(),
-                        group,
-                        layout.scales,
-                    )
-                })
-                .reduce(|a, b| a + b)
-                .unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"))
+            let mut sum: Option<Tensor<2>> = None;
+            for g in 0..layout.d_input / group {
+                let part = ternary_matmul(
+                    x.clone().narrow(1, g * group, group),
+                    codes.clone().narrow(0, g * rows, rows),
+                    self.scales.val(),
+                    group,
+                    layout.scales,
+                )
+                .map_err(kernel_error)?;
+                sum = Some(match sum {
+                    Some(s) => s + part,
+                    None => part,
+                });
+            }
+            sum.ok_or_else(|| QatError::record("", "a packed weight without inputs"))
         })
         .map(Some)
     }
@@ -469,7 +593,9 @@ impl PackedWeight {
     pub fn dequantize(&self) -> Result<Tensor<2>> {
         let layout = self.layout()?;
         let (rows, cols) = (layout.d_output, layout.d_input);
-        let values = unpack_codes(self.codes.val(), cols).transpose(); // [cols, rows]
+        let values = unpack_codes(self.codes.val(), cols)
+            .map_err(kernel_error)?
+            .transpose(); // [cols, rows]
         // Divided in f32 (the scales' type), returned in the device's float type.
         let dtype = values.dtype();
         let values = values.cast(DType::F32);
@@ -568,7 +694,10 @@ mod tests {
             let mut bad = good.clone();
             bad[i] = v;
             assert!(
-                matches!(PackedLayout::decode_record(&bad), Err(QatError::Record(_))),
+                matches!(
+                    PackedLayout::decode_record(&bad),
+                    Err(QatError::Record { .. })
+                ),
                 "entry {i} = {v}"
             );
         }

@@ -131,11 +131,12 @@ impl TernaryLinear {
     /// `layer.valid()` (to float rounding).
     ///
     /// # Errors
-    /// [`QatError::Invalid`] for what the packed layer cannot reproduce: a weight format other
-    /// than ternary or binary, the soft STE, lambda below 1, per-group scales whose groups are not
-    /// multiples of 256, an activation quantizer other than BitNet's 8-bit absmax per token with
-    /// a hard STE at lambda 1 (none at all is fine: float activations), a layer whose weight is
-    /// already packed; [`QatError::Record`] for malformed quantizer settings.
+    /// [`QatError::Unsupported`] (the layer named `BitLinear`) for what the packed layer cannot
+    /// reproduce: a weight format other than ternary or binary, the soft STE, lambda below 1,
+    /// per-group scales whose groups are not multiples of 256, an activation quantizer other
+    /// than BitNet's 8-bit absmax per token with a hard STE at lambda 1 (none at all is fine:
+    /// float activations), a layer whose weight is already packed; [`QatError::Record`] for
+    /// malformed quantizer settings.
     pub fn from_bit_linear(layer: &BitLinear) -> crate::Result<Self> {
         let int8_activations = match &layer.activation_quantizer {
             None => false,
@@ -143,16 +144,22 @@ impl TernaryLinear {
             Some(q) => {
                 let settings = q.try_settings()?;
                 let (quant, ste) = settings.effective();
-                return Err(QatError::Invalid(format!(
-                    "the packed kernels quantize activations to 8-bit absmax per token \
-                     (QuantConfig::activation_int8() with a hard STE at lambda 1); this \
-                     layer's activation quantizer is {quant:?} with {ste:?} at lambda {}",
-                    settings.lambda
-                )));
+                return Err(QatError::unsupported(
+                    "BitLinear",
+                    format!(
+                        "the packed kernels quantize activations to 8-bit absmax per token \
+                         (QuantConfig::activation_int8() with a hard STE at lambda 1); this \
+                         layer's activation quantizer is {quant:?} with {ste:?} at lambda {}",
+                        settings.lambda
+                    ),
+                ));
             }
         };
         let quantizer = layer.weight_quantizer().ok_or_else(|| {
-            QatError::Invalid("this BitLinear's weight has no quantizer attached".into())
+            QatError::unsupported(
+                "BitLinear",
+                "its weight has no quantizer attached (is it packed already?)",
+            )
         })?;
         Self::from_quantized(
             &layer.weight,
@@ -161,24 +168,27 @@ impl TernaryLinear {
             layer.norm.as_ref().map(Module::valid),
             int8_activations,
         )
+        .map_err(|e| e.at("BitLinear"))
     }
 
     /// The packed form of a Burn `Linear` made quantization-aware by the
     /// [`QatReparameterizer`](crate::reparam::QatReparameterizer): float activations, no norm.
     ///
     /// # Errors
-    /// [`QatError::Invalid`] for a `Linear` without a quantizer, and as
-    /// [`TernaryLinear::from_bit_linear`] for the weight.
+    /// [`QatError::Unsupported`] (the layer named `Linear`) for a `Linear` without a quantizer,
+    /// and as [`TernaryLinear::from_bit_linear`] for the weight.
     pub fn from_linear(linear: &Linear) -> crate::Result<Self> {
         let quantizer = linear
             .weight
             .reparameterization::<Quantizer>()
             .ok_or_else(|| {
-                QatError::Invalid(
-                    "this Linear has no QAT quantizer: apply a QatReparameterizer first".into(),
+                QatError::unsupported(
+                    "Linear",
+                    "it has no QAT quantizer: apply a QatReparameterizer first",
                 )
             })?;
         Self::from_quantized(&linear.weight, quantizer, linear.bias.as_ref(), None, false)
+            .map_err(|e| e.at("Linear"))
     }
 
     /// The layer of a latent `weight` `[d_input, d_output]` packed as `quantizer` quantizes it.
@@ -217,7 +227,7 @@ impl TernaryLinear {
             && b.dims() != [rows]
         {
             return Err(QatError::Shape {
-                what: "TernaryLinear bias",
+                what: "TernaryLinear bias".into(),
                 expected: format!("[{rows}]"),
                 got: b.dims().to_vec(),
             });

@@ -158,7 +158,20 @@ impl BitLinearConfig {
         self.weight_quant.validate_for_dim(self.d_input)?;
         if let Some(act) = &self.activation_quant {
             self.activation_config(act)
-                .validate_activation(self.d_input)?;
+                .validate_activation(self.d_input)
+                .map_err(|e| match e {
+                    // The setting is this configuration's activation STE.
+                    QatError::Config {
+                        name,
+                        value,
+                        allowed,
+                    } if name == "QuantizerConfig.ste" => QatError::Config {
+                        name: "BitLinearConfig.activation_ste".into(),
+                        value,
+                        allowed,
+                    },
+                    other => other,
+                })?;
         }
         Ok(())
     }
@@ -221,7 +234,7 @@ impl BitLinearConfig {
         self.validate()?;
         if weight.dims() != [self.d_input, self.d_output] {
             return Err(QatError::Shape {
-                what: "BitLinear weight",
+                what: "BitLinear weight".into(),
                 expected: format!("[{}, {}]", self.d_input, self.d_output),
                 got: weight.dims().to_vec(),
             });
@@ -230,7 +243,7 @@ impl BitLinearConfig {
             && b.dims() != [self.d_output]
         {
             return Err(QatError::Shape {
-                what: "BitLinear bias",
+                what: "BitLinear bias".into(),
                 expected: format!("[{}]", self.d_output),
                 got: b.dims().to_vec(),
             });
@@ -353,7 +366,10 @@ impl BitLinear {
         Ok(())
     }
 
-    fn forward_checked<const D: usize>(&self, input: Tensor<D>) -> crate::Result<Tensor<D>> {
+    pub(crate) fn forward_checked<const D: usize>(
+        &self,
+        input: Tensor<D>,
+    ) -> crate::Result<Tensor<D>> {
         self.forward_normed(self.norm.as_ref(), input)
     }
 
@@ -445,9 +461,9 @@ impl BitLinear {
         let levels = ScaleLayout::new(quant.granularity, 0, [d_in, d_out])
             .reduce_compact(hard.clone().abs(), Reduce::Max)
             .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| QatError::Record(format!("BitLinear weight level: {e:?}")))?;
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_into_vec::<f32>())
+            .map_err(|e| QatError::device("BitLinear weight level", e))?;
         let n = levels.len();
         let multipliers: Vec<f32> = levels.into_iter().map(multiplier_of).collect();
         // In f32 whatever the device's float type, as the activation grid (`quant_grid`).

@@ -71,9 +71,10 @@ pub fn quantizers<M: Module>(model: &M) -> Vec<FoundQuantizer> {
 /// `temperature`, `format`) may change; the configuration is the quantizer's.
 ///
 /// # Errors
-/// The first error of `f`; [`crate::QatError::Invalid`] if `f` changes a quantizer's
-/// configuration; [`crate::QatError::Record`] for a quantizer whose recorded settings are
-/// malformed. The model is dropped then.
+/// The first error of `f`; [`crate::QatError::Unsupported`] (naming the quantizer's path) if
+/// `f` changes a quantizer's configuration; [`crate::QatError::Record`] (naming the settings
+/// parameter) for a quantizer whose recorded settings are malformed. The model is dropped
+/// then.
 ///
 /// # Example
 /// ```
@@ -223,18 +224,21 @@ impl<F: FnMut(&str, &QuantizerSettings) -> Result<QuantizerSettings>> ModuleMapp
             .map(|(name, _)| name.as_str())
             .collect::<Vec<_>>()
             .join(".");
-        let updated = QuantizerSettings::of(&current).and_then(|old| {
-            let new = (self.f)(&path, &old)?;
-            if (&new.quant, new.ste, new.axis, new.learned_step)
-                != (&old.quant, old.ste, old.axis, old.learned_step)
-            {
-                return Err(crate::QatError::Invalid(format!(
-                    "update_quantizers may change lambda, temperature and format, not the \
-                     configuration of the quantizer at {path}"
-                )));
-            }
-            Ok((new != *old).then_some(new))
-        });
+        let updated = QuantizerSettings::of(&current)
+            .map_err(|e| e.at(&format!("{path}.settings")))
+            .and_then(|old| {
+                let new = (self.f)(&path, &old)?;
+                if (&new.quant, new.ste, new.axis, new.learned_step)
+                    != (&old.quant, old.ste, old.axis, old.learned_step)
+                {
+                    return Err(crate::QatError::unsupported(
+                        path.as_str(),
+                        "update_quantizers may change lambda, temperature and format, not the \
+                         quantizer's configuration (quantizer, STE, axis, learned step)",
+                    ));
+                }
+                Ok((new != *old).then_some(new))
+            });
         match updated {
             // Unchanged: the same parameter (same id, no new tensor).
             Ok(None) => param,
@@ -248,6 +252,36 @@ impl<F: FnMut(&str, &QuantizerSettings) -> Result<QuantizerSettings>> ModuleMapp
                 self.error = Some(e);
                 param
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QatError;
+    use crate::nn::BitLinearConfig;
+    use crate::ste::Ste;
+    use burn::tensor::Device;
+
+    #[test]
+    fn changing_a_quantizer_configuration_is_unsupported() {
+        let layers = vec![BitLinearConfig::new(8, 8).init(&Device::flex()).unwrap()];
+        let paths: Vec<String> = quantizers(&layers).into_iter().map(|q| q.path).collect();
+        let result = update_quantizers(layers, |_, s| {
+            let mut s = s.clone();
+            s.ste = Ste::Clipped;
+            Ok(s)
+        });
+        match result {
+            Err(QatError::Unsupported { layer, reason }) => {
+                assert!(paths.contains(&layer), "{layer} in {paths:?}");
+                assert!(
+                    reason.contains("lambda, temperature and format"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{:?}", other.map(|_| ())),
         }
     }
 }

@@ -109,14 +109,19 @@ impl QuantizerConfig {
     }
 
     /// Checks that [`QuantizerConfig::init_activation`] would build a quantizer.
+    ///
+    /// # Errors
+    /// As [`Ste::validate`] and [`QuantConfig::validate_for_dim`]; [`QatError::Config`] of
+    /// `QuantizerConfig.ste` for [`Ste::LearnedStepSize`] (weights only).
     pub fn validate_activation(&self, d_features: usize) -> crate::Result<()> {
         self.ste.validate(&self.quant)?;
         self.quant.validate_for_dim(d_features)?;
         if self.ste == Ste::LearnedStepSize {
-            return Err(QatError::Invalid(
-                "Ste::LearnedStepSize is supported for weights only: activation scales \
-                 depend on the batch"
-                    .into(),
+            return Err(QatError::config(
+                "QuantizerConfig.ste",
+                "LearnedStepSize",
+                "an STE without a learned step for activations: activation scales depend on \
+                 the batch (LearnedStepSize is for weights only)",
             ));
         }
         Ok(())
@@ -333,7 +338,7 @@ impl Quantizer {
                 let layout = ScaleLayout::new(quant.granularity, axis, x.dims());
                 if step.shape().dims::<1>()[0] != layout.num_scales() {
                     return Err(QatError::Shape {
-                        what: "learned step",
+                        what: "learned step".into(),
                         expected: format!("[{}]", layout.num_scales()),
                         got: step.shape().dims::<1>().to_vec(),
                     });
@@ -443,7 +448,8 @@ mod tests {
             QuantizerConfig::new(QuantConfig::activation_int8()).with_ste(Ste::LearnedStepSize);
         assert!(matches!(
             config.init_activation(16, &Device::flex()),
-            Err(QatError::Invalid(_))
+            Err(QatError::Config { name, value, .. })
+                if name == "QuantizerConfig.ste" && value == "LearnedStepSize"
         ));
         let config = QuantizerConfig::new(QuantConfig::activation_int8());
         assert_eq!(

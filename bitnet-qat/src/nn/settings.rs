@@ -138,8 +138,9 @@ impl QuantizerSettings {
     /// device and decoded once.
     ///
     /// # Errors
-    /// [`QatError::Record`] when the parameter does not hold valid settings (a corrupted or
-    /// foreign record).
+    /// [`QatError::Record`] (with an empty path, for the caller to fill in with
+    /// [`QatError::at`]) when the parameter does not hold valid settings (a corrupted or foreign
+    /// record); [`QatError::Device`] when it cannot be read back.
     pub(crate) fn of(param: &Param<Tensor<1, Int>>) -> Result<Arc<Self>> {
         if let Some(s) = CACHE.recall(param.id) {
             return Ok(s);
@@ -191,7 +192,8 @@ impl QuantizerSettings {
 
     /// The inverse of [`QuantizerSettings::encode`], checking every field.
     fn decode(values: &[i64]) -> Result<Self> {
-        let bad = |what: &str| QatError::Record(format!("{WHAT}: {what}"));
+        // The decoder does not know the parameter's path: the caller names it (`QatError::at`).
+        let bad = |what: &str| QatError::record("", format!("{WHAT}: {what}"));
         check_header(values, ENCODED_LEN, MAGIC, VERSION, WHAT)?;
         let u64_at = |i: usize| u64_at(values, i);
         let f64_at = |i: usize| f64::from_bits(u64_at(i));
@@ -224,7 +226,7 @@ impl QuantizerSettings {
             _ => return Err(bad("STE code")),
         };
         ste.validate(&quant)
-            .map_err(|e| bad(&format!("invalid quantizer: {e}")))?;
+            .map_err(|e| bad(&format!("quantizer: {e}")))?;
         let axis = match values[18] {
             0 => QuantAxis::Weight,
             1 => QuantAxis::Activation,
@@ -365,7 +367,11 @@ mod tests {
         cases.push((bad, "lambda 2"));
         for (values, what) in cases {
             match QuantizerSettings::decode(&values) {
-                Err(QatError::Record(msg)) => assert!(msg.contains(what), "{what}: {msg}"),
+                Err(QatError::Record { path, reason }) => {
+                    assert!(reason.contains(what), "{what}: {reason}");
+                    assert!(reason.starts_with(WHAT), "{reason}");
+                    assert_eq!(path, "", "{what}");
+                }
                 other => panic!("{what}: {other:?}"),
             }
         }

@@ -115,7 +115,7 @@ pub(crate) fn quant_grid<const D: usize>(
 pub(crate) fn validate_shape(config: &QuantConfig, dims: &[usize], axis: usize) -> Result<()> {
     if dims.is_empty() || axis >= dims.len() {
         return Err(QatError::Shape {
-            what: "quantized tensor",
+            what: "quantized tensor".into(),
             expected: format!("a tensor with an axis {axis}"),
             got: dims.to_vec(),
         });

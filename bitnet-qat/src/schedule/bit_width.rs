@@ -33,15 +33,31 @@ pub struct BitWidthSchedule {
 
 impl BitWidthSchedule {
     /// Phases that start at the given steps (strictly increasing, the first at 0).
+    ///
+    /// # Errors
+    /// [`crate::QatError::Config`] of `BitWidthSchedule.phases` for no phase, of
+    /// `BitPhase.start_step` for a first phase not at step 0 or steps that do not strictly
+    /// increase; [`crate::QatError::UnsupportedBits`] for an invalid format.
     pub fn by_steps(phases: &[(usize, QuantFormat)]) -> crate::Result<Self> {
-        if phases.is_empty() || phases[0].0 != 0 {
-            return Err(crate::QatError::Invalid(
-                "a bit-width schedule needs a first phase starting at step 0".into(),
+        let Some(&(first, _)) = phases.first() else {
+            return Err(crate::QatError::config(
+                "BitWidthSchedule.phases",
+                "no phase",
+                "at least one phase, the first starting at step 0",
+            ));
+        };
+        if first != 0 {
+            return Err(crate::QatError::config(
+                "BitPhase.start_step",
+                first,
+                "0 for the first phase",
             ));
         }
-        if phases.windows(2).any(|w| w[1].0 <= w[0].0) {
-            return Err(crate::QatError::Invalid(
-                "bit-width phases must start at strictly increasing steps".into(),
+        if let Some(w) = phases.windows(2).find(|w| w[1].0 <= w[0].0) {
+            return Err(crate::QatError::config(
+                "BitPhase.start_step",
+                w[1].0,
+                format!("> {} (phases start at strictly increasing steps)", w[0].0),
             ));
         }
         for (_, f) in phases {
@@ -172,12 +188,18 @@ mod tests {
             ]
         );
         assert!(matches!(
+            BitWidthSchedule::by_steps(&[]),
+            Err(crate::QatError::Config { name, .. }) if name == "BitWidthSchedule.phases"
+        ));
+        assert!(matches!(
             BitWidthSchedule::by_steps(&[(5, QuantFormat::Ternary)]),
-            Err(crate::QatError::Invalid(_))
+            Err(crate::QatError::Config { name, value, .. })
+                if name == "BitPhase.start_step" && value == "5"
         ));
         assert!(matches!(
             BitWidthSchedule::by_steps(&[(0, QuantFormat::Ternary), (0, QuantFormat::Binary)]),
-            Err(crate::QatError::Invalid(_))
+            Err(crate::QatError::Config { name, value, allowed })
+                if name == "BitPhase.start_step" && value == "0" && allowed.starts_with("> 0")
         ));
         assert!(matches!(
             BitWidthSchedule::by_steps(&[(0, QuantFormat::Int { bits: 12 })]),

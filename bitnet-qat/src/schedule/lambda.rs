@@ -47,20 +47,19 @@ impl LambdaSchedule {
     /// Checks the ramp's parameter.
     ///
     /// # Errors
-    /// [`crate::QatError::Invalid`] for an exponential rate or a sigmoid steepness that is not
-    /// finite and positive (a rate of 0 would make every value NaN).
+    /// [`crate::QatError::Config`] of `LambdaSchedule.rate` or `LambdaSchedule.steepness` for
+    /// an exponential rate or a sigmoid steepness that is not finite and positive (a rate of 0
+    /// would make every value NaN).
     pub fn validate(&self) -> crate::Result<()> {
-        let (what, v) = match self.ramp {
+        let (name, v) = match self.ramp {
             LambdaRamp::Linear => return Ok(()),
-            LambdaRamp::Exponential { rate } => ("exponential rate", rate),
-            LambdaRamp::Sigmoid { steepness } => ("sigmoid steepness", steepness),
+            LambdaRamp::Exponential { rate } => ("LambdaSchedule.rate", rate),
+            LambdaRamp::Sigmoid { steepness } => ("LambdaSchedule.steepness", steepness),
         };
         if v.is_finite() && v > 0.0 {
             Ok(())
         } else {
-            Err(crate::QatError::Invalid(format!(
-                "lambda schedule: the {what} must be finite and > 0, got {v}"
-            )))
+            Err(crate::QatError::config(name, v, "finite and > 0"))
         }
     }
 
@@ -111,13 +110,32 @@ mod tests {
 
     #[test]
     fn ramps_without_meaning_are_rejected() {
-        for ramp in [
-            LambdaRamp::Exponential { rate: 0.0 },
-            LambdaRamp::Exponential { rate: f64::NAN },
-            LambdaRamp::Sigmoid { steepness: -1.0 },
+        for (ramp, field, got) in [
+            (
+                LambdaRamp::Exponential { rate: 0.0 },
+                "LambdaSchedule.rate",
+                "0",
+            ),
+            (
+                LambdaRamp::Exponential { rate: f64::NAN },
+                "LambdaSchedule.rate",
+                "NaN",
+            ),
+            (
+                LambdaRamp::Sigmoid { steepness: -1.0 },
+                "LambdaSchedule.steepness",
+                "-1",
+            ),
         ] {
             match LambdaSchedule::new(10, ramp).validate() {
-                Err(crate::QatError::Invalid(msg)) => assert!(msg.contains("> 0"), "{msg}"),
+                Err(crate::QatError::Config {
+                    name,
+                    value,
+                    allowed,
+                }) => {
+                    assert_eq!((name.as_str(), value.as_str()), (field, got), "{ramp:?}");
+                    assert_eq!(allowed, "finite and > 0");
+                }
                 other => panic!("{ramp:?}: {other:?}"),
             }
         }

@@ -62,30 +62,54 @@ pub struct BitNetLrSchedulerConfig {
 
 impl BitNetLrSchedulerConfig {
     /// Checks the settings and builds the scheduler.
+    ///
+    /// # Errors
+    /// [`crate::QatError::Config`] naming the setting (`BitNetLrSchedulerConfig.total_steps`,
+    /// `.cooldown_fraction`, `.peak_lr`, `.stage2_lr`, `.final_lr`, `.stage1_end_lr`,
+    /// `.weight_decay`, `.warmup_steps`): no steps, a cooldown fraction outside `[0, 1]`, a
+    /// learning rate or weight decay that is not finite and `>= 0`, or a warm-up that does not
+    /// end before stage 2.
     pub fn init(&self) -> crate::Result<BitNetLrScheduler> {
-        let bad = |why: &str| {
-            Err(crate::QatError::Invalid(format!(
-                "BitNet LR schedule: {why}"
-            )))
+        let bad = |field: &str, value: &dyn std::fmt::Display, allowed: String| {
+            Err(crate::QatError::config(
+                format!("BitNetLrSchedulerConfig.{field}"),
+                value,
+                allowed,
+            ))
         };
         if self.total_steps == 0 {
-            return bad("total_steps must be > 0");
+            return bad("total_steps", &self.total_steps, "> 0".into());
         }
         if !(0.0..=1.0).contains(&self.cooldown_fraction) {
-            return bad("cooldown_fraction must be in [0, 1]");
+            return bad(
+                "cooldown_fraction",
+                &self.cooldown_fraction,
+                "in [0, 1]".into(),
+            );
         }
         let rates = [
-            self.peak_lr,
-            self.stage2_lr,
-            self.final_lr,
-            self.stage1_end_lr.unwrap_or(self.peak_lr),
-            self.weight_decay,
+            ("peak_lr", Some(self.peak_lr)),
+            ("stage2_lr", Some(self.stage2_lr)),
+            ("final_lr", Some(self.final_lr)),
+            ("stage1_end_lr", self.stage1_end_lr),
+            ("weight_decay", Some(self.weight_decay)),
         ];
-        if rates.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
-            return bad("learning rates and weight decay must be finite and >= 0");
+        for (field, rate) in rates {
+            if let Some(r) = rate
+                && !(r.is_finite() && r >= 0.0)
+            {
+                return bad(field, &r, "finite and >= 0".into());
+            }
         }
         if self.warmup_steps > self.boundary() {
-            return bad("the warm-up must end before stage 2");
+            return bad(
+                "warmup_steps",
+                &self.warmup_steps,
+                format!(
+                    "<= {}, the start of stage 2 (total_steps × cooldown_fraction)",
+                    self.boundary()
+                ),
+            );
         }
         Ok(BitNetLrScheduler {
             config: self.clone(),
@@ -143,15 +167,17 @@ impl WeightDecaySchedule {
     /// Checks the value.
     ///
     /// # Errors
-    /// [`crate::QatError::Invalid`] for a weight decay that is not finite and `>= 0`.
+    /// [`crate::QatError::Config`] of `WeightDecaySchedule.value` for a weight decay that is
+    /// not finite and `>= 0`.
     pub fn validate(&self) -> crate::Result<()> {
         if self.value.is_finite() && self.value >= 0.0 {
             Ok(())
         } else {
-            Err(crate::QatError::Invalid(format!(
-                "weight decay must be finite and >= 0, got {}",
-                self.value
-            )))
+            Err(crate::QatError::config(
+                "WeightDecaySchedule.value",
+                self.value,
+                "finite and >= 0",
+            ))
         }
     }
 
@@ -294,16 +320,41 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors() {
-        for (config, needle) in [
-            (BitNetLrSchedulerConfig::new(1e-3, 1e-3, 0), "total_steps"),
-            (config().with_cooldown_fraction(1.5), "cooldown_fraction"),
-            (config().with_warmup_steps(900), "warm-up"),
-            (BitNetLrSchedulerConfig::new(f64::NAN, 1e-3, 10), "finite"),
+        for (config, field, got) in [
+            (
+                BitNetLrSchedulerConfig::new(1e-3, 1e-3, 0),
+                "total_steps",
+                "0",
+            ),
+            (
+                config().with_cooldown_fraction(1.5),
+                "cooldown_fraction",
+                "1.5",
+            ),
+            (config().with_warmup_steps(900), "warmup_steps", "900"),
+            (
+                BitNetLrSchedulerConfig::new(f64::NAN, 1e-3, 10),
+                "peak_lr",
+                "NaN",
+            ),
+            (
+                config().with_stage1_end_lr(Some(-1.0)),
+                "stage1_end_lr",
+                "-1",
+            ),
         ] {
             match config.init() {
-                Err(crate::QatError::Invalid(m)) => assert!(m.contains(needle), "{needle}: {m}"),
-                other => panic!("{needle}: {:?}", other.map(|_| ())),
+                Err(crate::QatError::Config { name, value, .. }) => {
+                    assert_eq!(name, format!("BitNetLrSchedulerConfig.{field}"));
+                    assert_eq!(value, got, "{field}");
+                }
+                other => panic!("{field}: {:?}", other.map(|_| ())),
             }
         }
+        assert!(matches!(
+            WeightDecaySchedule::constant(-0.1).validate(),
+            Err(crate::QatError::Config { name, value, .. })
+                if name == "WeightDecaySchedule.value" && value == "-0.1"
+        ));
     }
 }

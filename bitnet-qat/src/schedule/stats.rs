@@ -37,13 +37,13 @@ fn codes_of(quantizer: &Quantizer, weight: Tensor<2>) -> Result<ReadBack> {
     let weight = without_graph(weight);
     let (codes, scale) = quantizer.weight_codes(weight.clone())?;
     let q = codes.clone() / scale.clone();
-    let read = |t: Tensor<2>| -> Vec<f32> {
+    let read = |t: Tensor<2>| -> Result<Vec<f32>> {
         t.into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("f32 data")
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_to_vec())
+            .map_err(|e| QatError::device("a quantized weight", e))
     };
-    Ok((read(weight), read(q), read(codes), read(scale.recip())))
+    Ok((read(weight)?, read(q)?, read(codes)?, read(scale.recip())?))
 }
 
 /// Accumulates [`WeightStats`] over layers.

@@ -62,6 +62,11 @@ pub enum Ste {
 impl Ste {
     /// Checks the STE's own parameters and its fit with the quantizer format.
     ///
+    /// # Errors
+    /// As [`QuantConfig::validate`]; [`QatError::Temperature`] and [`QatError::Delta`] for the
+    /// STE's own parameters; [`QatError::Config`] of `Ste` for [`Ste::LearnedStepSize`] with the
+    /// binary format.
+    ///
     /// # Example
     /// ```
     /// use bitnet_qat::quant::QuantConfig;
@@ -80,9 +85,11 @@ impl Ste {
             Ste::Adaptive { delta } if !(delta.is_finite() && delta >= 0.0) => {
                 Err(QatError::Delta(delta))
             }
-            Ste::LearnedStepSize if config.format == QuantFormat::Binary => Err(QatError::Invalid(
-                "the learned step size (LSQ) needs an integer grid; the binary format has none"
-                    .into(),
+            Ste::LearnedStepSize if config.format == QuantFormat::Binary => Err(QatError::config(
+                "Ste",
+                "LearnedStepSize",
+                "an STE other than LearnedStepSize for the binary format: the learned step size \
+                 (LSQ) needs an integer grid, and the binary format has none",
             )),
             _ => Ok(()),
         }
@@ -95,6 +102,10 @@ impl Ste {
 ///
 /// [`Ste::LearnedStepSize`] needs a trainable step: use a [`Quantizer`](crate::nn::Quantizer)
 /// or [`lsq_quantize`].
+///
+/// # Errors
+/// As [`Ste::validate`]; [`QatError::Shape`] or [`QatError::GroupSize`] when `config` does not
+/// fit the last axis of `x`; [`QatError::Config`] of `Ste` for [`Ste::LearnedStepSize`].
 ///
 /// # Example
 /// ```
@@ -125,9 +136,11 @@ fn check_fixed_ste(config: &QuantConfig, ste: &Ste, dims: &[usize]) -> crate::Re
     ste.validate(config)?;
     validate_shape(config, dims, dims.len().saturating_sub(1))?;
     if *ste == Ste::LearnedStepSize {
-        return Err(QatError::Invalid(
-            "Ste::LearnedStepSize needs a trainable step: use nn::Quantizer or ste::lsq_quantize"
-                .into(),
+        return Err(QatError::config(
+            "Ste",
+            "LearnedStepSize",
+            "an STE without a learned step: LearnedStepSize needs a trainable step (use \
+             nn::Quantizer or ste::lsq_quantize)",
         ));
     }
     Ok(())
@@ -169,7 +182,7 @@ pub fn norm_quantize_ste<const D: usize>(
     let [width] = norm.gamma.shape().dims();
     if x.dims()[D - 1] != width {
         return Err(QatError::Shape {
-            what: "norm_quantize_ste input",
+            what: "norm_quantize_ste input".into(),
             expected: format!("[..., {width}]"),
             got: x.dims().to_vec(),
         });
@@ -280,6 +293,18 @@ mod tests {
             let input = x(&device).require_grad();
             let y = quantize_ste(input, &QuantConfig::int(4), &ste).unwrap();
             y.into_data().assert_eq(&q, true);
+        }
+    }
+
+    #[test]
+    fn a_learned_step_without_a_parameter_is_a_config_error() {
+        let device = Device::flex();
+        for config in [QuantConfig::ternary(), QuantConfig::binary()] {
+            assert!(matches!(
+                quantize_ste(x(&device), &config, &Ste::LearnedStepSize),
+                Err(QatError::Config { name, value, .. })
+                    if name == "Ste" && value == "LearnedStepSize"
+            ));
         }
     }
 

@@ -5,6 +5,7 @@
 //!
 //! Enabled by the `train` feature (on by default). The guide is `docs/training.md`.
 
+mod guard;
 mod metric;
 mod optimizer;
 mod output;
@@ -12,6 +13,7 @@ mod renderer;
 mod state;
 
 pub use crate::schedule::WeightDecaySchedule;
+pub use guard::{check_checkpoint, check_checkpoint_bytes, checkpoint_path};
 pub use metric::{QatMetric, QatStat, with_qat_metrics};
 pub use optimizer::{DecayControl, QatOptimizer, ScaledLrScheduler, per_layer_lr};
 pub use output::{QatClassificationOutput, QatStats};

@@ -134,7 +134,8 @@ impl<S: LrScheduler + Clone + 'static> LrScheduler for ScaledLrScheduler<S> {
 /// not match `header.weight`.
 ///
 /// # Errors
-/// [`crate::QatError::Invalid`] for an empty path or a scale that is not finite and `>= 0`.
+/// [`crate::QatError::Config`] of `per_layer_lr.path` for an empty path (or one that does not
+/// make a pattern), of `per_layer_lr.scale` for a scale that is not finite and `>= 0`.
 ///
 /// # Example
 /// ```
@@ -150,14 +151,27 @@ pub fn per_layer_lr<S: LrScheduler + Clone + 'static>(
 ) -> crate::Result<ModuleLrScheduler> {
     let mut scheduler = ModuleLrScheduler::new(base.clone());
     for (path, scale) in scales {
-        if path.is_empty() || !(scale.is_finite() && *scale >= 0.0) {
-            return Err(crate::QatError::Invalid(format!(
-                "per_layer_lr: a path must be non-empty and a scale finite and >= 0, got \
-                 ({path:?}, {scale})"
-            )));
+        if path.is_empty() {
+            return Err(crate::QatError::config(
+                "per_layer_lr.path",
+                format!("{path:?}"),
+                "a non-empty module path",
+            ));
         }
-        let group = ParamGroup::from_regex(segments_pattern(path))
-            .map_err(|e| crate::QatError::Invalid(format!("per_layer_lr: {e:?}")))?;
+        if !(scale.is_finite() && *scale >= 0.0) {
+            return Err(crate::QatError::config(
+                "per_layer_lr.scale",
+                scale,
+                format!("finite and >= 0 (the scale of `{path}`)"),
+            ));
+        }
+        let group = ParamGroup::from_regex(segments_pattern(path)).map_err(|e| {
+            crate::QatError::config(
+                "per_layer_lr.path",
+                format!("{path:?}"),
+                format!("a module path that makes a valid pattern ({e:?})"),
+            )
+        })?;
         scheduler = scheduler.with_group(group, ScaledLrScheduler::new(base.clone(), *scale));
     }
     Ok(scheduler)
@@ -247,11 +261,13 @@ mod tests {
         }
         assert!(matches!(
             per_layer_lr(0.1, &[("", 0.5)]),
-            Err(crate::QatError::Invalid(_))
+            Err(crate::QatError::Config { name, value, .. })
+                if name == "per_layer_lr.path" && value == "\"\""
         ));
         assert!(matches!(
             per_layer_lr(0.1, &[("head", f64::NAN)]),
-            Err(crate::QatError::Invalid(_))
+            Err(crate::QatError::Config { name, value, allowed })
+                if name == "per_layer_lr.scale" && value == "NaN" && allowed.contains("`head`")
         ));
     }
 }

@@ -73,8 +73,8 @@ impl QatClassificationOutput {
 pub(super) fn norm_of(grad_sq: Tensor<1>) -> Result<f64, ExecutionError> {
     let data = grad_sq.try_into_data()?;
     let sum = data
-        .convert::<f64>()
-        .try_to_vec::<f64>()
+        .try_cast_as::<f64>()
+        .and_then(|d| d.try_to_vec::<f64>())
         .ok()
         .and_then(|v| v.first().copied())
         .unwrap_or(0.0);

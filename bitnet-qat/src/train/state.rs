@@ -8,18 +8,13 @@ use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams, Optimi
 use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, TrainOutput};
 
+use super::guard::RunGuard;
 use super::{DecayControl, QatClassificationOutput, QatOptimizer, QatStats, WeightDecaySchedule};
 use crate::error::{QatError, Result};
 use crate::nn::quantizers;
-use crate::recorded::{Recorded, u64_at};
+use crate::recorded::{Recorded, int_values, u64_at};
 use crate::schedule::{FlipTracker, QatScheduler, WeightStats, weight_stats};
 use crate::ste::Ste;
-
-/// Why a hot path of training may unwrap the recorded QAT state and quantizer settings:
-/// [`prepare`] decoded all of them before training, and they only change through [`optimize`]
-/// and the scheduler, which write valid ones.
-const CHECKED: &str =
-    "the QAT state and quantizer settings are checked by bitnet_qat::train::prepare";
 
 /// What a QAT run schedules: the quantizer schedules, the weight-decay schedule and latent
 /// clipping. [`QatPlan::init`] builds the [`QatState`] a model holds.
@@ -111,6 +106,7 @@ impl QatPlan {
             decay: DecayControl::default(),
             cache: CodesCache::default(),
             mirror: Mirror::default(),
+            guard: RunGuard::default(),
         }
     }
 }
@@ -148,15 +144,11 @@ fn encode(step: usize, measured: Option<(WeightStats, f64)>, device: &Device) ->
 /// The inverse of [`encode`]: one read-back from the device, every value checked.
 ///
 /// # Errors
-/// [`QatError::Record`] for a malformed state (a corrupted or foreign record).
+/// [`QatError::Record`] for a malformed state (a corrupted or foreign record), without its
+/// path (the caller adds it).
 fn decode(t: &Tensor<1, Int>) -> Result<(usize, Option<(WeightStats, f64)>)> {
-    let bad = |what: String| QatError::Record(format!("QAT state: {what}"));
-    let values = t
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| bad(format!("{e:?}")))?;
+    let bad = |what: String| QatError::record("", format!("QAT state: {what}"));
+    let values = int_values(&t.clone().into_data()).map_err(|e| bad(e.to_string()))?;
     if values.len() != 41 {
         return Err(bad(format!("{} values, expected 41", values.len())));
     }
@@ -215,23 +207,24 @@ impl Mirror {
     }
 }
 
-/// The codes of the weights of the step they were read at, shared by the clones of a state so
-/// that consecutive measurements read them once. A pure cache: whatever it holds, results are
-/// the same.
+/// The codes of the weights of the state they were read at (the id of its recorded
+/// parameter, which a load or an update replaces), shared by the clones of a state so that
+/// consecutive measurements read them once. A cache only: a state of another id (loaded from a
+/// checkpoint, whatever its step) reads its own weights.
 #[derive(Debug, Clone, Default)]
-struct CodesCache(Arc<Mutex<Option<(usize, FlipTracker)>>>);
+struct CodesCache(Arc<Mutex<Option<(ParamId, FlipTracker)>>>);
 
 impl CodesCache {
-    fn get(&self, step: usize) -> Option<FlipTracker> {
+    fn get(&self, id: ParamId) -> Option<FlipTracker> {
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         guard
             .as_ref()
-            .filter(|(s, _)| *s == step)
+            .filter(|(i, _)| *i == id)
             .map(|(_, t)| t.clone())
     }
 
-    fn set(&self, step: usize, tracker: FlipTracker) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((step, tracker));
+    fn set(&self, id: ParamId, tracker: FlipTracker) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, tracker));
     }
 }
 
@@ -242,10 +235,14 @@ impl CodesCache {
 ///
 /// Put one in your model, implement [`QatTrainModel`] (two accessors), then:
 /// 1. before training, pass the model through [`prepare`] (it sets the schedules of the
-///    current step and checks every quantizer);
+///    current step and checks every quantizer), and before resuming from a checkpoint check it
+///    with [`check_checkpoint`](super::check_checkpoint);
 /// 2. end `TrainStep::step` with [`QatState::train_output`];
 /// 3. implement `TrainStep::optimize` with [`optimize`] (it sets the schedules of the next
-///    step).
+///    step);
+/// 4. give [`QatState::interrupter`] to `SupervisedTraining::with_interrupter`: a step that
+///    meets a diverged model (NaN or infinite weights) stops the run there, with the error in
+///    [`QatState::failure`], instead of panicking.
 ///
 /// See the `train_fashion_mnist` example and `docs/training.md`.
 #[derive(Module, Debug)]
@@ -261,6 +258,8 @@ pub struct QatState {
     cache: CodesCache,
     #[module(skip)]
     mirror: Mirror,
+    #[module(skip)]
+    guard: RunGuard,
 }
 
 /// A model with a [`QatState`], trainable with [`optimize`]. Its quantizers are found on their
@@ -287,14 +286,43 @@ impl QatState {
         Ok(recorded)
     }
 
-    /// [`QatState::try_read`] for the hot paths of training, after [`prepare`] checked it.
+    /// [`QatState::try_read`] for the hot paths of training, after [`prepare`] checked it: a
+    /// state that is malformed anyway (a checkpoint loaded without
+    /// [`check_checkpoint`](super::check_checkpoint)) stops the run and reads as step 0.
     fn read(&self) -> Decoded {
-        self.try_read().expect(CHECKED)
+        self.try_read().unwrap_or_else(|e| {
+            self.guard.fail(0, e.at("QatState.recorded"));
+            (0, None)
+        })
     }
 
-    /// The global optimizer step (the number of updates so far).
+    /// The global optimizer step (the number of updates so far); 0 for a malformed recorded
+    /// state, which stops a run (see [`QatState::failure`]).
     pub fn step(&self) -> usize {
         self.read().0
+    }
+
+    /// The global optimizer step, or the error of a malformed recorded state.
+    ///
+    /// # Errors
+    /// [`QatError::Record`] for a malformed recorded state (a corrupted or foreign record).
+    pub fn try_step(&self) -> Result<usize> {
+        self.try_read()
+            .map(|(step, _)| step)
+            .map_err(|e| e.at("QatState.recorded"))
+    }
+
+    /// The interrupter that stops a run whose step meets a model it cannot go on with (see
+    /// [`QatState`], step 4): pass it to burn-train's `SupervisedTraining::with_interrupter`.
+    /// Every clone of the state shares it.
+    pub fn interrupter(&self) -> burn::train::Interrupter {
+        self.guard.interrupter()
+    }
+
+    /// The error that stopped the run, if a step stopped it: [`QatError::Training`] naming the
+    /// step and the cause (a parameter that holds NaN, a malformed setting).
+    pub fn failure(&self) -> Option<QatError> {
+        self.guard.failure()
     }
 
     /// The plan this state runs.
@@ -319,19 +347,34 @@ impl QatState {
         grad_source: &impl Module,
     ) -> QatStats {
         let mut stats = self.stats_without_grad_norm(model);
-        stats.grad_norm = grad_sq_sum(grad_source, grads)
-            .map(|t| super::output::norm_of(t).expect("reading the gradient norm back"))
-            .unwrap_or(0.0);
+        stats.grad_norm = match grad_sq_sum(grad_source, grads).map(super::output::norm_of) {
+            None => 0.0,
+            Some(Ok(norm)) => norm,
+            Some(Err(e)) => {
+                self.guard
+                    .fail(stats.step, QatError::device("the gradient norm", e));
+                f64::NAN
+            }
+        };
         stats
     }
 
-    /// [`QatState::stats`] with `grad_norm` left at 0.
+    /// [`QatState::stats`] with `grad_norm` left at 0. A model that cannot be measured (NaN
+    /// weights) stops the run, with zero statistics for this step.
     fn stats_without_grad_norm(&self, model: &impl Module) -> QatStats {
         let (step, measured) = self.read();
         // Before the first measurement (step 0 of a run), measure the initial weights.
-        let (weights, flip_rate) = measured
-            .unwrap_or_else(|| (weight_stats(model).unwrap_or_else(|e| panic!("{e}")), 0.0));
-        let (lambda, bits, temperature) = settings(model);
+        let (weights, flip_rate) = measured.unwrap_or_else(|| {
+            let weights = weight_stats(model).unwrap_or_else(|e| {
+                self.guard.fail(step, e);
+                WeightStats::default()
+            });
+            (weights, 0.0)
+        });
+        let (lambda, bits, temperature) = settings(model).unwrap_or_else(|e| {
+            self.guard.fail(step, e);
+            (1.0, 32.0, None)
+        });
         QatStats {
             step,
             weights,
@@ -383,7 +426,10 @@ impl QatState {
 /// settings of every quantizer, so that training cannot meet a malformed one.
 ///
 /// # Errors
-/// [`crate::QatError::Record`] for a quantizer whose recorded settings are malformed.
+/// [`QatError::Config`] for a loss scale that is not finite and positive or a bad weight-decay
+/// schedule; [`QatError::Record`] naming the parameter for malformed recorded settings, packed
+/// weights or QAT state; [`QatError::NonFinite`] naming a parameter that holds NaN or infinite
+/// values (see [`crate::check::check_model`]).
 ///
 /// # Example
 /// ```
@@ -403,11 +449,14 @@ pub fn prepare<M: QatTrainModel>(model: M) -> Result<M> {
     state.plan.weight_decay.validate()?;
     let scale = state.plan.loss_scale;
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(crate::QatError::Invalid(format!(
-            "QatPlan::loss_scale must be finite and > 0, got {scale}"
-        )));
+        return Err(QatError::config(
+            "QatPlan.loss_scale",
+            scale,
+            "finite and > 0",
+        ));
     }
-    let step = state.try_read()?.0;
+    let step = state.try_step()?;
+    crate::check::check_model(&model)?;
     // `apply` decodes the recorded settings of every quantizer, so a malformed one is an error
     // here, before training.
     state.plan.scheduler.clone().apply(model, step)
@@ -475,50 +524,84 @@ pub fn optimize_multi<M: QatTrainModel>(
 
 /// One QAT step around `update` (the optimizer step): the weight decay of the current step
 /// before it; the next step's schedules, the statistics and the step count after it.
+///
+/// What `optimize` cannot return — a diverged model (NaN or infinite weights, found when the
+/// statistics are measured), malformed recorded settings — stops the run through the state's
+/// [`RunGuard`]: the update is kept, the measurement or schedule of this step is skipped.
 fn advance<M: QatTrainModel>(model: M, update: impl FnOnce(M) -> M) -> M {
     let state = model.qat_state();
+    let guard = state.guard.clone();
     let (step, previous) = state.read();
     state.decay.set(state.plan.weight_decay.at(step));
     let measure = step.is_multiple_of(state.plan.stats_every.max(1));
-    let tracker = measure.then(|| match state.cache.get(step) {
-        Some(tracker) => tracker,
-        None => {
-            let mut tracker = FlipTracker::default();
-            tracker.update(&model).unwrap_or_else(|e| panic!("{e}"));
-            tracker
+    let tracker = if measure {
+        match state.cache.get(state.recorded.id) {
+            Some(tracker) => Some(tracker),
+            None => {
+                let mut tracker = FlipTracker::default();
+                match tracker.update(&model) {
+                    Ok(_) => Some(tracker),
+                    Err(e) => {
+                        guard.fail(step, e);
+                        None
+                    }
+                }
+            }
         }
-    });
+    } else {
+        None
+    };
     let scheduler = state.plan.scheduler.clone();
     let model = update(model);
-    let model = scheduler.apply(model, step + 1).expect(CHECKED);
+    // `apply` drops the model on an error: keep a copy (tensor handles, not their data).
+    let model = match scheduler.apply(model.clone(), step + 1) {
+        Ok(scheduled) => scheduled,
+        Err(e) => {
+            guard.fail(step, e);
+            model
+        }
+    };
     let state = model.qat_state();
     let device = state.recorded.val().device();
+    let mut next_codes = None;
     let measured = match tracker {
-        Some(mut tracker) => {
-            // Settings were checked by `prepare`; what can fail is a diverged model (NaN
-            // weights), which `optimize` cannot return: stop with the error that names it.
-            let (rate, stats) = tracker.update(&model).unwrap_or_else(|e| panic!("{e}"));
-            state.cache.set(step + 1, tracker);
-            Some((stats, rate))
-        }
+        Some(mut tracker) => match tracker.update(&model) {
+            Ok((rate, stats)) => {
+                next_codes = Some(tracker);
+                Some((stats, rate))
+            }
+            Err(e) => {
+                guard.fail(step + 1, e);
+                previous
+            }
+        },
         None => previous,
     };
     let mut model = model;
     let state = model.qat_state_mut();
-    // A fresh id marks the new value for the host mirror (see `Mirror`).
+    // A fresh id marks the new value for the host mirror and the codes cache (see `Mirror`).
     let id = ParamId::new();
     state.recorded = Recorded::new(Param::initialized(id, encode(step + 1, measured, &device)));
     state.mirror.set(id, (step + 1, measured));
+    if let Some(tracker) = next_codes {
+        state.cache.set(id, tracker);
+    }
     model
 }
 
 /// Mean lambda, numel-weighted bits of the weight formats, and mean soft-STE temperature.
-fn settings(model: &impl Module) -> (f64, f64, Option<f64>) {
+///
+/// # Errors
+/// [`QatError::Record`] naming a quantizer whose recorded settings are malformed.
+fn settings(model: &impl Module) -> Result<(f64, f64, Option<f64>)> {
     let (mut lambda, mut count) = (0.0, 0usize);
     let (mut temperature, mut soft) = (0.0, 0usize);
     let (mut bits, mut numel) = (0.0, 0usize);
     for found in quantizers(model) {
-        let settings = found.quantizer.try_settings().expect(CHECKED);
+        let settings = found
+            .quantizer
+            .try_settings()
+            .map_err(|e| e.at(&format!("{}.settings", found.path)))?;
         lambda += settings.lambda;
         count += 1;
         let (quant, ste) = settings.effective();
@@ -532,7 +615,7 @@ fn settings(model: &impl Module) -> (f64, f64, Option<f64>) {
             numel += n;
         }
     }
-    (
+    Ok((
         if count > 0 {
             lambda / count as f64
         } else {
@@ -540,7 +623,7 @@ fn settings(model: &impl Module) -> (f64, f64, Option<f64>) {
         },
         if numel > 0 { bits / numel as f64 } else { 32.0 },
         (soft > 0).then(|| temperature / soft as f64),
-    )
+    ))
 }
 
 /// The sum of the squared gradients of `module`'s parameters (on the device), `None` without
@@ -685,7 +768,10 @@ mod tests {
             Tensor::from_data(TensorData::new(values, [41]), &device),
         ));
         match prepare(net) {
-            Err(QatError::Record(msg)) => assert!(msg.contains("measurement flag"), "{msg}"),
+            Err(QatError::Record { path, reason }) => {
+                assert_eq!(path, "QatState.recorded");
+                assert!(reason.contains("measurement flag"), "{reason}");
+            }
             other => panic!("{:?}", other.map(|_| ())),
         }
         let mut net = small_net(&QatPlan::new(), &device);
@@ -693,7 +779,38 @@ mod tests {
             ParamId::new(),
             Tensor::from_data(TensorData::new(vec![1i64, 2], [2]), &device),
         ));
-        assert!(matches!(prepare(net), Err(QatError::Record(m)) if m.contains("2 values")));
+        assert!(matches!(
+            prepare(net),
+            Err(QatError::Record { reason, .. }) if reason.contains("2 values")
+        ));
+    }
+
+    #[test]
+    fn a_diverged_model_stops_the_run_instead_of_panicking() {
+        let device = Device::flex().autodiff();
+        let plan = QatPlan::new().with_stats_every(1);
+        let net = prepare(small_net(&plan, &device)).unwrap();
+        let interrupter = net.qat.interrupter();
+        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        // A gradient of NaN: the update makes every weight NaN; the measurement after it finds
+        // them.
+        let x = Tensor::<2>::from_data([[f32::NAN, 1.0]], &device);
+        let grads = GradientsParams::from_grads(net.fc.forward(x).sum().backward(), &net);
+        let net = optimize(net, &mut optim, 0.1, grads);
+        assert!(interrupter.should_stop());
+        match net.qat.failure() {
+            Some(QatError::Training(m)) => {
+                assert!(m.starts_with("step 1: "), "{m}");
+                assert!(m.contains("`fc.weight.qat` contains 6 NaN"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The step still advanced (the update was kept), the last measurement too.
+        assert_eq!(net.qat.step(), 1);
+        // The statistics of the next step read the recorded state; the interrupter stays set.
+        let stats = net.qat.stats(&net, &GradientsParams::new(), &net);
+        assert_eq!(stats.step, 1);
+        assert!(interrupter.should_stop());
     }
 
     #[test]

@@ -15,14 +15,24 @@ const MAX_DIMS: u32 = 4;
 /// Arrays nest at most this deep (metadata never needs more).
 const MAX_DEPTH: usize = 4;
 /// The most metadata array elements a file may hold in all (a 256k-token vocabulary with its
-/// scores, types and merges is about a million).
-const MAX_ARRAY_ELEMENTS: usize = 1 << 22;
+/// scores, types and merges is about a million): 2^21, at most 64 MiB of values in memory
+/// whatever the file.
+const MAX_ARRAY_ELEMENTS: usize = 1 << 21;
 
-fn bad(reason: impl Into<String>) -> QatError {
+/// A [`QatError::File`] of a GGUF file read from memory: `field` names the key, tensor or
+/// header field, `offset` its byte.
+fn bad_at(field: impl Into<String>, offset: Option<usize>, reason: impl Into<String>) -> QatError {
     QatError::File {
         format: "GGUF",
+        path: String::new(),
+        field: field.into(),
+        offset: offset.map(|o| o as u64),
         reason: reason.into(),
     }
+}
+
+fn bad(reason: impl Into<String>) -> QatError {
+    bad_at("", None, reason)
 }
 
 /// The type tag of a metadata value.
@@ -264,10 +274,14 @@ impl TensorType {
         let block = self.block_len() as u64;
         let ne0 = dims.first().copied().unwrap_or(1);
         if !ne0.is_multiple_of(block) {
-            return Err(bad(format!(
-                "tensor `{name}`: {} needs rows that are a multiple of {block}, got {ne0}",
-                self.name()
-            )));
+            return Err(bad_at(
+                name,
+                None,
+                format!(
+                    "{} needs rows that are a multiple of {block}, got {ne0}",
+                    self.name()
+                ),
+            ));
         }
         let blocks = dims
             .iter()
@@ -277,7 +291,7 @@ impl TensorType {
             .and_then(|b| b.checked_mul(self.block_bytes() as u64))
             .and_then(|b| usize::try_from(b).ok())
             .filter(|&b| b <= isize::MAX as usize)
-            .ok_or_else(|| bad(format!("tensor `{name}`: shape {dims:?} is too large")))
+            .ok_or_else(|| bad_at(name, None, format!("shape {dims:?} is too large")))
     }
 }
 
@@ -373,7 +387,7 @@ impl GgufFile {
     /// # Errors
     /// [`QatError::File`] naming the problem: another magic or version, a truncated file,
     /// an unknown value or tensor type, a count or size larger than the file, a repeated key
-    /// or tensor, metadata arrays of more than 2^22 elements in all, a string that is not
+    /// or tensor, metadata arrays of more than 2^21 elements in all, a string that is not
     /// UTF-8, a bad alignment, tensors not laid out one after the other as ggml writes them, or
     /// tensor data outside the file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -382,73 +396,104 @@ impl GgufFile {
             pos: 0,
             array_elements: 0,
         };
-        if r.take(4)? != MAGIC {
-            return Err(bad("not a GGUF file (no GGUF magic)"));
+        if r.take(4, "magic")? != MAGIC {
+            return Err(bad_at("magic", Some(0), "not a GGUF file (no GGUF magic)"));
         }
-        let version = r.u32()?;
+        let version = r.u32("version")?;
         if version != VERSION {
-            return Err(bad(format!(
-                "version {version}; this reader reads version {VERSION}"
-            )));
+            return Err(bad_at(
+                "version",
+                Some(4),
+                format!("{version}; this reader reads version {VERSION}"),
+            ));
         }
-        let n_tensors = r.count(8 + 4 + 8 + 4 + 8, "tensors")?;
-        let n_kv = r.count(8 + 4 + 1, "metadata entries")?;
+        let n_tensors = r.count(8 + 4 + 8 + 4 + 8, "tensor count")?;
+        let n_kv = r.count(8 + 4 + 1, "metadata count")?;
         let mut metadata = Vec::with_capacity(n_kv);
-        let mut keys = std::collections::HashSet::new();
+        let mut key_offsets = Vec::with_capacity(n_kv);
         for _ in 0..n_kv {
-            let key = r.string()?;
-            let ty = GgufType::from_id(r.u32()?)?;
-            let value = r.value(ty, 0)?;
-            if !keys.insert(key.clone()) {
-                return Err(bad(format!("metadata key `{key}` appears twice")));
-            }
+            let at = r.pos;
+            let key = r.string("metadata key")?;
+            let ty = GgufType::from_id(r.u32(&key)?).map_err(|e| e.at_gguf(&key, r.pos - 4))?;
+            let value = r.value(ty, 0, &key)?;
+            key_offsets.push(at);
             metadata.push((key, value));
+        }
+        // Repeated keys, found without a copy of each (a hostile file of tiny entries must not
+        // cost many times its size).
+        if let Some((i, _)) = first_repeat(metadata.iter().map(|(k, _)| k.as_str())) {
+            return Err(bad_at(
+                metadata[i].0.clone(),
+                Some(key_offsets[i]),
+                "the key appears twice",
+            ));
         }
         let align = match metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, GgufValue::U32(a))) if a.is_power_of_two() => *a as u64,
             Some((_, v)) => {
-                return Err(bad(format!(
-                    "general.alignment must be a power-of-two u32, got {v:?}"
-                )));
+                return Err(bad_at(
+                    "general.alignment",
+                    None,
+                    format!("{v:?}: a power-of-two u32"),
+                ));
             }
         };
         let mut infos = Vec::with_capacity(n_tensors);
-        let mut names = std::collections::HashSet::new();
+        let mut name_offsets = Vec::with_capacity(n_tensors);
         let mut running = 0u64;
         for _ in 0..n_tensors {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
+            let at = r.pos;
+            let name = r.string("tensor name")?;
+            let n_dims = r.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(bad(format!(
-                    "tensor `{name}`: rank {n_dims} (1 to {MAX_DIMS})"
-                )));
+                return Err(bad_at(
+                    &name,
+                    Some(r.pos - 4),
+                    format!("rank {n_dims} (1 to {MAX_DIMS})"),
+                ));
             }
-            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+            let dims_at = r.pos;
+            let dims = (0..n_dims)
+                .map(|_| r.u64(&name))
+                .collect::<Result<Vec<_>>>()?;
             if dims.contains(&0) {
-                return Err(bad(format!(
-                    "tensor `{name}`: a zero dimension in {dims:?}"
-                )));
+                return Err(bad_at(
+                    &name,
+                    Some(dims_at),
+                    format!("a zero dimension in {dims:?}"),
+                ));
             }
-            let ty =
-                TensorType::from_id(r.u32()?).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-            let offset = r.u64()?;
-            let len = ty.data_len(&name, &dims)?;
+            let ty = TensorType::from_id(r.u32(&name)?).map_err(|e| e.at_gguf(&name, r.pos - 4))?;
+            let offset_at = r.pos;
+            let offset = r.u64(&name)?;
+            let len = ty
+                .data_len(&name, &dims)
+                .map_err(|e| e.at_gguf(&name, dims_at))?;
             // As ggml requires: each tensor right after the one before, padded to the
             // alignment (so no two tensors share bytes, and the data read is the file's size).
             if offset != running {
-                return Err(bad(format!(
-                    "tensor `{name}`: offset {offset}, expected {running} (the padded end of \
-                     the tensors before it)"
-                )));
+                return Err(bad_at(
+                    &name,
+                    Some(offset_at),
+                    format!(
+                        "data offset {offset}, expected {running} (the padded end of the \
+                         tensors before it)"
+                    ),
+                ));
             }
             running = running
                 .checked_add((len as u64).next_multiple_of(align))
-                .ok_or_else(|| bad(format!("tensor `{name}`: offsets overflow")))?;
-            if !names.insert(name.clone()) {
-                return Err(bad(format!("tensor `{name}` appears twice")));
-            }
+                .ok_or_else(|| bad_at(&name, Some(offset_at), "offsets overflow"))?;
+            name_offsets.push(at);
             infos.push((name, dims, ty, offset, len));
+        }
+        if let Some((i, _)) = first_repeat(infos.iter().map(|(n, ..)| n.as_str())) {
+            return Err(bad_at(
+                infos[i].0.clone(),
+                Some(name_offsets[i]),
+                "the tensor appears twice",
+            ));
         }
         let data_start = (r.pos as u64).next_multiple_of(align);
         let mut tensors = Vec::with_capacity(n_tensors);
@@ -458,11 +503,15 @@ impl GgufFile {
                 .and_then(|start| Some((start, start.checked_add(len as u64)?)))
                 .filter(|&(_, end)| end <= bytes.len() as u64);
             let Some((start, end)) = range else {
-                return Err(bad(format!(
-                    "tensor `{name}`: its {len} bytes at offset {offset} run past the end of the \
-                     file ({} bytes; truncated?)",
-                    bytes.len()
-                )));
+                return Err(bad_at(
+                    &name,
+                    usize::try_from(data_start.saturating_add(offset)).ok(),
+                    format!(
+                        "its {len} bytes at data offset {offset} run past the end of the file \
+                         ({} bytes; truncated?)",
+                        bytes.len()
+                    ),
+                ));
             };
             tensors.push(GgufTensor {
                 name,
@@ -473,6 +522,40 @@ impl GgufFile {
         }
         Ok(Self { metadata, tensors })
     }
+}
+
+impl QatError {
+    /// A GGUF error found without its place, given the field and byte it concerns.
+    fn at_gguf(self, field: &str, offset: usize) -> Self {
+        match self {
+            QatError::File {
+                format,
+                path,
+                field: f,
+                offset: None,
+                reason,
+            } => QatError::File {
+                format,
+                path,
+                field: if f.is_empty() { field.to_string() } else { f },
+                offset: Some(offset as u64),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The index of the second occurrence of the first name that appears twice, found by sorting
+/// references (16 bytes a name, no copies).
+fn first_repeat<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize, &'a str)> {
+    let mut sorted: Vec<(&str, usize)> = names.enumerate().map(|(i, n)| (n, i)).collect();
+    sorted.sort_unstable();
+    sorted
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| (w[0].1.max(w[1].1), w[0].0))
+        .min_by_key(|(i, _)| *i)
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -493,89 +576,116 @@ impl Reader<'_> {
         self.bytes.len() - self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
+    /// The next `n` bytes of `field`.
+    fn take(&mut self, n: usize, field: &str) -> Result<&[u8]> {
         if n > self.left() {
-            return Err(bad(format!(
-                "truncated: {n} bytes needed at byte {} of {}",
-                self.pos,
-                self.bytes.len()
-            )));
+            return Err(bad_at(
+                field,
+                Some(self.pos),
+                format!(
+                    "truncated: {n} bytes needed, {} left of {}",
+                    self.left(),
+                    self.bytes.len()
+                ),
+            ));
         }
         let out = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
         Ok(out)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N]> {
         let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
+        out.copy_from_slice(self.take(N, field)?);
         Ok(out)
     }
 
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
+    fn u32(&mut self, field: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(field)?))
     }
 
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
+    fn u64(&mut self, field: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(field)?))
     }
 
     /// A count of items that take at least `min_size` bytes each: no larger than the rest of
     /// the file allows, so a hostile count cannot ask for a huge allocation.
-    fn count(&mut self, min_size: usize, what: &str) -> Result<usize> {
-        let n = self.u64()?;
+    fn count(&mut self, min_size: usize, field: &str) -> Result<usize> {
+        let at = self.pos;
+        let n = self.u64(field)?;
         match usize::try_from(n) {
             Ok(n) if n <= self.left() / min_size.max(1) => Ok(n),
-            _ => Err(bad(format!(
-                "{n} {what} cannot fit in the {} bytes left of the file",
-                self.left()
-            ))),
+            _ => Err(bad_at(
+                field,
+                Some(at),
+                format!(
+                    "{n} cannot fit in the {} bytes left of the file",
+                    self.left()
+                ),
+            )),
         }
     }
 
-    fn string(&mut self) -> Result<String> {
-        let len = self.count(1, "string bytes")?;
+    fn string(&mut self, field: &str) -> Result<String> {
+        let len = self.count(1, field)?;
         let at = self.pos;
-        String::from_utf8(self.take(len)?.to_vec())
-            .map_err(|_| bad(format!("the string at byte {at} is not UTF-8")))
+        String::from_utf8(self.take(len, field)?.to_vec())
+            .map_err(|_| bad_at(field, Some(at), "a string that is not UTF-8"))
     }
 
-    fn value(&mut self, ty: GgufType, depth: usize) -> Result<GgufValue> {
+    /// A metadata value of type `ty` for the key `key`.
+    fn value(&mut self, ty: GgufType, depth: usize, key: &str) -> Result<GgufValue> {
         Ok(match ty {
-            GgufType::U8 => GgufValue::U8(self.array::<1>()?[0]),
-            GgufType::I8 => GgufValue::I8(i8::from_le_bytes(self.array()?)),
-            GgufType::U16 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
-            GgufType::I16 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
-            GgufType::U32 => GgufValue::U32(self.u32()?),
-            GgufType::I32 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
-            GgufType::F32 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
-            GgufType::Bool => match self.array::<1>()?[0] {
+            GgufType::U8 => GgufValue::U8(self.array::<1>(key)?[0]),
+            GgufType::I8 => GgufValue::I8(i8::from_le_bytes(self.array(key)?)),
+            GgufType::U16 => GgufValue::U16(u16::from_le_bytes(self.array(key)?)),
+            GgufType::I16 => GgufValue::I16(i16::from_le_bytes(self.array(key)?)),
+            GgufType::U32 => GgufValue::U32(self.u32(key)?),
+            GgufType::I32 => GgufValue::I32(i32::from_le_bytes(self.array(key)?)),
+            GgufType::F32 => GgufValue::F32(f32::from_le_bytes(self.array(key)?)),
+            GgufType::Bool => match self.array::<1>(key)?[0] {
                 0 => GgufValue::Bool(false),
                 1 => GgufValue::Bool(true),
-                b => return Err(bad(format!("boolean byte {b} (0 or 1)"))),
+                b => {
+                    return Err(bad_at(
+                        key,
+                        Some(self.pos - 1),
+                        format!("boolean byte {b} (0 or 1)"),
+                    ));
+                }
             },
-            GgufType::String => GgufValue::String(self.string()?),
+            GgufType::String => GgufValue::String(self.string(key)?),
             GgufType::Array => {
                 if depth >= MAX_DEPTH {
-                    return Err(bad(format!("arrays nested deeper than {MAX_DEPTH}")));
+                    return Err(bad_at(
+                        key,
+                        Some(self.pos),
+                        format!("arrays nested deeper than {MAX_DEPTH}"),
+                    ));
                 }
-                let elem = GgufType::from_id(self.u32()?)?;
-                let n = self.count(elem.min_size(), "array elements")?;
+                let elem =
+                    GgufType::from_id(self.u32(key)?).map_err(|e| e.at_gguf(key, self.pos - 4))?;
+                let at = self.pos;
+                let n = self.count(elem.min_size(), key)?;
                 // A value takes up to 32 bytes in memory for 1 in the file: bound the total.
                 self.array_elements += n;
                 if self.array_elements > MAX_ARRAY_ELEMENTS {
-                    return Err(bad(format!(
-                        "metadata arrays of more than {MAX_ARRAY_ELEMENTS} elements in all"
-                    )));
+                    return Err(bad_at(
+                        key,
+                        Some(at),
+                        format!(
+                            "metadata arrays of more than {MAX_ARRAY_ELEMENTS} elements in all"
+                        ),
+                    ));
                 }
                 let values = (0..n)
-                    .map(|_| self.value(elem, depth + 1))
+                    .map(|_| self.value(elem, depth + 1, key))
                     .collect::<Result<Vec<_>>>()?;
                 GgufValue::Array { elem, values }
             }
-            GgufType::U64 => GgufValue::U64(self.u64()?),
-            GgufType::I64 => GgufValue::I64(i64::from_le_bytes(self.array()?)),
-            GgufType::F64 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
+            GgufType::U64 => GgufValue::U64(self.u64(key)?),
+            GgufType::I64 => GgufValue::I64(i64::from_le_bytes(self.array(key)?)),
+            GgufType::F64 => GgufValue::F64(f64::from_le_bytes(self.array(key)?)),
         })
     }
 }
@@ -655,24 +765,44 @@ mod tests {
     #[test]
     fn hostile_headers_are_named() {
         let good = sample().to_bytes().unwrap();
+        // (field, offset, reason) of the error.
         let error = |bytes: &[u8]| match GgufFile::from_bytes(bytes) {
-            Err(QatError::File { reason, .. }) => reason,
+            Err(QatError::File {
+                format: "GGUF",
+                field,
+                offset,
+                reason,
+                ..
+            }) => (field, offset, reason),
             other => panic!("expected a file error, got {other:?}"),
         };
         let mut v = good.clone();
         v[4] = 2;
-        assert!(error(&v).contains("version 2"));
+        let (field, offset, reason) = error(&v);
+        assert_eq!((field.as_str(), offset), ("version", Some(4)));
+        assert!(
+            reason.contains("2; this reader reads version 3"),
+            "{reason}"
+        );
         let mut n = good.clone();
         n[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(error(&n).contains("tensors cannot fit"));
+        let (field, offset, reason) = error(&n);
+        assert_eq!((field.as_str(), offset), ("tensor count", Some(8)));
+        assert!(reason.contains("cannot fit"), "{reason}");
         let mut k = good.clone();
         k[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(error(&k).contains("metadata entries cannot fit"));
+        let (field, offset, _) = error(&k);
+        assert_eq!((field.as_str(), offset), ("metadata count", Some(16)));
         // The first key's value type (after the 8-byte length and 20 bytes of key).
         let mut t = good.clone();
         t[24 + 8 + 20..24 + 8 + 24].copy_from_slice(&99u32.to_le_bytes());
-        assert!(error(&t).contains("unknown metadata value type 99"));
-        assert!(error(b"GGML\x03\0\0\0").contains("magic"));
+        let (field, offset, reason) = error(&t);
+        assert_eq!(offset, Some(24 + 8 + 20), "{field}");
+        assert!(
+            reason.contains("unknown metadata value type 99"),
+            "{reason}"
+        );
+        assert_eq!(error(b"GGML\x03\0\0\0").0, "magic");
         // The second tensor's offset (the last 8 bytes of the tensor infos) pointed back at the
         // first tensor's data: tensors must follow each other, as ggml writes them.
         let mut o = good.clone();
@@ -682,7 +812,9 @@ mod tests {
             .expect("the second tensor's name");
         let at = name + 8 + 4 + 2 * 8 + 4; // name, rank, two dimensions, type
         o[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
-        assert!(error(&o).contains("offset 0, expected 32"), "{}", error(&o));
+        let (field, offset, reason) = error(&o);
+        assert_eq!((field.as_str(), offset), ("w.weight", Some(at as u64)));
+        assert!(reason.contains("offset 0, expected 32"), "{reason}");
     }
 
     #[test]

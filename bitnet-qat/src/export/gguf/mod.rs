@@ -71,9 +71,13 @@ fn unrepresentable(reason: impl Into<String>) -> QatError {
     }
 }
 
-fn bad(reason: impl Into<String>) -> QatError {
+/// A [`QatError::File`] of a GGUF file: `field` names the key or tensor.
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> QatError {
     QatError::File {
         format: "GGUF",
+        path: String::new(),
+        field: field.into(),
+        offset: None,
         reason: reason.into(),
     }
 }
@@ -130,8 +134,7 @@ pub fn export_gguf(
     let weights = LmWeights::from_lm(lm, config)?;
     let file = to_gguf(&weights, tokenizer, ternary)?;
     let bytes = file.to_bytes()?;
-    bitnet_kernels::file::write_atomic(path, &bytes)
-        .map_err(|e| QatError::Record(format!("writing {}: {e}", path.display())))
+    bitnet_kernels::file::write_atomic(path, &bytes).map_err(|e| QatError::io(path, e))
 }
 
 /// The configurations llama.cpp's `bitnet` graph can run.
@@ -303,8 +306,23 @@ fn to_gguf(w: &LmWeights, tokenizer: &CharTokenizer, ternary: GgufTernary) -> Re
 /// non-finite or non-positive scales.
 pub fn import_gguf(path: impl AsRef<Path>) -> Result<ImportedLm> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
-    import_gguf_bytes(&bytes)
+    let bytes = std::fs::read(path).map_err(|e| QatError::io(path, e))?;
+    import_gguf_bytes(&bytes).map_err(|e| match e {
+        QatError::File {
+            format,
+            path: p,
+            field,
+            offset,
+            reason,
+        } if p.is_empty() => QatError::File {
+            format,
+            path: path.display().to_string(),
+            field,
+            offset,
+            reason,
+        },
+        other => other,
+    })
 }
 
 /// [`import_gguf`] of a file's bytes.
@@ -316,9 +334,10 @@ pub fn import_gguf_bytes(bytes: &[u8]) -> Result<ImportedLm> {
     match file.get("general.architecture") {
         Some(GgufValue::String(a)) if a == ARCH => {}
         other => {
-            return Err(bad(format!(
-                "general.architecture is {other:?}; only llama.cpp's `bitnet` is read"
-            )));
+            return Err(bad(
+                "general.architecture",
+                format!("{other:?}; only llama.cpp's `bitnet` is read"),
+            ));
         }
     }
     let tensors: Tensors = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -337,22 +356,22 @@ fn uint(file: &GgufFile, key: &str) -> Result<Option<usize>> {
         None => return Ok(None),
         Some(GgufValue::U32(v)) => *v as u64,
         Some(GgufValue::U64(v)) => *v,
-        Some(v) => return Err(bad(format!("`{key}` is {v:?}, not an unsigned integer"))),
+        Some(v) => return Err(bad(key, format!("{v:?}, not an unsigned integer"))),
     };
     usize::try_from(v)
         .map(Some)
-        .map_err(|_| bad(format!("`{key}` = {v} is too large")))
+        .map_err(|_| bad(key, format!("{v} is too large")))
 }
 
 fn required(file: &GgufFile, key: &str) -> Result<usize> {
-    uint(file, key)?.ok_or_else(|| bad(format!("missing key `{key}`")))
+    uint(file, key)?.ok_or_else(|| bad(key, "missing"))
 }
 
 fn float(file: &GgufFile, key: &str) -> Result<Option<f64>> {
     match file.get(key) {
         None => Ok(None),
         Some(GgufValue::F32(v)) => Ok(Some(*v as f64)),
-        Some(v) => Err(bad(format!("`{key}` is {v:?}, not an f32"))),
+        Some(v) => Err(bad(key, format!("{v:?}, not an f32"))),
     }
 }
 
@@ -367,18 +386,18 @@ fn config_of(file: &GgufFile, tensors: &Tensors<'_>) -> Result<BitNetLmConfig> {
     let n_kv_heads = uint(file, &key("attention.head_count_kv"))?.unwrap_or(n_heads);
     let max_seq_len = required(file, &key("context_length"))?;
     let norm_eps = float(file, &key("attention.layer_norm_rms_epsilon"))?
-        .ok_or_else(|| bad("missing key `bitnet.attention.layer_norm_rms_epsilon`"))?;
+        .ok_or_else(|| bad(key("attention.layer_norm_rms_epsilon"), "missing"))?;
     let rope_theta = float(file, &key("rope.freq_base"))?.unwrap_or(10000.0);
     let embd = tensors
         .get("token_embd.weight")
-        .ok_or_else(|| bad("missing tensor `token_embd.weight`"))?;
+        .ok_or_else(|| bad("token_embd.weight", "missing tensor"))?;
     let vocab_size = match embd.dims[..] {
         [d, v] if d as usize == d_model => v as usize,
         _ => {
-            return Err(bad(format!(
-                "token_embd.weight is {:?}, expected [{d_model}, vocab]",
-                embd.dims
-            )));
+            return Err(bad(
+                "token_embd.weight",
+                format!("shape {:?}, expected [{d_model}, vocab]", embd.dims),
+            ));
         }
     };
     let ternary = tensors
@@ -389,8 +408,8 @@ fn config_of(file: &GgufFile, tensors: &Tensors<'_>) -> Result<BitNetLmConfig> {
             json,
             [vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads],
         )
-        .map_err(|e| bad(format!("`{CONFIG_KEY}`: {e}")))?,
-        Some(v) => return Err(bad(format!("`{CONFIG_KEY}` is {v:?}, not a string"))),
+        .map_err(|e| bad(CONFIG_KEY, e))?,
+        Some(v) => return Err(bad(CONFIG_KEY, format!("{v:?}, not a string"))),
         None => {
             let (weight_quant, activation_quant) = if ternary {
                 (
@@ -414,9 +433,30 @@ fn config_of(file: &GgufFile, tensors: &Tensors<'_>) -> Result<BitNetLmConfig> {
                 .with_activation_quant(activation_quant)
         }
     };
-    config
-        .validate()
-        .map_err(|e| bad(format!("the model's configuration: {e}")))?;
+    let stored = file.get(CONFIG_KEY).is_some();
+    config.validate().map_err(|e| {
+        let (field, reason) = super::config_field(e);
+        if field.is_empty() {
+            return bad(CONFIG_KEY, reason);
+        }
+        if stored {
+            // The value came from this crate's configuration key.
+            return bad(format!("{CONFIG_KEY}.{field}"), reason);
+        }
+        let key = match field.as_str() {
+            "vocab_size" => "token_embd.weight".to_string(),
+            "d_model" => key("embedding_length"),
+            "n_layers" => key("block_count"),
+            "d_ff" => key("feed_forward_length"),
+            "n_heads" => key("attention.head_count"),
+            "n_kv_heads" => key("attention.head_count_kv"),
+            "max_seq_len" => key("context_length"),
+            "rope_theta" => key("rope.freq_base"),
+            "norm_eps" => key("attention.layer_norm_rms_epsilon"),
+            _ => format!("{CONFIG_KEY}.{field}"),
+        };
+        bad(key, format!("{field} = {reason}"))
+    })?;
     Ok(config)
 }
 
@@ -458,7 +498,7 @@ fn tensor<'a>(tensors: &Tensors<'a>, name: &str) -> Result<&'a GgufTensor> {
     tensors
         .get(name)
         .copied()
-        .ok_or_else(|| bad(format!("missing tensor `{name}`")))
+        .ok_or_else(|| bad(name, "missing tensor"))
 }
 
 /// The f32 values of a float tensor of `dims`.
@@ -466,24 +506,23 @@ fn floats(tensors: &Tensors<'_>, name: &str, dims: &[usize]) -> Result<Vec<f32>>
     let t = tensor(tensors, name)?;
     let expected: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
     if t.dims != expected {
-        return Err(bad(format!(
-            "tensor `{name}` is {:?}, expected {expected:?}",
-            t.dims
-        )));
+        return Err(bad(
+            name,
+            format!("shape {:?}, expected {expected:?}", t.dims),
+        ));
     }
     let kind = match t.ty {
         TensorType::F32 => FloatBytes::F32,
         TensorType::F16 => FloatBytes::F16,
         TensorType::Bf16 => FloatBytes::Bf16,
         ty => {
-            return Err(bad(format!(
-                "tensor `{name}` is {}, expected a float type",
-                ty.name()
-            )));
+            return Err(bad(
+                name,
+                format!("type {}, expected a float type", ty.name()),
+            ));
         }
     };
-    decode_floats(kind, &t.data)
-        .map_err(|i| bad(format!("tensor `{name}`: value {i} is not finite")))
+    decode_floats(kind, &t.data).map_err(|i| bad(name, format!("value {i} is not finite")))
 }
 
 /// A ternary projection `[d_out rows][d_in]` with its block multipliers times the optional
@@ -497,16 +536,19 @@ fn ternary(
 ) -> Result<PackedTernary> {
     let t = tensor(tensors, name)?;
     if t.dims != [d_in as u64, d_out as u64] {
-        return Err(bad(format!(
-            "tensor `{name}` is {:?}, expected [{d_in}, {d_out}]",
-            t.dims
-        )));
+        return Err(bad(
+            name,
+            format!("shape {:?}, expected [{d_in}, {d_out}]", t.dims),
+        ));
     }
     if !matches!(t.ty, TensorType::Tq1_0 | TensorType::Tq2_0) {
-        return Err(bad(format!(
-            "tensor `{name}` is {} in a ternary model (TQ1_0 or TQ2_0 expected)",
-            t.ty.name()
-        )));
+        return Err(bad(
+            name,
+            format!(
+                "type {} in a ternary model (TQ1_0 or TQ2_0 expected)",
+                t.ty.name()
+            ),
+        ));
     }
     let (mut values, d) = ternary_blocks::decode(t.ty, name, &t.data)?;
     let scale = match tensors.get(scale_name) {
@@ -530,10 +572,13 @@ fn ternary(
             };
             let s = 1.0 / m;
             if !(m.is_finite() && s.is_finite() && m > 0.0) {
-                return Err(bad(format!(
-                    "tensor `{name}`: block multiplier {m} (with `.scale` {scale}) is not a \
-                     positive finite number"
-                )));
+                return Err(bad(
+                    name,
+                    format!(
+                        "block multiplier {m} (with `.scale` {scale}) is not a positive finite \
+                         number"
+                    ),
+                ));
             }
             scales.push(s);
         }
@@ -551,8 +596,7 @@ fn ternary(
             scales,
         }
     };
-    PackedTernary::pack(&values, d_out, d_in, scales)
-        .map_err(|e| bad(format!("tensor `{name}`: {e}")))
+    PackedTernary::pack(&values, d_out, d_in, scales).map_err(|e| bad(name, e.to_string()))
 }
 
 fn weights_of(tensors: &Tensors<'_>, config: BitNetLmConfig) -> Result<LmWeights> {
@@ -584,14 +628,17 @@ fn weights_of(tensors: &Tensors<'_>, config: BitNetLmConfig) -> Result<LmWeights
         blocks.push(BlockWeights::new(norms, projections));
     }
     if let Some(extra) = tensors.keys().find(|n| !expected.contains(**n)) {
-        return Err(bad(format!(
-            "tensor `{extra}` is not part of llama.cpp's bitnet architecture{}",
-            if *extra == "output.weight" {
-                " (its output head is tied to token_embd)"
-            } else {
-                ""
-            }
-        )));
+        return Err(bad(
+            *extra,
+            format!(
+                "not part of llama.cpp's bitnet architecture{}",
+                if *extra == "output.weight" {
+                    " (its output head is tied to token_embd)"
+                } else {
+                    ""
+                }
+            ),
+        ));
     }
     let weights = LmWeights {
         embedding: floats(tensors, "token_embd.weight", &[d, v])?,
@@ -600,9 +647,14 @@ fn weights_of(tensors: &Tensors<'_>, config: BitNetLmConfig) -> Result<LmWeights
         blocks,
         config,
     };
-    weights
-        .check()
-        .map_err(|e| bad(format!("the weights do not fit the configuration: {e}")))?;
+    weights.check().map_err(|e| match e {
+        QatError::Mismatch {
+            what,
+            expected,
+            found,
+        } => bad(what, format!("expected {expected}, found {found}")),
+        other => bad("", other.to_string()),
+    })?;
     Ok(weights)
 }
 
@@ -695,8 +747,9 @@ mod tests {
     fn foreign_and_broken_files_are_named() {
         let good = export(&config(), GgufTernary::Tq2_0).unwrap();
         let mut file = GgufFile::from_bytes(&good).unwrap();
+        // "field: reason" of the error.
         let reason = |file: &GgufFile| match import_gguf_bytes(&file.to_bytes().unwrap()) {
-            Err(QatError::File { reason, .. }) => reason,
+            Err(QatError::File { field, reason, .. }) => format!("{field}: {reason}"),
             other => panic!("expected a file error, got {:?}", other.map(|_| ())),
         };
         let mut untied = file.clone();
@@ -705,15 +758,22 @@ mod tests {
             vec![256, 9],
             &[0.0; 256 * 9],
         ));
-        assert!(reason(&untied).contains("tied to token_embd"));
+        assert_eq!(
+            reason(&untied),
+            "output.weight: not part of llama.cpp's bitnet architecture (its output head is tied \
+             to token_embd)"
+        );
         let mut missing = file.clone();
         missing
             .tensors
             .retain(|t| t.name != "blk.1.ffn_down.weight");
-        assert!(reason(&missing).contains("missing tensor `blk.1.ffn_down.weight`"));
+        assert_eq!(reason(&missing), "blk.1.ffn_down.weight: missing tensor");
         let mut arch = file.clone();
         arch.metadata[0].1 = GgufValue::String("llama".into());
-        assert!(reason(&arch).contains("only llama.cpp's `bitnet`"));
+        assert!(
+            reason(&arch).starts_with("general.architecture: ")
+                && reason(&arch).contains("only llama.cpp's `bitnet`")
+        );
         // A foreign file: no crate configuration, an upstream-style scale folded into d.
         file.metadata.retain(|(k, _)| k != CONFIG_KEY);
         let imported = import_gguf_bytes(&file.to_bytes().unwrap()).unwrap();
@@ -732,6 +792,11 @@ mod tests {
             .find(|t| t.name == "blk.0.attn_q.scale")
             .unwrap();
         t.data = (-1.0f32).to_le_bytes().to_vec();
-        assert!(reason(&file).contains("not a positive finite number"));
+        let scale = reason(&file);
+        assert!(
+            scale.starts_with("blk.0.attn_q.weight: ")
+                && scale.contains("not a positive finite number"),
+            "{scale}"
+        );
     }
 }

@@ -58,7 +58,10 @@ pub(crate) fn decode(ty: TensorType, name: &str, data: &[u8]) -> Result<(Vec<i8>
 fn bad(name: &str, reason: String) -> QatError {
     QatError::File {
         format: "GGUF",
-        reason: format!("tensor `{name}`: {reason}"),
+        path: String::new(),
+        field: name.to_string(),
+        offset: None,
+        reason,
     }
 }
 

@@ -43,13 +43,13 @@ impl Attention {
         sin: &Tensor<2>,
         offset: usize,
         cache: Option<&mut LayerKv>,
-    ) -> Tensor<3> {
+    ) -> crate::Result<Tensor<3>> {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = apply_rope(heads(self.q_proj.forward_input(&x), h), cos, sin);
-        let mut k = apply_rope(heads(self.k_proj.forward_input(&x), kv), cos, sin);
-        let mut v = heads(self.v_proj.forward_input(&x), kv);
+        let q = apply_rope(heads(self.q_proj.forward_input(&x)?, h), cos, sin);
+        let mut k = apply_rope(heads(self.k_proj.forward_input(&x)?, kv), cos, sin);
+        let mut v = heads(self.v_proj.forward_input(&x)?, kv);
         if let Some(cache) = cache {
             if let Some((k0, v0)) = cache.take() {
                 k = Tensor::cat(vec![k0, k], 2);

@@ -58,11 +58,11 @@ impl DecoderBlock {
         sin: &Tensor<2>,
         offset: usize,
         cache: Option<&mut LayerKv>,
-    ) -> Tensor<3> {
+    ) -> crate::Result<Tensor<3>> {
         let [q, k, v, _, gate, up, _] = self.projections();
         let normed = NormedInput::new(&self.attention_norm, x.clone(), &[q, k, v]);
-        let h = x + self.attention.forward(normed, cos, sin, offset, cache);
+        let h = x + self.attention.forward(normed, cos, sin, offset, cache)?;
         let normed = NormedInput::new(&self.ffn_norm, h.clone(), &[gate, up]);
-        h + self.ffn.forward_input(&normed)
+        Ok(h + self.ffn.forward_input(&normed)?)
     }
 }

@@ -99,6 +99,31 @@ pub struct BitNetLmConfig {
 /// The largest parameter a [`BitNetLmConfig`] may ask for: 2^34 elements (64 GiB of f32).
 pub const MAX_PARAM_ELEMENTS: usize = 1 << 34;
 
+/// The most decoder blocks a [`BitNetLmConfig`] may ask for (the largest published decoders
+/// have about 128).
+pub const MAX_LAYERS: usize = 1024;
+
+/// The most parameters a whole [`BitNetLmConfig`] model may hold: 2^36 elements.
+pub const MAX_MODEL_ELEMENTS: usize = 1 << 36;
+
+/// The parameters of a [`BitNetLmConfig`] model, by kind ([`BitNetLmConfig::param_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    /// Elements of the parameters that stay full precision: the token embedding, every
+    /// RMSNorm gain, the untied output head. A packed skeleton
+    /// ([`BitNetLmConfig::init_packed_skeleton`]) allocates these and nothing else.
+    pub dense: usize,
+    /// Elements of the projection weights of all blocks.
+    pub projections: usize,
+}
+
+impl ParamCounts {
+    /// Every parameter.
+    pub fn total(&self) -> usize {
+        self.dense + self.projections
+    }
+}
+
 impl BitNetLmConfig {
     /// The key/value heads.
     pub fn kv_heads(&self) -> usize {
@@ -110,15 +135,37 @@ impl BitNetLmConfig {
         self.d_model / self.n_heads.max(1)
     }
 
+    /// The number of parameter elements the model holds, by kind; `None` when a count
+    /// overflows (a configuration [`BitNetLmConfig::validate`] refuses).
+    pub fn param_counts(&self) -> Option<ParamCounts> {
+        let (d, ff, v) = (self.d_model, self.d_ff, self.vocab_size);
+        let heads = if self.tied_head { 1 } else { 2 };
+        let embedding = v.checked_mul(d)?.checked_mul(heads)?;
+        // Four norms a block (attention, its SubLN, FFN, its SubLN) and the final one.
+        let block_norms = d.checked_mul(3)?.checked_add(ff)?;
+        let norms = block_norms.checked_mul(self.n_layers)?.checked_add(d)?;
+        let block = self
+            .projection_dims()
+            .iter()
+            .try_fold(0usize, |acc, (i, o)| acc.checked_add(i.checked_mul(*o)?))?;
+        Some(ParamCounts {
+            dense: embedding.checked_add(norms)?,
+            projections: block.checked_mul(self.n_layers)?,
+        })
+    }
+
     /// Checks the shapes and settings.
     ///
     /// # Errors
-    /// [`QatError::Invalid`] naming the setting: a zero size, `d_model` not a multiple of
-    /// `n_heads`, an odd head width, `n_kv_heads` not dividing `n_heads`, a non-finite or
-    /// non-positive `rope_theta`, activation quantization on full-precision weights, a
-    /// parameter over [`MAX_PARAM_ELEMENTS`] elements, or an invalid quantizer; [`QatError::NormEpsilon`] for a bad `norm_eps`.
+    /// [`QatError::Config`] naming the field (`BitNetLmConfig.n_layers`, ...): a zero size,
+    /// more than [`MAX_LAYERS`] blocks, `d_model` not a multiple of `n_heads`, an odd head
+    /// width, `n_kv_heads` not dividing `n_heads`, a non-finite or non-positive `rope_theta`,
+    /// activation quantization on full-precision weights, a parameter over
+    /// [`MAX_PARAM_ELEMENTS`] elements or a model over [`MAX_MODEL_ELEMENTS`];
+    /// [`QatError::NormEpsilon`] for a bad `norm_eps`; the projections' own errors for an
+    /// invalid quantizer.
     pub fn validate(&self) -> crate::Result<()> {
-        let bad = |msg: String| Err(QatError::Invalid(format!("BitNetLmConfig: {msg}")));
+        let field = |name: &str| format!("BitNetLmConfig.{name}");
         for (name, v) in [
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
@@ -129,54 +176,83 @@ impl BitNetLmConfig {
             ("max_seq_len", self.max_seq_len),
         ] {
             if v == 0 {
-                return bad(format!("{name} must be > 0"));
+                return Err(QatError::config(field(name), v, "> 0"));
             }
         }
+        if self.n_layers > MAX_LAYERS {
+            return Err(QatError::config(
+                field("n_layers"),
+                self.n_layers,
+                format!("1..={MAX_LAYERS}"),
+            ));
+        }
         if !self.d_model.is_multiple_of(self.n_heads) {
-            return bad(format!(
-                "d_model {} is not a multiple of n_heads {}",
-                self.d_model, self.n_heads
+            return Err(QatError::config(
+                field("d_model"),
+                self.d_model,
+                format!("a multiple of n_heads = {}", self.n_heads),
             ));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return bad(format!(
-                "the head width d_model / n_heads = {} must be even (rotary pairs)",
-                self.head_dim()
+            return Err(QatError::config(
+                field("n_heads"),
+                self.n_heads,
+                format!(
+                    "a head width d_model / n_heads that is even (rotary pairs); it is {}",
+                    self.head_dim()
+                ),
             ));
         }
         if !self.n_heads.is_multiple_of(self.kv_heads()) {
-            return bad(format!(
-                "n_kv_heads {} does not divide n_heads {}",
+            return Err(QatError::config(
+                field("n_kv_heads"),
                 self.kv_heads(),
-                self.n_heads
+                format!("a divisor of n_heads = {}", self.n_heads),
             ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return bad(format!(
-                "rope_theta must be finite and > 0, got {}",
-                self.rope_theta
+            return Err(QatError::config(
+                field("rope_theta"),
+                self.rope_theta,
+                "finite and > 0",
             ));
         }
         if self.weight_quant.is_none() && self.activation_quant.is_some() {
-            return bad(
-                "full-precision weights (weight_quant None) take full-precision activations: \
-                 set activation_quant to None too"
-                    .into(),
-            );
+            return Err(QatError::config(
+                field("activation_quant"),
+                "Some(..)",
+                "None when weight_quant is None (full-precision weights take full-precision \
+                 activations)",
+            ));
         }
         check_norm_eps(self.norm_eps)?;
         // The sizes of the largest parameters (a corrupted configuration file must not
         // overflow, nor reach an allocation that cannot exist).
         for (name, a, b) in [
-            ("vocab_size × d_model", self.vocab_size, self.d_model),
-            ("d_model × d_ff", self.d_model, self.d_ff),
-            ("d_model × d_model", self.d_model, self.d_model),
+            ("vocab_size", self.vocab_size, self.d_model),
+            ("d_ff", self.d_model, self.d_ff),
+            ("d_model", self.d_model, self.d_model),
         ] {
             if a.checked_mul(b).is_none_or(|n| n > MAX_PARAM_ELEMENTS) {
-                return bad(format!(
-                    "{name} = {a} × {b} exceeds {MAX_PARAM_ELEMENTS} elements per parameter"
+                return Err(QatError::config(
+                    field(name),
+                    if name == "vocab_size" { a } else { b },
+                    format!(
+                        "a value whose largest parameter ({a} x {b}) has at most \
+                         {MAX_PARAM_ELEMENTS} elements"
+                    ),
                 ));
             }
+        }
+        if self
+            .param_counts()
+            .is_none_or(|c| c.total() > MAX_MODEL_ELEMENTS)
+        {
+            return Err(QatError::config(
+                field("n_layers"),
+                self.n_layers,
+                format!("a model of at most {MAX_MODEL_ELEMENTS} parameters with these widths"),
+            ));
         }
         // The projections check their quantizers against their widths.
         for (d_in, d_out) in self.projection_dims() {

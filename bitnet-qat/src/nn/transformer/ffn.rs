@@ -27,18 +27,24 @@ pub struct GatedFfn {
 
 impl GatedFfn {
     /// Applies the network to the last axis of `x`.
+    ///
+    /// # Panics
+    /// As [`Projection::forward`](super::Projection::forward).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_input(&NormedInput::Normalized(x))
+        match self.forward_input(&NormedInput::Normalized(x)) {
+            Ok(y) => y,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// [`GatedFfn::forward`] of the output of the pre-FFN norm.
-    pub(crate) fn forward_input(&self, x: &NormedInput<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward_input(x);
+    pub(crate) fn forward_input(&self, x: &NormedInput<3>) -> crate::Result<Tensor<3>> {
+        let gate = self.gate_proj.forward_input(x)?;
         let gate = match self.activation {
             FfnActivation::ReluSquared => relu(gate).square(),
             FfnActivation::Silu => silu(gate),
         };
-        let hidden = gate * self.up_proj.forward_input(x);
+        let hidden = gate * self.up_proj.forward_input(x)?;
         self.down_proj.forward_normed(&self.sub_norm, hidden)
     }
 }

@@ -28,18 +28,21 @@ impl Sampling {
     /// Checks `k` and the temperature.
     ///
     /// # Errors
-    /// [`QatError::Invalid`] for `k == 0` or a temperature that is not finite and > 0.
+    /// [`QatError::Config`] for `k == 0` (`Sampling.k`) or a temperature that is not finite
+    /// and > 0 (`Sampling.temperature`).
     pub fn validate(&self) -> Result<()> {
         match *self {
             Sampling::Greedy => Ok(()),
             Sampling::TopK { k, temperature } => {
                 if k == 0 {
-                    return Err(QatError::Invalid("top-k sampling needs k >= 1".into()));
+                    return Err(QatError::config("Sampling.k", k, ">= 1"));
                 }
                 if !(temperature.is_finite() && temperature > 0.0) {
-                    return Err(QatError::Invalid(format!(
-                        "sampling temperature must be finite and > 0, got {temperature}"
-                    )));
+                    return Err(QatError::config(
+                        "Sampling.temperature",
+                        temperature,
+                        "finite and > 0",
+                    ));
                 }
                 Ok(())
             }
@@ -84,9 +87,11 @@ impl Sampling {
 /// sampling reproducible.
 ///
 /// # Errors
-/// [`QatError::Invalid`] for an empty prompt, a prompt and continuation longer than the
-/// model's `max_seq_len`, a token outside the vocabulary or invalid [`Sampling`] settings;
-/// [`QatError::NonFinite`] for NaN or infinite logits (a diverged model).
+/// [`QatError::SequenceLength`] for an empty prompt (`len` 0) or a prompt and continuation
+/// longer than the model's `max_seq_len`; [`QatError::Token`] for a prompt token outside the
+/// vocabulary; [`QatError::Config`] for invalid [`Sampling`] settings;
+/// [`QatError::NonFinite`] for NaN or infinite logits (a diverged model);
+/// [`QatError::Device`] when the logits cannot be read back.
 ///
 /// # Example
 /// ```
@@ -111,21 +116,13 @@ pub fn generate(
     seed: u64,
 ) -> Result<Vec<usize>> {
     sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(QatError::Invalid(
-            "generation needs a prompt of at least one token".into(),
-        ));
-    }
-    if prompt
-        .len()
-        .checked_add(new_tokens)
-        .is_none_or(|total| total > model.max_seq_len)
-    {
-        return Err(QatError::Invalid(format!(
-            "a prompt of {} tokens and {new_tokens} new ones exceed max_seq_len {}",
-            prompt.len(),
-            model.max_seq_len
-        )));
+    // The positions asked for (saturating: a count past `usize::MAX` is too long anyway).
+    let total = prompt.len().saturating_add(new_tokens);
+    if prompt.is_empty() || total > model.max_seq_len {
+        return Err(QatError::SequenceLength {
+            len: if prompt.is_empty() { 0 } else { total },
+            max: model.max_seq_len,
+        });
     }
     let device = model.embedding.weight.device();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -144,9 +141,9 @@ pub fn generate(
             .narrow(1, n - 1, 1)
             .reshape([vocab])
             .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| QatError::Invalid(format!("reading logits: {e:?}")))?;
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_into_vec::<f32>())
+            .map_err(|e| QatError::device("BitNetLm logits during generation", e))?;
         let nan = last.iter().filter(|v| v.is_nan()).count();
         let inf = last.iter().filter(|v| v.is_infinite()).count();
         if nan + inf > 0 {
@@ -198,20 +195,23 @@ mod tests {
             .with_max_seq_len(8)
             .init(&burn::tensor::Device::flex())
             .unwrap();
-        for (prompt, n) in [(vec![1, 2], 7), (vec![1], usize::MAX)] {
-            assert!(matches!(
+        for (prompt, n, len) in [(vec![1, 2], 7, 9), (vec![1], usize::MAX, usize::MAX)] {
+            assert_eq!(
                 generate(&lm, &prompt, n, Sampling::Greedy, 0),
-                Err(QatError::Invalid(m)) if m.contains("exceed max_seq_len 8")
-            ));
+                Err(QatError::SequenceLength { len, max: 8 })
+            );
         }
-        assert!(matches!(
+        assert_eq!(
             generate(&lm, &[], 1, Sampling::Greedy, 0),
-            Err(QatError::Invalid(m)) if m.contains("prompt")
-        ));
-        assert!(matches!(
+            Err(QatError::SequenceLength { len: 0, max: 8 })
+        );
+        assert_eq!(
             generate(&lm, &[9], 1, Sampling::Greedy, 0),
-            Err(QatError::Invalid(m)) if m.contains("token id 9")
-        ));
+            Err(QatError::Token {
+                id: 9,
+                vocab_size: 8
+            })
+        );
     }
 
     #[test]
@@ -220,11 +220,19 @@ mod tests {
             k: 0,
             temperature: 1.0,
         };
-        assert!(matches!(zero.validate(), Err(QatError::Invalid(m)) if m.contains("k >= 1")));
+        assert!(matches!(
+            zero.validate(),
+            Err(QatError::Config { name, value, allowed })
+                if name == "Sampling.k" && value == "0" && allowed == ">= 1"
+        ));
         let hot = Sampling::TopK {
             k: 3,
             temperature: f64::NAN,
         };
-        assert!(matches!(hot.validate(), Err(QatError::Invalid(m)) if m.contains("temperature")));
+        assert!(matches!(
+            hot.validate(),
+            Err(QatError::Config { name, value, .. })
+                if name == "Sampling.temperature" && value == "NaN"
+        ));
     }
 }

@@ -16,12 +16,16 @@ mod kv_cache;
 mod model;
 mod projection;
 mod rope;
+mod saved;
 
 pub use attention::Attention;
 pub use block::DecoderBlock;
-pub use config::{BitNetLmConfig, FfnActivation, MAX_PARAM_ELEMENTS};
+pub use config::{
+    BitNetLmConfig, FfnActivation, MAX_LAYERS, MAX_MODEL_ELEMENTS, MAX_PARAM_ELEMENTS, ParamCounts,
+};
 pub use ffn::GatedFfn;
 pub use generate::{Sampling, generate};
 pub use kv_cache::KvCache;
 pub use model::BitNetLm;
 pub use projection::Projection;
+pub use saved::SavedLm;

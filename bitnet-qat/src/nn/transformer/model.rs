@@ -35,25 +35,30 @@ impl BitNetLm {
     /// (causal: position `t` sees tokens `0..=t`).
     ///
     /// # Panics
-    /// For a sequence longer than `max_seq_len`, or token ids outside the vocabulary (Burn's
-    /// embedding lookup); [`BitNetLm::try_forward`] checks both.
+    /// For a sequence longer than `max_seq_len`, token ids outside the vocabulary (Burn's
+    /// embedding lookup), or projections whose recorded settings do not fit them (a corrupted
+    /// record); [`BitNetLm::try_forward`] checks all three.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let len = tokens.dims()[1];
-        if let Err(e) = self.check_len(0, len) {
-            panic!("{e}");
+        match self
+            .check_len(0, len)
+            .and_then(|()| self.run(tokens, 0, None))
+        {
+            Ok(logits) => logits,
+            Err(e) => panic!("{e}"),
         }
-        self.run(tokens, 0, None)
     }
 
     /// [`BitNetLm::forward`] with its input checked (the token check reads `tokens` back).
     ///
     /// # Errors
-    /// [`QatError::Invalid`] for an empty or too long sequence or a token id outside the
-    /// vocabulary.
+    /// [`QatError::SequenceLength`] for an empty sequence or one longer than `max_seq_len`;
+    /// [`QatError::Token`] for a token id outside the vocabulary; [`QatError::Device`] when the
+    /// token ids cannot be read back.
     pub fn try_forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
         self.check_len(0, tokens.dims()[1])?;
         self.check_tokens(&tokens)?;
-        Ok(self.run(tokens, 0, None))
+        self.run(tokens, 0, None)
     }
 
     /// The logits of `tokens` `[batch, len]` at positions `cache.len()..cache.len() + len`,
@@ -61,8 +66,10 @@ impl BitNetLm {
     /// in pieces gives the logits of feeding it whole.
     ///
     /// # Errors
-    /// [`QatError::Invalid`] when the sequence grows past `max_seq_len`, for a token id
-    /// outside the vocabulary, or a batch size other than the cache's.
+    /// [`QatError::SequenceLength`] for an empty `tokens` or when the sequence grows past
+    /// `max_seq_len`; [`QatError::Token`] for a token id outside the vocabulary;
+    /// [`QatError::Mismatch`] for a cache of another model, another batch size or another
+    /// device; [`QatError::Device`] when the token ids cannot be read back.
     pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
         self.check_tokens(&tokens)?;
         self.forward_cached_ids_checked(tokens, cache)
@@ -81,7 +88,7 @@ impl BitNetLm {
         self.check_cache(cache, batch)?;
         cache.layers.resize(self.blocks.len(), None);
         let offset = cache.len;
-        let logits = self.run(tokens, offset, Some(&mut cache.layers));
+        let logits = self.run(tokens, offset, Some(&mut cache.layers))?;
         cache.len += len;
         Ok(logits)
     }
@@ -107,15 +114,11 @@ impl BitNetLm {
     }
 
     fn check_len(&self, offset: usize, len: usize) -> Result<()> {
-        if len == 0 {
-            return Err(QatError::Invalid("BitNetLm: an empty sequence".into()));
-        }
-        if offset + len > self.max_seq_len {
-            return Err(QatError::Invalid(format!(
-                "BitNetLm: positions up to {} exceed max_seq_len {}",
-                offset + len,
-                self.max_seq_len
-            )));
+        if len == 0 || offset + len > self.max_seq_len {
+            return Err(QatError::SequenceLength {
+                len: if len == 0 { 0 } else { offset + len },
+                max: self.max_seq_len,
+            });
         }
         Ok(())
     }
@@ -123,18 +126,21 @@ impl BitNetLm {
     /// An empty cache, or one this model filled for `batch` sequences: every block's keys and
     /// values `[batch, n_kv_heads, cache.len(), head_dim]` on the model's device.
     fn check_cache(&self, cache: &KvCache, batch: usize) -> Result<()> {
-        let bad = |msg: String| Err(QatError::Invalid(format!("BitNetLm KV cache: {msg}")));
         if cache.len == 0 {
             if cache.layers.iter().any(Option::is_some) {
-                return bad("keys and values without tokens".into());
+                return Err(QatError::mismatch(
+                    "KV cache of 0 tokens",
+                    "no keys and values",
+                    "keys and values without tokens",
+                ));
             }
             return Ok(());
         }
         if cache.layers.len() != self.blocks.len() {
-            return bad(format!(
-                "{} blocks cached, the model has {} (a cache of another model)",
-                cache.layers.len(),
-                self.blocks.len()
+            return Err(QatError::mismatch(
+                "KV cache blocks",
+                format!("{} (the model's)", self.blocks.len()),
+                format!("{} (a cache of another model)", cache.layers.len()),
             ));
         }
         let device = self.embedding.weight.device();
@@ -143,40 +149,52 @@ impl BitNetLm {
             let expected = [batch, att.n_kv_heads, cache.len, att.head_dim];
             match layer {
                 Some((k, v)) if k.dims() == expected && v.dims() == expected => {
-                    if k.device() != device || v.device() != device {
-                        return bad(format!("block {i} is cached on another device"));
+                    for (what, t) in [("keys", k), ("values", v)] {
+                        if t.device() != device {
+                            return Err(QatError::mismatch(
+                                format!("KV cache block {i} {what} device"),
+                                format!("{device:?} (the model's)"),
+                                format!("{:?}", t.device()),
+                            ));
+                        }
                     }
                 }
-                Some((k, _)) => {
-                    return bad(format!(
-                        "block {i} holds keys {:?}, expected {expected:?} (another batch size or \
-                         model)",
-                        k.dims()
+                Some((k, v)) => {
+                    let (what, dims) = if k.dims() != expected {
+                        ("keys", k.dims())
+                    } else {
+                        ("values", v.dims())
+                    };
+                    return Err(QatError::mismatch(
+                        format!("KV cache block {i} {what} shape"),
+                        format!("{expected:?}"),
+                        format!("{dims:?} (another batch size or model)"),
                     ));
                 }
-                None => return bad(format!("block {i} holds nothing for {} tokens", cache.len)),
+                None => {
+                    return Err(QatError::mismatch(
+                        format!("KV cache block {i}"),
+                        format!("keys and values for {} tokens", cache.len),
+                        "nothing",
+                    ));
+                }
             }
         }
         Ok(())
     }
 
     fn check_tokens(&self, tokens: &Tensor<2, Int>) -> Result<()> {
-        let values = tokens
-            .clone()
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .map_err(|e| QatError::Invalid(format!("BitNetLm tokens: {e:?}")))?;
+        let values = crate::recorded::int_values(&tokens.clone().into_data())
+            .map_err(|e| QatError::device("BitNetLm token ids", e))?;
         self.check_ids(&values)
     }
 
     /// Every id in the vocabulary.
     pub(crate) fn check_ids(&self, ids: &[i64]) -> Result<()> {
-        let vocab = self.vocab_size() as i64;
+        let vocab_size = self.vocab_size();
+        let vocab = vocab_size as i64;
         match ids.iter().find(|&&v| !(0..vocab).contains(&v)) {
-            Some(v) => Err(QatError::Invalid(format!(
-                "BitNetLm: token id {v} outside the vocabulary of {vocab}"
-            ))),
+            Some(&id) => Err(QatError::Token { id, vocab_size }),
             None => Ok(()),
         }
     }
@@ -186,7 +204,7 @@ impl BitNetLm {
         tokens: Tensor<2, Int>,
         offset: usize,
         mut cache: Option<&mut Vec<LayerKv>>,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>> {
         let [b, t] = tokens.dims();
         let mut x = self.embedding.forward(tokens);
         let device = x.device();
@@ -194,10 +212,10 @@ impl BitNetLm {
         let (cos, sin) = rope_tables(head_dim, self.rope_theta, offset, t, &device);
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|layers| &mut layers[i]);
-            x = block.forward(x, &cos, &sin, offset, slot);
+            x = block.forward(x, &cos, &sin, offset, slot)?;
         }
         let x = self.norm.forward(x);
-        match &self.head {
+        Ok(match &self.head {
             Some(head) => head.forward(x),
             None => {
                 let d = x.dims()[2];
@@ -207,7 +225,7 @@ impl BitNetLm {
                     .matmul(table.transpose())
                     .reshape([b, t, v])
             }
-        }
+        })
     }
 }
 
@@ -246,18 +264,26 @@ mod tests {
     #[test]
     fn sizes_that_cannot_exist_are_typed_errors() {
         let device = Device::flex();
-        for config in [
-            BitNetLmConfig::new(usize::MAX / 2, 1 << 20, 1, 2, 64),
-            BitNetLmConfig::new(85, 1 << 20, 1, 2, 1 << 20),
+        for (config, field) in [
+            (
+                BitNetLmConfig::new(usize::MAX / 2, 1 << 20, 1, 2, 64),
+                "BitNetLmConfig.vocab_size",
+            ),
+            (
+                BitNetLmConfig::new(85, 1 << 20, 1, 2, 1 << 20),
+                "BitNetLmConfig.d_ff",
+            ),
         ] {
             assert!(matches!(
                 config.init(&device),
-                Err(QatError::Invalid(m)) if m.contains("elements per parameter")
+                Err(QatError::Config { name, allowed, .. })
+                    if name == field && allowed.contains("elements")
             ));
         }
         assert!(matches!(
             BitNetLmConfig::new(85, 64, 1, 3, 64).init(&device),
-            Err(QatError::Invalid(m)) if m.contains("not a multiple of n_heads 3")
+            Err(QatError::Config { name, value, .. })
+                if name == "BitNetLmConfig.d_model" && value == "64"
         ));
     }
 
@@ -294,14 +320,21 @@ mod tests {
         let long = tokens(&[1; 9], &device);
         assert!(matches!(
             lm.forward_cached(long, &mut cache),
-            Err(QatError::Invalid(m)) if m.contains("max_seq_len")
+            Err(QatError::SequenceLength { len: 17, max: 16 })
         ));
         assert_eq!(cache.len(), 8);
+        assert_eq!(
+            lm.check_len(0, 0),
+            Err(QatError::SequenceLength { len: 0, max: 16 })
+        );
         // A cache of another batch size or of another model: typed errors.
         let two = Tensor::<2, Int>::from_data([[1], [2]], &device);
         assert!(matches!(
             lm.forward_cached(two, &mut cache),
-            Err(QatError::Invalid(m)) if m.contains("another batch size")
+            Err(QatError::Mismatch { what, expected, found })
+                if what == "KV cache block 0 keys shape"
+                    && expected == "[2, 2, 8, 8]"
+                    && found.starts_with("[1, 2, 8, 8]")
         ));
         let other = BitNetLmConfig::new(11, 32, 1, 4, 48)
             .with_max_seq_len(16)
@@ -309,11 +342,17 @@ mod tests {
             .unwrap();
         assert!(matches!(
             other.forward_cached(tokens(&[1], &device), &mut cache),
-            Err(QatError::Invalid(m)) if m.contains("2 blocks cached, the model has 1")
+            Err(QatError::Mismatch { what, expected, found })
+                if what == "KV cache blocks"
+                    && expected.starts_with("1 ")
+                    && found.starts_with("2 ")
         ));
         assert!(matches!(
             lm.try_forward(tokens(&[1, 11], &device)),
-            Err(QatError::Invalid(m)) if m.contains("token id 11")
+            Err(QatError::Token {
+                id: 11,
+                vocab_size: 11
+            })
         ));
     }
 

@@ -21,30 +21,58 @@ pub enum Projection {
 
 impl Projection {
     /// Applies the projection to the last axis of `x`.
+    ///
+    /// # Panics
+    /// If the last axis of `x` is not the projection's input width, or a BitNet layer's
+    /// recorded settings do not fit it; [`Projection::try_forward`] returns an error instead.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.try_forward(x) {
+            Ok(y) => y,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Projection::forward`] with a typed error for an input of another width or a BitNet
+    /// layer whose recorded settings do not fit it (a group size that does not divide its
+    /// input, a malformed record).
+    ///
+    /// # Errors
+    /// As [`BitLinear::try_forward`] (without its NaN check of the input).
+    pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
         match self {
-            Projection::Full(l) => l.forward(x),
-            Projection::Bit(l) => l.forward(x),
+            Projection::Full(l) => {
+                let d_input = l.weight.shape().dims::<2>()[0];
+                crate::check::check_last_dim(&x, d_input, "Linear projection input")?;
+                Ok(l.forward(x))
+            }
+            Projection::Bit(l) => l.forward_checked(x),
         }
     }
 
     /// Applies the projection to `norm.forward(x)` (a SubLN norm in front of it). A BitNet
     /// projection without a norm of its own runs the norm and its activation quantizer as one
     /// fused op in training ([`crate::ste::norm_quantize_ste`]).
-    pub fn forward_normed<const D: usize>(&self, norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    ///
+    /// # Errors
+    /// As [`Projection::try_forward`].
+    pub fn forward_normed<const D: usize>(
+        &self,
+        norm: &RmsNorm,
+        x: Tensor<D>,
+    ) -> crate::Result<Tensor<D>> {
         match self {
-            Projection::Bit(l) if l.norm.is_none() => match l.forward_normed(Some(norm), x) {
-                Ok(y) => y,
-                Err(e) => panic!("{e}"),
-            },
-            _ => self.forward(norm.forward(x)),
+            Projection::Bit(l) if l.norm.is_none() => l.forward_normed(Some(norm), x),
+            _ => self.try_forward(norm.forward(x)),
         }
     }
 
     /// Applies the projection to the output of a pre-norm shared by several projections.
-    pub(crate) fn forward_input<const D: usize>(&self, input: &NormedInput<D>) -> Tensor<D> {
+    pub(crate) fn forward_input<const D: usize>(
+        &self,
+        input: &NormedInput<D>,
+    ) -> crate::Result<Tensor<D>> {
         match input {
-            NormedInput::Normalized(x) => self.forward(x.clone()),
+            NormedInput::Normalized(x) => self.try_forward(x.clone()),
             NormedInput::Deferred(norm, x) => self.forward_normed(norm, x.clone()),
         }
     }
@@ -120,7 +148,7 @@ mod tests {
         assert!(matches!(deferred, NormedInput::Deferred(..)));
         // The same gradients of γ as normalizing once, through both projections.
         let grad = |input: &NormedInput<3>| {
-            let y = q.forward_input(input) + k.forward_input(input);
+            let y = q.forward_input(input).unwrap() + k.forward_input(input).unwrap();
             let grads = (y * c.clone()).sum().backward();
             norm.gamma.val().grad(&grads).unwrap().into_data()
         };
@@ -155,7 +183,7 @@ mod tests {
         let run = |fused: bool| {
             let x = x.clone().require_grad();
             let y = if fused {
-                projection.forward_normed(&norm, x.clone())
+                projection.forward_normed(&norm, x.clone()).unwrap()
             } else {
                 projection.forward(norm.forward(x.clone()))
             };
