@@ -176,7 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<bitnet_qat::Result<Vec<_>>>()?;
     let mut optims: Vec<_> = models
         .iter()
-        .map(|m| m.qat.optimizer(AdamConfig::new().build()))
+        .map(|m| m.qat.optimizer(m, AdamConfig::new().build()))
         .collect();
     let mut samples = vec![Vec::new(); runs.len()];
     for round in 0..args.timing_samples + 2 {

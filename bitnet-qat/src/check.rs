@@ -4,6 +4,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Int, Tensor};
 
 use crate::error::{QatError, Result};
+use crate::quant::layout::ScaleLayout;
 
 /// Counts the NaN and infinite values of `tensor`; `Err(QatError::NonFinite)` when there are
 /// any. This reads two numbers back from the device.
@@ -107,16 +108,31 @@ pub fn check_model<M: Module>(model: &M) -> Result<()> {
             .quantizer
             .try_settings()
             .map_err(|e| e.at(&settings_path))?;
-        // A weight quantizer's scales must fit its weight (a group that divides the inputs).
+        // A weight quantizer's scales must fit its weight (a group that divides the inputs),
+        // and a learned step must hold one value per scale.
         if let Some(weight) = &found.weight {
-            crate::quant::validate_shape(&settings.effective().0, &weight.dims(), 0).map_err(
-                |e| {
-                    QatError::record(
-                        &settings_path,
-                        format!("settings that do not fit the weight: {e}"),
-                    )
-                },
-            )?;
+            let quant = settings.effective().0;
+            crate::quant::validate_shape(&quant, &weight.dims(), 0).map_err(|e| {
+                QatError::record(
+                    &settings_path,
+                    format!("settings that do not fit the weight: {e}"),
+                )
+            })?;
+            if let Some(step) = &found.quantizer.step {
+                let scales = ScaleLayout::new(quant.granularity, 0, weight.dims()).num_scales();
+                let got = step.shape().dims::<1>()[0];
+                if got != scales {
+                    return Err(QatError::record(
+                        format!("{}.step", found.path),
+                        format!(
+                            "a learned step of {got} values for {scales} scales ({:?} over a \
+                             weight of {:?})",
+                            quant.granularity,
+                            weight.dims()
+                        ),
+                    ));
+                }
+            }
         }
     }
     let mut packed = PackedVisitor::default();

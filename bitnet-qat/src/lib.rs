@@ -10,13 +10,16 @@
 //!   [`quant::fake_quantize`].
 //! - [`ste`]: straight-through estimators — standard, clipped, soft (temperature), learned step
 //!   size (LSQ) and adaptive (EWGS).
-//! - [`nn`]: [`nn::BitLinear`], the BitNet b1.58 layer, and [`nn::Quantizer`].
-//! - [`reparam`]: [`reparam::QatReparameterizer`] makes the weights of any Burn model
-//!   quantization-aware in one call.
+//! - [`nn`]: [`nn::BitLinear`], the BitNet b1.58 layer; the drop-in replacements of burn-nn's
+//!   layers ([`nn::Linear`], [`nn::conv::Conv2d`], ...: W1.58A8, burn-nn's records) and
+//!   [`nn::load_float_checkpoint`]; [`nn::Quantizer`].
+//! - [`reparam`]: [`reparam::QatReparameterizer`] makes the weights of a Burn model you cannot
+//!   edit quantization-aware in one call, and reports what it did.
 //! - [`schedule`]: lambda warm-up, temperature annealing, progressive bit width, BitNet's
 //!   two-stage LR / weight decay, QAT statistics.
-//! - `train` (feature `train`, on by default): burn-train integration — QAT state in
-//!   checkpoints, the optimize hook, QAT metrics for the dashboard.
+//! - `train` (feature `train`, on by default): burn-train integration — `Qat`, which trains
+//!   any burn-train model with QAT, QAT state in checkpoints, the optimize hook, QAT metrics for
+//!   the dashboard.
 //! - [`check`]: NaN/Inf checks; [`data`]: the embedded digits, Fashion-MNIST/MNIST IDX files and
 //!   a batcher.
 //!
@@ -55,7 +58,7 @@ pub use error::{QatError, Result};
 /// The types most programs need.
 pub mod prelude {
     pub use crate::error::{QatError, Result};
-    pub use crate::nn::{BitLinear, BitLinearConfig, Quantizer, QuantizerConfig};
+    pub use crate::nn::{BitLinear, BitLinearConfig, QuantScheme, Quantizer, QuantizerConfig};
     pub use crate::quant::{Granularity, QuantConfig, QuantFormat, ScaleStat, fake_quantize};
     pub use crate::reparam::QatReparameterizer;
     pub use crate::ste::Ste;

@@ -228,18 +228,10 @@ where
             )));
         }
     }
-    for (name, value) in [
+    positive(&[
         ("FitConfig.epochs", config.epochs),
         ("FitConfig.batch_size", config.batch_size),
-    ] {
-        if value == 0 {
-            return Err(QatError::Config {
-                name: name.into(),
-                value: value.to_string(),
-                allowed: "> 0".into(),
-            });
-        }
-    }
+    ])?;
     let device = device.clone().autodiff();
     device.seed(config.seed);
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
@@ -289,6 +281,18 @@ where
     })
 }
 
+/// [`QatError::Config`] for the first `(setting, value)` whose value is 0.
+pub(crate) fn positive(settings: &[(&str, usize)]) -> Result<()> {
+    match settings.iter().find(|(_, value)| *value == 0) {
+        Some((name, value)) => Err(QatError::Config {
+            name: name.to_string(),
+            value: value.to_string(),
+            allowed: "> 0".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The `Learner` of a [`Classifier`] around `mlp` (built on `device`): the QAT state of `plan`
 /// with BitNet's weight decay of `lr`, readied by `prepare`, Adam in the QAT optimizer
 /// wrapper, and `lr` as the learning-rate schedule.
@@ -303,7 +307,7 @@ pub(crate) fn classifier_learner(
         mlp,
         qat: plan.init(device),
     })?;
-    let optim = model.qat.optimizer(AdamConfig::new().build());
+    let optim = model.qat.optimizer(&model, AdamConfig::new().build());
     Ok(Learner::new(model, optim, lr.init()?))
 }
 

@@ -4,11 +4,13 @@
 //! same MLP trained with burn-train's `Learner` and the QAT metrics.
 
 pub mod cli;
+pub mod cnn;
 pub mod device;
 pub mod learner;
 pub mod lm;
 pub mod multi;
 pub mod report;
+pub mod your_model;
 
 use std::time::Instant;
 

@@ -192,7 +192,7 @@ pub fn fit_lm(
     })?;
     let optim = model
         .qat
-        .optimizer(AdamConfig::new().with_beta_2(0.95).build());
+        .optimizer(&model, AdamConfig::new().with_beta_2(0.95).build());
     let learner = Learner::new(model, optim, lr.init()?);
 
     let per_epoch = steps_per_epoch * config.batch_size;

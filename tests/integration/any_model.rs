@@ -32,6 +32,7 @@ pub fn encoder(device: &Device) -> TransformerEncoder {
     QatReparameterizer::new(QuantConfig::ternary())
         .apply(encoder)
         .unwrap()
+        .0
 }
 
 /// `[2, 5, 16]` inputs for [`encoder`].
@@ -236,7 +237,8 @@ fn a_reparameterized_transformer_encoder_trains_converts_saves_and_reloads() {
         train_device.seed(11);
         let encoder = QatReparameterizer::new(QuantConfig::ternary())
             .apply(big_encoder_config().init(&train_device))
-            .unwrap();
+            .unwrap()
+            .0;
         let x = Tensor::<3>::from_data(
             TensorData::new(pseudo_random(2 * 8 * 256, 29), [2, 8, 256]),
             &train_device,

@@ -8,7 +8,7 @@
 use bitnet_qat::infer::pack;
 use bitnet_qat::nn::{BitLinear, BitLinearConfig, update_quantizers};
 use bitnet_qat::quant::{Granularity, QuantConfig};
-use bitnet_qat::train::{QatPlan, QatState, QatTrainModel, optimize};
+use bitnet_qat::train::{QatPlan, QatState, QatTrainModel, optimize, prepare};
 use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::store::{BurnpackStore, ModuleSnapshot, SafetensorsStore};
@@ -192,11 +192,12 @@ fn loss(net: &Net, device: &Device) -> Tensor<1> {
 
 /// `steps` SGD steps of a fresh net (statistics measured every step).
 fn trained(steps: usize, device: &Device) -> Net {
-    let mut net = Net {
+    let mut net = prepare(Net {
         fc: BitLinearConfig::new(64, 16).init(device).unwrap(),
         qat: QatPlan::new().with_stats_every(1).init(device),
-    };
-    let mut optim = net.qat.optimizer(SgdConfig::new().build());
+    })
+    .unwrap();
+    let mut optim = net.qat.optimizer(&net, SgdConfig::new().build());
     for _ in 0..steps {
         let grads = GradientsParams::from_grads(loss(&net, device).backward(), &net);
         net = optimize(net, &mut optim, 0.02, grads);
@@ -225,7 +226,7 @@ fn the_qat_state_mirror_and_codes_cache_follow_every_load() {
         // One more step of each: the flip rate is measured against the loaded model's own codes
         // (the skeleton's cached step-2 codes would give another rate).
         let step = |net: Net| {
-            let mut optim = net.qat.optimizer(SgdConfig::new().build());
+            let mut optim = net.qat.optimizer(&net, SgdConfig::new().build());
             let grads = GradientsParams::from_grads(loss(&net, &device).backward(), &net);
             let net = optimize(net, &mut optim, 0.02, grads);
             net.qat.stats(&net, &GradientsParams::new(), &net)

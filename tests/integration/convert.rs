@@ -128,7 +128,8 @@ fn reparameterized_linear_converts() {
         ] {
             let qat = QatReparameterizer::from_config(config)
                 .apply(net.clone())
-                .unwrap();
+                .unwrap()
+                .0;
             let packed = TernaryLinear::from_linear(&qat.fc).unwrap();
             let x = input(5, 300, &device.clone().inner());
             let expected = values(qat.valid().fc.forward(x.clone()));

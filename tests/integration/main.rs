@@ -9,6 +9,7 @@ mod burnpack_edit;
 mod caches;
 mod checkpointing;
 mod convert;
+mod dropin;
 mod export;
 mod fashion_mnist;
 mod gpu;
@@ -23,6 +24,7 @@ mod reference;
 mod reparam;
 mod ste_grads;
 mod training;
+mod zero_glue;
 
 use burn::tensor::{Device, Tensor};
 

@@ -49,7 +49,8 @@ fn forward_uses_ternary_weights_and_latent_weights_learn() {
         let model = QatReparameterizer::new(QuantConfig::ternary())
             .exclude(["head"])
             .apply(model)
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(model.l1.weight.reparameterization::<Quantizer>().is_some());
         assert!(
             model
@@ -123,14 +124,14 @@ fn records_round_trip_in_memory_and_on_disk() {
             .with_ste(Ste::LearnedStepSize),
         )
     };
-    let model = reparam().apply(Mlp::new(&device)).unwrap();
+    let model = reparam().apply(Mlp::new(&device)).unwrap().0;
     // Move the learned steps away from their initial values so the round trip must carry them.
     let model = model.map(&mut ScaleSteps(1.5, Vec::new()));
     let expected = values(model.forward(input(&device)));
 
     // A fresh, differently initialised model with the same reparameterization.
     device.seed(2);
-    let target = || reparam().apply(Mlp::new(&device)).unwrap();
+    let target = || reparam().apply(Mlp::new(&device)).unwrap().0;
     assert_ne!(values(target().forward(input(&device))), expected);
 
     let loaded = target().load_record(model.clone().into_record());
@@ -210,4 +211,180 @@ fn invalid_selections_are_typed_errors() {
         Err(bitnet_qat::QatError::Config { name, allowed, .. })
             if name == "Ste" && allowed.contains("binary")
     ));
+}
+
+/// A burn-nn CNN with an embedding: what a user's model looks like.
+#[derive(Module, Debug)]
+struct Cnn {
+    embedding: burn::nn::Embedding,
+    conv: burn::nn::conv::Conv2d,
+    norm: burn::nn::BatchNorm,
+    hidden: Linear,
+    head: Linear,
+}
+
+fn cnn(device: &Device) -> Cnn {
+    Cnn {
+        embedding: burn::nn::EmbeddingConfig::new(7, 4).init(device),
+        conv: burn::nn::conv::Conv2dConfig::new([2, 3], [3, 3]).init(device),
+        norm: burn::nn::BatchNormConfig::new(3).init(device),
+        hidden: LinearConfig::new(12, 8).init(device),
+        head: LinearConfig::new(8, 5).init(device),
+    }
+}
+
+#[test]
+fn convolutions_are_quantized_per_output_channel_and_the_report_names_every_parameter() {
+    use bitnet_qat::nn::QuantAxis;
+    use bitnet_qat::reparam::{FloatReason, Outcome};
+
+    let device = Device::flex();
+    let model = cnn(&device);
+    let kernel = values(model.conv.weight.val());
+    let quant = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
+    let (model, report) = QatReparameterizer::new(quant).apply(model).unwrap();
+    let outcomes: Vec<(&str, Vec<usize>, &str, Outcome)> = report
+        .params
+        .iter()
+        .map(|p| {
+            (
+                p.path.as_str(),
+                p.shape.clone(),
+                p.module.as_str(),
+                p.outcome,
+            )
+        })
+        .collect();
+    let quantized = |axis| Outcome::Quantized {
+        format: bitnet_qat::quant::QuantFormat::Ternary,
+        granularity: Granularity::PerChannel,
+        axis,
+    };
+    let float = Outcome::Float;
+    assert_eq!(
+        outcomes,
+        [
+            (
+                "embedding.weight",
+                vec![7, 4],
+                "Embedding",
+                float(FloatReason::Embedding)
+            ),
+            (
+                "conv.weight",
+                vec![3, 2, 3, 3],
+                "Conv2d",
+                quantized(QuantAxis::OutputFirst)
+            ),
+            (
+                "conv.bias",
+                vec![3],
+                "Conv2d",
+                float(FloatReason::NotAWeight)
+            ),
+            (
+                "norm.gamma",
+                vec![3],
+                "BatchNorm",
+                float(FloatReason::NotAWeight)
+            ),
+            (
+                "norm.beta",
+                vec![3],
+                "BatchNorm",
+                float(FloatReason::NotAWeight)
+            ),
+            (
+                "norm.running_mean",
+                vec![3],
+                "BatchNorm",
+                float(FloatReason::NotAWeight)
+            ),
+            (
+                "norm.running_var",
+                vec![3],
+                "BatchNorm",
+                float(FloatReason::NotAWeight)
+            ),
+            (
+                "hidden.weight",
+                vec![12, 8],
+                "Linear",
+                quantized(QuantAxis::Weight)
+            ),
+            (
+                "hidden.bias",
+                vec![8],
+                "Linear",
+                float(FloatReason::NotAWeight)
+            ),
+            (
+                "head.weight",
+                vec![8, 5],
+                "Linear",
+                float(FloatReason::OutputHead)
+            ),
+            (
+                "head.bias",
+                vec![5],
+                "Linear",
+                float(FloatReason::NotAWeight)
+            ),
+        ]
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains("output head (opt in: quantize_head)"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("activations stay in full precision (the drop-in layers quantize them)")
+    );
+    // The kernel: absmean ternary with one scale per output channel (18 values each).
+    let expected: Vec<f32> = kernel
+        .chunks(18)
+        .flat_map(|c| r::ternary(c, 1e-5))
+        .collect();
+    assert_close(&values(model.conv.weight.val()), &expected, 1e-6, "kernel");
+
+    // Opting in quantizes the embedding (one scale per token vector) and the head.
+    let (model, report) = QatReparameterizer::new(QuantConfig::ternary())
+        .quantize_embeddings(true)
+        .quantize_head(true)
+        .apply(cnn(&device))
+        .unwrap();
+    assert_eq!(report.quantized().count(), 4);
+    assert_eq!(report.float().count(), 7);
+    let table = values(model.embedding.weight.base());
+    assert_close(
+        &values(model.embedding.weight.val()),
+        &r::ternary(&table, 1e-5),
+        1e-6,
+        "embedding",
+    );
+}
+
+#[test]
+fn transposed_convolutions_take_per_tensor_scales_only() {
+    #[derive(Module, Debug)]
+    struct Up {
+        up: burn::nn::conv::ConvTranspose2d,
+    }
+    let device = Device::flex();
+    let up = || Up {
+        up: burn::nn::conv::ConvTranspose2dConfig::new([4, 2], [2, 2]).init(&device),
+    };
+    match QatReparameterizer::new(QuantConfig::ternary().with_granularity(Granularity::PerChannel))
+        .apply(up())
+    {
+        Err(bitnet_qat::QatError::Unsupported { layer, reason }) => {
+            assert_eq!(layer, "up.weight");
+            assert!(reason.contains("only PerTensor"), "{reason}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let (_, report) = QatReparameterizer::new(QuantConfig::ternary())
+        .apply(up())
+        .unwrap();
+    assert_eq!(report.quantized().count(), 1);
 }

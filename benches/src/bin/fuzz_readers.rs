@@ -22,7 +22,7 @@ static ALLOCATOR: Counting = Counting;
 /// Fuzzes the readers of untrusted bytes.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Which reader (`packed-file`, `idx`, `idx-gz`, `record`, `load-packed`, `saved-lm`,
+    /// Which reader (`packed-file`, `idx`, `idx-gz`, `record`, `load-packed`, `float-checkpoint`, `saved-lm`,
     /// `gguf`, `hf`); all of them by default.
     #[arg(long)]
     target: Option<String>,

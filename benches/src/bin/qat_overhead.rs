@@ -13,8 +13,11 @@
 //! plus `linear-dx`, the `linear` model whose first layer also computes its input's gradient:
 //! the matmul that any trainable parameter in front of the first layer (the norm's `γ`) costs,
 //! the floor of a model with a learnable input norm — and `bitlinear-fixed-norm`, BitLinear with
-//! a parameter-free norm (`norm_affine(false)`), which has no such floor. One step = forward, cross-entropy,
-//! backward, Adam. Variants are interleaved, at least 21 samples each, medians reported.
+//! a parameter-free norm (`norm_affine(false)`), which has no such floor — and the pair
+//! `bitlinear-no-norm` (BitLinear without its norm) and `dropin-linear` (the drop-in
+//! `bitnet_qat::nn::Linear`, W1.58A8: the same computation through the generic layer). One step =
+//! forward, cross-entropy, backward, Adam. Variants are interleaved, at least 21 samples each,
+//! medians reported.
 
 use std::path::PathBuf;
 
@@ -77,6 +80,7 @@ enum Layer {
     Linear(Linear),
     NormLinear(NormLinear),
     Bit(BitLinear),
+    DropIn(bitnet_qat::nn::Linear),
 }
 
 #[derive(Module, Debug)]
@@ -93,6 +97,11 @@ impl Mlp {
                 "linear" | "linear-dx" => {
                     Layer::Linear(LinearConfig::new(w[0], w[1]).with_bias(false).init(device))
                 }
+                "dropin-linear" => Layer::DropIn(
+                    bitnet_qat::nn::LinearConfig::new(w[0], w[1])
+                        .with_bias(false)
+                        .init(device),
+                ),
                 "norm-linear" => Layer::NormLinear(NormLinear {
                     norm: RmsNormConfig::new(w[0]).init(device),
                     linear: LinearConfig::new(w[0], w[1]).with_bias(false).init(device),
@@ -100,7 +109,8 @@ impl Mlp {
                 _ => {
                     let config = BitLinearConfig::new(w[0], w[1])
                         .with_weight_ste(ste)
-                        .with_norm_affine(kind != "bitlinear-fixed-norm");
+                        .with_norm_affine(kind != "bitlinear-fixed-norm")
+                        .with_norm(kind != "bitlinear-no-norm");
                     let config = match quantizers {
                         "weights" => config.with_activation_quant(None),
                         _ => config,
@@ -133,6 +143,7 @@ impl Mlp {
                 Layer::Linear(l) => l.forward(x),
                 Layer::NormLinear(l) => l.linear.forward(l.norm.forward(x)),
                 Layer::Bit(l) => l.forward(x),
+                Layer::DropIn(l) => l.forward(x),
             };
             if i < last { relu(y) } else { y }
         })
@@ -174,6 +185,9 @@ struct Report {
     memory_ratio_vs_linear: f64,
     /// Kernel launches of the QAT step over those of the RMSNorm+Linear step (GPU devices).
     launch_ratio_vs_norm_linear: Option<f64>,
+    /// `dropin-linear` over `bitlinear-no-norm`: the generic drop-in layer against the
+    /// hand-built one of the same computation.
+    dropin_time_ratio_vs_bitlinear_no_norm: f64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -222,13 +236,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "norm-linear",
         "bitlinear",
         "bitlinear-fixed-norm",
+        "bitlinear-no-norm",
+        "dropin-linear",
     ];
     let mut models: Vec<Option<Mlp>> = names
         .iter()
         .map(|n| Some(Mlp::new(n, args.hidden, &args.bitlinear, ste, &device)))
         .collect();
     let mut optims: Vec<_> = names.iter().map(|_| AdamConfig::new().init()).collect();
-    let mut peaks = [0usize; 5];
+    let mut peaks = [0usize; 7];
     let mut step = |i: usize| {
         let model = models[i].take().expect("model");
         let (model, peak) = peak_during(|| {
@@ -257,14 +273,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut || (step.borrow_mut())(2),
             &mut || (step.borrow_mut())(3),
             &mut || (step.borrow_mut())(4),
+            &mut || (step.borrow_mut())(5),
+            &mut || (step.borrow_mut())(6),
         ],
     );
     // One more step of each, counting its kernel launches (GPU builds; the step ends with a
     // device sync, so the lazily fused operations are issued inside the count).
     let launches: Vec<Option<usize>> = if args.device == "flex" {
-        vec![None; 5]
+        vec![None; names.len()]
     } else {
-        (0..5)
+        (0..names.len())
             .map(|i| count_launches(|| (step.borrow_mut())(i)))
             .collect()
     };
@@ -286,6 +304,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fixed_norm_time_ratio_vs_linear: median(4) / median(0),
         memory_ratio_vs_norm_linear: peaks[3] as f64 / peaks[2] as f64,
         memory_ratio_vs_linear: peaks[3] as f64 / peaks[0] as f64,
+        dropin_time_ratio_vs_bitlinear_no_norm: median(6) / median(5),
         launch_ratio_vs_norm_linear: launches[3]
             .zip(launches[2])
             .map(|(qat, fp)| qat as f64 / fp as f64),
@@ -341,6 +360,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.time_ratio_vs_norm_linear,
         report.memory_ratio_vs_norm_linear,
         report.time_ratio_vs_linear_dx
+    );
+    println!(
+        "drop-in Linear step / BitLinear (no norm) step: {:.2}x time",
+        report.dropin_time_ratio_vs_bitlinear_no_norm
     );
     if let Some(ratio) = report.launch_ratio_vs_norm_linear {
         println!("QAT step / FP32 step: {ratio:.2}x kernel launches (vs RMSNorm+Linear)");

@@ -1,5 +1,5 @@
 //! The readers under test and their seed files: `packed-file`, `idx`, `idx-gz`, `record`,
-//! `load-packed`, `saved-lm`, `gguf`, `hf`.
+//! `load-packed`, `float-checkpoint`, `saved-lm`, `gguf`, `hf`.
 
 use std::io::Write;
 
@@ -11,7 +11,7 @@ use bitnet_qat::export::{
 };
 use bitnet_qat::infer::{load_packed_bytes, pack};
 use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation, SavedLm};
-use bitnet_qat::nn::{BitLinear, BitLinearConfig};
+use bitnet_qat::nn::{BitLinear, BitLinearConfig, load_float_checkpoint};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat::reparam::QatReparameterizer;
 use bitnet_qat::train::{QatPlan, QatState, QatTrainModel, check_checkpoint_bytes, optimize};
@@ -36,6 +36,7 @@ pub fn targets() -> Vec<Target> {
         idx(true),
         record(),
         load_packed(),
+        float_checkpoint(),
         saved_lm(),
         gguf(),
         hf(),
@@ -242,8 +243,9 @@ fn checkpoints(device: &Device) -> (Checkpointed, Checkpointed) {
     };
     // Two steps: a recorded step count, measurement and flip rate.
     let train = device.clone().autodiff();
-    let mut model = qat.clone().fork(&train).train();
-    let mut optim = model.qat.optimizer(SgdConfig::new().build());
+    let mut model = bitnet_qat::train::prepare(qat.clone().fork(&train).train())
+        .expect("a fresh model is ready");
+    let mut optim = model.qat.optimizer(&model, SgdConfig::new().build());
     for _ in 0..2 {
         let x = Tensor::<2>::ones([2, 256], &train);
         let loss = model
@@ -339,6 +341,7 @@ fn packable_linears(device: &Device) -> Vec<Linear> {
     QatReparameterizer::new(QuantConfig::ternary())
         .apply(linears)
         .expect("reparameterizes")
+        .0
 }
 
 fn load_packed() -> Target {
@@ -379,6 +382,78 @@ fn load_packed() -> Target {
                 let y = model[1].forward(model[0].forward(x));
                 y.dims() == [2, 3]
             }
+        }),
+    }
+}
+
+/// A burn-nn model with every layer the drop-ins replace (a `Col`-layout `Linear` included).
+#[derive(Module, Debug)]
+struct FloatNet {
+    conv: burn::nn::conv::Conv2d,
+    col: Linear,
+    head: Linear,
+}
+
+/// The same model from the drop-in layers (W1.58A8; LSQ steps for `head`).
+#[derive(Module, Debug)]
+struct DropInNet {
+    conv: bitnet_qat::nn::conv::Conv2d,
+    col: bitnet_qat::nn::Linear,
+    head: bitnet_qat::nn::Linear,
+}
+
+fn float_net(device: &Device) -> FloatNet {
+    FloatNet {
+        conv: burn::nn::conv::Conv2dConfig::new([2, 4], [3, 3]).init(device),
+        col: LinearConfig::new(36, 8)
+            .with_layout(burn::nn::LinearLayout::Col)
+            .init(device),
+        head: LinearConfig::new(8, 3).init(device),
+    }
+}
+
+fn dropin_net(device: &Device) -> DropInNet {
+    let lsq = bitnet_qat::nn::QuantScheme::bitnet()
+        .with_weight_ste(bitnet_qat::ste::Ste::LearnedStepSize);
+    DropInNet {
+        conv: bitnet_qat::nn::conv::Conv2dConfig::new([2, 4], [3, 3]).init(device),
+        col: bitnet_qat::nn::LinearConfig::new(36, 8)
+            .with_layout(burn::nn::LinearLayout::Col)
+            .init(device),
+        head: bitnet_qat::nn::LinearConfig::new(8, 3)
+            .with_quant(lsq)
+            .init(device),
+    }
+}
+
+/// A checkpoint of a burn-nn model, loaded into the same model built from the drop-in layers
+/// (`nn::load_float_checkpoint`), then run.
+fn float_checkpoint() -> Target {
+    let device = seeded_device();
+    let seeds = vec![
+        seed(burnpack(record_of(float_net(&device)))),
+        // A QAT checkpoint of the drop-in model loads too (its quantizer state included).
+        seed(burnpack(record_of(dropin_net(&device)))),
+    ];
+    let skeleton = dropin_net(&device);
+    Target {
+        name: "float-checkpoint",
+        seeds,
+        test_inputs: 20_000,
+        read: Box::new(move |input| {
+            let Ok(loaded) = load_float_checkpoint(skeleton.clone(), input.to_vec()) else {
+                return false;
+            };
+            let net = loaded.model;
+            let x = Tensor::<4>::ones([1, 2, 5, 5], &device);
+            let Ok(y) = net.conv.try_forward(x) else {
+                return false;
+            };
+            let y = y.flatten::<2>(1, 3);
+            net.col
+                .try_forward(y)
+                .and_then(|h| net.head.try_forward(h))
+                .is_ok_and(|y| y.dims() == [1, 3])
         }),
     }
 }

@@ -92,7 +92,7 @@ pub(crate) enum FloatTypes {
     Refuse,
 }
 
-fn burnpack(reason: String) -> QatError {
+pub(crate) fn burnpack(reason: String) -> QatError {
     QatError::File {
         format: "burnpack",
         path: String::new(),
@@ -205,7 +205,7 @@ pub(crate) fn load_checked<M: Module>(
 /// tensor whose data is not aligned to its elements, and no two tensors sharing bytes (their
 /// sizes add up to at most the file's), so that every allocation a load makes from the table
 /// is backed by bytes of its own.
-fn check_table(store: &mut BurnpackStore, file_len: usize) -> Result<()> {
+pub(crate) fn check_table(store: &mut BurnpackStore, file_len: usize) -> Result<()> {
     let tensors = store
         .get_all_tensors()
         .map_err(|e| burnpack(e.to_string()))?;
@@ -330,7 +330,7 @@ fn stored_layout(store: &mut BurnpackStore, weight_path: &str) -> Result<PackedL
 /// `model` with every float parameter in the float type it runs in: the device's, and f32
 /// for the scales of packed weights (the kernels read f32 scales). Another type is cast or
 /// refused, as `floats` says.
-fn float_types<M: Module>(model: M, device: &Device, floats: FloatTypes) -> Result<M> {
+pub(crate) fn float_types<M: Module>(model: M, device: &Device, floats: FloatTypes) -> Result<M> {
     let mut mapper = FloatTypeMapper {
         device_float: device.settings().float_dtype.into(),
         floats,

@@ -5,7 +5,7 @@
 //! saved one ([`TernaryLinearConfig::init`]).
 
 pub(crate) mod convert;
-mod load;
+pub(crate) mod load;
 mod pack;
 mod packed_weight;
 mod ternary_linear;

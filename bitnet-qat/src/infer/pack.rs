@@ -12,7 +12,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use super::convert::pack_weight;
 use super::packed_weight::PackedWeight;
 use crate::error::{QatError, Result};
-use crate::nn::quantizers;
+use crate::nn::{QuantAxis, quantizers};
 
 /// `model` for inference with every quantized weight packed in place: each weight that carries
 /// a [`Quantizer`](crate::nn::Quantizer) (a [`BitLinear`](crate::nn::BitLinear)'s, or any layer's
@@ -23,6 +23,11 @@ use crate::nn::quantizers;
 /// quantized weight, so the packed model's outputs equal those of `model.valid()`;
 /// `BitLinear` runs the packed kernels (int8 activations for BitNet's activation quantizer).
 /// Activation quantizers stay. Other reparameterizations are folded into their weights.
+///
+/// Convolution kernels ([`QuantAxis::OutputFirst`] quantizers: the drop-in
+/// [`Conv1d`](crate::nn::conv::Conv1d) and [`Conv2d`](crate::nn::conv::Conv2d), reparameterized
+/// burn-nn convolutions) are not packed yet: they keep their quantized values as an f32 kernel,
+/// so the outputs still equal those of `model.valid()`, without the size gain.
 ///
 /// # Errors
 /// [`QatError::Unsupported`] naming the weight's path for a weight the packed form cannot
@@ -53,6 +58,15 @@ pub fn pack<M: Module>(model: &M) -> Result<M> {
         let Some(weight) = found.weight else {
             continue;
         };
+        let kernel = found
+            .quantizer
+            .try_settings()
+            .map_err(|e| e.at(&path))?
+            .axis;
+        if kernel == QuantAxis::OutputFirst {
+            // Convolutions keep their quantized kernel as f32 values (see the docs above).
+            continue;
+        }
         let device = weight.device().inner();
         let packed = pack_weight(weight, &found.quantizer).map_err(|e| e.at(&path))?;
         let packed = PackedWeight::from_packed(&packed, false, &device).map_err(|e| match e {

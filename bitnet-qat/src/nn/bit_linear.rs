@@ -121,9 +121,9 @@ pub struct BitLinear {
 }
 
 /// Attaches one quantizer to the parameter at one path (the weight of a layer being built).
-struct AttachAt {
-    path: &'static str,
-    quantizer: Option<Quantizer>,
+pub(crate) struct AttachAt {
+    pub(crate) path: &'static str,
+    pub(crate) quantizer: Option<Quantizer>,
 }
 
 impl Reparameterizer for AttachAt {
@@ -158,20 +158,7 @@ impl BitLinearConfig {
         self.weight_quant.validate_for_dim(self.d_input)?;
         if let Some(act) = &self.activation_quant {
             self.activation_config(act)
-                .validate_activation(self.d_input)
-                .map_err(|e| match e {
-                    // The setting is this configuration's activation STE.
-                    QatError::Config {
-                        name,
-                        value,
-                        allowed,
-                    } if name == "QuantizerConfig.ste" => QatError::Config {
-                        name: "BitLinearConfig.activation_ste".into(),
-                        value,
-                        allowed,
-                    },
-                    other => other,
-                })?;
+                .validate_activation_as(self.d_input, "BitLinearConfig.activation_ste")?;
         }
         Ok(())
     }

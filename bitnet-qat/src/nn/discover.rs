@@ -25,9 +25,12 @@ pub struct FoundQuantizer {
     pub path: String,
     /// The quantizer (its parameters are shared with the model's, not copied).
     pub quantizer: Quantizer,
-    /// The latent weight it quantizes, `[d_input, d_output]`, when it is attached to a 2-D
-    /// parameter (a weight quantizer of a [`BitLinear`](super::BitLinear) or of a
-    /// reparameterized layer).
+    /// The latent weight it quantizes, as its linear view `[d_input, d_output]`, when it is
+    /// attached to a parameter (a weight quantizer of a [`BitLinear`](super::BitLinear), a
+    /// drop-in layer or a reparameterized layer): a 2-D weight as it is, a convolution kernel
+    /// `[channels_out, channels_in / groups, k...]` as [`linear_view`](super::linear_view)
+    /// gives it, `[channels_in / groups · k..., channels_out]` — the tensor its quantizer
+    /// quantizes along axis 0 either way.
     pub weight: Option<Tensor<2>>,
 }
 
@@ -112,15 +115,25 @@ fn at_settings(path: &[(String, String)]) -> bool {
         .is_some_and(|(name, ty)| name == "settings" && ty == QUANTIZER)
 }
 
+/// A visited weight: a 2-D parameter as it is stored (its linear view for a
+/// [`QuantAxis::Weight`](super::QuantAxis::Weight) quantizer, transposed for an output-first
+/// one), or the linear view of a parameter of 3 axes or more.
+#[derive(Clone)]
+struct Weight {
+    tensor: Tensor<2>,
+    /// Whether `tensor` is a 2-D parameter as it is stored (not a view).
+    stored: bool,
+}
+
 #[derive(Default)]
 struct Finder {
     /// `(name, container type)` of every module entered.
     path: Vec<(String, String)>,
     /// The last float parameter visited, with the depth it was visited at: the base of a
     /// reparameterized parameter is visited just before Burn enters its reparameterization.
-    last_float: Option<(usize, Option<Tensor<2>>)>,
+    last_float: Option<(usize, Option<Weight>)>,
     /// The weight of the reparameterization being visited, by the depth it was entered at.
-    weights: Vec<(usize, Tensor<2>)>,
+    weights: Vec<(usize, Weight)>,
     /// The `step` of the quantizer being visited (it comes before `settings`), by the depth of
     /// its quantizer.
     step: Option<(usize, Param<Tensor<1>>)>,
@@ -157,10 +170,20 @@ impl ModuleVisitor for Finder {
             self.step = Some((self.path.len() - 1, param));
             return;
         }
-        let weight = (D == 2).then(|| {
-            let dims = param.shape().dims::<D>().to_vec();
-            param.base().reshape([dims[0], dims[1]])
-        });
+        let weight = match D {
+            2 => {
+                let dims = param.shape().dims::<D>().to_vec();
+                Some(Weight {
+                    tensor: param.base().reshape([dims[0], dims[1]]),
+                    stored: true,
+                })
+            }
+            3.. => Some(Weight {
+                tensor: super::linear_view(param.base()),
+                stored: false,
+            }),
+            _ => None,
+        };
         self.last_float = Some((self.path.len(), weight));
     }
 
@@ -175,8 +198,23 @@ impl ModuleVisitor for Finder {
             Some((d, step)) if d == depth => Some(step),
             _ => None,
         };
+        let quantizer = Quantizer::from_params(step, settings);
         let weight = match self.weights.last() {
-            Some((d, w)) if *d == depth => Some(w.clone()),
+            Some((d, w)) if *d == depth => {
+                let w = w.clone();
+                // Malformed settings are reported by whoever reads them; the weight is then
+                // given as it is stored.
+                let output_first = w.stored
+                    && quantizer
+                        .try_settings()
+                        .is_ok_and(|s| s.axis == super::QuantAxis::OutputFirst);
+                let tensor = if output_first {
+                    w.tensor.transpose()
+                } else {
+                    w.tensor
+                };
+                Some(tensor)
+            }
             _ => None,
         };
         let path = self.path[..depth]
@@ -186,7 +224,7 @@ impl ModuleVisitor for Finder {
             .join(".");
         self.found.push(FoundQuantizer {
             path,
-            quantizer: Quantizer::from_params(step, settings),
+            quantizer,
             weight,
         });
     }

@@ -51,6 +51,39 @@ pub enum QuantAxis {
     Weight,
     /// The last axis: activations `[..., features]`.
     Activation,
+    /// A weight stored output-first, `[d_output, ...]` — a convolution kernel `[channels_out,
+    /// channels_in / groups, k...]` (Burn's layout), an embedding table `[n_embedding,
+    /// d_model]` — quantized through its *linear view* `[numel / d_output, d_output]` (see
+    /// [`linear_view`]) as a [`QuantAxis::Weight`] quantizer would: `PerChannel` is one scale
+    /// per output channel (per embedding row), `PerGroup` groups consecutive elements of one
+    /// output's inputs.
+    OutputFirst,
+}
+
+impl QuantAxis {
+    /// Whether this is a weight's axis ([`QuantAxis::Weight`] or [`QuantAxis::OutputFirst`]).
+    pub fn is_weight(self) -> bool {
+        self != QuantAxis::Activation
+    }
+}
+
+/// The linear view `[numel / d_output, d_output]` of an output-first weight `[d_output, ...]`
+/// (a convolution kernel `[channels_out, channels_in / groups, k...]` becomes
+/// `[channels_in / groups · k..., channels_out]`): what a [`QuantAxis::OutputFirst`]
+/// quantizer quantizes, and what [`crate::nn::quantizers`] reports as its weight.
+///
+/// # Example
+/// ```
+/// use bitnet_qat::nn::linear_view;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let kernel = Tensor::<4>::zeros([8, 3, 5, 5], &Device::flex());
+/// assert_eq!(linear_view(kernel).dims(), [75, 8]);
+/// ```
+pub fn linear_view<const D: usize>(kernel: Tensor<D>) -> Tensor<2> {
+    let dims = kernel.dims();
+    let rest: usize = dims[1..].iter().product();
+    kernel.reshape([dims[0], rest]).transpose()
 }
 
 /// Fake quantization with a straight-through estimator, as a module.
@@ -80,23 +113,47 @@ impl QuantizerConfig {
     /// weight's device. A learned step is initialised from `weight` so the first forward pass
     /// equals the non-learned quantizer.
     pub fn init_weight(&self, weight: &Tensor<2>) -> crate::Result<Quantizer> {
+        self.init_linear_view(weight.clone(), QuantAxis::Weight)
+    }
+
+    /// Builds a quantizer for an output-first weight such as a convolution kernel
+    /// `[channels_out, channels_in / groups, k...]` ([`QuantAxis::OutputFirst`]: scales per
+    /// output channel with `PerChannel`), on the kernel's device. A learned step is initialised
+    /// from `kernel`.
+    ///
+    /// # Errors
+    /// As [`QuantizerConfig::init_weight`] for the kernel's linear view ([`linear_view`]).
+    ///
+    /// # Example
+    /// ```
+    /// use bitnet_qat::nn::QuantizerConfig;
+    /// use bitnet_qat::quant::{Granularity, QuantConfig};
+    /// use burn::tensor::{Device, Tensor};
+    ///
+    /// let device = Device::flex();
+    /// let kernel = Tensor::<4>::ones([4, 2, 3, 3], &device);
+    /// let quant = QuantConfig::ternary().with_granularity(Granularity::PerChannel);
+    /// let q = QuantizerConfig::new(quant).init_output_first(&kernel).unwrap();
+    /// assert_eq!(q.forward(kernel).dims(), [4, 2, 3, 3]);
+    /// ```
+    pub fn init_output_first<const D: usize>(
+        &self,
+        kernel: &Tensor<D>,
+    ) -> crate::Result<Quantizer> {
+        self.init_linear_view(linear_view(kernel.clone()), QuantAxis::OutputFirst)
+    }
+
+    /// A weight quantizer for a weight whose linear view is `view` `[d_input, d_output]`.
+    fn init_linear_view(&self, view: Tensor<2>, axis: QuantAxis) -> crate::Result<Quantizer> {
         self.ste.validate(&self.quant)?;
-        validate_shape(&self.quant, &weight.dims(), 0)?;
+        validate_shape(&self.quant, &view.dims(), 0)?;
+        let device = view.device();
         let step = match self.ste {
-            Ste::LearnedStepSize => Some(Param::from_tensor(initial_step(
-                weight.clone(),
-                &self.quant,
-                0,
-            ))),
+            Ste::LearnedStepSize => Some(Param::from_tensor(initial_step(view, &self.quant, 0))),
             _ => None,
         };
-        let settings = QuantizerSettings::new(
-            self.quant.clone(),
-            self.ste,
-            QuantAxis::Weight,
-            step.is_some(),
-        );
-        Ok(Quantizer::from_settings(step, settings, &weight.device()))
+        let settings = QuantizerSettings::new(self.quant.clone(), self.ste, axis, step.is_some());
+        Ok(Quantizer::from_settings(step, settings, &device))
     }
 
     /// Builds a quantizer for activations whose last axis has `d_features` elements, with its
@@ -125,6 +182,29 @@ impl QuantizerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl QuantizerConfig {
+    /// [`QuantizerConfig::validate_activation`] for a layer whose configuration calls the STE
+    /// setting `ste_setting` (`"BitLinearConfig.activation_ste"`): an STE error names it.
+    pub(crate) fn validate_activation_as(
+        &self,
+        d_features: usize,
+        ste_setting: &str,
+    ) -> crate::Result<()> {
+        self.validate_activation(d_features).map_err(|e| match e {
+            QatError::Config {
+                name,
+                value,
+                allowed,
+            } if name == "QuantizerConfig.ste" => QatError::Config {
+                name: ste_setting.into(),
+                value,
+                allowed,
+            },
+            other => other,
+        })
     }
 }
 
@@ -289,7 +369,22 @@ impl Quantizer {
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> crate::Result<Tensor<D>> {
         // One read of the settings: the whole pass uses one consistent configuration.
         let settings = self.try_settings()?;
+        if settings.axis == QuantAxis::OutputFirst {
+            let dims = x.dims();
+            let q = self.forward_along(linear_view(x), &settings, 0)?;
+            return Ok(q.transpose().reshape(dims));
+        }
         let axis = axis_of::<D>(settings.axis);
+        self.forward_along(x, &settings, axis)
+    }
+
+    /// The forward pass with scales along `axis`.
+    fn forward_along<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        settings: &QuantizerSettings,
+        axis: usize,
+    ) -> crate::Result<Tensor<D>> {
         let (quant, ste) = settings.effective();
         validate_shape(&quant, &x.dims(), axis)?;
         let lambda = settings.lambda;
@@ -354,6 +449,21 @@ impl Quantizer {
         })
     }
 
+    /// The learned step this quantizer would start from for a weight whose linear view is
+    /// `view` (as [`QuantizerConfig::init_weight`] computes it), `None` without a learned step:
+    /// a quantizer whose weight was loaded after it was built restarts from it.
+    ///
+    /// # Errors
+    /// As [`Quantizer::try_forward`].
+    pub(crate) fn initial_step_for(&self, view: Tensor<2>) -> crate::Result<Option<Tensor<1>>> {
+        if self.step.is_none() {
+            return Ok(None);
+        }
+        let settings = self.try_settings()?;
+        validate_shape(&settings.quant, &view.dims(), 0)?;
+        Ok(Some(initial_step(view, &settings.quant, 0)))
+    }
+
     /// The quantized weight `[d_input, d_output]` of the forward pass at lambda 1, without
     /// autodiff: the values a converted layer must reproduce.
     ///
@@ -396,7 +506,8 @@ impl Quantizer {
 /// The axis the scales of a `D`-dimensional input run along.
 fn axis_of<const D: usize>(axis: QuantAxis) -> usize {
     match axis {
-        QuantAxis::Weight => 0,
+        // A kernel is quantized through its linear view (`Quantizer::try_forward`).
+        QuantAxis::Weight | QuantAxis::OutputFirst => 0,
         QuantAxis::Activation => D - 1,
     }
 }

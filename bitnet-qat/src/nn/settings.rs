@@ -72,7 +72,7 @@ impl QuantizerSettings {
     /// override applies to the soft STE.
     pub fn effective(&self) -> (QuantConfig, Ste) {
         let mut quant = self.quant.clone();
-        if self.axis == QuantAxis::Weight
+        if self.axis.is_weight()
             && !self.learned_step
             && let Some(format) = self.format
             && format != quant.format
@@ -180,6 +180,7 @@ impl QuantizerSettings {
         out.push(match self.axis {
             QuantAxis::Weight => 0,
             QuantAxis::Activation => 1,
+            QuantAxis::OutputFirst => 2,
         });
         out.push(self.learned_step as i64);
         push_u64(&mut out, self.lambda.to_bits());
@@ -230,6 +231,7 @@ impl QuantizerSettings {
         let axis = match values[18] {
             0 => QuantAxis::Weight,
             1 => QuantAxis::Activation,
+            2 => QuantAxis::OutputFirst,
             _ => return Err(bad("axis code")),
         };
         let learned_step = match values[19] {
@@ -348,7 +350,7 @@ mod tests {
             (3, 3, "statistic code"),
             (4, 7, "granularity"),
             (13, 5, "STE code"),
-            (18, 2, "axis code"),
+            (18, 3, "axis code"),
             (19, 0, "learned-step flag"),
             (24, 2, "temperature flag"),
             (29, 77, "format override code"),

@@ -4,7 +4,7 @@ use burn::module::Module;
 
 use super::{BitWidthSchedule, LambdaSchedule, TemperatureSchedule};
 use crate::error::Result;
-use crate::nn::{QuantAxis, update_quantizers};
+use crate::nn::update_quantizers;
 
 /// The QAT schedules of a run, applied to a model at each global step (in `TrainStep::optimize`
 /// or a custom loop). Everything is derived from the step, so applying it after loading a
@@ -89,7 +89,7 @@ impl QatScheduler {
                 s = s.with_temperature(temperature)?;
             }
             if let Some(f) = format
-                && s.axis == QuantAxis::Weight
+                && s.axis.is_weight()
             {
                 s = s.with_format(Some(f))?;
             }

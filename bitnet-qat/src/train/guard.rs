@@ -4,6 +4,7 @@
 //! burn-train resumes from it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::train::Interrupter;
@@ -26,6 +27,10 @@ use crate::infer::{FloatTypes, load_checked};
 pub(crate) struct RunGuard {
     interrupter: Interrupter,
     failure: Arc<Mutex<Option<QatError>>>,
+    /// Set by [`prepare`](super::prepare).
+    prepared: Arc<AtomicBool>,
+    /// Set once the first optimizer step of the run was checked.
+    first_step_checked: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RunGuard {
@@ -41,6 +46,21 @@ impl RunGuard {
     /// The interrupter burn-train's `SupervisedTraining::with_interrupter` takes.
     pub(crate) fn interrupter(&self) -> Interrupter {
         self.interrupter.clone()
+    }
+
+    /// Records that [`prepare`](super::prepare) readied the model.
+    pub(crate) fn set_prepared(&self) {
+        self.prepared.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`prepare`](super::prepare) readied the model.
+    pub(crate) fn prepared(&self) -> bool {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// `true` the first time it is called (for the checks of a run's first step).
+    pub(crate) fn first_step(&self) -> bool {
+        !self.first_step_checked.swap(true, Ordering::Relaxed)
     }
 
     /// The first error that stopped the run.

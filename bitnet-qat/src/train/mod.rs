@@ -1,4 +1,5 @@
-//! burn-train integration: a [`QatState`] that a model carries through `Learner` training
+//! burn-train integration: [`Qat`], which trains any burn-train model with QAT and no glue; the
+//! [`QatState`] that a model carries through `Learner` training
 //! (global step, flip counts, schedules), the [`optimize`] and [`optimize_multi`] hooks, the
 //! [`QatOptimizer`] wrapper (scheduled weight decay, latent clipping) and [`per_layer_lr`], the
 //! [`QatMetric`]s of the dashboard, and a [`QuietRenderer`] for logs and CI.
@@ -9,6 +10,7 @@ mod guard;
 mod metric;
 mod optimizer;
 mod output;
+mod qat_model;
 mod renderer;
 mod state;
 
@@ -16,6 +18,7 @@ pub use crate::schedule::WeightDecaySchedule;
 pub use guard::{check_checkpoint, check_checkpoint_bytes, checkpoint_path};
 pub use metric::{QatMetric, QatStat, with_qat_metrics};
 pub use optimizer::{DecayControl, QatOptimizer, ScaledLrScheduler, per_layer_lr};
-pub use output::{QatClassificationOutput, QatStats};
+pub use output::{QatClassificationOutput, QatOutput, QatStats};
+pub use qat_model::Qat;
 pub use renderer::QuietRenderer;
 pub use state::{QatPlan, QatState, QatTrainModel, optimize, optimize_multi, prepare};

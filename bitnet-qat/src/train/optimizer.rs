@@ -2,7 +2,7 @@
 //! latent-weight clipping around any Burn optimizer, and per-layer learning-rate scaling.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burn::module::ParamGroup;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
@@ -11,19 +11,31 @@ use burn::optim::{LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
 
 /// The weight decay of the current step, shared by a [`QatState`](super::QatState), which sets
-/// it, and its [`QatOptimizer`], which applies it.
+/// it, and its [`QatOptimizer`], which applies it (and says that it ran, so that a run whose
+/// optimizer is not the QAT one stops with an error instead of training without the decay).
 #[derive(Debug, Clone, Default)]
-pub struct DecayControl(Arc<AtomicU64>);
+pub struct DecayControl(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    decay: AtomicU64,
+    stepped: AtomicBool,
+}
 
 impl DecayControl {
     /// The current weight decay.
     pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
+        f64::from_bits(self.0.decay.load(Ordering::Relaxed))
     }
 
     /// Sets the weight decay of the next optimizer steps.
     pub fn set(&self, value: f64) {
-        self.0.store(value.to_bits(), Ordering::Relaxed);
+        self.0.decay.store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether a [`QatOptimizer`] updated a parameter since the last call (and resets it).
+    pub(crate) fn take_stepped(&self) -> bool {
+        self.0.stepped.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -32,7 +44,10 @@ impl DecayControl {
 /// only (weights; norms, biases and learned steps are left alone).
 ///
 /// Build it with [`QatState::optimizer`](super::QatState::optimizer), which connects the weight
-/// decay to the state's schedule. Give the inner optimizer no weight decay of its own.
+/// decay to the state's schedule and gives it the quantized weights only (full-precision
+/// embeddings and heads take the inner optimizer alone, unless
+/// [`QatPlan::float_weight_decay`](super::QatPlan::float_weight_decay)). Give the inner
+/// optimizer no weight decay of its own.
 ///
 /// # Example
 /// ```
@@ -80,6 +95,7 @@ impl<O: Optimizer> Optimizer for QatOptimizer<O> {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        self.decay.0.stepped.store(true, Ordering::Relaxed);
         let weight_decay = if D >= 2 { self.decay.get() } else { 0.0 };
         let before = (weight_decay > 0.0).then(|| tensor.clone());
         let (mut tensor, state) = self.inner.step(lr, tensor, grad, state);

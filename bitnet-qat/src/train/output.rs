@@ -4,8 +4,8 @@
 use burn::tensor::{ExecutionError, Tensor};
 use burn::train::ClassificationOutput;
 use burn::train::metric::{
-    AccuracyInput, Adaptor, ConfusionStatsInput, ItemLazy, LossInput, PerplexityInput,
-    TopKAccuracyInput,
+    AccuracyInput, Adaptor, CerInput, ConfusionStatsInput, HammingScoreInput, ItemLazy, LossInput,
+    PerplexityInput, TopKAccuracyInput, WerInput,
 };
 
 use crate::schedule::WeightStats;
@@ -29,25 +29,30 @@ pub struct QatStats {
     pub temperature: Option<f64>,
 }
 
-/// Burn's [`ClassificationOutput`] plus the step's [`QatStats`]: the training output type of a QAT
-/// classifier. It feeds Burn's accuracy, loss, top-k, perplexity and precision/recall metrics and
-/// the QAT metrics.
+/// A training step's output `O` (Burn's [`ClassificationOutput`], `RegressionOutput`,
+/// `SequenceOutput`, or your own) plus the step's [`QatStats`]: the training output type of a
+/// QAT model. It feeds the QAT metrics, and Burn's metrics as `O` does (accuracy, loss, top-k,
+/// perplexity, precision/recall; implement `Adaptor<YourInput> for QatOutput<YourOutput>` for
+/// another metric input).
 ///
 /// The gradient norm of a step built by [`QatState::train_output`](super::QatState::train_output)
 /// stays on the device until burn-train's metric thread syncs the item, so the training loop
 /// does not wait for a read-back; [`Adaptor::<QatStats>::adapt`] reads it if nothing synced.
-pub struct QatClassificationOutput {
-    /// Loss, logits and targets.
-    pub output: ClassificationOutput,
+pub struct QatOutput<O> {
+    /// The model's own output (loss, logits and targets for a classifier).
+    pub output: O,
     /// The QAT statistics of the step.
     pub qat: QatStats,
     /// The sum of the squared gradients, not yet read back into `qat.grad_norm`.
     grad_sq: Option<Tensor<1>>,
 }
 
-impl QatClassificationOutput {
+/// The training output of a QAT classifier.
+pub type QatClassificationOutput = QatOutput<ClassificationOutput>;
+
+impl<O> QatOutput<O> {
     /// The output of a step with its (complete) statistics.
-    pub fn new(output: ClassificationOutput, qat: QatStats) -> Self {
+    pub fn new(output: O, qat: QatStats) -> Self {
         Self {
             output,
             qat,
@@ -57,7 +62,7 @@ impl QatClassificationOutput {
 
     /// The output of a step whose gradient norm is `sqrt(grad_sq)`, read later.
     pub(crate) fn with_pending_grad_norm(
-        output: ClassificationOutput,
+        output: O,
         qat: QatStats,
         grad_sq: Option<Tensor<1>>,
     ) -> Self {
@@ -81,7 +86,7 @@ pub(super) fn norm_of(grad_sq: Tensor<1>) -> Result<f64, ExecutionError> {
     Ok(sum.sqrt())
 }
 
-impl ItemLazy for QatClassificationOutput {
+impl<O: ItemLazy> ItemLazy for QatOutput<O> {
     fn sync(self) -> Result<Self, ExecutionError> {
         let mut qat = self.qat;
         if let Some(grad_sq) = self.grad_sq {
@@ -95,7 +100,7 @@ impl ItemLazy for QatClassificationOutput {
     }
 }
 
-impl Adaptor<QatStats> for QatClassificationOutput {
+impl<O> Adaptor<QatStats> for QatOutput<O> {
     fn adapt(&self) -> QatStats {
         let mut qat = self.qat;
         if let Some(grad_sq) = &self.grad_sq {
@@ -107,18 +112,22 @@ impl Adaptor<QatStats> for QatClassificationOutput {
 
 macro_rules! delegate {
     ($($input:ty),*) => {$(
-        impl Adaptor<$input> for QatClassificationOutput {
+        impl<O: Adaptor<$input>> Adaptor<$input> for QatOutput<O> {
             fn adapt(&self) -> $input {
-                <ClassificationOutput as Adaptor<$input>>::adapt(&self.output)
+                self.output.adapt()
             }
         }
     )*};
 }
 
+// Every metric input of burn-train 0.22's built-in outputs.
 delegate!(
     AccuracyInput,
     LossInput,
     TopKAccuracyInput,
     PerplexityInput,
-    ConfusionStatsInput
+    ConfusionStatsInput,
+    HammingScoreInput,
+    CerInput,
+    WerInput
 );

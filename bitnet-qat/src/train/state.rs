@@ -2,14 +2,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams, Optimizer};
 use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
-use burn::train::{ClassificationOutput, TrainOutput};
+use burn::train::TrainOutput;
 
 use super::guard::RunGuard;
-use super::{DecayControl, QatClassificationOutput, QatOptimizer, QatStats, WeightDecaySchedule};
+use super::{DecayControl, QatOptimizer, QatOutput, QatStats, WeightDecaySchedule};
 use crate::error::{QatError, Result};
 use crate::nn::quantizers;
 use crate::recorded::{Recorded, int_values, u64_at};
@@ -48,6 +48,11 @@ pub struct QatPlan {
     /// two (e.g. 1024) scales exactly; a non-finite gradient norm in the metrics says it is too
     /// large.
     pub loss_scale: f64,
+    /// Whether the weight decay and the latent clipping of [`QatState::optimizer`] also apply
+    /// to the full-precision weights (rank ≥ 2 parameters without a quantizer: embeddings, the
+    /// output head); default `false`: only the quantized weights' latent values are decayed
+    /// and clipped.
+    pub float_weight_decay: bool,
 }
 
 impl Default for QatPlan {
@@ -58,6 +63,7 @@ impl Default for QatPlan {
             latent_clip: None,
             stats_every: 10,
             loss_scale: 1.0,
+            float_weight_decay: false,
         }
     }
 }
@@ -89,6 +95,12 @@ impl QatPlan {
     /// Sets the static loss scale (see [`QatPlan::loss_scale`]; [`prepare`] checks it).
     pub fn with_loss_scale(mut self, scale: f64) -> Self {
         self.loss_scale = scale;
+        self
+    }
+
+    /// Sets [`QatPlan::float_weight_decay`].
+    pub fn with_float_weight_decay(mut self, decay: bool) -> Self {
+        self.float_weight_decay = decay;
         self
     }
 
@@ -330,12 +342,27 @@ impl QatState {
         &self.plan
     }
 
-    /// A [`QatOptimizer`] around `inner` driven by this state's weight-decay schedule and
-    /// latent clipping, for `Learner::new`.
-    pub fn optimizer<O: Optimizer>(&self, inner: O) -> ModuleOptimizer {
-        QatOptimizer::new(inner, self.decay.clone())
-            .with_latent_clip(self.plan.latent_clip)
-            .into()
+    /// The optimizer of `model` — the whole model `Learner::new` trains, this state included
+    /// (the quantized weights are matched by their paths in it) — for `Learner::new`: `inner`
+    /// for every parameter, wrapped in a
+    /// [`QatOptimizer`] (this state's weight-decay schedule and latent clipping) for the latent
+    /// weights of `model`'s quantizers — or for every parameter with
+    /// [`QatPlan::float_weight_decay`].
+    ///
+    /// A run whose optimizer was not built here (with a weight decay or a latent clip planned)
+    /// stops at its first step with [`QatError::Training`] (see [`QatState::failure`]).
+    pub fn optimizer<O: Optimizer>(&self, model: &impl Module, inner: O) -> ModuleOptimizer {
+        let qat = QatOptimizer::new(inner.clone(), self.decay.clone())
+            .with_latent_clip(self.plan.latent_clip);
+        if self.plan.float_weight_decay {
+            return qat.into();
+        }
+        // By path: a checkpoint that burn-train resumes from restores its own parameter ids.
+        let weights: Vec<String> = quantizers(model)
+            .iter()
+            .filter_map(|found| found.weight_path().map(str::to_string))
+            .collect();
+        ModuleOptimizer::from(inner).with_group(ParamGroup::from_paths(weights), qat, None)
     }
 
     /// The [`QatStats`] of this step: weight statistics, the flip rate of the previous update,
@@ -397,26 +424,38 @@ impl QatState {
         }
     }
 
-    /// Ends `TrainStep::step` of a classifier: the gradients (from [`QatState::backward`],
-    /// divided by the loss scale) as Burn's `TrainOutput` wants them, and the output with this
-    /// step's [`QatStats`].
-    pub fn train_output<M: Module>(
+    /// Ends `TrainStep::step`: the gradients (from [`QatState::backward`], divided by the loss
+    /// scale) as Burn's `TrainOutput` wants them, and the step's `output` (a
+    /// `ClassificationOutput`, `RegressionOutput`, `SequenceOutput`, ...) with this step's
+    /// [`QatStats`].
+    pub fn train_output<M: Module, O>(
         &self,
         model: &M,
         grads: Gradients,
-        output: ClassificationOutput,
-    ) -> TrainOutput<QatClassificationOutput> {
+        output: O,
+    ) -> TrainOutput<QatOutput<O>> {
         let grads = unscale(
             GradientsParams::from_grads(grads, model),
             model,
             self.plan.loss_scale,
         );
+        self.output_of(model, grads, output)
+    }
+
+    /// `output` and the gradients of a step with this step's [`QatStats`] (the gradient norm
+    /// left on the device for the metric thread).
+    pub(crate) fn output_of<M: Module, O>(
+        &self,
+        model: &M,
+        grads: GradientsParams,
+        output: O,
+    ) -> TrainOutput<QatOutput<O>> {
         let qat = self.stats_without_grad_norm(model);
-        // Read back by the metric thread, not here (see QatClassificationOutput).
+        // Read back by the metric thread, not here (see QatOutput).
         let grad_sq = grad_sq_sum(model, &grads);
         TrainOutput {
             grads,
-            item: QatClassificationOutput::with_pending_grad_norm(output, qat, grad_sq),
+            item: QatOutput::with_pending_grad_norm(output, qat, grad_sq),
         }
     }
 }
@@ -457,6 +496,7 @@ pub fn prepare<M: QatTrainModel>(model: M) -> Result<M> {
     }
     let step = state.try_step()?;
     crate::check::check_model(&model)?;
+    state.guard.set_prepared();
     // `apply` decodes the recorded settings of every quantizer, so a malformed one is an error
     // here, before training.
     state.plan.scheduler.clone().apply(model, step)
@@ -522,6 +562,35 @@ pub fn optimize_multi<M: QatTrainModel>(
     advance(model, |model| optim.step_multi(lr, model, grads))
 }
 
+/// The traps of a hand-written training step, checked at the first update of a run: a model
+/// that [`prepare`] did not ready, an optimizer that is not [`QatState::optimizer`]'s (with a
+/// weight decay or a latent clip planned, which it would silently skip). Either stops the run.
+fn check_first_step<M: QatTrainModel>(model: &M, qat_optimizer_ran: bool, step: usize) {
+    let state = model.qat_state();
+    if !state.guard.prepared() {
+        state.guard.fail(
+            step,
+            QatError::Training(
+                "the model was not readied with `bitnet_qat::train::prepare` (or `Qat::new`): \
+                 its quantizers would run without the schedules' values of this step"
+                    .into(),
+            ),
+        );
+    }
+    let plan = &state.plan;
+    let planned = plan.latent_clip.is_some() || plan.weight_decay.value > 0.0;
+    if planned && !qat_optimizer_ran && quantizers(model).iter().any(|f| f.weight.is_some()) {
+        state.guard.fail(
+            step,
+            QatError::Training(
+                "the optimizer is not the QAT one: build it with `QatState::optimizer` (or \
+                 `Qat::learner`), or the planned weight decay and latent clipping never apply"
+                    .into(),
+            ),
+        );
+    }
+}
+
 /// One QAT step around `update` (the optimizer step): the weight decay of the current step
 /// before it; the next step's schedules, the statistics and the step count after it.
 ///
@@ -552,7 +621,12 @@ fn advance<M: QatTrainModel>(model: M, update: impl FnOnce(M) -> M) -> M {
         None
     };
     let scheduler = state.plan.scheduler.clone();
+    let decay = state.decay.clone();
+    decay.take_stepped();
     let model = update(model);
+    if guard.first_step() {
+        check_first_step(&model, decay.take_stepped(), step);
+    }
     // `apply` drops the model on an error: keep a copy (tensor handles, not their data).
     let model = match scheduler.apply(model.clone(), step + 1) {
         Ok(scheduled) => scheduled,
@@ -737,7 +811,7 @@ mod tests {
 
         // SGD with lr 0.3: W - 0.3 g = [[0.2, -0.4], [-1.6, -0.4]]; mean|W| = 0.65,
         // codes [0, -1, -1, -1]: three of four codes flipped.
-        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        let mut optim = net.qat.optimizer(&net, SgdConfig::new().build());
         let net = optimize(net, &mut optim, 0.3, grads);
         assert_eq!(net.qat.step(), 1);
         assert_eq!(lambda(&net), 0.25);
@@ -791,7 +865,7 @@ mod tests {
         let plan = QatPlan::new().with_stats_every(1);
         let net = prepare(small_net(&plan, &device)).unwrap();
         let interrupter = net.qat.interrupter();
-        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        let mut optim = net.qat.optimizer(&net, SgdConfig::new().build());
         // A gradient of NaN: the update makes every weight NaN; the measurement after it finds
         // them.
         let x = Tensor::<2>::from_data([[f32::NAN, 1.0]], &device);
@@ -817,12 +891,13 @@ mod tests {
     fn the_host_mirror_follows_loaded_records() {
         let device = Device::flex().autodiff();
         let plan = QatPlan::new().with_stats_every(1);
-        let net = Net {
+        let net = prepare(Net {
             fc: BitLinearConfig::new(4, 3).init(&device).unwrap(),
             qat: plan.init(&device),
-        };
+        })
+        .unwrap();
         let at_zero = net.clone().into_record();
-        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        let mut optim = net.qat.optimizer(&net, SgdConfig::new().build());
         let mut net = net;
         for _ in 0..3 {
             let loss = net.fc.forward(Tensor::<2>::ones([2, 4], &device)).sum();
@@ -845,8 +920,8 @@ mod tests {
         use burn::store::{ModuleSnapshot, SafetensorsStore};
         let device = Device::flex().autodiff();
         let plan = QatPlan::new();
-        let mut net = small_net(&plan, &device);
-        let mut optim = net.qat.optimizer(SgdConfig::new().build());
+        let mut net = prepare(small_net(&plan, &device)).unwrap();
+        let mut optim = net.qat.optimizer(&net, SgdConfig::new().build());
         for _ in 0..2 {
             let loss = net.fc.forward(Tensor::<2>::ones([1, 2], &device)).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &net);
