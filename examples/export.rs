@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use bitnet_qat::export::{GgufTernary, export_gguf, export_hf};
-use bitnet_qat::nn::transformer::SavedLm;
+use bitnet_qat::lm::SavedLm;
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
 

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bitnet_qat::export::{import_gguf, import_hf};
-use bitnet_qat::nn::transformer::SavedLm;
-use bitnet_qat::nn::transformer::{Sampling, generate};
+use bitnet_qat::lm::SavedLm;
+use bitnet_qat::lm::{Sampling, generate};
 use bitnet_qat_examples::cli::DeviceArg;
 use clap::Parser;
 

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bitnet_qat::data::{TokenBatcher, TokenWindows};
 use bitnet_qat::infer::record_bytes;
-use bitnet_qat::nn::transformer::BitNetLmConfig;
-use bitnet_qat::nn::transformer::SavedLm;
+use bitnet_qat::lm::BitNetLmConfig;
+use bitnet_qat::lm::SavedLm;
+use bitnet_qat::lm::{TokenBatcher, TokenWindows};
 use bitnet_qat::train::{QatPlan, optimize, prepare};
 use bitnet_qat_examples::cli::{DeviceArg, LmArgs, ShakespeareArgs, ShakespeareData, Weights};
 use bitnet_qat_examples::lm::{LanguageModel, LmFitConfig, fit_lm, sample};

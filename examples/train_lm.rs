@@ -14,8 +14,8 @@
 
 use std::path::PathBuf;
 
-use bitnet_qat::data::{TokenBatcher, TokenWindows};
-use bitnet_qat::nn::transformer::SavedLm;
+use bitnet_qat::lm::SavedLm;
+use bitnet_qat::lm::{TokenBatcher, TokenWindows};
 use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
 use bitnet_qat::train::QatPlan;
 use bitnet_qat_examples::cli::{DeviceArg, LmArgs, QuietArg, ShakespeareArgs, ShakespeareData};

@@ -15,7 +15,7 @@ use thiserror::Error;
 /// # Example
 /// ```
 /// use bitnet_qat::QatError;
-/// use bitnet_qat::nn::transformer::BitNetLmConfig;
+/// use bitnet_qat::lm::BitNetLmConfig;
 ///
 /// let err = BitNetLmConfig::new(64, 60, 2, 8, 128)
 ///     .validate()

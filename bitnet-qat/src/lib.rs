@@ -15,6 +15,8 @@
 //!   [`nn::load_float_checkpoint`]; [`nn::Quantizer`].
 //! - [`reparam`]: [`reparam::QatReparameterizer`] makes the weights of a Burn model you cannot
 //!   edit quantization-aware in one call, and reports what it did.
+//! - [`lm`]: the BitNet b1.58 language model (a model, not a layer) with its text data and
+//!   tokenizer.
 //! - [`schedule`]: lambda warm-up, temperature annealing, progressive bit width, BitNet's
 //!   two-stage LR / weight decay, QAT statistics.
 //! - `train` (feature `train`, on by default): burn-train integration — `Qat`, which trains
@@ -43,6 +45,7 @@ pub mod error;
 pub mod export;
 mod fused;
 pub mod infer;
+pub mod lm;
 pub mod nn;
 pub mod ops;
 pub mod quant;

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bitnet_qat::Result;
-use bitnet_qat::data::{
-    CharTokenizer, FASHION_MNIST_DIR, IdxDataset, Split, TextCorpus, shakespeare_dir,
-};
-use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation};
+use bitnet_qat::data::{FASHION_MNIST_DIR, IdxDataset, Split};
+use bitnet_qat::lm::{BitNetLmConfig, FfnActivation};
+use bitnet_qat::lm::{CharTokenizer, TextCorpus, shakespeare_dir};
 use bitnet_qat::quant::{Granularity, QuantConfig, QuantFormat};
 use bitnet_qat::train::QuietRenderer;
 use burn::tensor::Device;

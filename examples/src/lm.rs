@@ -2,13 +2,14 @@
 //! [`BitNetLm`] plus its [`QatState`]) implementing `TrainStep`/`InferenceStep`, and [`fit_lm`],
 //! which runs `SupervisedTraining` with loss, perplexity, next-token accuracy, learning rate and
 //! every QAT metric, checkpoints and exact resume. A trained model is saved and read back as a
-//! folder with [`bitnet_qat::nn::transformer::SavedLm`].
+//! folder with [`bitnet_qat::lm::SavedLm`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bitnet_qat::data::{CharTokenizer, EpochLoader, TokenBatch, TokenBatcher, TokenWindows};
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, Sampling, generate};
+use bitnet_qat::data::EpochLoader;
+use bitnet_qat::lm::{BitNetLm, BitNetLmConfig, Sampling, generate};
+use bitnet_qat::lm::{CharTokenizer, TokenBatch, TokenBatcher, TokenWindows};
 use bitnet_qat::train::{QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare};
 use bitnet_qat::{QatError, Result};
 use burn::data::dataloader::DataLoader;

@@ -3,7 +3,7 @@
 //! the same logits and gradients as without it, bit for bit, and a model built on the
 //! checkpointed device trains with every weight STE.
 
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
+use bitnet_qat::lm::{BitNetLm, BitNetLmConfig};
 use bitnet_qat::ste::Ste;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Gradients, Int, Tensor, TensorData};

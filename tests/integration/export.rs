@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bitnet_kernels::packed::TernaryScales;
-use bitnet_qat::data::CharTokenizer;
 use bitnet_qat::export::{
     GgufFile, GgufTernary, GgufValue, export_gguf, export_hf, import_gguf, import_hf,
 };
 use bitnet_qat::infer::pack;
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation, Sampling, generate};
+use bitnet_qat::lm::CharTokenizer;
+use bitnet_qat::lm::{BitNetLm, BitNetLmConfig, FfnActivation, Sampling, generate};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Int, Tensor, TensorData};

@@ -5,15 +5,15 @@
 
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 use bitnet_qat::QatError;
-use bitnet_qat::data::CharTokenizer;
 use bitnet_qat::export::{
     GgufFile, GgufTernary, GgufValue, export_gguf, export_hf, import_gguf_bytes, import_hf_bytes,
 };
 use bitnet_qat::infer::{
     PackedWeight, TernaryLinear, TernaryLinearConfig, load_packed_bytes, pack, save,
 };
+use bitnet_qat::lm::CharTokenizer;
+use bitnet_qat::lm::{BitNetLmConfig, FfnActivation, SavedLm};
 use bitnet_qat::nn::BitLinearConfig;
-use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation, SavedLm};
 use burn::config::Config;
 use burn::module::{Param, ParamId};
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};

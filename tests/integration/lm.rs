@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use bitnet_qat::QatError;
-use bitnet_qat::data::{
+use bitnet_qat::infer::pack;
+use bitnet_qat::lm::SavedLm;
+use bitnet_qat::lm::{BitNetLmConfig, Sampling, generate};
+use bitnet_qat::lm::{
     CharTokenizer, SHAKESPEARE_VALID_WORKS, TextCorpus, TokenBatcher, TokenWindows, shakespeare_dir,
 };
-use bitnet_qat::infer::pack;
-use bitnet_qat::nn::transformer::SavedLm;
-use bitnet_qat::nn::transformer::{BitNetLmConfig, Sampling, generate};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat_examples::lm::{LmFitConfig, fit_lm};
 use burn::data::dataloader::batcher::Batcher;

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use bitnet_qat::QatError;
 use bitnet_qat::infer::pack;
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
+use bitnet_qat::lm::{BitNetLm, BitNetLmConfig};
 use bitnet_qat::quant::{QuantConfig, fake_quantize};
 use bitnet_qat::schedule::weight_stats;
 use bitnet_qat::train::{QatPlan, QatState, QatTrainModel, prepare};

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use bitnet_qat::data::CharTokenizer;
 use bitnet_qat::export::{GgufTernary, export_gguf, import_gguf};
-use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation, Sampling, generate};
+use bitnet_qat::lm::CharTokenizer;
+use bitnet_qat::lm::{BitNetLmConfig, FfnActivation, Sampling, generate};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat_benches::{Stats, load_average, write_atomic};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -204,7 +204,7 @@ impl Drop for Llama {
 
 /// Our logits of `tokens` against llama.cpp's.
 fn agreement(
-    lm: &bitnet_qat::nn::transformer::BitNetLm,
+    lm: &bitnet_qat::lm::BitNetLm,
     tokens: &[usize],
     theirs: &[Vec<f32>],
     device: &Device,

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use bitnet_qat::infer::{pack, record_bytes};
-use bitnet_qat::nn::transformer::{BitNetLmConfig, Sampling, generate};
+use bitnet_qat::lm::{BitNetLmConfig, Sampling, generate};
 use bitnet_qat_benches::{interleaved, load_average, write_atomic};
 use burn::module::Module;
 use burn::tensor::Device;
@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| (i * 37 + 11) % args.vocab)
         .collect();
     let load_before = load_average();
-    let run = |lm: &bitnet_qat::nn::transformer::BitNetLm| {
+    let run = |lm: &bitnet_qat::lm::BitNetLm| {
         let out = generate(lm, &prompt, args.tokens, Sampling::Greedy, 0).expect("generation");
         std::hint::black_box(out);
     };

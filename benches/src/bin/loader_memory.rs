@@ -8,10 +8,11 @@
 //! cargo run --release -p bitnet-qat-benches --bin loader-memory -- --d-model 1024 --layers 4
 //! ```
 
-use bitnet_qat::data::{CharTokenizer, FASHION_MNIST_DIR, IdxDataset, Split};
+use bitnet_qat::data::{FASHION_MNIST_DIR, IdxDataset, Split};
 use bitnet_qat::export::{GgufTernary, export_gguf, export_hf, import_gguf_bytes, import_hf_bytes};
 use bitnet_qat::infer::{load_packed_bytes, pack, save};
-use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation, SavedLm};
+use bitnet_qat::lm::CharTokenizer;
+use bitnet_qat::lm::{BitNetLmConfig, FfnActivation, SavedLm};
 use bitnet_qat_benches::heap::{Counting, peak_during};
 use bitnet_qat_benches::write_atomic;
 use burn::tensor::Device;

@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig};
+use bitnet_qat::lm::{BitNetLm, BitNetLmConfig};
 use bitnet_qat_benches::heap::{Counting, live, peak_during};
 use bitnet_qat_benches::{Stats, interleaved, load_average, write_atomic};
 use burn::nn::loss::CrossEntropyLossConfig;

@@ -5,12 +5,13 @@ use std::io::Write;
 
 use bitnet_kernels::file::{Encoding as FileEncoding, from_bytes, to_bytes};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
-use bitnet_qat::data::{CharTokenizer, IdxDataset};
+use bitnet_qat::data::IdxDataset;
 use bitnet_qat::export::{
     GgufFile, GgufTernary, ImportedLm, export_gguf, export_hf, import_gguf_bytes, import_hf_bytes,
 };
 use bitnet_qat::infer::{load_packed_bytes, pack};
-use bitnet_qat::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation, SavedLm};
+use bitnet_qat::lm::CharTokenizer;
+use bitnet_qat::lm::{BitNetLm, BitNetLmConfig, FfnActivation, SavedLm};
 use bitnet_qat::nn::{BitLinear, BitLinearConfig, load_float_checkpoint};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat::reparam::QatReparameterizer;

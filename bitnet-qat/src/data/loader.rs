@@ -139,7 +139,7 @@ impl<I: 'static, B> EpochLoader<I, B> {
     /// Epochs of `items` items that walk through the dataset instead of repeating it: epoch `e`
     /// is items `e · items .. (e + 1) · items` (wrapping around), shuffled if
     /// [`EpochLoader::shuffle`] is set. For a dataset that is one long stream of samples (such
-    /// as [`TokenWindows::random`](super::TokenWindows::random) sized for a whole run), so each
+    /// as [`TokenWindows::random`](crate::lm::TokenWindows::random) sized for a whole run), so each
     /// epoch (a checkpoint interval) sees new ones.
     ///
     /// # Errors

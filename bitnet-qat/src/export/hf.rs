@@ -20,9 +20,9 @@ use super::lm_weights::{
     BlockWeights, FloatBytes, LmWeights, NORM_NAMES, PROJECTION_NAMES, ProjectionWeights,
     decode_floats, stored_config,
 };
-use crate::data::{CharTokenizer, UNKNOWN_TOKEN};
 use crate::error::{QatError, Result};
-use crate::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation};
+use crate::lm::{BitNetLm, BitNetLmConfig, FfnActivation};
+use crate::lm::{CharTokenizer, UNKNOWN_TOKEN};
 use crate::quant::QuantConfig;
 
 /// The files of an exported folder.
@@ -65,9 +65,9 @@ fn bad(format: &'static str, field: impl Into<String>, reason: impl Into<String>
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::data::CharTokenizer;
+/// use bitnet_qat::lm::CharTokenizer;
 /// use bitnet_qat::export::{export_hf, import_hf};
-/// use bitnet_qat::nn::transformer::BitNetLmConfig;
+/// use bitnet_qat::lm::BitNetLmConfig;
 /// use burn::tensor::Device;
 ///
 /// let device = Device::flex();

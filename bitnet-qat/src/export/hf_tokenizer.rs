@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 use super::UNKNOWN_TEXT;
-use crate::data::CharTokenizer;
+use crate::lm::CharTokenizer;
 
 /// The character tokenizer a `tokenizer.json` holds: `None` when the file is not JSON, its
 /// vocabulary is not one of single characters with [`UNKNOWN_TEXT`] at id 0, or its ids are not

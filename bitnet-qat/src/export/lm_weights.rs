@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{QatError, Result};
 use crate::infer::{PackedWeight, attach, pack};
-use crate::nn::transformer::{BitNetLm, BitNetLmConfig, Projection};
+use crate::lm::{BitNetLm, BitNetLmConfig, Projection};
 
 /// The names of a block's seven projections (q, k, v, o, gate, up, down) in llama.cpp's GGUF
 /// (`blk.N.<name>`) and in Hugging Face's `BitNetForCausalLM` (`model.layers.N.<name>`).

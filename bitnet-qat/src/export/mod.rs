@@ -19,12 +19,12 @@ pub use gguf::{
 };
 pub use hf::{export_hf, import_hf, import_hf_bytes};
 
-use crate::data::CharTokenizer;
 use crate::error::{QatError, Result};
-use crate::nn::transformer::{BitNetLm, BitNetLmConfig};
+use crate::lm::CharTokenizer;
+use crate::lm::{BitNetLm, BitNetLmConfig};
 use lm_weights::LmWeights;
 
-/// The text of token 0 ([`crate::data::UNKNOWN_TOKEN`]) in exported vocabularies.
+/// The text of token 0 ([`crate::lm::UNKNOWN_TOKEN`]) in exported vocabularies.
 const UNKNOWN_TEXT: &str = "<unk>";
 
 /// A language model read from an exported file: its configuration, its tokenizer when the file

@@ -10,7 +10,6 @@ mod dropin;
 mod quantizer;
 mod scheme;
 mod settings;
-pub mod transformer;
 
 pub use bit_linear::{BitLinear, BitLinearConfig};
 pub use discover::{FoundQuantizer, quantizers, update_quantizers};

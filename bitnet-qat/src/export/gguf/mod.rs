@@ -26,9 +26,9 @@ use super::lm_weights::{
     BlockWeights, FloatBytes, LmWeights, NORM_NAMES, PROJECTION_NAMES, ProjectionWeights,
     decode_floats, stored_config,
 };
-use crate::data::CharTokenizer;
 use crate::error::{QatError, Result};
-use crate::nn::transformer::{BitNetLm, BitNetLmConfig, FfnActivation};
+use crate::lm::CharTokenizer;
+use crate::lm::{BitNetLm, BitNetLmConfig, FfnActivation};
 use crate::quant::{Granularity, QuantConfig};
 use bitnet_kernels::packed::{PackedTernary, TernaryScales};
 
@@ -101,9 +101,9 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> QatError {
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::data::CharTokenizer;
+/// use bitnet_qat::lm::CharTokenizer;
 /// use bitnet_qat::export::{GgufTernary, export_gguf, import_gguf};
-/// use bitnet_qat::nn::transformer::{BitNetLmConfig, FfnActivation};
+/// use bitnet_qat::lm::{BitNetLmConfig, FfnActivation};
 /// use burn::tensor::{Device, Int, Tensor};
 ///
 /// let device = Device::flex();

@@ -3,7 +3,7 @@
 //! (Radford et al. 2019, `bytes_to_unicode` of openai/gpt-2 `encoder.py`), so llama.cpp's
 //! tokenizer splits text into single characters and its detokenizer gives them back.
 
-use crate::data::CharTokenizer;
+use crate::lm::CharTokenizer;
 
 use std::sync::LazyLock;
 

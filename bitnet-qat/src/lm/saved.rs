@@ -6,9 +6,9 @@ use std::path::Path;
 use burn::tensor::Device;
 
 use super::{BitNetLm, BitNetLmConfig};
-use crate::data::CharTokenizer;
 use crate::error::{QatError, Result, json_offset};
 use crate::infer::{load_packed_bytes, pack, save};
+use crate::lm::CharTokenizer;
 
 /// A trained language model saved as a folder: `lm.json` (the [`BitNetLmConfig`]),
 /// `tokenizer.json` and the weights, `packed.bpk` (2-bit packed projections, see
@@ -23,8 +23,8 @@ use crate::infer::{load_packed_bytes, pack, save};
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::data::CharTokenizer;
-/// use bitnet_qat::nn::transformer::{BitNetLmConfig, SavedLm};
+/// use bitnet_qat::lm::CharTokenizer;
+/// use bitnet_qat::lm::{BitNetLmConfig, SavedLm};
 /// use burn::tensor::{Device, Int, Tensor};
 ///
 /// let device = Device::flex();

@@ -232,7 +232,7 @@ impl BitNetLm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::transformer::{BitNetLmConfig, FfnActivation, Projection};
+    use crate::lm::{BitNetLmConfig, FfnActivation, Projection};
     use burn::tensor::{Device, TensorData};
 
     fn tokens(ids: &[i64], device: &Device) -> Tensor<2, Int> {

@@ -95,7 +95,7 @@ impl Sampling {
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::nn::transformer::{BitNetLmConfig, Sampling, generate};
+/// use bitnet_qat::lm::{BitNetLmConfig, Sampling, generate};
 /// use burn::tensor::Device;
 ///
 /// let lm = BitNetLmConfig::new(32, 32, 1, 2, 64).init(&Device::flex()).unwrap();
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn lengths_past_the_model_are_typed_errors() {
-        let lm = crate::nn::transformer::BitNetLmConfig::new(8, 16, 1, 2, 32)
+        let lm = crate::lm::BitNetLmConfig::new(8, 16, 1, 2, 32)
             .with_max_seq_len(8)
             .init(&burn::tensor::Device::flex())
             .unwrap();

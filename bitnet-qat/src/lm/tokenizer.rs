@@ -34,7 +34,7 @@ const MAX_CHARS: usize = 0x11_0000;
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::data::{CharTokenizer, UNKNOWN_TOKEN};
+/// use bitnet_qat::lm::{CharTokenizer, UNKNOWN_TOKEN};
 ///
 /// let tokenizer = CharTokenizer::from_text("to be, or not to be");
 /// let ids = tokenizer.encode("not to be");

@@ -37,7 +37,7 @@ pub enum FfnActivation {
 ///
 /// # Example
 /// ```
-/// use bitnet_qat::nn::transformer::BitNetLmConfig;
+/// use bitnet_qat::lm::BitNetLmConfig;
 /// use burn::tensor::{Device, Int, Tensor};
 ///
 /// let device = Device::flex();
