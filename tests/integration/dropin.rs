@@ -654,8 +654,10 @@ fn a_learned_step_that_does_not_fit_its_recorded_settings_is_refused() {
         ) -> Param<Tensor<D, Int>> {
             if self.1.join(".") == "weight.qat.settings" {
                 let settings = self.0.take().unwrap();
+                // A parameter of its own, as a record written elsewhere brings: the settings
+                // cached for the original id are not its.
                 let dims = param.shape().dims::<D>();
-                return param.map(|_| settings.reshape(dims));
+                return Param::initialized(burn::module::ParamId::new(), settings.reshape(dims));
             }
             param
         }
@@ -679,6 +681,17 @@ fn a_learned_step_that_does_not_fit_its_recorded_settings_is_refused() {
         .find(|(path, _)| path == "weight.qat.settings")
         .map(|(_, t)| t);
     let tampered = per_tensor.map(&mut SwapSettings(settings, Vec::new()));
+    // Run as it is, the layer returns the error (its forward pass once panicked here), on both
+    // paths: the integer sums without autodiff, the float product with it.
+    for (device, train) in [(device.clone(), false), (device.clone().autodiff(), true)] {
+        let layer = tampered.clone().fork(&device);
+        let layer = if train { layer.train() } else { layer };
+        assert_eq!(layer.weight.base().is_require_grad(), train);
+        match layer.try_forward(Tensor::<2>::ones([2, 8], &device)) {
+            Err(QatError::Shape { what, .. }) => assert_eq!(what, "learned step"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
     let bytes = tampered.into_record().into_bytes().unwrap().to_vec();
     let skeleton = LinearConfig::new(8, 3)
         .with_quant(lsq(Granularity::PerTensor))

@@ -396,7 +396,17 @@ impl BitLinear {
             (None, Some(q)) => q.try_forward(x)?,
             (None, None) => x,
         };
-        Ok(linear(x, self.quantized_weight(), bias))
+        Ok(linear(x, self.try_quantized_weight()?, bias))
+    }
+
+    /// [`BitLinear::quantized_weight`], with the weight quantizer's error (a recorded setting
+    /// that does not fit the weight) returned instead of the panic of `weight.val()`, which
+    /// applies the quantizer through Burn's infallible `Reparameterization::apply`.
+    fn try_quantized_weight(&self) -> crate::Result<Tensor<2>> {
+        match self.weight_quantizer() {
+            Some(quantizer) => quantizer.try_forward(self.weight.base()),
+            None => Ok(self.weight.val()),
+        }
     }
 
     /// Whether [`BitLinear::forward_normed`] runs `norm` fused with the activation quantizer

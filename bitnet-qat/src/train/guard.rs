@@ -134,22 +134,7 @@ pub fn check_checkpoint<M: QatTrainModel>(model: &M, dir: &Path, epoch: usize) -
     let bytes = std::fs::read(&path).map_err(|e| QatError::io(&path, e))?;
     check_checkpoint_bytes(model, bytes)
         .map(|_| ())
-        .map_err(|e| match e {
-            QatError::File {
-                format,
-                path: p,
-                field,
-                offset,
-                reason,
-            } if p.is_empty() => QatError::File {
-                format,
-                path: path.display().to_string(),
-                field,
-                offset,
-                reason,
-            },
-            other => other,
-        })
+        .map_err(|e| e.in_file(&path))
 }
 
 /// [`check_checkpoint`] of the bytes of a checkpoint file: the checked model it loaded.

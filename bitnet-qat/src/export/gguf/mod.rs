@@ -307,22 +307,7 @@ fn to_gguf(w: &LmWeights, tokenizer: &CharTokenizer, ternary: GgufTernary) -> Re
 pub fn import_gguf(path: impl AsRef<Path>) -> Result<ImportedLm> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| QatError::io(path, e))?;
-    import_gguf_bytes(&bytes).map_err(|e| match e {
-        QatError::File {
-            format,
-            path: p,
-            field,
-            offset,
-            reason,
-        } if p.is_empty() => QatError::File {
-            format,
-            path: path.display().to_string(),
-            field,
-            offset,
-            reason,
-        },
-        other => other,
-    })
+    import_gguf_bytes(&bytes).map_err(|e| e.in_file(path))
 }
 
 /// [`import_gguf`] of a file's bytes.
