@@ -165,8 +165,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fitted.seconds
     );
     if args.precision != CnnPrecision::Fp32 {
-        // Packed: the quantized `Linear`s run the packed kernels, the convolutions keep their
-        // quantized kernels; the outputs are the trained network's, bit for bit.
+        // Packed: the quantized `Linear`s and convolutions run the packed kernels; the outputs
+        // are the trained network's, bit for bit.
         let packed = pack(&model)?;
         let (x, _) = test.batch(&(0..256).collect::<Vec<_>>(), &device);
         let same = packed.forward(x.clone()).into_data() == model.forward(x.clone()).into_data();

@@ -10,6 +10,7 @@ pub mod learner;
 pub mod lm;
 pub mod multi;
 pub mod report;
+pub mod your_lm;
 pub mod your_model;
 
 use std::time::Instant;

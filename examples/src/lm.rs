@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bitnet_qat::data::EpochLoader;
 use bitnet_qat::lm::{BitNetLm, BitNetLmConfig, Sampling, generate};
 use bitnet_qat::lm::{CharTokenizer, TokenBatch, TokenBatcher, TokenWindows};
+use bitnet_qat::schedule::BitNetLrSchedulerConfig;
 use bitnet_qat::train::{QatPlan, QatState, QuietRenderer, WeightDecaySchedule, prepare};
 use bitnet_qat::{QatError, Result};
 use burn::data::dataloader::DataLoader;
@@ -21,7 +22,7 @@ use burn::train::metric::{AccuracyMetric, LossMetric, PerplexityMetric};
 use burn::train::renderer::MetricsRenderer;
 use burn::train::{ClassificationOutput, Learner, SupervisedTraining};
 
-use crate::learner::{Run, bitnet_lr, launch, qat_classification_steps};
+use crate::learner::{Run, bitnet_lr, launch, positive, qat_classification_steps};
 
 /// A [`BitNetLm`] with the QAT state that burn-train checkpoints with it.
 #[derive(Module, Debug)]
@@ -140,22 +141,9 @@ pub struct LmFitted {
 pub fn fit_lm(
     train: Arc<Vec<usize>>,
     valid: Arc<Vec<usize>>,
-    config: LmFitConfig,
+    mut config: LmFitConfig,
     device: &Device,
 ) -> Result<LmFitted> {
-    for (name, value) in [
-        ("steps", config.steps),
-        ("epochs", config.epochs),
-        ("batch_size", config.batch_size),
-    ] {
-        if value == 0 {
-            return Err(QatError::Config {
-                name: format!("LmFitConfig.{name}"),
-                value: "0".into(),
-                allowed: "> 0".into(),
-            });
-        }
-    }
     if config.context > config.model.max_seq_len {
         return Err(QatError::Config {
             name: "LmFitConfig.context".into(),
@@ -168,6 +156,38 @@ pub fn fit_lm(
     }
     let device = device.clone().autodiff();
     device.seed(config.seed);
+    let (lr, plan) = lm_schedule(&config)?;
+    let lm = match config.initial.take() {
+        Some(lm) => lm.fork(&device).train(),
+        None => config.model.init(&device)?,
+    };
+    let model = prepare(LanguageModel {
+        lm,
+        qat: plan.init(&device),
+    })?;
+    let optim = model
+        .qat
+        .optimizer(&model, AdamConfig::new().with_beta_2(0.95).build());
+    let learner = Learner::new(model, optim, lr.init()?);
+    let (model, valid_loss, seconds) = fit_text(learner, train, valid, config, &device)?;
+    Ok(LmFitted {
+        model,
+        valid_loss,
+        seconds,
+    })
+}
+
+/// BitNet's two-stage learning rate of `config` (its steps rounded up to whole epochs, its
+/// warm-up) and its QAT plan with the matching weight decay: what [`fit_lm`] trains with, for
+/// any other language model to train with the same recipe through [`fit_text`].
+///
+/// # Errors
+/// [`QatError::Config`] for zero steps or epochs.
+pub fn lm_schedule(config: &LmFitConfig) -> Result<(BitNetLrSchedulerConfig, QatPlan)> {
+    positive(&[
+        ("LmFitConfig.steps", config.steps),
+        ("LmFitConfig.epochs", config.epochs),
+    ])?;
     let steps_per_epoch = config.steps.div_ceil(config.epochs);
     let total_steps = steps_per_epoch * config.epochs;
     let lr = bitnet_lr(
@@ -183,20 +203,44 @@ pub fn fit_lm(
         .plan
         .clone()
         .with_weight_decay(WeightDecaySchedule::bitnet(&lr));
-    let lm = match config.initial {
-        Some(lm) => lm.fork(&device).train(),
-        None => config.model.init(&device)?,
-    };
-    let model = prepare(LanguageModel {
-        lm,
-        qat: plan.init(&device),
-    })?;
-    let optim = model
-        .qat
-        .optimizer(&model, AdamConfig::new().with_beta_2(0.95).build());
-    let learner = Learner::new(model, optim, lr.init()?);
+    Ok((lr, plan))
+}
 
-    let per_epoch = steps_per_epoch * config.batch_size;
+/// Trains `learner`'s language model (any model whose steps take a [`TokenBatch`] and give a
+/// classification of the next tokens) on windows of `train` as [`fit_lm`] does — the windows,
+/// epochs, validation on `valid`, metrics, checkpoints and resume of `config` (its model,
+/// learning rate and plan are the learner's business: see [`lm_schedule`]). Returns the trained
+/// model, the validation loss after each epoch run, and the wall time in seconds.
+///
+/// # Errors
+/// [`QatError::Config`] for zero steps, epochs or batch size; [`QatError::Training`] for a
+/// failed run; [`QatError::Dataset`] for texts not longer than the context.
+pub fn fit_text<M>(
+    learner: Learner<M>,
+    train: Arc<Vec<usize>>,
+    valid: Arc<Vec<usize>>,
+    config: LmFitConfig,
+    device: &Device,
+) -> Result<(M, Vec<f64>, f64)>
+where
+    M: burn::train::LearnerModel + bitnet_qat::train::QatTrainModel,
+    M: burn::train::TrainStep<Input = TokenBatch> + burn::train::InferenceStep<Input = TokenBatch>,
+    <M as burn::train::TrainStep>::Output: burn::train::metric::Adaptor<bitnet_qat::train::QatStats>
+        + burn::train::metric::Adaptor<()>
+        + burn::train::metric::Adaptor<burn::train::metric::LossInput>
+        + burn::train::metric::Adaptor<burn::train::metric::PerplexityInput>
+        + burn::train::metric::Adaptor<burn::train::metric::AccuracyInput>,
+    <M as burn::train::InferenceStep>::Output: burn::train::metric::Adaptor<burn::train::metric::LossInput>
+        + burn::train::metric::Adaptor<burn::train::metric::PerplexityInput>
+        + burn::train::metric::Adaptor<burn::train::metric::AccuracyInput>,
+{
+    positive(&[
+        ("LmFitConfig.steps", config.steps),
+        ("LmFitConfig.epochs", config.epochs),
+        ("LmFitConfig.batch_size", config.batch_size),
+    ])?;
+    let device = device.clone().autodiff();
+    let per_epoch = config.steps.div_ceil(config.epochs) * config.batch_size;
     let windows = TokenWindows::random(
         train,
         config.context,
@@ -228,12 +272,7 @@ pub fn fit_lm(
         checkpoints: config.checkpoints,
         renderer: config.renderer,
     };
-    let (model, valid_loss, seconds) = launch(training, learner, run, "Loss")?;
-    Ok(LmFitted {
-        model,
-        valid_loss,
-        seconds,
-    })
+    launch(training, learner, run, "Loss")
 }
 
 /// A sample of `lm`: up to `n` characters after the prompt `ROMEO.` (fewer when the model's

@@ -7,7 +7,7 @@ use bitnet_qat::infer::pack;
 use bitnet_qat::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use bitnet_qat::nn::{
     BitLinearConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, QuantAxis, QuantScheme,
-    Quantizer, QuantizerConfig, load_float_checkpoint, quantizers,
+    QuantizerConfig, load_float_checkpoint, quantizers,
 };
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat::schedule::{LambdaRamp, LambdaSchedule, QatScheduler};
@@ -468,8 +468,8 @@ fn schedules_statistics_and_pack_find_the_drop_in_quantizers() {
     assert!((sum - 1.0).abs() < 1e-9, "{sum}");
     assert_eq!(stats.numel, 72 + 72 + 40 + 15);
 
-    // Packed: Linear layers run the packed kernels, convolutions keep their quantized kernel;
-    // the outputs are those of `valid()`, bit for bit.
+    // Packed: Linear layers and convolutions run the packed kernels; the outputs are those of
+    // `valid()`, bit for bit.
     let packed = pack(&net).unwrap();
     assert!(
         packed
@@ -478,13 +478,8 @@ fn schedules_statistics_and_pack_find_the_drop_in_quantizers() {
             .reparameterization::<bitnet_qat::infer::PackedWeight>()
             .is_some()
     );
-    assert!(
-        packed
-            .conv2
-            .weight
-            .reparameterization::<Quantizer>()
-            .is_none()
-    );
+    assert!(packed.conv2.packed_weight().is_some());
+    assert!(packed.conv1.packed_weight().is_some());
     let x = inputs(&device);
     let valid = net.valid();
     assert_bitwise(&outputs!(packed, x), &outputs!(valid, x), "packed");

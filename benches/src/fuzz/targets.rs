@@ -349,13 +349,17 @@ fn load_packed() -> Target {
     let device = seeded_device();
     let layers = packable_layers(&device);
     let linears = packable_linears(&device);
+    let net = dropin_net(&device);
     let seeds = vec![
         tagged(0, burnpack(saved_bytes(pack(&layers).expect("packs")))),
         tagged(1, burnpack(saved_bytes(pack(&linears).expect("packs")))),
+        // A packed convolution (its kernel through its linear view) and drop-in `Linear`s.
+        tagged(2, burnpack(saved_bytes(pack(&net).expect("packs")))),
     ];
     // The skeletons: fresh layers built from the same configurations.
     let layers = packable_layers(&device);
     let linears = packable_linears(&device);
+    let net = dropin_net(&device);
     Target {
         name: "load-packed",
         seeds,
@@ -365,7 +369,11 @@ fn load_packed() -> Target {
                 return false;
             };
             let bytes = rest.to_vec();
-            if tag % 2 == 0 {
+            if tag % 3 == 2 {
+                return load_packed_bytes(net.clone(), bytes)
+                    .is_ok_and(|model| runs_dropin_net(&model, &device));
+            }
+            if tag % 3 == 0 {
                 let Ok(model) = load_packed_bytes(layers.clone(), bytes) else {
                     return false;
                 };
@@ -442,21 +450,23 @@ fn float_checkpoint() -> Target {
         seeds,
         test_inputs: 20_000,
         read: Box::new(move |input| {
-            let Ok(loaded) = load_float_checkpoint(skeleton.clone(), input.to_vec()) else {
-                return false;
-            };
-            let net = loaded.model;
-            let x = Tensor::<4>::ones([1, 2, 5, 5], &device);
-            let Ok(y) = net.conv.try_forward(x) else {
-                return false;
-            };
-            let y = y.flatten::<2>(1, 3);
-            net.col
-                .try_forward(y)
-                .and_then(|h| net.head.try_forward(h))
-                .is_ok_and(|y| y.dims() == [1, 3])
+            load_float_checkpoint(skeleton.clone(), input.to_vec())
+                .is_ok_and(|loaded| runs_dropin_net(&loaded.model, &device))
         }),
     }
+}
+
+/// Whether `net` runs an image through its three layers to three outputs.
+fn runs_dropin_net(net: &DropInNet, device: &Device) -> bool {
+    let x = Tensor::<4>::ones([1, 2, 5, 5], device);
+    let Ok(y) = net.conv.try_forward(x) else {
+        return false;
+    };
+    let y = y.flatten::<2>(1, 3);
+    net.col
+        .try_forward(y)
+        .and_then(|h| net.head.try_forward(h))
+        .is_ok_and(|y| y.dims() == [1, 3])
 }
 
 /// The bytes `bitnet_qat::infer::save` writes for `model`.

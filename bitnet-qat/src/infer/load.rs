@@ -129,9 +129,8 @@ pub(crate) fn load_checked<M: Module>(
         };
         let layout = stored_layout(&mut store, weight_path).map_err(|e| e.at(&key))?;
         // The parameter it replaces must exist with this shape before anything is allocated.
-        let expected = [layout.d_input, layout.d_output];
         match shapes.get(weight_path) {
-            Some(shape) if shape[..] == expected => {}
+            Some(shape) if layout.fits(shape) => {}
             Some(shape) => {
                 return Err(QatError::record(
                     weight_path,

@@ -12,7 +12,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use super::convert::pack_weight;
 use super::packed_weight::PackedWeight;
 use crate::error::{QatError, Result};
-use crate::nn::{QuantAxis, quantizers};
+use crate::nn::quantizers;
 
 /// `model` for inference with every quantized weight packed in place: each weight that carries
 /// a [`Quantizer`](crate::nn::Quantizer) (a [`BitLinear`](crate::nn::BitLinear)'s, or any layer's
@@ -24,10 +24,13 @@ use crate::nn::{QuantAxis, quantizers};
 /// `BitLinear` runs the packed kernels (int8 activations for BitNet's activation quantizer).
 /// Activation quantizers stay. Other reparameterizations are folded into their weights.
 ///
-/// Convolution kernels ([`QuantAxis::OutputFirst`] quantizers: the drop-in
-/// [`Conv1d`](crate::nn::conv::Conv1d) and [`Conv2d`](crate::nn::conv::Conv2d), reparameterized
-/// burn-nn convolutions) are not packed yet: they keep their quantized values as an f32 kernel,
-/// so the outputs still equal those of `model.valid()`, without the size gain.
+/// Convolution kernels (the drop-in [`Conv1d`](crate::nn::conv::Conv1d) and
+/// [`Conv2d`](crate::nn::conv::Conv2d), burn-nn convolutions made quantization-aware by the
+/// reparameterizer) are packed through their linear view ([`crate::nn::linear_view`]). A drop-in
+/// convolution with BitNet's activations then runs the packed kernels (a product per position
+/// for all the kernel's taps, then a shift-add: see [`crate::nn::conv`]), with the outputs of
+/// `model.valid()` bit for bit; grouped convolutions, per-group kernel scales and burn-nn
+/// convolutions run burn-nn's convolution over the dequantized kernel (the same values).
 ///
 /// # Errors
 /// [`QatError::Unsupported`] naming the weight's path for a weight the packed form cannot
@@ -58,15 +61,6 @@ pub fn pack<M: Module>(model: &M) -> Result<M> {
         let Some(weight) = found.weight else {
             continue;
         };
-        let kernel = found
-            .quantizer
-            .try_settings()
-            .map_err(|e| e.at(&path))?
-            .axis;
-        if kernel == QuantAxis::OutputFirst {
-            // Convolutions keep their quantized kernel as f32 values (see the docs above).
-            continue;
-        }
         let device = weight.device().inner();
         let packed = pack_weight(weight, &found.quantizer).map_err(|e| e.at(&path))?;
         let packed = PackedWeight::from_packed(&packed, false, &device).map_err(|e| match e {
@@ -233,19 +227,14 @@ impl Reparameterizer for &mut Attach {
         let Some(packed) = self.packs.remove(path) else {
             return (param, None);
         };
-        // A matrix with a well-formed layout of its shape, or not attached (and reported).
-        let layout = match packed.layout() {
-            Ok(layout) if D == 2 => layout,
-            _ => {
-                self.packs.insert(path.to_string(), packed);
-                return (param, None);
-            }
+        // A well-formed layout that fits the parameter (a matrix or a kernel), or not attached
+        // (and reported).
+        let Ok(layout) = packed.layout() else {
+            self.packs.insert(path.to_string(), packed);
+            return (param, None);
         };
-        let mut shape = [1; D];
-        shape[0] = layout.d_input;
-        shape[D - 1] = layout.d_output;
         let found = param.lazy_shape().to_vec();
-        if found != shape {
+        if !layout.fits(&found) {
             self.mismatch.get_or_insert_with(|| {
                 QatError::record(
                     path,
@@ -258,6 +247,10 @@ impl Reparameterizer for &mut Attach {
             });
             return (param, None);
         }
+        let shape: [usize; D] = found
+            .clone()
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("a parameter of rank D has D sizes"));
         // The f32 values are never read again. The structural base keeps the weight's shape
         // (layers read it) as one zero broadcast to that shape, which holds no data on backends
         // with strided views; `save` does not write it.

@@ -112,6 +112,23 @@ impl PackedLayout {
         }
     }
 
+    /// Whether a parameter of shape `shape` is what this layout packs: a matrix in Burn's layout
+    /// `[d_input, d_output]`, or a convolution kernel `[d_output, k...]` whose linear view
+    /// ([`crate::nn::linear_view`]) has `d_input` rows (`k...` multiplying to `d_input`).
+    pub fn fits(&self, shape: &[usize]) -> bool {
+        match shape {
+            [d_input, d_output] => (*d_input, *d_output) == (self.d_input, self.d_output),
+            [d_output, rest @ ..] if !rest.is_empty() => {
+                *d_output == self.d_output
+                    && rest
+                        .iter()
+                        .try_fold(1usize, |n, k| n.checked_mul(*k))
+                        .is_some_and(|n| n == self.d_input)
+            }
+            _ => false,
+        }
+    }
+
     /// The shape of the packed codes: `[d_output, words_per_row(d_input)]`.
     pub fn codes_shape(&self) -> [usize; 2] {
         [self.d_output, words_per_row(self.d_input)]
@@ -274,7 +291,7 @@ static CACHE: LazyLock<IdCache<PackedLayout>> = LazyLock::new(|| IdCache::new(1 
 /// that layout, never a scale read the wrong way.
 ///
 /// As a [`Reparameterization`] it stands in for a layer's weight (`[d_input, d_output]`, Burn's
-/// layout): `weight.val()` is the dequantized weight, so any layer runs with it unchanged;
+/// layout, or a convolution kernel whose linear view that is): `weight.val()` is the dequantized weight, so any layer runs with it unchanged;
 /// [`BitLinear`](crate::nn::BitLinear) and [`TernaryLinear`](super::TernaryLinear) run the
 /// packed kernels instead ([`PackedWeight::matmul`]). [`crate::infer::pack`] attaches one to
 /// every quantized weight of a model.
@@ -349,8 +366,18 @@ impl ModuleDisplayDefault for GroupedCodes {
 
 impl ModuleDisplay for GroupedCodes {}
 
-/// The codes parameter id and group, and the codes regrouped for them.
-type Regrouped = (ParamId, usize, Tensor<2, Int>);
+/// The codes parameter id and the regrouping, and the codes (and scales, if they change)
+/// regrouped for them.
+type Regrouped = (ParamId, Regrouping, Tensor<2, Int>, Option<Tensor<1>>);
+
+/// How the codes of a [`PackedWeight`] are regrouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Regrouping {
+    /// Group by group of inputs ([`PackedWeight::linear_grouped`]).
+    Groups(usize),
+    /// Kernel tap by tap ([`PackedWeight::linear_by_taps`]).
+    Taps(usize),
+}
 
 impl PackedWeight {
     /// Packed weights on `device` from packed rows (rows are outputs).
@@ -564,9 +591,10 @@ impl PackedWeight {
     /// codes are one contiguous run the kernels read in place. Built once per weight (a copy of
     /// the codes, kept with the weight).
     fn grouped_codes(&self, group: usize, layout: PackedLayout) -> Tensor<2, Int> {
+        let key = Regrouping::Groups(group);
         let mut cached = self.grouped.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((id, g, codes)) = &*cached
-            && (*id, *g) == (self.codes.id, group)
+        if let Some((id, k, codes, _)) = &*cached
+            && (*id, *k) == (self.codes.id, key)
         {
             return codes.clone();
         }
@@ -581,8 +609,77 @@ impl PackedWeight {
             .reshape([rows, groups, words])
             .swap_dims(0, 1)
             .reshape([groups * rows, words]);
-        *cached = Some((self.codes.id, group, codes.clone()));
+        *cached = Some((self.codes.id, key, codes.clone(), None));
         codes
+    }
+
+    /// `x · K_t` for every tap `t` of a packed convolution kernel, with int8 activations per row:
+    /// the kernel `[d_output, channels, taps]` (its linear view: `d_input = channels · taps`,
+    /// channel-major) as the matrix of `channels` inputs and `taps · d_output` outputs, output
+    /// `t · d_output + o` being tap `t` of output channel `o`. For rows `x` `[m, channels]`
+    /// (one position's channels each), `[m, taps · d_output]` — what a convolution adds up, tap
+    /// by tap, from each position (see [`crate::nn::conv`]). The re-laid codes are built once (on
+    /// the host) and kept with the weight. `None` for per-group scales (no per-tap form).
+    ///
+    /// # Errors
+    /// As [`PackedWeight::linear`]; [`QatError::Shape`] for taps that do not divide the inputs.
+    pub fn linear_by_taps(&self, x: Tensor<2>, taps: usize) -> Result<Option<Tensor<2>>> {
+        let layout = self.layout()?;
+        if matches!(layout.scales, ScaleKind::PerGroup(_)) {
+            return Ok(None);
+        }
+        if taps == 0 || !layout.d_input.is_multiple_of(taps) {
+            return Err(QatError::Shape {
+                what: "packed kernel taps".into(),
+                expected: format!("a divisor of the {} inputs", layout.d_input),
+                got: vec![taps],
+            });
+        }
+        let channels = layout.d_input / taps;
+        let (codes, scales) = self.codes_by_taps(taps, layout)?;
+        check_last_dim(&x, channels, "packed kernel input")?;
+        ternary_matmul(x, codes, scales, channels, layout.scales)
+            .map(Some)
+            .map_err(kernel_error)
+    }
+
+    /// The codes and scales of [`PackedWeight::linear_by_taps`], cached.
+    fn codes_by_taps(
+        &self,
+        taps: usize,
+        layout: PackedLayout,
+    ) -> Result<(Tensor<2, Int>, Tensor<1>)> {
+        let key = Regrouping::Taps(taps);
+        let mut cached = self.grouped.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, k, codes, Some(scales))) = &*cached
+            && (*id, *k) == (self.codes.id, key)
+        {
+            return Ok((codes.clone(), scales.clone()));
+        }
+        let (out, channels) = (layout.d_output, layout.d_input / taps);
+        let packed = self.to_packed()?;
+        let values = packed.unpack(); // [out, channels · taps], channel-major
+        let mut by_taps = vec![0i8; values.len()];
+        for o in 0..out {
+            for c in 0..channels {
+                for t in 0..taps {
+                    by_taps[(t * out + o) * channels + c] = values[(o * channels + c) * taps + t];
+                }
+            }
+        }
+        let scales = match packed.scales() {
+            TernaryScales::PerRow(s) => {
+                TernaryScales::PerRow((0..taps).flat_map(|_| s.iter().copied()).collect())
+            }
+            other => other.clone(),
+        };
+        let relaid = PackedTernary::pack(&by_taps, taps * out, channels, scales)
+            .map_err(|e| QatError::record("", format!("packed kernel by taps: {e}")))?;
+        let device = self.codes.val().device();
+        let by_taps = Self::from_packed(&relaid, true, &device)?;
+        let (codes, scales) = (by_taps.codes.val(), by_taps.scales.val());
+        *cached = Some((self.codes.id, key, codes.clone(), Some(scales.clone())));
+        Ok((codes, scales))
     }
 
     /// The dequantized weight `[d_input, d_output]` (Burn's layout, contiguous): `value / s`
@@ -634,25 +731,33 @@ impl PackedWeight {
 impl Reparameterization for PackedWeight {
     const NAME: &'static str = "packed";
 
-    /// The dequantized weight in place of the (empty) stored base.
+    /// The dequantized weight in place of the (empty) stored base: the matrix `[d_input,
+    /// d_output]`, or for a convolution kernel (3-D and up) the kernel `[d_output, k...]` whose
+    /// linear view it is, in the base's shape.
     ///
     /// # Panics
     /// For a malformed record (see [`PackedWeight::layout`]; [`crate::check::check_model`]
-    /// reports it as an error after loading) or a parameter that is not 2-D.
+    /// reports it as an error after loading) or a base whose shape the layout does not fit
+    /// ([`PackedLayout::fits`]: [`crate::infer::pack`] and the loaders never attach one there).
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
-        let w = match self.dequantize() {
-            Ok(w) => w,
+        let (w, layout) = match self.layout().and_then(|l| Ok((self.dequantize()?, l))) {
+            Ok(found) => found,
             Err(e) => panic!("{e}"),
         };
-        let dims = w.dims();
-        let mut shape = [1usize; D];
+        let shape = base.dims();
         assert!(
-            D == 2,
-            "a packed weight stands in for a 2-D parameter, not {D}-D"
+            layout.fits(&shape),
+            "a packed weight of {} inputs x {} outputs stands in for a parameter of shape \
+             {shape:?}",
+            layout.d_input,
+            layout.d_output
         );
-        shape[0] = dims[0];
-        shape[D - 1] = dims[1];
-        w.reshape(shape).to_device(&base.device())
+        let w = match D {
+            2 => w.reshape(shape),
+            // The linear view `[k..., d_output]` back to the kernel `[d_output, k...]`.
+            _ => w.transpose().reshape(shape),
+        };
+        w.to_device(&base.device())
     }
 }
 
@@ -672,6 +777,20 @@ mod tests {
             },
         };
         PackedTernary::pack(&values, rows, cols, scales).unwrap()
+    }
+
+    #[test]
+    fn a_layout_fits_its_matrix_and_the_kernels_whose_linear_view_it_is() {
+        let layout = PackedLayout::new(36, 8, ScaleKind::PerRow, true).unwrap();
+        assert!(layout.fits(&[36, 8]));
+        assert!(!layout.fits(&[8, 36]));
+        // Kernels [out, in, k...] with in · k... = 36.
+        assert!(layout.fits(&[8, 4, 3, 3]));
+        assert!(layout.fits(&[8, 12, 3]));
+        assert!(!layout.fits(&[8, 4, 3, 2]));
+        assert!(!layout.fits(&[4, 4, 3, 3]));
+        assert!(!layout.fits(&[36]));
+        assert!(!layout.fits(&[8, usize::MAX, 2]));
     }
 
     #[test]

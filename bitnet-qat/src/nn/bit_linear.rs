@@ -440,63 +440,24 @@ impl BitLinear {
         if x.is_require_grad() || self.weight.base().is_require_grad() {
             return Ok(None);
         }
-        let settings = wq.try_settings()?;
-        let (quant, _) = settings.effective();
-        let per_tensor_or_output = matches!(
-            quant.granularity,
-            Granularity::PerTensor | Granularity::PerChannel
-        );
         let Some(group) = act.bitnet_int8_group()? else {
             return Ok(None);
         };
-        if !per_tensor_or_output || check_packable(&settings).is_err() {
+        let Some((codes, sw)) = integer_weight(wq, self.weight.base())? else {
             return Ok(None);
-        }
-        let hard = wq.hard_weight(self.weight.base())?; // [d_in, d_out]
-        let [d_in, d_out] = hard.dims();
-        // One level per scale, reduced as the quantizers reduce (in blocks; see `ScaleLayout`).
-        let levels = ScaleLayout::new(quant.granularity, 0, [d_in, d_out])
-            .reduce_compact(hard.clone().abs(), Reduce::Max)
-            .into_data()
-            .try_cast_as::<f32>()
-            .and_then(|d| d.try_into_vec::<f32>())
-            .map_err(|e| QatError::device("BitLinear weight level", e))?;
-        let n = levels.len();
-        let multipliers: Vec<f32> = levels.into_iter().map(multiplier_of).collect();
-        // In f32 whatever the device's float type, as the activation grid (`quant_grid`).
-        let sw = Tensor::<2>::from_data(
-            TensorData::new(multipliers, [1, n]),
-            TensorCreationOptions::new(hard.device()).with_dtype(DType::F32),
-        );
-        let codes = hard.sign().cast(DType::F32);
-        let dtype = x.dtype();
-        let mut out_dims = x.dims();
-        out_dims[D - 1] = d_out;
-        let x2: Tensor<2> = x.clone().reshape([-1, d_in as i64]);
+        };
+        let [d_in, d_out] = codes.dims();
         // Per token one group of all inputs; per group, each group's sums scaled by its own
         // activation scale and the groups added in order, as `PackedWeight::linear_grouped`.
         let group = group.unwrap_or(d_in);
         if !d_in.is_multiple_of(group) {
             return Ok(None);
         }
-        let y = (0..d_in / group)
-            .map(|g| {
-                // BitNet's activation quantizer, as the kernels' `quantize_rows` computes it:
-                // `s_x = 127 / max(max|x|, 1e-5)`, codes `clamp(round_half_even(x s_x), -128,
-                // 127)`.
-                let QuantGrid {
-                    codes: cx,
-                    scale: sx,
-                    ..
-                } = quant_grid(
-                    x2.clone().narrow(1, g * group, group),
-                    &QuantConfig::activation_int8(),
-                    1,
-                );
-                cx.matmul(codes.clone().narrow(0, g * group, group)) / (sx * sw.clone())
-            })
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"));
+        let dtype = x.dtype();
+        let mut out_dims = x.dims();
+        out_dims[D - 1] = d_out;
+        let x2: Tensor<2> = x.clone().reshape([-1, d_in as i64]);
+        let y = integer_product(x2, &codes, &sw, group);
         Ok(Some(y.cast(dtype).reshape(out_dims)))
     }
 
@@ -527,6 +488,76 @@ impl BitLinear {
         };
         packed.linear(x, int8, bias)
     }
+}
+
+/// The integer form of a hard ternary or binary weight `[d_input, d_output]` (a layer's latent
+/// weight, or a kernel's linear view) as its quantizer `wq` quantizes it: the codes (as floats,
+/// `-1`, `0`, `1`) and the multiplier `s_w` of each scale as `[1, 1]` (per tensor) or
+/// `[1, d_output]` (per output), which [`crate::infer::pack`] stores. `None` when the quantizer
+/// has no such form (another format or granularity, a soft STE, lambda below 1). It reads the
+/// weight's level (one value per scale) back to the host.
+pub(crate) fn integer_weight(
+    wq: &Quantizer,
+    weight: Tensor<2>,
+) -> crate::Result<Option<(Tensor<2>, Tensor<2>)>> {
+    let settings = wq.try_settings()?;
+    let (quant, _) = settings.effective();
+    let per_tensor_or_output = matches!(
+        quant.granularity,
+        Granularity::PerTensor | Granularity::PerChannel
+    );
+    if !per_tensor_or_output || check_packable(&settings).is_err() {
+        return Ok(None);
+    }
+    let hard = wq.hard_weight(weight)?; // [d_in, d_out]
+    let [d_in, d_out] = hard.dims();
+    // One level per scale, reduced as the quantizers reduce (in blocks; see `ScaleLayout`).
+    let levels = ScaleLayout::new(quant.granularity, 0, [d_in, d_out])
+        .reduce_compact(hard.clone().abs(), Reduce::Max)
+        .into_data()
+        .try_cast_as::<f32>()
+        .and_then(|d| d.try_into_vec::<f32>())
+        .map_err(|e| QatError::device("BitLinear weight level", e))?;
+    let n = levels.len();
+    let multipliers: Vec<f32> = levels.into_iter().map(multiplier_of).collect();
+    // In f32 whatever the device's float type, as the activation grid (`quant_grid`).
+    let sw = Tensor::<2>::from_data(
+        TensorData::new(multipliers, [1, n]),
+        TensorCreationOptions::new(hard.device()).with_dtype(DType::F32),
+    );
+    Ok(Some((hard.sign().cast(DType::F32), sw)))
+}
+
+/// `x2 · W` for rows `x2` `[m, d_input]` and the integer form of `W` ([`integer_weight`]),
+/// computed as the packed int8 kernels compute it: per group of `group` inputs (all of them for
+/// BitNet's per-token quantization) the activations' int8 codes and scale, the sum of integer
+/// products (exact in f32 below 2^24, so whatever the order) divided once by `s_x s_w`, the
+/// groups' results added in order.
+pub(crate) fn integer_product(
+    x2: Tensor<2>,
+    codes: &Tensor<2>,
+    sw: &Tensor<2>,
+    group: usize,
+) -> Tensor<2> {
+    let [_, d_in] = x2.dims();
+    (0..d_in / group)
+        .map(|g| {
+            // BitNet's activation quantizer, as the kernels' `quantize_rows` computes it:
+            // `s_x = 127 / max(max|x|, 1e-5)`, codes `clamp(round_half_even(x s_x), -128,
+            // 127)`.
+            let QuantGrid {
+                codes: cx,
+                scale: sx,
+                ..
+            } = quant_grid(
+                x2.clone().narrow(1, g * group, group),
+                &QuantConfig::activation_int8(),
+                1,
+            );
+            cx.matmul(codes.clone().narrow(0, g * group, group)) / (sx * sw.clone())
+        })
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| unreachable!("d_input > 0 gives one group at least"))
 }
 
 impl ModuleDisplay for BitLinear {

@@ -13,11 +13,11 @@ mod settings;
 
 pub use bit_linear::{BitLinear, BitLinearConfig};
 pub use discover::{FoundQuantizer, quantizers, update_quantizers};
-pub use dropin::conv;
 pub use dropin::{
     Embedding, EmbeddingConfig, FloatLoad, Linear, LinearConfig, load_float_checkpoint,
     load_float_checkpoint_file,
 };
+pub use dropin::{attention, conv, transformer};
 pub use quantizer::{QuantAxis, Quantizer, QuantizerConfig, linear_view};
 pub use scheme::QuantScheme;
 pub use settings::QuantizerSettings;

@@ -50,15 +50,20 @@ impl Net {
         }
     }
 
-    /// Loss, logits and targets of a batch.
-    pub fn classify(&self, (images, targets): Batch) -> ClassificationOutput {
+    /// Logits of images `[n, 1, 28, 28]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self
             .pool
             .forward(relu(self.norm1.forward(self.conv1.forward(images))));
         let x = self
             .pool
             .forward(relu(self.norm2.forward(self.conv2.forward(x))));
-        let logits = self.head.forward(relu(self.fc.forward(x.flatten(1, 3))));
+        self.head.forward(relu(self.fc.forward(x.flatten(1, 3))))
+    }
+
+    /// Loss, logits and targets of a batch.
+    pub fn classify(&self, (images, targets): Batch) -> ClassificationOutput {
+        let logits = self.forward(images);
         let loss = CrossEntropyLossConfig::new()
             .init(&logits.device())
             .forward(logits.clone(), targets.clone());

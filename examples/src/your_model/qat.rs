@@ -37,10 +37,11 @@ pub struct Net {
 impl Net {
     /// A fresh network.
     pub fn new(device: &Device) -> Self {
+        let fp = QuantScheme::none(); // the first convolution and the head stay in full precision
         Self {
             conv1: Conv2dConfig::new([1, 16], [3, 3])
                 .with_padding(PaddingConfig2d::Same)
-                .with_quant(QuantScheme::none())
+                .with_quant(fp.clone())
                 .init(device),
             norm1: BatchNormConfig::new(16).init(device),
             conv2: Conv2dConfig::new([16, 32], [3, 3])
@@ -49,21 +50,24 @@ impl Net {
             norm2: BatchNormConfig::new(32).init(device),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             fc: LinearConfig::new(32 * 7 * 7, 128).init(device),
-            head: LinearConfig::new(128, 10)
-                .with_quant(QuantScheme::none())
-                .init(device),
+            head: LinearConfig::new(128, 10).with_quant(fp).init(device),
         }
     }
 
-    /// Loss, logits and targets of a batch.
-    pub fn classify(&self, (images, targets): Batch) -> ClassificationOutput {
+    /// Logits of images `[n, 1, 28, 28]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self
             .pool
             .forward(relu(self.norm1.forward(self.conv1.forward(images))));
         let x = self
             .pool
             .forward(relu(self.norm2.forward(self.conv2.forward(x))));
-        let logits = self.head.forward(relu(self.fc.forward(x.flatten(1, 3))));
+        self.head.forward(relu(self.fc.forward(x.flatten(1, 3))))
+    }
+
+    /// Loss, logits and targets of a batch.
+    pub fn classify(&self, (images, targets): Batch) -> ClassificationOutput {
+        let logits = self.forward(images);
         let loss = CrossEntropyLossConfig::new()
             .init(&logits.device())
             .forward(logits.clone(), targets.clone());

@@ -5,6 +5,15 @@
 //! per output channel); the input activations per position (pixel, time step) over the
 //! channels — BitNet's per-token quantization, a position being a token. Records, initial
 //! values and (without quantization) outputs are burn-nn's.
+//!
+//! In training the layer runs burn-nn's convolution over the fake-quantized activations and
+//! kernel (the straight-through estimators' forward pass). Outside training (no autodiff) and
+//! once [packed](crate::infer::pack), a W1.58A8 layer (ternary or binary kernel with one scale
+//! per tensor or per output channel, BitNet's int8 activations, `groups` 1) computes the same
+//! convolution as the packed int8 × ternary kernels do: each position's channels times every
+//! tap of the kernel (`Σ c_x c_w / (s_x s_w)`, integer sums), the taps' products added in a
+//! fixed order — so the packed layer's outputs are `valid()`'s, bit for bit, and `valid()`'s
+//! are the training forward pass's up to rounding.
 
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::conv::{Conv1d as FloatConv1d, Conv2d as FloatConv2d};
@@ -12,11 +21,15 @@ use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use bitnet_kernels::burn_ext::ScaleKind;
+
 use super::config::hand_written_config;
+use super::conv_taps::{Geometry, conv_by_taps, same_padding};
 use super::latent;
 use crate::error::QatError;
-use crate::nn::bit_linear::AttachAt;
-use crate::nn::{QuantScheme, Quantizer};
+use crate::infer::PackedWeight;
+use crate::nn::bit_linear::{AttachAt, integer_product, integer_weight};
+use crate::nn::{QuantScheme, Quantizer, linear_view};
 
 /// Configuration of a drop-in [`Conv1d`]: burn-nn's `Conv1dConfig` (the same fields and
 /// defaults) plus [`Conv1dConfig::quant`], BitNet b1.58 by default.
@@ -377,6 +390,21 @@ fn quantize_positions<const D: usize>(
     channels: usize,
     layer: &str,
 ) -> crate::Result<Tensor<D>> {
+    check_channels(&input, channels, layer)?;
+    match quantizer {
+        Some(q) => Ok(q
+            .try_forward(input.swap_dims(1, D - 1))?
+            .swap_dims(1, D - 1)),
+        None => Ok(input),
+    }
+}
+
+/// [`QatError::Shape`] for an input `[batch, channels, ...]` without `channels` channels.
+fn check_channels<const D: usize>(
+    input: &Tensor<D>,
+    channels: usize,
+    layer: &str,
+) -> crate::Result<()> {
     let dims = input.dims();
     if dims[1] != channels {
         return Err(QatError::Shape {
@@ -385,11 +413,50 @@ fn quantize_positions<const D: usize>(
             got: dims.to_vec(),
         });
     }
-    match quantizer {
-        Some(q) => Ok(q
-            .try_forward(input.swap_dims(1, D - 1))?
-            .swap_dims(1, D - 1)),
-        None => Ok(input),
+    Ok(())
+}
+
+/// A convolution setting given per spatial axis (`usize` for 1-D, `[usize; 2]` for 2-D).
+trait Axes {
+    fn axes(&self) -> Vec<usize>;
+}
+
+impl Axes for usize {
+    fn axes(&self) -> Vec<usize> {
+        vec![*self]
+    }
+}
+
+impl Axes for [usize; 2] {
+    fn axes(&self) -> Vec<usize> {
+        self.to_vec()
+    }
+}
+
+/// burn-nn's padding configurations as zeros before and after each spatial axis.
+trait Pads {
+    fn pairs(&self, sizes: &[usize], kernel: &[usize], stride: &[usize]) -> Vec<(usize, usize)>;
+}
+
+impl Pads for PaddingConfig1d {
+    fn pairs(&self, sizes: &[usize], kernel: &[usize], stride: &[usize]) -> Vec<(usize, usize)> {
+        vec![match self {
+            Self::Valid => (0, 0),
+            Self::Same => same_padding(kernel[0], stride[0], sizes[0]),
+            Self::Explicit(left, right) => (*left, *right),
+        }]
+    }
+}
+
+impl Pads for PaddingConfig2d {
+    fn pairs(&self, sizes: &[usize], kernel: &[usize], stride: &[usize]) -> Vec<(usize, usize)> {
+        match self {
+            Self::Valid => vec![(0, 0); 2],
+            Self::Same => (0..2)
+                .map(|i| same_padding(kernel[i], stride[i], sizes[i]))
+                .collect(),
+            Self::Explicit(top, left, bottom, right) => vec![(*top, *bottom), (*left, *right)],
+        }
     }
 }
 
@@ -448,6 +515,10 @@ macro_rules! conv_layer {
             /// channels (or a malformed record: see [`crate::check::check_model`]).
             pub fn try_forward(&self, input: Tensor<$dims>) -> crate::Result<Tensor<$dims>> {
                 let channels = self.weight.shape().dims::<$dims>()[1] * self.groups;
+                check_channels(&input, channels, stringify!($layer))?;
+                if let Some(y) = self.tap_forward(&input)? {
+                    return Ok(y);
+                }
                 let x = quantize_positions(
                     self.activation_quantizer.as_ref(),
                     input,
@@ -461,6 +532,70 @@ macro_rules! conv_layer {
             /// The kernel quantizer, if the kernel is quantized.
             pub fn weight_quantizer(&self) -> Option<&Quantizer> {
                 self.weight.reparameterization::<Quantizer>()
+            }
+
+            /// The packed kernel, once [`crate::infer::pack`] has packed the layer.
+            pub fn packed_weight(&self) -> Option<&PackedWeight> {
+                self.weight.reparameterization::<PackedWeight>()
+            }
+
+            /// W1.58A8 outside training and once packed: the per-position products and the
+            /// shift-add of [`conv_taps`](super::conv_taps), with the packed int8 kernels or
+            /// (unpacked, no autodiff) the same integer arithmetic in tensor operations, so
+            /// the packed layer computes `valid()`'s outputs bit for bit. `None` (burn-nn's
+            /// convolution of the quantized activations and kernel) for grouped convolutions,
+            /// activations other than BitNet's int8 per position, kernels without a packed
+            /// form, per-group kernel scales, and in training.
+            fn tap_forward(&self, input: &Tensor<$dims>) -> crate::Result<Option<Tensor<$dims>>> {
+                let Some(act) = &self.activation_quantizer else {
+                    return Ok(None);
+                };
+                if self.groups != 1 || act.bitnet_int8_group()? != Some(None) {
+                    return Ok(None);
+                }
+                let dims = self.weight.shape().dims::<$dims>();
+                let (out, channels) = (dims[0], dims[1]);
+                let (kernel, stride) = (self.kernel_size.axes(), self.stride.axes());
+                let geometry = Geometry {
+                    pads: self.padding.pairs(&input.dims()[2..], &kernel, &stride),
+                    kernel,
+                    stride,
+                    dilation: self.dilation.axes(),
+                };
+                let taps = geometry.taps();
+                let bias = self.bias.as_ref().map(|b| b.val());
+                let (layer, dtype) = (stringify!($layer), input.dtype());
+                if let Some(packed) = self.packed_weight() {
+                    if matches!(packed.layout()?.scales, ScaleKind::PerGroup(_)) {
+                        return Ok(None);
+                    }
+                    return conv_by_taps(input.clone(), &geometry, out, bias, layer, |rows| {
+                        let y = packed.linear_by_taps(rows, taps)?;
+                        let y = y.unwrap_or_else(|| unreachable!("per-tensor or per-row scales"));
+                        Ok(y.cast(dtype))
+                    })
+                    .map(Some);
+                }
+                let Some(wq) = self.weight_quantizer() else {
+                    return Ok(None);
+                };
+                if input.is_require_grad() || self.weight.base().is_require_grad() {
+                    return Ok(None);
+                }
+                let Some((codes, sw)) = integer_weight(wq, linear_view(self.weight.base()))? else {
+                    return Ok(None);
+                };
+                // The linear view `[channels · taps, out]` (channel-major) as `[channels,
+                // taps · out]`: column `t · out + o` is tap `t` of output `o`.
+                let codes = codes.reshape([channels, taps * out]);
+                let sw = match sw.dims()[1] {
+                    1 => sw,
+                    _ => sw.repeat_dim(1, taps),
+                };
+                conv_by_taps(input.clone(), &geometry, out, bias, layer, |rows| {
+                    Ok(integer_product(rows, &codes, &sw, channels).cast(dtype))
+                })
+                .map(Some)
             }
 
             /// burn-nn's layer with `weight` and this layer's other parameters and settings.

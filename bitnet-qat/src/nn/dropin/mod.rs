@@ -1,6 +1,8 @@
 //! Drop-in replacements for burn-nn's layers with BitNet quantization: change
 //! `use burn::nn::Linear` to `use bitnet_qat::nn::Linear` (and the same for the configurations,
-//! [`conv`](crate::nn::conv)'s layers and [`Embedding`](crate::nn::Embedding)) and nothing else.
+//! [`conv`](crate::nn::conv)'s layers, [`Embedding`](crate::nn::Embedding), and burn-nn's
+//! [`attention`](crate::nn::attention) and [`transformer`](crate::nn::transformer) modules,
+//! whose linear layers become drop-ins) and nothing else.
 //!
 //! Each layer has burn-nn's fields, parameters and record keys (`weight`, `bias`), so a
 //! checkpoint of the burn-nn model loads into it ([`load_float_checkpoint`]); its configuration
@@ -10,11 +12,14 @@
 //! `weight.qat.*`, found by every schedule, statistic, metric and [`crate::infer::pack`]); the
 //! activation quantizer is the field `activation_quantizer`.
 
+pub mod attention;
 pub(crate) mod config;
 pub mod conv;
+mod conv_taps;
 mod embedding;
 mod float_checkpoint;
 mod linear;
+pub mod transformer;
 
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use float_checkpoint::{FloatLoad, load_float_checkpoint, load_float_checkpoint_file};
