@@ -8,13 +8,13 @@
 //! kernel, with the same outputs as before packing.
 
 use bitnet_qat::infer::{load_packed, pack, record_bytes, save};
-use bitnet_qat::nn::QuantScheme;
 use bitnet_qat::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
+use bitnet_qat::nn::{Embedding, EmbeddingConfig, QuantScheme, QuantizerConfig};
 use bitnet_qat::quant::{Granularity, QuantConfig};
 use bitnet_qat::reparam::QatReparameterizer;
 use burn::module::Module;
 use burn::nn::{PaddingConfig1d, PaddingConfig2d};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::{assert_close, fresh_dir, values};
 
@@ -206,4 +206,52 @@ fn convolutions_without_a_per_position_form_keep_burn_nns_convolution() {
     let expected = model.valid().conv.forward(x.clone()).into_data();
     let packed = pack(&model).unwrap();
     assert_eq!(packed.conv.forward(x).into_data(), expected);
+}
+
+/// Found in review: `pack` must leave quantized embedding tables (their quantizers also run
+/// along the output-first axis) as they are — not refuse a model with one, nor attach a
+/// transposed table to a square one.
+#[test]
+fn quantized_embedding_tables_are_left_unpacked() {
+    let device = Device::flex();
+    device.seed(12);
+    #[derive(Module, Debug)]
+    struct Tables {
+        ternary: Embedding,
+        square: Embedding,
+        int8: Embedding,
+    }
+    let per_vector = |q: QuantConfig| {
+        Some(QuantizerConfig::new(
+            q.with_granularity(Granularity::PerChannel),
+        ))
+    };
+    let tables = Tables {
+        ternary: EmbeddingConfig::new(10, 6)
+            .with_quant(per_vector(QuantConfig::ternary()))
+            .init(&device),
+        square: EmbeddingConfig::new(6, 6)
+            .with_quant(per_vector(QuantConfig::ternary()))
+            .init(&device),
+        int8: EmbeddingConfig::new(7, 4)
+            .with_quant(per_vector(QuantConfig::int(8)))
+            .init(&device),
+    };
+    let ids = Tensor::<2, Int>::from_data([[0, 5, 3], [1, 2, 4]], &device);
+    let run = |t: &Tables| {
+        [
+            t.ternary.forward(ids.clone()).into_data(),
+            t.square.forward(ids.clone()).into_data(),
+            t.int8.forward(ids.clone()).into_data(),
+        ]
+    };
+    let packed = pack(&tables).unwrap();
+    assert_eq!(run(&packed), run(&tables.valid()));
+    assert!(
+        packed
+            .square
+            .weight
+            .reparameterization::<bitnet_qat::infer::PackedWeight>()
+            .is_none()
+    );
 }

@@ -12,7 +12,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use super::convert::pack_weight;
 use super::packed_weight::PackedWeight;
 use crate::error::{QatError, Result};
-use crate::nn::quantizers;
+use crate::nn::{QuantAxis, quantizers};
 
 /// `model` for inference with every quantized weight packed in place: each weight that carries
 /// a [`Quantizer`](crate::nn::Quantizer) (a [`BitLinear`](crate::nn::BitLinear)'s, or any layer's
@@ -31,6 +31,9 @@ use crate::nn::quantizers;
 /// for all the kernel's taps, then a shift-add: see [`crate::nn::conv`]), with the outputs of
 /// `model.valid()` bit for bit; grouped convolutions, per-group kernel scales and burn-nn
 /// convolutions run burn-nn's convolution over the dequantized kernel (the same values).
+/// Quantized embedding tables (the drop-in [`Embedding`](crate::nn::Embedding) with `quant`,
+/// or reparameterized with `quantize_embeddings`) are not packed: a lookup reads rows, not a
+/// product, so they keep their quantized values as f32 (the outputs are still `valid()`'s).
 ///
 /// # Errors
 /// [`QatError::Unsupported`] naming the weight's path for a weight the packed form cannot
@@ -54,6 +57,7 @@ use crate::nn::quantizers;
 /// ```
 pub fn pack<M: Module>(model: &M) -> Result<M> {
     let mut packs = HashMap::new();
+    let shapes = ParamPaths::of(model).float_shapes;
     for found in quantizers(model) {
         let Some(path) = found.weight_path().map(str::to_string) else {
             continue;
@@ -61,6 +65,15 @@ pub fn pack<M: Module>(model: &M) -> Result<M> {
         let Some(weight) = found.weight else {
             continue;
         };
+        let axis = found
+            .quantizer
+            .try_settings()
+            .map_err(|e| e.at(&path))?
+            .axis;
+        if axis == QuantAxis::OutputFirst && shapes.get(&path).is_some_and(|s| s.len() == 2) {
+            // An embedding table quantized per vector (see the docs above).
+            continue;
+        }
         let device = weight.device().inner();
         let packed = pack_weight(weight, &found.quantizer).map_err(|e| e.at(&path))?;
         let packed = PackedWeight::from_packed(&packed, false, &device).map_err(|e| match e {

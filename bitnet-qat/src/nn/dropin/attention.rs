@@ -199,7 +199,8 @@ impl MhaInput {
         self
     }
 
-    /// An attention mask `[batch, seq_q, seq_k]`: `true` pairs are not attended to (see
+    /// An attention mask `[batch, seq_q, seq_k]` (or `[1, seq_q, seq_k]` for the whole batch):
+    /// `true` pairs are not attended to (see
     /// burn-nn's `generate_autoregressive_mask` for a causal one).
     pub fn mask_attn(mut self, mask_attn: Tensor<3, Bool>) -> Self {
         self.mask_attn = Some(mask_attn);
@@ -343,7 +344,9 @@ impl MultiHeadAttention {
             )?;
         }
         if let Some(mask) = &input.mask_attn {
-            let want = [Some(batch), Some(seq_q), Some(seq_k)];
+            // One mask for the whole batch (`[1, seq_q, seq_k]`) is shared, as burn-nn's is.
+            let rows = if mask.dims()[0] == 1 { 1 } else { batch };
+            let want = [Some(rows), Some(seq_q), Some(seq_k)];
             expect_shape("MultiHeadAttention attention mask", &mask.dims(), &want)?;
         }
         let query = self.heads(input.query, &self.query)?;
@@ -357,6 +360,7 @@ impl MultiHeadAttention {
             scores = scores.mask_fill(mask.reshape([batch, 1, 1, seq_k]), self.min_float);
         }
         if let Some(mask) = input.mask_attn {
+            let mask = mask.expand([batch, seq_q, seq_k]);
             scores = scores.mask_fill(mask.reshape([batch, 1, seq_q, seq_k]), self.min_float);
         }
         let weights = match self.quiet_softmax {
@@ -445,7 +449,11 @@ mod tests {
         let expected = float
             .forward(burn::nn::attention::MhaInput::self_attn(x.clone()).mask_attn(mask.clone()));
         let mha = MultiHeadAttention::from_float(float, &QuantScheme::none()).unwrap();
-        let got = mha.forward(MhaInput::self_attn(x).mask_attn(mask));
+        let got = mha.forward(MhaInput::self_attn(x.clone()).mask_attn(mask));
+        // One mask for the whole batch is the same mask.
+        let shared = generate_autoregressive_mask(1, 7, &device);
+        let shared = mha.forward(MhaInput::self_attn(x).mask_attn(shared));
+        assert_eq!(shared.context.into_data(), got.context.clone().into_data());
         assert_eq!(got.context.into_data(), expected.context.into_data());
         assert_eq!(got.weights.into_data(), expected.weights.into_data());
     }
