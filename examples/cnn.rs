@@ -17,6 +17,7 @@ use bitnet_qat::infer::{load_packed, pack, record_bytes, save};
 use bitnet_qat_examples::accuracy_of_batches;
 use bitnet_qat_examples::cli::{DeviceArg, FashionMnistArgs, QuietArg};
 use bitnet_qat_examples::cnn::{Cnn, CnnFit, CnnPrecision, fit_cnn};
+use bitnet_qat_examples::report::mean_sd;
 use burn::tensor::Tensor;
 use clap::Parser;
 
@@ -115,11 +116,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!("\n| precision | test accuracy per seed (%) | mean ± std | Δ vs FP32 | s / run |");
         println!("|---|---|---|---|---|");
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let std = |v: &[f64]| {
-            let m = mean(v);
-            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt()
-        };
+        let mean = |v: &[f64]| mean_sd(v).0;
+        let std = |v: &[f64]| mean_sd(v).1;
         let fp32 = mean(&rows[0].1);
         for (precision, accuracies, seconds) in &rows {
             println!(

@@ -17,7 +17,7 @@ use bitnet_qat::lm::{TokenBatcher, TokenWindows};
 use bitnet_qat::train::{QatPlan, optimize, prepare};
 use bitnet_qat_examples::cli::{DeviceArg, LmArgs, ShakespeareArgs, ShakespeareData, Weights};
 use bitnet_qat_examples::lm::{LanguageModel, LmFitConfig, fit_lm, sample};
-use bitnet_qat_examples::report::{Variant, plot_curves};
+use bitnet_qat_examples::report::{Variant, mean_sd, plot_curves};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::Module;
@@ -203,12 +203,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
 
-    let mean_sd = |xs: &[f64]| {
-        let n = xs.len() as f64;
-        let mean = xs.iter().sum::<f64>() / n;
-        let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        (mean, sd)
-    };
     let finals: Vec<Vec<f64>> = runs
         .iter()
         .map(|r| {

@@ -22,6 +22,7 @@ use bitnet_qat_examples::cli::{
     Act, ActQuant, DeviceArg, LmArgs, QuietArg, ShakespeareArgs, ShakespeareData, Weights,
 };
 use bitnet_qat_examples::lm::{LmFitConfig, fit_lm, fit_text, lm_schedule};
+use bitnet_qat_examples::report::mean_sd;
 use bitnet_qat_examples::your_lm::{float, qat};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
@@ -101,6 +102,7 @@ struct Args {
 }
 
 /// One model's runs.
+#[derive(Default)]
 struct Row {
     name: &'static str,
     losses: Vec<Vec<f64>>,
@@ -170,28 +172,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fit
     };
     let adam = || AdamConfig::new().with_beta_2(0.95).build();
-    let mut rows = vec![Row {
-        name: "burn-nn TransformerEncoder, drop-in W1.58A8",
-        losses: Vec::new(),
-        seconds: Vec::new(),
-        params: 0,
-    }];
-    if args.reference {
-        rows.push(Row {
-            name: "BitNetLm ternary W1.58A8 (reference)",
-            losses: Vec::new(),
-            seconds: Vec::new(),
-            params: 0,
-        });
-    }
-    if args.fp32 {
-        rows.push(Row {
-            name: "burn-nn TransformerEncoder, FP32",
-            losses: Vec::new(),
-            seconds: Vec::new(),
-            params: 0,
-        });
-    }
+    let mut rows: Vec<Row> = [
+        (true, "burn-nn TransformerEncoder, drop-in W1.58A8"),
+        (args.reference, "BitNetLm ternary W1.58A8 (reference)"),
+        (args.fp32, "burn-nn TransformerEncoder, FP32"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| Row {
+        name,
+        ..Row::default()
+    })
+    .collect();
     let mut first = None;
     for &seed in &args.seeds {
         // The user's model as W1.58A8, BitNet's recipe (`lm_schedule`) through `Qat`.
@@ -248,12 +240,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let mean_sd = |xs: &[f64]| {
-        let n = xs.len() as f64;
-        let mean = xs.iter().sum::<f64>() / n;
-        let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        (mean, sd)
-    };
     let finals = |row: &Row| -> Vec<f64> {
         row.losses
             .iter()

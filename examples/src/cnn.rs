@@ -5,14 +5,12 @@
 //! [`Qat`] (no QAT glue).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bitnet_qat::Result;
-use bitnet_qat::data::{EpochLoader, IdxDataset, ImageBatch, ImageBatcher};
+use bitnet_qat::data::{IdxDataset, ImageBatch};
 use bitnet_qat::nn::conv::{Conv2d, Conv2dConfig};
 use bitnet_qat::nn::{Linear, LinearConfig, QuantScheme};
 use bitnet_qat::train::{Qat, QatPlan, WeightDecaySchedule};
-use burn::data::dataloader::DataLoader;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -20,13 +18,10 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig
 use burn::optim::AdamConfig;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{
-    ClassificationOutput, InferenceStep, SupervisedTraining, TrainOutput, TrainStep,
-};
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
-use crate::learner::{Run, bitnet_lr, launch, positive};
+use crate::learner::{Run, bitnet_lr, fit_images, positive};
 
 /// What the CNN quantizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -187,17 +182,6 @@ pub fn fit_cnn(
         .with_float_weight_decay(config.precision == CnnPrecision::Fp32);
     let model = Qat::new(Cnn::new(config.precision, &device), &plan, &device)?;
     let learner = model.learner(AdamConfig::new().build(), lr.init()?);
-    let train_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
-        EpochLoader::new(train, ImageBatcher, config.batch_size, &device)?.shuffle(config.seed),
-    );
-    let valid_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
-        valid,
-        ImageBatcher,
-        500,
-        &device.clone().without_autodiff(),
-    )?);
-    let training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
-        .metrics((AccuracyMetric::new(), LossMetric::new()));
     let run = Run {
         dir: &config.dir,
         epochs: config.epochs,
@@ -206,7 +190,14 @@ pub fn fit_cnn(
         checkpoints: true,
         renderer: config.renderer,
     };
-    let (model, valid_accuracy, seconds) = launch(training, learner, run, "Accuracy")?;
+    let (model, valid_accuracy, seconds) = fit_images(
+        learner,
+        (train, valid),
+        (config.batch_size, 500),
+        config.seed,
+        run,
+        &device,
+    )?;
     Ok(FittedCnn {
         model,
         valid_accuracy,

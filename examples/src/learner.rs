@@ -251,20 +251,6 @@ where
     };
     let learner = classifier_learner(mlp, config.plan.clone(), &lr, &device)?;
 
-    // The batch order of epoch e depends only on (seed, e), so a resumed run continues it.
-    let train_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
-        EpochLoader::new(train, ImageBatcher, config.batch_size, &device)?
-            .shuffle(config.seed)
-            .starting_epoch(config.resume_from.unwrap_or(0)),
-    );
-    let valid_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
-        valid,
-        ImageBatcher,
-        config.batch_size.max(256),
-        &device.clone().without_autodiff(),
-    )?);
-    let training = SupervisedTraining::new(&config.dir, train_loader, valid_loader)
-        .metrics((AccuracyMetric::new(), LossMetric::new()));
     let run = Run {
         dir: &config.dir,
         epochs: config.epochs,
@@ -273,12 +259,61 @@ where
         checkpoints: config.checkpoints,
         renderer: config.renderer,
     };
-    let (model, valid_accuracy, seconds) = launch(training, learner, run, "Accuracy")?;
+    let valid_batch = config.batch_size.max(256);
+    let (model, valid_accuracy, seconds) = fit_images(
+        learner,
+        (train, valid),
+        (config.batch_size, valid_batch),
+        config.seed,
+        run,
+        &device,
+    )?;
     Ok(Fitted {
         model,
         valid_accuracy,
         seconds,
     })
+}
+
+/// Trains `learner`'s image classifier on `train` — batches of `batch_sizes.0` in an order
+/// drawn from `seed` for each epoch (so a run resumed after epoch e continues it) — validating
+/// accuracy and loss on `valid` in batches of `batch_sizes.1` after each epoch, as `run` says.
+/// Returns as [`launch`], the validation accuracy of each epoch run.
+pub(crate) fn fit_images<M, I, D>(
+    learner: Learner<M>,
+    (train, valid): (D, D),
+    (batch_size, valid_batch): (usize, usize),
+    seed: u64,
+    run: Run<'_>,
+    device: &Device,
+) -> Result<(M, Vec<f64>, f64)>
+where
+    D: Dataset<I> + 'static,
+    I: Send + Sync + Clone + std::fmt::Debug + 'static,
+    ImageBatcher: Batcher<I, ImageBatch>,
+    M: burn::train::LearnerModel + bitnet_qat::train::QatTrainModel,
+    M: burn::train::TrainStep<Input = ImageBatch> + burn::train::InferenceStep<Input = ImageBatch>,
+    <M as burn::train::TrainStep>::Output: burn::train::metric::Adaptor<bitnet_qat::train::QatStats>
+        + burn::train::metric::Adaptor<()>
+        + burn::train::metric::Adaptor<burn::train::metric::AccuracyInput>
+        + burn::train::metric::Adaptor<burn::train::metric::LossInput>,
+    <M as burn::train::InferenceStep>::Output: burn::train::metric::Adaptor<burn::train::metric::AccuracyInput>
+        + burn::train::metric::Adaptor<burn::train::metric::LossInput>,
+{
+    let train_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(
+        EpochLoader::new(train, ImageBatcher, batch_size, device)?
+            .shuffle(seed)
+            .starting_epoch(run.resume_from.unwrap_or(0)),
+    );
+    let valid_loader: Arc<dyn DataLoader<ImageBatch>> = Arc::new(EpochLoader::new(
+        valid,
+        ImageBatcher,
+        valid_batch,
+        &device.clone().without_autodiff(),
+    )?);
+    let training = SupervisedTraining::new(run.dir, train_loader, valid_loader)
+        .metrics((AccuracyMetric::new(), LossMetric::new()));
+    launch(training, learner, run, "Accuracy")
 }
 
 /// [`QatError::Config`] for the first `(setting, value)` whose value is 0.

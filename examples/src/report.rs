@@ -175,6 +175,15 @@ fn draw(
     Ok(())
 }
 
+/// The mean of `xs` and their sample standard deviation (`n - 1` in the denominator; 0 for a
+/// single value): how every table of several seeds reports a figure.
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    (mean, sd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -218,6 +218,26 @@ fn checked_layout(layout: PackedLayout, codes: [usize; 2], scales: usize) -> Res
     Ok(layout)
 }
 
+/// The codes (u32 words, `[rows, words_per_row(cols)]`) and scales of `packed` as tensors on
+/// `device`.
+fn device_tensors(packed: &PackedTernary, device: &Device) -> (Tensor<2, Int>, Tensor<1>) {
+    let codes = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            packed.words().to_vec(),
+            [packed.rows(), words_per_row(packed.cols())],
+        ),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
+    );
+    let values = packed.scales().values().to_vec();
+    let n = values.len();
+    // f32 whatever the device's float type: the scales are the quantizer's exact ones.
+    let scales = Tensor::<1>::from_data(
+        TensorData::new(values, [n]),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::F32),
+    );
+    (codes, scales)
+}
+
 /// The scales of `kind` from their flat values.
 pub(crate) fn ternary_scales(kind: ScaleKind, values: Vec<f32>) -> TernaryScales {
     match kind {
@@ -395,16 +415,7 @@ impl PackedWeight {
             TernaryScales::PerGroup { group, .. } => ScaleKind::PerGroup(*group),
         };
         let layout = PackedLayout::new(packed.cols(), packed.rows(), scales, int8_activations)?;
-        let codes = Tensor::<2, Int>::from_data(
-            TensorData::new(packed.words().to_vec(), layout.codes_shape()),
-            TensorCreationOptions::new(device.clone()).with_dtype(DType::U32),
-        );
-        let values = packed.scales().values().to_vec();
-        // f32 whatever the device's float type: the scales are the quantizer's exact ones.
-        let scales = Tensor::<1>::from_data(
-            TensorData::new(values, [layout.scale_count()]),
-            TensorCreationOptions::new(device.clone()).with_dtype(DType::F32),
-        );
+        let (codes, scales) = device_tensors(packed, device);
         Ok(Self::from_parts(codes, scales, layout, device))
     }
 
@@ -675,9 +686,7 @@ impl PackedWeight {
         };
         let relaid = PackedTernary::pack(&by_taps, taps * out, channels, scales)
             .map_err(|e| QatError::record("", format!("packed kernel by taps: {e}")))?;
-        let device = self.codes.val().device();
-        let by_taps = Self::from_packed(&relaid, true, &device)?;
-        let (codes, scales) = (by_taps.codes.val(), by_taps.scales.val());
+        let (codes, scales) = device_tensors(&relaid, &self.codes.val().device());
         *cached = Some((self.codes.id, key, codes.clone(), Some(scales.clone())));
         Ok((codes, scales))
     }

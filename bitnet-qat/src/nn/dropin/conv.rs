@@ -144,31 +144,6 @@ impl Conv1dConfig {
             .with_bias(self.bias)
             .with_initializer(self.initializer.clone())
     }
-
-    /// Builds the layer on `device`: burn-nn's parameters (the same initial values for the
-    /// same seed) with the quantizers of [`Conv1dConfig::quant`].
-    ///
-    /// # Panics
-    /// For an invalid configuration, as burn-nn's `init` does, with the message of the error
-    /// [`Conv1dConfig::try_init`] returns.
-    pub fn init(&self, device: &Device) -> Conv1d {
-        self.try_init(device).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Conv1dConfig::init`], with a typed error for an invalid configuration.
-    ///
-    /// # Errors
-    /// [`QatError::Config`] naming `channels`, `groups` or the kernel sizes (zero, or channels
-    /// the groups do not divide); as [`QuantScheme::validate`].
-    pub fn try_init(&self, device: &Device) -> crate::Result<Conv1d> {
-        check_conv(
-            "Conv1dConfig",
-            [self.channels_in, self.channels_out],
-            self.groups,
-            &[self.kernel_size, self.stride, self.dilation],
-        )?;
-        Conv1d::from_float(self.to_float().init(device), &self.quant)
-    }
 }
 
 impl Conv2dConfig {
@@ -198,32 +173,38 @@ impl Conv2dConfig {
             .with_bias(self.bias)
             .with_initializer(self.initializer.clone())
     }
-
-    /// Builds the layer on `device`: burn-nn's parameters (the same initial values for the
-    /// same seed) with the quantizers of [`Conv2dConfig::quant`].
-    ///
-    /// # Panics
-    /// For an invalid configuration, as burn-nn's `init` does, with the message of the error
-    /// [`Conv2dConfig::try_init`] returns.
-    pub fn init(&self, device: &Device) -> Conv2d {
-        self.try_init(device).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Conv2dConfig::init`], with a typed error for an invalid configuration.
-    ///
-    /// # Errors
-    /// [`QatError::Config`] naming `channels`, `groups` or the kernel sizes (zero, or channels
-    /// the groups do not divide); as [`QuantScheme::validate`].
-    pub fn try_init(&self, device: &Device) -> crate::Result<Conv2d> {
-        let sizes = [self.kernel_size, self.stride, self.dilation].concat();
-        check_conv("Conv2dConfig", self.channels, self.groups, &sizes)?;
-        Conv2d::from_float(self.to_float().init(device), &self.quant)
-    }
 }
 
 macro_rules! conv_config_setters {
-    ($config:ty, $stride:ty, $padding:ty) => {
+    ($config:ident, $layer:ident, $stride:ty, $padding:ty, |$c:ident| $channels:expr) => {
         impl $config {
+            /// Builds the layer on `device`: burn-nn's parameters (the same initial values for
+            /// the same seed) with the quantizers of the configuration's `quant`.
+            ///
+            /// # Panics
+            /// For an invalid configuration, as burn-nn's `init` does, with the message of the
+            /// error `try_init` returns.
+            pub fn init(&self, device: &Device) -> $layer {
+                self.try_init(device).unwrap_or_else(|e| panic!("{e}"))
+            }
+
+            /// `init`, with a typed error for an invalid configuration.
+            ///
+            /// # Errors
+            /// [`QatError::Config`] naming `channels`, `groups` or the kernel sizes (zero, or
+            /// channels the groups do not divide); as [`QuantScheme::validate`].
+            pub fn try_init(&self, device: &Device) -> crate::Result<$layer> {
+                let $c = self;
+                let sizes = [
+                    self.kernel_size.axes(),
+                    self.stride.axes(),
+                    self.dilation.axes(),
+                ]
+                .concat();
+                check_conv(stringify!($config), $channels, self.groups, &sizes)?;
+                $layer::from_float(self.to_float().init(device), &self.quant)
+            }
+
             /// Sets the stride.
             pub fn with_stride(mut self, stride: $stride) -> Self {
                 self.stride = stride;
@@ -268,8 +249,12 @@ macro_rules! conv_config_setters {
         }
     };
 }
-conv_config_setters!(Conv1dConfig, usize, PaddingConfig1d);
-conv_config_setters!(Conv2dConfig, [usize; 2], PaddingConfig2d);
+conv_config_setters!(Conv1dConfig, Conv1d, usize, PaddingConfig1d, |c| [
+    c.channels_in,
+    c.channels_out
+]);
+conv_config_setters!(Conv2dConfig, Conv2d, [usize; 2], PaddingConfig2d, |c| c
+    .channels);
 
 /// Checks what burn-nn's convolutions assert (and panic on): channels, kernel sizes, strides
 /// and dilations above zero, channels divisible by the groups.
@@ -382,15 +367,12 @@ fn conv_quantizers<const D: usize>(
     Ok((weight_quantizer, act))
 }
 
-/// `input` `[batch, channels, positions...]` through the activation quantizer, per position
-/// over the channels; with a typed error for an input without `channels` channels.
+/// `input` `[batch, channels, positions...]` (its channels checked: [`check_channels`])
+/// through the activation quantizer, per position over the channels.
 fn quantize_positions<const D: usize>(
     quantizer: Option<&Quantizer>,
     input: Tensor<D>,
-    channels: usize,
-    layer: &str,
 ) -> crate::Result<Tensor<D>> {
-    check_channels(&input, channels, layer)?;
     match quantizer {
         Some(q) => Ok(q
             .try_forward(input.swap_dims(1, D - 1))?
@@ -519,12 +501,7 @@ macro_rules! conv_layer {
                 if let Some(y) = self.tap_forward(&input)? {
                     return Ok(y);
                 }
-                let x = quantize_positions(
-                    self.activation_quantizer.as_ref(),
-                    input,
-                    channels,
-                    stringify!($layer),
-                )?;
+                let x = quantize_positions(self.activation_quantizer.as_ref(), input)?;
                 // burn-nn's own forward pass, over the quantized kernel (`weight.val()`).
                 Ok(self.as_float_with(self.weight.clone()).forward(x))
             }
