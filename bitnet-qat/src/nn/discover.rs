@@ -13,7 +13,7 @@ use super::settings::QuantizerSettings;
 use crate::error::Result;
 
 /// The container type Burn's traversals report for the fields of a [`Quantizer`].
-const QUANTIZER: &str = "Struct:Quantizer";
+pub(crate) const QUANTIZER: &str = "Struct:Quantizer";
 /// The container type Burn reports when it enters a parameter's reparameterization.
 const REPARAMETERIZATION: &str = "Reparameterization";
 

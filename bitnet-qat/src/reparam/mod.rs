@@ -179,6 +179,25 @@ impl QatReparameterizer {
                 check_transposed(&p.module, &p.path, *granularity)?;
             }
         }
+        if !outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Quantized { .. }))
+        {
+            let filter = if self.filter.is_some() {
+                "a custom filter"
+            } else {
+                "the default selection (weights of 2 axes or more, embeddings and the head aside)"
+            };
+            return Err(QatError::config(
+                "QatReparameterizer.filter",
+                format!(
+                    "{filter}, excluding {:?}: no parameter selected",
+                    self.exclude
+                ),
+                "a filter and exclusions that select at least one parameter without a \
+                 quantizer (weights that already have one, such as BitLinear's, keep theirs)",
+            ));
+        }
         let mut attach = Attach {
             config: &self.config,
             selected: surveyed
@@ -207,22 +226,6 @@ impl QatReparameterizer {
                 })
                 .collect(),
         };
-        if report.quantized().next().is_none() {
-            let filter = if self.filter.is_some() {
-                "a custom filter"
-            } else {
-                "the default selection (weights of 2 axes or more, embeddings and the head aside)"
-            };
-            return Err(QatError::config(
-                "QatReparameterizer.filter",
-                format!(
-                    "{filter}, excluding {:?}: no parameter selected",
-                    self.exclude
-                ),
-                "a filter and exclusions that select at least one parameter without a \
-                 quantizer (weights that already have one, such as BitLinear's, keep theirs)",
-            ));
-        }
         Ok((model, report))
     }
 

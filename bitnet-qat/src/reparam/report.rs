@@ -49,6 +49,13 @@ pub enum Outcome {
     Float(FloatReason),
 }
 
+impl Outcome {
+    /// Whether the parameter carries a quantizer (attached now or kept).
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self, Self::Float(_))
+    }
+}
+
 /// Why a parameter was left in full precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FloatReason {
@@ -96,7 +103,7 @@ impl QatReport {
         let quantized: f64 = self
             .params
             .iter()
-            .filter(|p| !matches!(p.outcome, Outcome::Float(_)))
+            .filter(|p| p.outcome.is_quantized())
             .map(numel)
             .sum();
         if total > 0.0 { quantized / total } else { 0.0 }
@@ -162,7 +169,7 @@ impl fmt::Display for QatReport {
         let quantized = self
             .params
             .iter()
-            .filter(|p| !matches!(p.outcome, Outcome::Float(_)))
+            .filter(|p| p.outcome.is_quantized())
             .count();
         write!(
             f,

@@ -1,7 +1,7 @@
 //! [`load_float_checkpoint`]: a checkpoint of a full-precision burn-nn model, loaded into the
 //! same model built from drop-in layers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -11,10 +11,8 @@ use burn::tensor::{Bool, Bytes, Device, Int, Tensor, TensorData};
 use crate::check::check_model;
 use crate::error::{QatError, Result};
 use crate::infer::load::{FloatTypes, burnpack, check_table, float_types};
+use crate::nn::discover::QUANTIZER;
 use crate::nn::quantizers;
-
-/// The container type of a [`Quantizer`](crate::nn::Quantizer)'s fields in Burn's traversals.
-const QUANTIZER: &str = "Struct:Quantizer";
 
 /// What [`load_float_checkpoint`] returns: the model with the file's weights, and the
 /// quantizer parameters the file did not have.
@@ -122,9 +120,10 @@ pub fn load_float_checkpoint<M: Module>(model: M, bytes: Vec<u8>) -> Result<Floa
             ),
         ));
     }
+    let known: HashSet<&str> = params.iter().map(|p| p.path.as_str()).collect();
     let unused: Vec<&String> = tensors
         .keys()
-        .filter(|k| !params.iter().any(|p| &p.path == *k))
+        .filter(|k| !known.contains(k.as_str()))
         .collect();
     if let Some(path) = unused.first() {
         return Err(QatError::record(
